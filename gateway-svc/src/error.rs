@@ -1,0 +1,131 @@
+//! The gateway's errors, and the one place they become HTTP answers. Also where session-svc's
+//! gRPC statuses are translated: a login failure is the client's or WeChat's story told
+//! honestly; a session that cannot be resolved fails closed.
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use tonic::Code;
+
+use crate::wafer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    LoginFailed { status: StatusCode, message: String },
+    #[error("{0}")]
+    InvalidSession(String),
+    #[error("{0}")]
+    SessionUnavailable(String),
+    #[error("too many WebSocket connections on this gateway")]
+    TooManyConnections,
+}
+
+impl ApiError {
+    /// A failed `Login` RPC.
+    pub fn login(status: &tonic::Status) -> Self {
+        let http = match status.code() {
+            Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            Code::PermissionDenied | Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::DeadlineExceeded | Code::Cancelled => StatusCode::GATEWAY_TIMEOUT,
+            // FailedPrecondition (WeChat refused our AppId/AppSecret), Internal and the rest:
+            // the upstream failed, not the client.
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Self::LoginFailed {
+            status: http,
+            message: format!("login failed: {}", status.message()),
+        }
+    }
+
+    /// A failed `Validate` RPC: only a definite "no" from session-svc is an invalid session;
+    /// anything else means we do not know, and the request must not go on without one.
+    pub fn validate(status: &tonic::Status) -> Self {
+        match status.code() {
+            Code::Unauthenticated | Code::InvalidArgument | Code::NotFound => {
+                Self::InvalidSession("the session is invalid or has expired; log in again".into())
+            }
+            _ => Self::SessionUnavailable(format!(
+                "sessions cannot be checked right now ({}); retry shortly",
+                describe(status.code())
+            )),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::LoginFailed { status, .. } => *status,
+            Self::InvalidSession(_) => StatusCode::UNAUTHORIZED,
+            Self::SessionUnavailable(_) | Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The JSON body, also sent as the WebSocket error frame.
+    pub fn body(&self) -> serde_json::Value {
+        let message = self.to_string();
+        match self {
+            Self::LoginFailed { .. } => wafer::error_body(wafer::ERR_LOGIN_FAILED, &message),
+            Self::InvalidSession(_) => wafer::error_body(wafer::ERR_INVALID_SESSION, &message),
+            Self::SessionUnavailable(_) | Self::TooManyConnections => wafer::unavailable_body(&message),
+        }
+    }
+}
+
+fn describe(code: Code) -> &'static str {
+    match code {
+        Code::DeadlineExceeded | Code::Cancelled => "session service timed out",
+        Code::Unavailable => "session service unreachable",
+        _ => "session service error",
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status().is_server_error() {
+            tracing::warn!(status = self.status().as_u16(), error = %self, "request failed");
+        }
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if matches!(self, Self::SessionUnavailable(_) | Self::TooManyConnections) {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_statuses_are_honest() {
+        for (code, http) in [
+            (Code::InvalidArgument, 400),
+            (Code::PermissionDenied, 401),
+            (Code::ResourceExhausted, 429),
+            (Code::FailedPrecondition, 502),
+            (Code::Internal, 502),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+        ] {
+            let e = ApiError::login(&tonic::Status::new(code, "WeChat errcode 40029: invalid code"));
+            assert_eq!(e.status().as_u16(), http, "{code:?}");
+            assert!(e.to_string().contains("40029"));
+            assert_eq!(e.body()["error"], wafer::ERR_LOGIN_FAILED);
+        }
+    }
+
+    #[test]
+    fn validation_fails_closed() {
+        assert_eq!(ApiError::validate(&tonic::Status::unauthenticated("x")).status(), 401);
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Internal, Code::Unknown] {
+            let e = ApiError::validate(&tonic::Status::new(code, "x"));
+            assert_eq!(e.status(), 503);
+            assert!(e.body().get(wafer::MAGIC_KEY).is_none());
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! gateway-svc: the edge of weapp. Speaks the wafer protocol to unmodified mini-program
+//! clients (`/login`, session parameters on every request, `/me`, `/ws`) and asks session-svc
+//! over gRPC about every session. It holds no secrets and no state worth keeping.
+
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod session_client;
+pub mod startup;
+pub mod wafer;
+pub mod ws;
+
+pub use config::Settings;
+pub use startup::Application;

@@ -1,0 +1,134 @@
+//! HTTP routes: wafer's login, session resolution in front of everything else, `/me`,
+//! `/logout`, and the plain fallback.
+use std::sync::Arc;
+
+use axum::{
+    Extension, Json, Router,
+    extract::{Request, State},
+    http::{HeaderMap, Uri},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{any, get},
+};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use weapp_proto::session::v1::{LoginRequest, UserInfo};
+
+use crate::{
+    config::Settings,
+    error::ApiError,
+    session_client::SessionClient,
+    wafer::{self, SessionParams},
+    ws,
+};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub sessions: SessionClient,
+    pub settings: Arc<Settings>,
+    /// One permit per open WebSocket.
+    pub ws_slots: Arc<Semaphore>,
+    /// WebSocket sessions, so shutdown can wait for their close frames to go out.
+    pub ws_tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// A request's resolved session, for handlers behind [`resolve_session`].
+#[derive(Clone, Debug)]
+pub struct AuthSession {
+    pub id: String,
+    pub skey: String,
+    pub user: UserInfo,
+}
+
+pub fn router(state: AppState) -> Router {
+    let with_session = Router::new()
+        .route("/me", get(me))
+        .route("/logout", any(logout))
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(state.clone(), resolve_session));
+    Router::new()
+        .route(&state.settings.login_path, any(login))
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(with_session)
+        .with_state(state)
+}
+
+/// Resolves the session of a request that carries session parameters. Fails closed: a
+/// request with parameters never goes on without a resolved session.
+pub async fn resolve(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Option<AuthSession>, ApiError> {
+    match wafer::session_params(headers, uri.query()) {
+        SessionParams::Absent => Ok(None),
+        SessionParams::Present { id, skey } => {
+            let answer = state
+                .sessions
+                .validate(id.clone(), skey.clone())
+                .await
+                .map_err(|s| ApiError::validate(&s))?;
+            let user = answer
+                .user
+                .ok_or_else(|| ApiError::SessionUnavailable("session service sent no user".into()))?;
+            Ok(Some(AuthSession { id, skey, user }))
+        }
+    }
+}
+
+async fn resolve_session(State(state): State<AppState>, mut request: Request, next: Next) -> Result<Response, ApiError> {
+    if let Some(session) = resolve(&state, request.headers(), request.uri()).await? {
+        request.extensions_mut().insert(session);
+    }
+    Ok(next.run(request).await)
+}
+
+async fn login(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+    let params = wafer::login_params(&headers, uri.query());
+    let Some(code) = params.code else {
+        return Err(ApiError::LoginFailed {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            message: "login failed: the X-WX-Code header is missing".into(),
+        });
+    };
+    let answer = state
+        .sessions
+        .login(LoginRequest {
+            code,
+            encrypted_data: params.encrypted_data,
+            iv: params.iv,
+            raw_data: params.raw_data,
+            signature: params.signature,
+        })
+        .await
+        .map_err(|s| ApiError::login(&s))?;
+    let session = answer.session.ok_or_else(|| ApiError::LoginFailed {
+        status: axum::http::StatusCode::BAD_GATEWAY,
+        message: "login failed: session service sent no session".into(),
+    })?;
+    Ok(Json(wafer::login_body(&session.id, &session.skey, answer.user.as_ref())).into_response())
+}
+
+async fn me(session: Option<Extension<AuthSession>>) -> Json<serde_json::Value> {
+    match session {
+        Some(Extension(session)) => Json(wafer::user_json(&session.user)),
+        None => Json(json!({ "noBody": true })),
+    }
+}
+
+/// Revokes the request's session. Not part of wafer; the magic key in the answer makes the
+/// SDK drop its copy too.
+async fn logout(State(state): State<AppState>, session: Option<Extension<AuthSession>>) -> Result<Response, ApiError> {
+    let Some(Extension(session)) = session else {
+        return Err(ApiError::InvalidSession("there is no session to log out of".into()));
+    };
+    state
+        .sessions
+        .logout(session.id, session.skey)
+        .await
+        .map_err(|s| ApiError::validate(&s))?;
+    Ok(Json(json!({ wafer::MAGIC_KEY: 1, "logout": true })).into_response())
+}
+
+async fn fallback() -> &'static str {
+    "Response from express"
+}

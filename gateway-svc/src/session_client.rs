@@ -1,0 +1,73 @@
+//! The gateway's line to session-svc: one shared, lazily connected tonic channel (cheap to
+//! clone, reconnects by itself) and a deadline on every call, enforced here and sent along.
+use std::{future::Future, time::Duration};
+
+use tonic::{Request, Status, transport::Channel, transport::Endpoint};
+use weapp_proto::session::v1::{
+    LoginRequest, LoginResponse, LogoutRequest, ValidateRequest, ValidateResponse,
+    session_service_client::SessionServiceClient,
+};
+
+#[derive(Clone)]
+pub struct SessionClient {
+    client: SessionServiceClient<Channel>,
+    session_timeout: Duration,
+    login_timeout: Duration,
+}
+
+impl SessionClient {
+    pub fn connect_lazy(url: &str, session_timeout: Duration, login_timeout: Duration) -> Result<Self, String> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| format!("bad session-svc URL {url:?}: {e}"))?
+            .connect_timeout(session_timeout.max(Duration::from_millis(100)))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        Ok(Self {
+            client: SessionServiceClient::new(endpoint.connect_lazy()),
+            session_timeout,
+            login_timeout,
+        })
+    }
+
+    pub async fn validate(&self, id: String, skey: String) -> Result<ValidateResponse, Status> {
+        let mut client = self.client.clone();
+        let request = with_deadline(ValidateRequest { id, skey }, self.session_timeout);
+        bounded(self.session_timeout, async move { client.validate(request).await }).await
+    }
+
+    pub async fn login(&self, login: LoginRequest) -> Result<LoginResponse, Status> {
+        let mut client = self.client.clone();
+        let request = with_deadline(login, self.login_timeout);
+        bounded(self.login_timeout, async move { client.login(request).await }).await
+    }
+
+    pub async fn logout(&self, id: String, skey: String) -> Result<(), Status> {
+        let mut client = self.client.clone();
+        let request = with_deadline(LogoutRequest { id, skey }, self.session_timeout);
+        bounded(self.session_timeout, async move { client.logout(request).await })
+            .await
+            .map(drop)
+    }
+}
+
+fn with_deadline<T>(message: T, deadline: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(deadline);
+    request
+}
+
+/// The channel's own timeouts do not cover every stall (a peer that accepted the connection
+/// and went silent), so the deadline is enforced here as well.
+async fn bounded<T>(
+    deadline: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "session-svc did not answer within {deadline:?}"
+        ))),
+    }
+}

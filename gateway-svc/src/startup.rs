@@ -1,0 +1,95 @@
+//! Wiring: binds the listener up front (so port 0 works), builds the shared state and serves
+//! until told to stop; then stops accepting, lets requests finish, and closes WebSockets with
+//! "going away".
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, extract::Request};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower_http::trace::TraceLayer;
+
+use crate::{
+    config::Settings,
+    routes::{self, AppState},
+    session_client::SessionClient,
+};
+
+/// How long shutdown waits for WebSocket close frames to go out.
+const WS_DRAIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    SessionSvc(String),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    settings: Arc<Settings>,
+    sessions: SessionClient,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let sessions = SessionClient::connect_lazy(
+            &settings.session_svc_url,
+            settings.session_timeout,
+            settings.login_timeout,
+        )
+        .map_err(StartupError::SessionSvc)?;
+        let bind_error = |source| StartupError::Bind {
+            addr: settings.listen,
+            source,
+        };
+        let listener = TcpListener::bind(settings.listen).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        Ok(Self {
+            listener,
+            local_addr,
+            settings: Arc::new(settings),
+            sessions,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
+        let ws_tasks = TaskTracker::new();
+        let state = AppState {
+            sessions: self.sessions,
+            ws_slots: Arc::new(Semaphore::new(self.settings.ws.max_connections)),
+            settings: self.settings,
+            ws_tasks: ws_tasks.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let app = with_tracing(routes::router(state));
+        tracing::info!(addr = %self.local_addr, "gateway-svc listening");
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        shutdown.cancel();
+        ws_tasks.close();
+        if tokio::time::timeout(WS_DRAIN, ws_tasks.wait()).await.is_err() {
+            tracing::warn!("some WebSockets did not close in time");
+        }
+        tracing::info!("gateway-svc stopped");
+        served.map_err(StartupError::Serve)
+    }
+}
+
+/// Request spans carry the method and path only: query strings can hold X-WX-Skey.
+fn with_tracing(router: Router) -> Router {
+    router.layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+        tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+    }))
+}

@@ -1,0 +1,100 @@
+//! The gRPC face of session-svc: `weapp.session.v1.SessionService`, translating between the
+//! wire messages and the login/session logic. Errors become statuses in `error.rs` only.
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use weapp_proto::session::v1::{
+    self as pb, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, SessionCredentials, ValidateRequest,
+    ValidateResponse, session_service_server::SessionService,
+};
+
+use crate::{
+    login::{LoginInput, LoginService},
+    session::{SessionManager, UnixMillis, UserInfo},
+};
+
+pub struct SessionGrpc {
+    login: Arc<LoginService>,
+    sessions: Arc<SessionManager>,
+}
+
+impl SessionGrpc {
+    pub fn new(login: Arc<LoginService>, sessions: Arc<SessionManager>) -> Self {
+        Self { login, sessions }
+    }
+}
+
+fn timestamp(ms: UnixMillis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+impl From<UserInfo> for pb::UserInfo {
+    fn from(u: UserInfo) -> Self {
+        Self {
+            open_id: u.open_id,
+            union_id: u.union_id,
+            nick_name: u.nick_name,
+            gender: u.gender,
+            language: u.language,
+            city: u.city,
+            province: u.province,
+            country: u.country,
+            avatar_url: u.avatar_url,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl SessionService for SessionGrpc {
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+        let r = request.into_inner();
+        let (credentials, record) = self
+            .login
+            .login(LoginInput {
+                code: r.code,
+                encrypted_data: r.encrypted_data,
+                iv: r.iv,
+                raw_data: r.raw_data,
+                signature: r.signature,
+            })
+            .await?;
+        Ok(Response::new(LoginResponse {
+            session: Some(SessionCredentials {
+                id: credentials.id,
+                skey: credentials.skey,
+            }),
+            user: Some(record.user.into()),
+            expires_at: Some(timestamp(record.expires_at)),
+        }))
+    }
+
+    async fn validate(&self, request: Request<ValidateRequest>) -> Result<Response<ValidateResponse>, Status> {
+        let r = request.into_inner();
+        let record = self.sessions.validate(&r.id, &r.skey).await?;
+        Ok(Response::new(ValidateResponse {
+            user: Some(record.user.into()),
+            expires_at: Some(timestamp(record.expires_at)),
+            created_at: Some(timestamp(record.created_at)),
+        }))
+    }
+
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+        let r = request.into_inner();
+        self.sessions.logout(&r.id, &r.skey).await?;
+        Ok(Response::new(LogoutResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timestamp;
+
+    #[test]
+    fn timestamps_convert_exactly() {
+        let t = timestamp(1_700_000_000_123);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
+    }
+}

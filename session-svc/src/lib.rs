@@ -1,0 +1,18 @@
+//! session-svc: the only weapp process that holds secrets. It exchanges mini-program login
+//! codes with WeChat, checks the user data WeChat signed and encrypted, and keeps sessions.
+//! Everything is reached over gRPC (`weapp.session.v1.SessionService`).
+
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod grpc;
+pub mod login;
+pub mod session;
+pub mod singleflight;
+pub mod startup;
+pub mod store;
+pub mod user_data;
+pub mod wechat;
+
+pub use config::Settings;
+pub use startup::Application;

@@ -1,0 +1,158 @@
+//! The login flow: check the request, exchange the code with WeChat (once per code, however
+//! many identical requests are in flight), check the user data, then create the session. A
+//! session is only created when every step succeeded.
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use secrecy::ExposeSecret;
+
+use crate::{
+    credentials::{Credentials, short_hash},
+    error::SessionError,
+    session::{SessionManager, SessionRecord, UserInfo},
+    singleflight::SingleFlight,
+    user_data::{self, Expected},
+    wechat::{CodeSession, WeChatClient, WeChatError},
+};
+
+/// Longest login code accepted (WeChat's are 32 characters).
+const MAX_CODE_LEN: usize = 128;
+
+#[derive(Clone, Copy, Debug)]
+pub struct LoginPolicy {
+    /// How far from now the encrypted data's watermark timestamp may be.
+    pub max_data_age: Duration,
+}
+
+impl Default for LoginPolicy {
+    fn default() -> Self {
+        Self {
+            max_data_age: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A login as the client sent it.
+#[derive(Clone, Debug, Default)]
+pub struct LoginInput {
+    pub code: String,
+    pub encrypted_data: Option<String>,
+    pub iv: Option<String>,
+    pub raw_data: Option<String>,
+    pub signature: Option<String>,
+}
+
+type Exchange = Result<Arc<CodeSession>, WeChatError>;
+
+pub struct LoginService {
+    wechat: Arc<WeChatClient>,
+    sessions: Arc<SessionManager>,
+    policy: LoginPolicy,
+    in_flight: SingleFlight<String, Exchange>,
+}
+
+/// Present-and-non-empty, so that an empty header counts as absent.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+impl LoginService {
+    pub fn new(wechat: Arc<WeChatClient>, sessions: Arc<SessionManager>, policy: LoginPolicy) -> Self {
+        Self {
+            wechat,
+            sessions,
+            policy,
+            in_flight: SingleFlight::default(),
+        }
+    }
+
+    pub async fn login(&self, input: LoginInput) -> Result<(Credentials, SessionRecord), SessionError> {
+        let code = input.code.trim();
+        if code.is_empty() {
+            return Err(SessionError::InvalidArgument("the login code (X-WX-Code) is missing".into()));
+        }
+        if code.len() > MAX_CODE_LEN || !code.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(SessionError::InvalidArgument("the login code (X-WX-Code) is malformed".into()));
+        }
+        // Everything that can be checked without the session_key is checked before the
+        // single-use code is spent.
+        let encrypted = match (given(&input.encrypted_data), given(&input.iv)) {
+            (Some(data), Some(iv)) => Some(user_data::precheck_encrypted(data, iv)?),
+            (None, None) => None,
+            _ => {
+                return Err(SessionError::InvalidArgument(
+                    "encryptedData and iv must be sent together".into(),
+                ));
+            }
+        };
+        let signed = match (given(&input.raw_data), given(&input.signature)) {
+            (Some(raw), Some(sig)) => {
+                user_data::precheck_signature(raw, sig)?;
+                Some((raw, sig))
+            }
+            (None, None) => None,
+            _ => {
+                return Err(SessionError::InvalidArgument(
+                    "rawData and signature must be sent together".into(),
+                ));
+            }
+        };
+
+        let exchanged = self.exchange(code).await?;
+        let session_key = exchanged.session_key.expose_secret();
+
+        let mut user = match encrypted {
+            Some((ciphertext, iv)) => {
+                let plaintext = user_data::decrypt(session_key, &ciphertext, &iv)?;
+                let now_secs = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or_default();
+                user_data::parse_decrypted(
+                    &plaintext,
+                    &Expected {
+                        app_id: self.wechat.app_id(),
+                        open_id: &exchanged.open_id,
+                        union_id: exchanged.union_id.as_deref(),
+                        now_secs,
+                        max_age: self.policy.max_data_age,
+                    },
+                )?
+            }
+            None => UserInfo {
+                open_id: exchanged.open_id.clone(),
+                union_id: exchanged.union_id.clone(),
+                ..UserInfo::default()
+            },
+        };
+        if let Some((raw, sig)) = signed {
+            user_data::verify_signature(raw, session_key, sig)?;
+            user_data::merge_raw_profile(&mut user, raw)?;
+        }
+
+        let (credentials, record) = self.sessions.create(user).await?;
+        tracing::info!(
+            session = %short_hash(&record.id),
+            user = %short_hash(&record.user.open_id),
+            "login succeeded"
+        );
+        Ok((credentials, record))
+    }
+
+    /// One WeChat exchange per code in flight: double taps and client retries share it.
+    async fn exchange(&self, code: &str) -> Result<Arc<CodeSession>, SessionError> {
+        let wechat = self.wechat.clone();
+        let owned = code.to_owned();
+        let outcome = self
+            .in_flight
+            .run(code.to_owned(), async move { wechat.code2session(&owned).await.map(Arc::new) })
+            .await
+            .ok_or_else(|| SessionError::Internal("the WeChat exchange task failed".into()))?;
+        outcome.map_err(|e| {
+            tracing::warn!(error = %e, "WeChat code exchange failed");
+            SessionError::WeChat(e)
+        })
+    }
+}

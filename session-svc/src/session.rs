@@ -1,0 +1,185 @@
+//! Sessions: what a session is, how long it lives, and the create/validate/logout life cycle on
+//! top of whichever store is configured.
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    credentials::{self, Credentials},
+    error::SessionError,
+    store::SessionStore,
+};
+
+/// Milliseconds since the Unix epoch: the one time unit of stored sessions.
+pub type UnixMillis = i64;
+
+pub fn now_millis() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The user behind a session, in WeChat's field names (as `/me` shows it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserInfo {
+    pub open_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub union_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nick_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gender: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub province: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+}
+
+/// A stored session. Holds the skey only as a hash, and nothing of WeChat's session_key: no
+/// feature needs it after login, so the safest copy is none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRecord {
+    pub id: String,
+    pub skey_hash: String,
+    pub user: UserInfo,
+    pub created_at: UnixMillis,
+    pub last_seen_at: UnixMillis,
+    /// Idle expiry, never past `max_expires_at`: the session is dead from this instant on.
+    pub expires_at: UnixMillis,
+    /// Absolute end of life, whatever the use.
+    pub max_expires_at: UnixMillis,
+}
+
+impl SessionRecord {
+    pub fn is_expired(&self, now: UnixMillis) -> bool {
+        now >= self.expires_at
+    }
+}
+
+/// How long sessions live.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionPolicy {
+    /// Unused this long, a session expires; each use pushes the expiry out again.
+    pub idle_ttl: Duration,
+    /// Hard limit on a session's life.
+    pub max_age: Duration,
+    /// Renewal is written at most this often, so a busy session does not turn every request
+    /// into a store write. The idle expiry may therefore be up to this much early.
+    pub renew_after: Duration,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        Self {
+            idle_ttl: Duration::from_secs(2 * 3600),
+            max_age: Duration::from_secs(7 * 86400),
+            renew_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl SessionPolicy {
+    pub fn check(&self) -> Result<(), String> {
+        if self.idle_ttl.is_zero() || self.max_age.is_zero() {
+            return Err("session lifetimes must be positive".into());
+        }
+        if self.idle_ttl > self.max_age {
+            return Err("the session idle TTL cannot exceed the session max age".into());
+        }
+        if self.renew_after >= self.idle_ttl {
+            return Err("the renewal interval must be shorter than the idle TTL".into());
+        }
+        Ok(())
+    }
+}
+
+/// Creates, resolves and revokes sessions.
+pub struct SessionManager {
+    store: Arc<dyn SessionStore>,
+    policy: SessionPolicy,
+}
+
+impl SessionManager {
+    pub fn new(store: Arc<dyn SessionStore>, policy: SessionPolicy) -> Self {
+        Self { store, policy }
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// Stores a new session for `user`; the returned credentials are the only copy of the skey.
+    pub async fn create(&self, user: UserInfo) -> Result<(Credentials, SessionRecord), SessionError> {
+        let credentials = Credentials::generate().map_err(|e| SessionError::Internal(format!("OS random source: {e}")))?;
+        let now = now_millis();
+        let max_expires_at = now.saturating_add(millis(self.policy.max_age));
+        let record = SessionRecord {
+            id: credentials.id.clone(),
+            skey_hash: credentials.skey_hash(),
+            user,
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now.saturating_add(millis(self.policy.idle_ttl)).min(max_expires_at),
+            max_expires_at,
+        };
+        self.store.insert(&record).await?;
+        Ok((credentials, record))
+    }
+
+    /// Resolves id + skey to a live session, renewing its idle expiry when due.
+    pub async fn validate(&self, id: &str, skey: &str) -> Result<SessionRecord, SessionError> {
+        let mut record = self.authenticate(id, skey).await?;
+        let now = now_millis();
+        if now.saturating_sub(record.last_seen_at) >= millis(self.policy.renew_after) {
+            let expires_at = now.saturating_add(millis(self.policy.idle_ttl)).min(record.max_expires_at);
+            if !self.store.touch(&record.id, now, expires_at).await? {
+                // Revoked between our read and our write.
+                return Err(SessionError::Unauthenticated);
+            }
+            record.last_seen_at = now;
+            record.expires_at = expires_at;
+        }
+        Ok(record)
+    }
+
+    /// Revokes the session at once.
+    pub async fn logout(&self, id: &str, skey: &str) -> Result<(), SessionError> {
+        let record = self.authenticate(id, skey).await?;
+        self.store.remove(&record.id).await?;
+        Ok(())
+    }
+
+    async fn authenticate(&self, id: &str, skey: &str) -> Result<SessionRecord, SessionError> {
+        if !credentials::well_formed(id, skey) {
+            return Err(SessionError::Unauthenticated);
+        }
+        let record = self.store.get(id).await?.ok_or(SessionError::Unauthenticated)?;
+        if !credentials::skey_matches(skey, &record.skey_hash) {
+            return Err(SessionError::Unauthenticated);
+        }
+        if record.is_expired(now_millis()) {
+            // The sweeper would get to it; removing it now keeps the store honest sooner.
+            if let Err(e) = self.store.remove(&record.id).await {
+                tracing::debug!(error = %e, "could not remove an expired session");
+            }
+            return Err(SessionError::Unauthenticated);
+        }
+        Ok(record)
+    }
+}

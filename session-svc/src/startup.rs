@@ -1,0 +1,134 @@
+//! Wiring: builds the store, the WeChat client and the gRPC server (with health and
+//! reflection), binds the listener up front so port 0 works, and runs until told to stop.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use weapp_proto::session::v1::session_service_server::SessionServiceServer;
+
+use crate::{
+    config::{Settings, StoreSettings},
+    grpc::SessionGrpc,
+    login::LoginService,
+    session::{SessionManager, now_millis},
+    store::{EmbeddedStore, SessionStore, StoreError},
+    wechat::{WeChatClient, WeChatError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("WeChat client: {0}")]
+    WeChat(#[from] WeChatError),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    grpc: SessionGrpc,
+    store: Arc<dyn SessionStore>,
+    purge_interval: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let store: Arc<dyn SessionStore> = match &settings.store {
+            StoreSettings::Embedded { data_dir } => Arc::new(EmbeddedStore::open(data_dir)?),
+        };
+        let wechat = Arc::new(WeChatClient::new(&settings.wechat)?);
+        let sessions = Arc::new(SessionManager::new(store.clone(), settings.sessions));
+        let login = Arc::new(LoginService::new(wechat, sessions.clone(), settings.login));
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: settings.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            local_addr,
+            grpc: SessionGrpc::new(login, sessions),
+            store,
+            purge_interval: settings.purge_interval,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The store this instance serves from (for tests and tooling in the same process).
+    pub fn store(&self) -> Arc<dyn SessionStore> {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets in-flight RPCs finish. Returns only
+    /// once every task holding the store has ended, so the store can be reopened at once.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<SessionServiceServer<SessionGrpc>>().await;
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(weapp_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // Both versions: grpcurl and most tools speak v1, older ones only v1alpha.
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| StartupError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| StartupError::Reflection(e.to_string()))?;
+
+        let sweeper = tokio::spawn(sweep_expired(self.store.clone(), self.purge_interval, shutdown.clone()));
+
+        tracing::info!(addr = %self.local_addr, "session-svc gRPC listening");
+        let served = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(SessionServiceServer::new(self.grpc))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.clone().cancelled_owned())
+            .await;
+        shutdown.cancel();
+        if let Err(e) = sweeper.await {
+            tracing::warn!(error = %e, "expiry sweeper ended abnormally");
+        }
+        tracing::info!("session-svc stopped");
+        Ok(served?)
+    }
+}
+
+/// Deletes expired sessions now and then; reads refuse expired sessions regardless, so this
+/// only keeps the store from growing.
+async fn sweep_expired(store: Arc<dyn SessionStore>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => match store.purge_expired(now_millis()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "expired sessions swept"),
+                Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+            },
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The default store: one redb file under the data directory. No server to run, crash-safe
+//! (every commit is durable before the RPC answers), so a restart loses nothing.
+use std::{path::Path, sync::Arc};
+
+use async_trait::async_trait;
+use redb::{
+    Database, MultimapTableDefinition, ReadableMultimapTable as _, ReadableTable as _, ReadableTableMetadata as _,
+    TableDefinition, WriteTransaction,
+};
+
+use super::{SessionStore, StoreError};
+use crate::session::{SessionRecord, UnixMillis};
+
+/// id → the session record as JSON (readable with any redb tool).
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// openId → ids of that user's sessions, for revoking them all.
+const BY_OPEN_ID: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::new("sessions_by_open_id");
+/// (expires_at, id), so the sweeper reads only what has expired.
+const BY_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("sessions_by_expiry");
+
+pub const FILE_NAME: &str = "sessions.redb";
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+fn unavailable(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Unavailable(e.into().to_string())
+}
+
+fn decode(bytes: &[u8]) -> Result<SessionRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display())))?;
+        let path = data_dir.join(FILE_NAME);
+        let db = Database::create(&path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(unavailable)?;
+        txn.open_table(SESSIONS).map_err(unavailable)?;
+        txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
+        txn.open_table(BY_EXPIRY).map_err(unavailable)?;
+        txn.commit().map_err(unavailable)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs blocking redb work off the async runtime.
+    async fn blocking<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// Same as [`Self::blocking`] inside one write transaction, committed if `work` succeeds.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let out = work(&txn)?;
+            txn.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Deletes a session and its index entries inside `txn`; the record it removed.
+fn remove_in(txn: &WriteTransaction, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+    let Some(bytes) = sessions.remove(id).map_err(unavailable)? else {
+        return Ok(None);
+    };
+    let record = decode(bytes.value())?;
+    drop(bytes);
+    txn.open_multimap_table(BY_OPEN_ID)
+        .map_err(unavailable)?
+        .remove(record.user.open_id.as_str(), id)
+        .map_err(unavailable)?;
+    txn.open_table(BY_EXPIRY)
+        .map_err(unavailable)?
+        .remove((record.expires_at, id))
+        .map_err(unavailable)?;
+    Ok(Some(record))
+}
+
+#[async_trait]
+impl SessionStore for EmbeddedStore {
+    async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(move |txn| {
+            let id = record.id.as_str();
+            txn.open_table(SESSIONS)
+                .map_err(unavailable)?
+                .insert(id, bytes.as_slice())
+                .map_err(unavailable)?;
+            txn.open_multimap_table(BY_OPEN_ID)
+                .map_err(unavailable)?
+                .insert(record.user.open_id.as_str(), id)
+                .map_err(unavailable)?;
+            txn.open_table(BY_EXPIRY)
+                .map_err(unavailable)?
+                .insert((record.expires_at, id), ())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(SESSIONS).map_err(unavailable)?;
+            match table.get(id.as_str()).map_err(unavailable)? {
+                Some(bytes) => decode(bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn touch(&self, id: &str, last_seen_at: UnixMillis, expires_at: UnixMillis) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+            let mut record = match sessions.get(id.as_str()).map_err(unavailable)? {
+                Some(bytes) => decode(bytes.value())?,
+                None => return Ok(false),
+            };
+            let old_expiry = record.expires_at;
+            record.last_seen_at = last_seen_at;
+            record.expires_at = expires_at;
+            let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sessions.insert(id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+            let mut by_expiry = txn.open_table(BY_EXPIRY).map_err(unavailable)?;
+            by_expiry.remove((old_expiry, id.as_str())).map_err(unavailable)?;
+            by_expiry.insert((expires_at, id.as_str()), ()).map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |txn| Ok(remove_in(txn, &id)?.is_some())).await
+    }
+
+    async fn remove_by_open_id(&self, open_id: &str) -> Result<u64, StoreError> {
+        let open_id = open_id.to_owned();
+        self.write(move |txn| {
+            let ids: Vec<String> = {
+                let index = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
+                let values = index.get(open_id.as_str()).map_err(unavailable)?;
+                values
+                    .map(|v| v.map(|g| g.value().to_owned()).map_err(unavailable))
+                    .collect::<Result<_, _>>()?
+            };
+            let mut removed = 0;
+            for id in ids {
+                if remove_in(txn, &id)?.is_some() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        self.write(move |txn| {
+            let due: Vec<String> = {
+                let by_expiry = txn.open_table(BY_EXPIRY).map_err(unavailable)?;
+                let range = by_expiry.range(..(now.saturating_add(1), "")).map_err(unavailable)?;
+                range
+                    .map(|entry| entry.map(|(k, _)| k.value().1.to_owned()).map_err(unavailable))
+                    .collect::<Result<_, _>>()?
+            };
+            let mut removed = 0;
+            for id in due {
+                if remove_in(txn, &id)?.is_some() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            txn.open_table(SESSIONS).map_err(unavailable)?.len().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|db| db.begin_read().map(drop).map_err(unavailable)).await
+    }
+}

@@ -1,0 +1,39 @@
+//! Where sessions live. Every store implements [`SessionStore`] and passes the same
+//! conformance suite; the embedded store is the default, MongoDB slots in beside it.
+mod embedded;
+
+pub use embedded::EmbeddedStore;
+
+use async_trait::async_trait;
+
+use crate::session::{SessionRecord, UnixMillis};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or refused the operation; the caller may retry later.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be read back.
+    #[error("session store holds an unreadable record: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Adds a new session (ids are random and never reused).
+    async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError>;
+    /// The session with this id, expired or not: expiry is the caller's call.
+    async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Records use of a session; false when it no longer exists.
+    async fn touch(&self, id: &str, last_seen_at: UnixMillis, expires_at: UnixMillis) -> Result<bool, StoreError>;
+    /// Revokes one session; false when there was none.
+    async fn remove(&self, id: &str) -> Result<bool, StoreError>;
+    /// Revokes every session of a user; how many there were.
+    async fn remove_by_open_id(&self, open_id: &str) -> Result<u64, StoreError>;
+    /// Deletes sessions whose expiry is at or before `now`; how many.
+    async fn purge_expired(&self, now: UnixMillis) -> Result<u64, StoreError>;
+    /// Sessions stored, expired ones not yet swept included.
+    async fn count(&self) -> Result<u64, StoreError>;
+    /// Cheap reachability check, for health reporting.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,125 @@
+//! session-svc over gRPC as any backend would use it: status codes, health, reflection.
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use weapp_proto::session::v1::{
+    LoginRequest, LogoutRequest, ValidateRequest, session_service_client::SessionServiceClient,
+};
+use weapp_tests::{Stack, wechat_sandbox::MintRequest};
+
+async fn channel(stack: &Stack) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(stack.session_svc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn login_validate_logout_with_meaningful_status_codes() {
+    let stack = Stack::start().await;
+    let mut client = SessionServiceClient::connect(stack.session_svc_url()).await.unwrap();
+    let minted = stack.mint(MintRequest::default());
+    let login = client
+        .login(LoginRequest {
+            code: minted.code.clone(),
+            encrypted_data: Some(minted.encrypted_data.clone()),
+            iv: Some(minted.iv.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let creds = login.session.unwrap();
+    assert_eq!(login.user.unwrap().nick_name.as_deref(), Some("Sandbox User"));
+
+    let valid = client
+        .validate(ValidateRequest {
+            id: creds.id.clone(),
+            skey: creds.skey.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(valid.user.unwrap().open_id, minted.openid);
+    assert!(valid.expires_at.unwrap().seconds > valid.created_at.unwrap().seconds);
+
+    let replay = client
+        .login(LoginRequest {
+            code: minted.code.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(replay.code(), Code::PermissionDenied);
+    assert_eq!(replay.metadata().get("wechat-errcode").unwrap(), "40163");
+
+    let empty = client.login(LoginRequest::default()).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+
+    let quota = stack.mint(MintRequest {
+        errcode: Some(45011),
+        ..Default::default()
+    });
+    let limited = client
+        .login(LoginRequest {
+            code: quota.code,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+
+    client
+        .logout(LogoutRequest {
+            id: creds.id.clone(),
+            skey: creds.skey.clone(),
+        })
+        .await
+        .unwrap();
+    let gone = client
+        .validate(ValidateRequest {
+            id: creds.id,
+            skey: creds.skey,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let stack = Stack::start().await;
+    let mut health = HealthClient::new(channel(&stack).await);
+    for service in ["", "weapp.session.v1.SessionService"] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.status(), ServingStatus::Serving, "{service:?}");
+    }
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel(&stack).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"weapp.session.v1.SessionService".to_owned()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+}

@@ -1,0 +1,7 @@
+//! End-to-end suite: one test binary, every test on its own stack (sandbox + session-svc +
+//! gateway-svc on port 0).
+mod grpc;
+mod login;
+mod resilience;
+mod sessions;
+mod websocket;

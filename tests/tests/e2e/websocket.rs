@@ -1,0 +1,212 @@
+//! `/ws`: greeting, ordered echo, refusal without a session, limits and keep-alive.
+use std::time::Duration;
+
+use futures::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{Message, client::IntoClientRequest as _, protocol::frame::coding::CloseCode},
+};
+use weapp_tests::{ClientSession, MAGIC_KEY, Stack, wechat_sandbox::MintRequest};
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(stack: &Stack, session: Option<&ClientSession>) -> Ws {
+    let url = match session {
+        Some(s) => stack.ws_url(&format!("/ws?{}", s.query())),
+        None => stack.ws_url("/ws"),
+    };
+    connect_async(url).await.expect("upgrade accepted").0
+}
+
+/// Next data or close frame, skipping keep-alive traffic.
+async fn next(ws: &mut Ws) -> Message {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("stream open")
+            .expect("valid frame");
+        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+            return message;
+        }
+    }
+}
+
+fn text(message: Message) -> String {
+    match message {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+fn close_code(message: Message) -> CloseCode {
+    match message {
+        Message::Close(Some(frame)) => frame.code,
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn greets_by_nickname_and_echoes_100_messages_in_order() {
+    let stack = Stack::start().await;
+    let (_, session) = stack.new_session().await;
+    let mut ws = connect(&stack, Some(&session)).await;
+    assert_eq!(text(next(&mut ws).await), "Server: 恭喜，Sandbox User");
+    for i in 0..100 {
+        ws.send(Message::Text(format!("message {i}").into())).await.unwrap();
+    }
+    for i in 0..100 {
+        assert_eq!(text(next(&mut ws).await), format!("Server: Received(message {i})"));
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn greets_by_openid_after_a_code_only_login_and_accepts_headers() {
+    let stack = Stack::start().await;
+    let minted = stack.mint(MintRequest::default());
+    let session = weapp_tests::session_from(stack.login_code_only(&minted.code).await).await;
+    let mut request = stack.ws_url("/ws").into_client_request().unwrap();
+    request.headers_mut().extend(session.headers());
+    let (mut ws, _) = connect_async(request).await.unwrap();
+    assert_eq!(text(next(&mut ws).await), format!("Server: 恭喜，{}", minted.openid));
+}
+
+#[tokio::test]
+async fn without_a_valid_session_one_error_frame_then_policy_close() {
+    let stack = Stack::start().await;
+    let (_, session) = stack.new_session().await;
+    let wrong = ClientSession {
+        skey: "B".repeat(43),
+        ..session
+    };
+    for who in [None, Some(&wrong)] {
+        let mut ws = connect(&stack, who).await;
+        let body: serde_json::Value = serde_json::from_str(&text(next(&mut ws).await)).unwrap();
+        assert_eq!(body[MAGIC_KEY], 1);
+        assert_eq!(body["error"], "ERR_INVALID_SESSION");
+        assert_eq!(close_code(next(&mut ws).await), CloseCode::Policy);
+    }
+}
+
+#[tokio::test]
+async fn two_users_at_once_have_their_own_conversations() {
+    let stack = Stack::start().await;
+    let alice = stack.mint(MintRequest {
+        profile: Some(weapp_tests::wechat_sandbox::Profile {
+            nick_name: "Alice".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let bob = stack.mint(MintRequest {
+        profile: Some(weapp_tests::wechat_sandbox::Profile {
+            nick_name: "Bob".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let alice = weapp_tests::session_from(stack.login_encrypted(&alice).await).await;
+    let bob = weapp_tests::session_from(stack.login_encrypted(&bob).await).await;
+    let (mut a, mut b) = (connect(&stack, Some(&alice)).await, connect(&stack, Some(&bob)).await);
+    assert_eq!(text(next(&mut a).await), "Server: 恭喜，Alice");
+    assert_eq!(text(next(&mut b).await), "Server: 恭喜，Bob");
+    for i in 0..20 {
+        a.send(Message::Text(format!("a{i}").into())).await.unwrap();
+        b.send(Message::Text(format!("b{i}").into())).await.unwrap();
+    }
+    for i in 0..20 {
+        assert_eq!(text(next(&mut a).await), format!("Server: Received(a{i})"));
+        assert_eq!(text(next(&mut b).await), format!("Server: Received(b{i})"));
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_with_1009() {
+    let stack = Stack::builder()
+        .gateway(|g| g.ws.max_message_size = 1024)
+        .start()
+        .await;
+    let (_, session) = stack.new_session().await;
+    let mut ws = connect(&stack, Some(&session)).await;
+    next(&mut ws).await;
+    ws.send(Message::Text("x".repeat(1000).into())).await.unwrap();
+    assert_eq!(text(next(&mut ws).await).len(), "Server: Received()".len() + 1000);
+    ws.send(Message::Text("x".repeat(4096).into())).await.unwrap();
+    assert_eq!(close_code(next(&mut ws).await), CloseCode::Size);
+}
+
+#[tokio::test]
+async fn a_client_that_never_answers_pings_is_closed() {
+    let stack = Stack::builder()
+        .gateway(|g| {
+            g.ws.ping_interval = Duration::from_millis(200);
+            g.ws.pong_timeout = Duration::from_millis(300);
+        })
+        .start()
+        .await;
+    let (_, session) = stack.new_session().await;
+    let mut ws = connect(&stack, Some(&session)).await;
+    next(&mut ws).await;
+    // Not reading means tungstenite sends no pongs: the server must give up on us.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut saw_ping = false;
+    let code = loop {
+        match ws.next().await.expect("frame").expect("valid") {
+            Message::Ping(_) => saw_ping = true,
+            Message::Close(frame) => break frame.map(|f| f.code),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(saw_ping, "the server pinged");
+    assert_eq!(code, Some(CloseCode::Away));
+}
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_connected() {
+    let stack = Stack::builder()
+        .gateway(|g| {
+            g.ws.ping_interval = Duration::from_millis(100);
+            g.ws.pong_timeout = Duration::from_millis(200);
+        })
+        .start()
+        .await;
+    let (_, session) = stack.new_session().await;
+    let mut ws = connect(&stack, Some(&session)).await;
+    next(&mut ws).await;
+    // Reading lets tungstenite answer the pings; a second later we are still talking.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1000);
+    let mut pings = 0;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, ws.next()).await {
+        assert!(matches!(message, Message::Ping(_)), "{message:?}");
+        pings += 1;
+    }
+    assert!(pings >= 3, "{pings} pings");
+    ws.send(Message::Text("still here".into())).await.unwrap();
+    assert_eq!(text(next(&mut ws).await), "Server: Received(still here)");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_refused() {
+    let stack = Stack::builder().gateway(|g| g.ws.max_connections = 1).start().await;
+    let (_, session) = stack.new_session().await;
+    let mut first = connect(&stack, Some(&session)).await;
+    next(&mut first).await;
+    let url = stack.ws_url(&format!("/ws?{}", session.query()));
+    match connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("second connection should be refused, got {other:?}"),
+    }
+    first.close(None).await.unwrap();
+    // The slot is given back once the first connection is gone.
+    let mut retried = None;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok((ws, _)) = connect_async(stack.ws_url(&format!("/ws?{}", session.query()))).await {
+            retried = Some(ws);
+            break;
+        }
+    }
+    let mut ws = retried.expect("slot released");
+    assert!(text(next(&mut ws).await).starts_with("Server: 恭喜"));
+}

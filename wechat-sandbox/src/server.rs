@@ -1,0 +1,408 @@
+//! HTTP side of the sandbox: WeChat's `jscode2session` and the sandbox-only mint endpoint.
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::{Engine as _, engine::general_purpose::STANDARD, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::crypto;
+
+/// One mini-program registered with the sandbox.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub app_id: String,
+    pub app_secret: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Registered apps; the first is the default for minting.
+    pub apps: Vec<App>,
+    /// How long a minted code stays exchangeable (WeChat: five minutes).
+    pub code_ttl: Duration,
+}
+
+impl SandboxConfig {
+    pub fn single(app_id: impl Into<String>, app_secret: impl Into<String>) -> Self {
+        Self {
+            apps: vec![App {
+                app_id: app_id.into(),
+                app_secret: app_secret.into(),
+            }],
+            code_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The user profile WeChat reveals in `wx.getUserInfo()`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Profile {
+    pub nick_name: String,
+    pub gender: i32,
+    pub language: String,
+    pub city: String,
+    pub province: String,
+    pub country: String,
+    pub avatar_url: String,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self {
+            nick_name: "Sandbox User".into(),
+            gender: 1,
+            language: "zh_CN".into(),
+            city: "Guangzhou".into(),
+            province: "Guangdong".into(),
+            country: "China".into(),
+            avatar_url: "https://sandbox.invalid/avatar.png".into(),
+        }
+    }
+}
+
+/// Transport-level misbehaviour the code's exchange answers with, to test clients of WeChat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// HTTP 500 with an HTML body.
+    Http500,
+    /// HTTP 200 whose body is not JSON.
+    Malformed,
+    /// HTTP 200 with the JSON cut off half-way.
+    Truncated,
+}
+
+/// What `POST /sandbox/mint` takes; every field is optional.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MintRequest {
+    /// App the code belongs to (default: the first registered app).
+    pub appid: Option<String>,
+    /// The user's openid (default: a new random one, i.e. a new user).
+    pub openid: Option<String>,
+    /// Include a unionid in the exchange and the user data.
+    pub unionid: Option<String>,
+    /// Profile inside encryptedData/rawData (default: [`Profile::default`]).
+    pub profile: Option<Profile>,
+    /// Put another appid in the encrypted data's watermark.
+    pub watermark_appid: Option<String>,
+    /// Watermark timestamp in Unix seconds (default: now).
+    pub watermark_timestamp: Option<i64>,
+    /// Make the exchange of this code answer this WeChat errcode instead of succeeding.
+    pub errcode: Option<i64>,
+    /// Make the exchange of this code misbehave at the transport level.
+    pub fault: Option<Fault>,
+    /// Delay the answer to the exchange of this code, in milliseconds.
+    pub delay_ms: Option<u64>,
+}
+
+/// What `POST /sandbox/mint` answers: everything a mini-program holds after `wx.login()` and
+/// `wx.getUserInfo()`, named as the client SDK names it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MintedLogin {
+    pub code: String,
+    pub openid: String,
+    pub unionid: Option<String>,
+    pub encrypted_data: String,
+    pub iv: String,
+    pub raw_data: String,
+    pub signature: String,
+    pub profile: Profile,
+}
+
+/// How often a code was presented to `jscode2session`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CodeStats {
+    pub exchanges: u64,
+    pub used: bool,
+}
+
+struct CodeEntry {
+    app_id: String,
+    openid: String,
+    unionid: Option<String>,
+    session_key_b64: String,
+    minted: Instant,
+    used: bool,
+    exchanges: u64,
+    errcode: Option<i64>,
+    fault: Option<Fault>,
+    delay: Option<Duration>,
+}
+
+/// Shared sandbox state; cheap to clone. Tests can mint in-process through it.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SandboxConfig,
+    codes: Mutex<HashMap<String, CodeEntry>>,
+    exchanges: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("appid {0} is not registered with the sandbox")]
+    UnknownApp(String),
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                codes: Mutex::new(HashMap::new()),
+                exchanges: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn codes(&self) -> MutexGuard<'_, HashMap<String, CodeEntry>> {
+        // A poisoned lock only means another request panicked; the map itself is still sound.
+        self.inner.codes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Mints a one-time code and the user data that goes with it.
+    pub fn mint(&self, req: MintRequest) -> Result<MintedLogin, MintError> {
+        let config = &self.inner.config;
+        let app_id = match req.appid {
+            Some(id) => id,
+            None => config
+                .apps
+                .first()
+                .map(|a| a.app_id.clone())
+                .ok_or_else(|| MintError::UnknownApp(String::new()))?,
+        };
+        // Codes for unregistered apps are allowed on purpose: they model a code from another
+        // mini-program, which WeChat answers with 40029 when exchanged with our appid.
+        let openid = req
+            .openid
+            .unwrap_or_else(|| format!("o{}", &URL_SAFE_NO_PAD.encode(crypto::random_bytes::<21>())[..27]));
+        let profile = req.profile.unwrap_or_default();
+        let session_key = crypto::random_bytes::<16>();
+        let session_key_b64 = STANDARD.encode(session_key);
+        let iv = crypto::random_bytes::<16>();
+
+        let now_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let mut user = serde_json::to_value(&profile).unwrap_or_else(|_| json!({}));
+        user["openId"] = json!(openid);
+        if let Some(unionid) = &req.unionid {
+            user["unionId"] = json!(unionid);
+        }
+        user["watermark"] = json!({
+            "timestamp": req.watermark_timestamp.unwrap_or(now_secs),
+            "appid": req.watermark_appid.clone().unwrap_or_else(|| app_id.clone()),
+        });
+        let encrypted_data = crypto::encrypt(&session_key, &iv, user.to_string().as_bytes());
+        let raw_data = serde_json::to_string(&profile).unwrap_or_default();
+        let signature = crypto::signature(&raw_data, &session_key_b64);
+
+        let code = format!("sb{}", hex::encode(crypto::random_bytes::<15>()));
+        let mut codes = self.codes();
+        let ttl = config.code_ttl;
+        codes.retain(|_, e| e.minted.elapsed() < ttl * 2);
+        codes.insert(
+            code.clone(),
+            CodeEntry {
+                app_id,
+                openid: openid.clone(),
+                unionid: req.unionid.clone(),
+                session_key_b64,
+                minted: Instant::now(),
+                used: false,
+                exchanges: 0,
+                errcode: req.errcode,
+                fault: req.fault,
+                delay: req.delay_ms.map(Duration::from_millis),
+            },
+        );
+        Ok(MintedLogin {
+            code,
+            openid,
+            unionid: req.unionid,
+            encrypted_data,
+            iv: STANDARD.encode(iv),
+            raw_data,
+            signature,
+            profile,
+        })
+    }
+
+    /// How often `code` reached `jscode2session`.
+    pub fn code_stats(&self, code: &str) -> Option<CodeStats> {
+        self.codes().get(code).map(|e| CodeStats {
+            exchanges: e.exchanges,
+            used: e.used,
+        })
+    }
+
+    /// Total `jscode2session` calls answered, whatever their outcome.
+    pub fn total_exchanges(&self) -> u64 {
+        self.inner.exchanges.load(Ordering::Relaxed)
+    }
+
+    fn exchange(&self, q: &Code2SessionQuery) -> Exchange {
+        self.inner.exchanges.fetch_add(1, Ordering::Relaxed);
+        let Some(app) = self
+            .inner
+            .config
+            .apps
+            .iter()
+            .find(|a| Some(a.app_id.as_str()) == q.appid.as_deref())
+        else {
+            return Exchange::error(40013, "invalid appid");
+        };
+        if q.secret.as_deref() != Some(app.app_secret.as_str()) {
+            return Exchange::error(40125, "invalid appsecret");
+        }
+        if q.grant_type.as_deref() != Some("authorization_code") {
+            return Exchange::error(40002, "invalid grant_type");
+        }
+        let Some(code) = q.js_code.as_deref().filter(|c| !c.is_empty()) else {
+            return Exchange::error(41008, "missing code");
+        };
+        let ttl = self.inner.config.code_ttl;
+        let mut codes = self.codes();
+        let Some(entry) = codes.get_mut(code) else {
+            return Exchange::error(40029, "invalid code");
+        };
+        entry.exchanges += 1;
+        if entry.app_id != app.app_id || entry.minted.elapsed() > ttl {
+            return Exchange::error(40029, "invalid code");
+        }
+        let delay = entry.delay;
+        if let Some(errcode) = entry.errcode {
+            let msg = match errcode {
+                40226 => "code blocked",
+                45011 => "api minute-quota reach limit mustslower retry next minute",
+                -1 => "system error",
+                _ => "sandbox errcode",
+            };
+            return Exchange { delay, ..Exchange::error(errcode, msg) };
+        }
+        if entry.used {
+            return Exchange { delay, ..Exchange::error(40163, "code been used") };
+        }
+        entry.used = true;
+        if let Some(fault) = entry.fault {
+            return Exchange {
+                delay,
+                body: ExchangeBody::Fault(fault),
+            };
+        }
+        let mut ok = json!({ "openid": entry.openid, "session_key": entry.session_key_b64 });
+        if let Some(unionid) = &entry.unionid {
+            ok["unionid"] = json!(unionid);
+        }
+        Exchange {
+            delay,
+            body: ExchangeBody::Json(ok),
+        }
+    }
+}
+
+enum ExchangeBody {
+    Json(serde_json::Value),
+    Fault(Fault),
+}
+
+struct Exchange {
+    delay: Option<Duration>,
+    body: ExchangeBody,
+}
+
+impl Exchange {
+    fn error(errcode: i64, errmsg: &str) -> Self {
+        let rid = hex::encode(crypto::random_bytes::<6>());
+        Self {
+            delay: None,
+            body: ExchangeBody::Json(json!({ "errcode": errcode, "errmsg": format!("{errmsg}, rid: {rid}") })),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Code2SessionQuery {
+    appid: Option<String>,
+    secret: Option<String>,
+    js_code: Option<String>,
+    grant_type: Option<String>,
+}
+
+async fn jscode2session(State(sandbox): State<Sandbox>, Query(q): Query<Code2SessionQuery>) -> Response {
+    let exchange = sandbox.exchange(&q);
+    if let Some(delay) = exchange.delay {
+        tokio::time::sleep(delay).await;
+    }
+    // WeChat answers this endpoint with HTTP 200 and `text/plain`, errors included.
+    let text_plain = [(header::CONTENT_TYPE, "text/plain")];
+    match exchange.body {
+        ExchangeBody::Json(v) => (StatusCode::OK, text_plain, v.to_string()).into_response(),
+        ExchangeBody::Fault(Fault::Http500) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><body>500 Internal Server Error</body></html>",
+        )
+            .into_response(),
+        ExchangeBody::Fault(Fault::Malformed) => {
+            (StatusCode::OK, text_plain, "<html>system maintenance</html>").into_response()
+        }
+        ExchangeBody::Fault(Fault::Truncated) => {
+            (StatusCode::OK, text_plain, r#"{"openid":"o-truncated","session_k"#).into_response()
+        }
+    }
+}
+
+async fn mint(State(sandbox): State<Sandbox>, body: Option<Json<MintRequest>>) -> Response {
+    let req = body.map(|Json(r)| r).unwrap_or_default();
+    match sandbox.mint(req) {
+        Ok(minted) => Json(minted).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() }))).into_response(),
+    }
+}
+
+async fn code_stats(State(sandbox): State<Sandbox>, Path(code): Path<String>) -> Response {
+    match sandbox.code_stats(&code) {
+        Some(stats) => Json(stats).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({ "error": "unknown code" }))).into_response(),
+    }
+}
+
+/// The sandbox's routes over `sandbox`'s state.
+pub fn router(sandbox: Sandbox) -> Router {
+    Router::new()
+        .route("/sns/jscode2session", get(jscode2session))
+        .route("/sandbox/mint", post(mint))
+        .route("/sandbox/codes/{code}", get(code_stats))
+        .with_state(sandbox)
+}
+
+/// Serves the sandbox on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, sandbox: Sandbox, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(sandbox))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
