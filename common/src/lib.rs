@@ -6,7 +6,9 @@ use tokio_util::sync::CancellationToken;
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("WEAPP_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {

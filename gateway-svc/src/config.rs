@@ -73,7 +73,11 @@ pub struct Cli {
     pub listen: SocketAddr,
 
     /// session-svc's gRPC URL.
-    #[arg(long, env = "WEAPP_SESSION_SVC_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "WEAPP_SESSION_SVC_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub session_svc_url: String,
 
     /// Deadline for resolving a session, e.g. "300ms".
@@ -108,7 +112,9 @@ pub struct Cli {
 impl Cli {
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
         check_login_path(&self.login_path)?;
-        if !self.session_svc_url.starts_with("http://") && !self.session_svc_url.starts_with("https://") {
+        if !self.session_svc_url.starts_with("http://")
+            && !self.session_svc_url.starts_with("https://")
+        {
             return Err(ConfigError::Invalid(format!(
                 "WEAPP_SESSION_SVC_URL must be an http:// or https:// URL, got {:?}",
                 self.session_svc_url
@@ -145,7 +151,9 @@ pub fn check_login_path(path: &str) -> Result<(), ConfigError> {
         )));
     }
     if RESERVED_PATHS.contains(&path) {
-        return Err(ConfigError::Invalid(format!("the login path cannot be {path}: the gateway serves it")));
+        return Err(ConfigError::Invalid(format!(
+            "the login path cannot be {path}: the gateway serves it"
+        )));
     }
     Ok(())
 }
@@ -156,7 +164,10 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_tutorial() {
-        let settings = Cli::try_parse_from(["gateway-svc"]).unwrap().into_settings().unwrap();
+        let settings = Cli::try_parse_from(["gateway-svc"])
+            .unwrap()
+            .into_settings()
+            .unwrap();
         assert_eq!(settings.listen.to_string(), "0.0.0.0:8765");
         assert_eq!(settings.login_path, "/login");
         assert_eq!(settings.ws.max_message_size, 65536);

@@ -59,7 +59,9 @@ impl ApiError {
         match self {
             Self::LoginFailed { status, .. } => *status,
             Self::InvalidSession(_) => StatusCode::UNAUTHORIZED,
-            Self::SessionUnavailable(_) | Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Self::SessionUnavailable(_) | Self::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -69,7 +71,9 @@ impl ApiError {
         match self {
             Self::LoginFailed { .. } => wafer::error_body(wafer::ERR_LOGIN_FAILED, &message),
             Self::InvalidSession(_) => wafer::error_body(wafer::ERR_INVALID_SESSION, &message),
-            Self::SessionUnavailable(_) | Self::TooManyConnections => wafer::unavailable_body(&message),
+            Self::SessionUnavailable(_) | Self::TooManyConnections => {
+                wafer::unavailable_body(&message)
+            }
         }
     }
 }
@@ -89,9 +93,10 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.status(), Json(self.body())).into_response();
         if matches!(self, Self::SessionUnavailable(_) | Self::TooManyConnections) {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
         }
         response
     }
@@ -112,7 +117,10 @@ mod tests {
             (Code::Unavailable, 503),
             (Code::DeadlineExceeded, 504),
         ] {
-            let e = ApiError::login(&tonic::Status::new(code, "WeChat errcode 40029: invalid code"));
+            let e = ApiError::login(&tonic::Status::new(
+                code,
+                "WeChat errcode 40029: invalid code",
+            ));
             assert_eq!(e.status().as_u16(), http, "{code:?}");
             assert!(e.to_string().contains("40029"));
             assert_eq!(e.body()["error"], wafer::ERR_LOGIN_FAILED);
@@ -121,8 +129,16 @@ mod tests {
 
     #[test]
     fn validation_fails_closed() {
-        assert_eq!(ApiError::validate(&tonic::Status::unauthenticated("x")).status(), 401);
-        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Internal, Code::Unknown] {
+        assert_eq!(
+            ApiError::validate(&tonic::Status::unauthenticated("x")).status(),
+            401
+        );
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Internal,
+            Code::Unknown,
+        ] {
             let e = ApiError::validate(&tonic::Status::new(code, "x"));
             assert_eq!(e.status(), 503);
             assert!(e.body().get(wafer::MAGIC_KEY).is_none());

@@ -47,7 +47,10 @@ pub fn router(state: AppState) -> Router {
         .route("/me", get(me))
         .route("/logout", any(logout))
         .fallback(fallback)
-        .layer(middleware::from_fn_with_state(state.clone(), resolve_session));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            resolve_session,
+        ));
     Router::new()
         .route(&state.settings.login_path, any(login))
         .route("/ws", get(ws::upgrade))
@@ -58,7 +61,11 @@ pub fn router(state: AppState) -> Router {
 
 /// Resolves the session of a request that carries session parameters. Fails closed: a
 /// request with parameters never goes on without a resolved session.
-pub async fn resolve(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Option<AuthSession>, ApiError> {
+pub async fn resolve(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Option<AuthSession>, ApiError> {
     match wafer::session_params(headers, uri.query()) {
         SessionParams::Absent => Ok(None),
         SessionParams::Present { id, skey } => {
@@ -67,22 +74,30 @@ pub async fn resolve(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result
                 .validate(id.clone(), skey.clone())
                 .await
                 .map_err(|s| ApiError::validate(&s))?;
-            let user = answer
-                .user
-                .ok_or_else(|| ApiError::SessionUnavailable("session service sent no user".into()))?;
+            let user = answer.user.ok_or_else(|| {
+                ApiError::SessionUnavailable("session service sent no user".into())
+            })?;
             Ok(Some(AuthSession { id, skey, user }))
         }
     }
 }
 
-async fn resolve_session(State(state): State<AppState>, mut request: Request, next: Next) -> Result<Response, ApiError> {
+async fn resolve_session(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if let Some(session) = resolve(&state, request.headers(), request.uri()).await? {
         request.extensions_mut().insert(session);
     }
     Ok(next.run(request).await)
 }
 
-async fn login(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let params = wafer::login_params(&headers, uri.query());
     let Some(code) = params.code else {
         return Err(ApiError::LoginFailed {
@@ -105,7 +120,12 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> R
         status: axum::http::StatusCode::BAD_GATEWAY,
         message: "login failed: session service sent no session".into(),
     })?;
-    Ok(Json(wafer::login_body(&session.id, &session.skey, answer.user.as_ref())).into_response())
+    Ok(Json(wafer::login_body(
+        &session.id,
+        &session.skey,
+        answer.user.as_ref(),
+    ))
+    .into_response())
 }
 
 async fn me(session: Option<Extension<AuthSession>>) -> Json<serde_json::Value> {
@@ -117,9 +137,14 @@ async fn me(session: Option<Extension<AuthSession>>) -> Json<serde_json::Value> 
 
 /// Revokes the request's session. Not part of wafer; the magic key in the answer makes the
 /// SDK drop its copy too.
-async fn logout(State(state): State<AppState>, session: Option<Extension<AuthSession>>) -> Result<Response, ApiError> {
+async fn logout(
+    State(state): State<AppState>,
+    session: Option<Extension<AuthSession>>,
+) -> Result<Response, ApiError> {
     let Some(Extension(session)) = session else {
-        return Err(ApiError::InvalidSession("there is no session to log out of".into()));
+        return Err(ApiError::InvalidSession(
+            "there is no session to log out of".into(),
+        ));
     };
     state
         .sessions

@@ -16,7 +16,11 @@ pub struct SessionClient {
 }
 
 impl SessionClient {
-    pub fn connect_lazy(url: &str, session_timeout: Duration, login_timeout: Duration) -> Result<Self, String> {
+    pub fn connect_lazy(
+        url: &str,
+        session_timeout: Duration,
+        login_timeout: Duration,
+    ) -> Result<Self, String> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| format!("bad session-svc URL {url:?}: {e}"))?
             .connect_timeout(session_timeout.max(Duration::from_millis(100)))
@@ -34,21 +38,31 @@ impl SessionClient {
     pub async fn validate(&self, id: String, skey: String) -> Result<ValidateResponse, Status> {
         let mut client = self.client.clone();
         let request = with_deadline(ValidateRequest { id, skey }, self.session_timeout);
-        bounded(self.session_timeout, async move { client.validate(request).await }).await
+        bounded(self.session_timeout, async move {
+            client.validate(request).await
+        })
+        .await
     }
 
     pub async fn login(&self, login: LoginRequest) -> Result<LoginResponse, Status> {
         let mut client = self.client.clone();
         let request = with_deadline(login, self.login_timeout);
-        bounded(self.login_timeout, async move { client.login(request).await }).await
+        bounded(
+            self.login_timeout,
+            async move { client.login(request).await },
+        )
+        .await
     }
 
     pub async fn logout(&self, id: String, skey: String) -> Result<(), Status> {
         let mut client = self.client.clone();
         let request = with_deadline(LogoutRequest { id, skey }, self.session_timeout);
-        bounded(self.session_timeout, async move { client.logout(request).await })
-            .await
-            .map(drop)
+        bounded(
+            self.session_timeout,
+            async move { client.logout(request).await },
+        )
+        .await
+        .map(drop)
     }
 }
 

@@ -49,7 +49,9 @@ impl Application {
             addr: settings.listen,
             source,
         };
-        let listener = TcpListener::bind(settings.listen).await.map_err(bind_error)?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         Ok(Self {
             listener,
@@ -79,7 +81,10 @@ impl Application {
             .await;
         shutdown.cancel();
         ws_tasks.close();
-        if tokio::time::timeout(WS_DRAIN, ws_tasks.wait()).await.is_err() {
+        if tokio::time::timeout(WS_DRAIN, ws_tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some WebSockets did not close in time");
         }
         tracing::info!("gateway-svc stopped");

@@ -24,7 +24,8 @@ pub const HEADER_SIGNATURE: &str = "x-wx-signature";
 /// Header values are read as UTF-8, since rawData carries nicknames in any script.
 pub fn param(headers: &HeaderMap, query: Option<&str>, name: &str) -> Option<String> {
     if let Some(value) = headers.get(name) {
-        return Some(String::from_utf8_lossy(value.as_bytes()).into_owned()).filter(|v| !v.is_empty());
+        return Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .filter(|v| !v.is_empty());
     }
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -119,7 +120,10 @@ pub fn user_json(user: &UserInfo) -> Value {
 
 /// What the WebSocket greeting calls the user: the nickname, else the openId.
 pub fn display_name(user: &UserInfo) -> &str {
-    user.nick_name.as_deref().filter(|n| !n.is_empty()).unwrap_or(&user.open_id)
+    user.nick_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&user.open_id)
 }
 
 #[cfg(test)]
@@ -146,7 +150,10 @@ mod tests {
     fn absent_partial_and_empty() {
         let none = HeaderMap::new();
         assert_eq!(session_params(&none, None), SessionParams::Absent);
-        assert_eq!(session_params(&none, Some("x-wx-id=&other=1")), SessionParams::Absent);
+        assert_eq!(
+            session_params(&none, Some("x-wx-id=&other=1")),
+            SessionParams::Absent
+        );
         assert_eq!(
             session_params(&none, Some("X-WX-Id=abc")),
             SessionParams::Present {
@@ -166,7 +173,10 @@ mod tests {
     #[test]
     fn utf8_header_values_survive() {
         let mut headers = HeaderMap::new();
-        headers.insert(HEADER_RAW_DATA, HeaderValue::from_bytes("{\"nickName\":\"小明\"}".as_bytes()).unwrap());
+        headers.insert(
+            HEADER_RAW_DATA,
+            HeaderValue::from_bytes("{\"nickName\":\"小明\"}".as_bytes()).unwrap(),
+        );
         let p = login_params(&headers, None);
         assert_eq!(p.raw_data.as_deref(), Some("{\"nickName\":\"小明\"}"));
     }
@@ -186,8 +196,17 @@ mod tests {
             gender: Some(1),
             ..Default::default()
         };
-        assert_eq!(user_json(&user), json!({"openId": "o", "nickName": "N", "gender": 1}));
+        assert_eq!(
+            user_json(&user),
+            json!({"openId": "o", "nickName": "N", "gender": 1})
+        );
         assert_eq!(display_name(&user), "N");
-        assert_eq!(display_name(&UserInfo { open_id: "o".into(), ..Default::default() }), "o");
+        assert_eq!(
+            display_name(&UserInfo {
+                open_id: "o".into(),
+                ..Default::default()
+            }),
+            "o"
+        );
     }
 }

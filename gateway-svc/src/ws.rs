@@ -24,7 +24,12 @@ use crate::{
 /// RFC 6455 "try again later": the session could not be checked, not refused.
 const TRY_AGAIN_LATER: u16 = 1013;
 
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade, headers: HeaderMap, uri: Uri) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
         return ApiError::TooManyConnections.into_response();
     };
@@ -39,10 +44,14 @@ pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade, header
                 match resolution {
                     Ok(Some(session)) => serve(socket, session, settings, shutdown, permit).await,
                     Ok(None) => {
-                        let refusal = ApiError::InvalidSession("a WebSocket needs a valid session; log in first".into());
+                        let refusal = ApiError::InvalidSession(
+                            "a WebSocket needs a valid session; log in first".into(),
+                        );
                         refuse(socket, refusal, close_code::POLICY).await;
                     }
-                    Err(e @ ApiError::InvalidSession(_)) => refuse(socket, e, close_code::POLICY).await,
+                    Err(e @ ApiError::InvalidSession(_)) => {
+                        refuse(socket, e, close_code::POLICY).await
+                    }
                     Err(e) => refuse(socket, e, TRY_AGAIN_LATER).await,
                 }
             })
@@ -57,8 +66,14 @@ fn close(code: u16, reason: &'static str) -> Message {
 }
 
 async fn refuse(mut socket: WebSocket, error: ApiError, code: u16) {
-    let _ = socket.send(Message::Text(error.body().to_string().into())).await;
-    let reason = if code == close_code::POLICY { "invalid session" } else { "session service unavailable" };
+    let _ = socket
+        .send(Message::Text(error.body().to_string().into()))
+        .await;
+    let reason = if code == close_code::POLICY {
+        "invalid session"
+    } else {
+        "session service unavailable"
+    };
     let _ = socket.send(close(code, reason)).await;
 }
 
@@ -81,11 +96,15 @@ async fn serve(
     if socket.send(Message::Text(greeting.into())).await.is_err() {
         return;
     }
-    let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
+    let mut ping = tokio::time::interval_at(
+        Instant::now() + settings.ping_interval,
+        settings.ping_interval,
+    );
     // Deadline for the pong to the last ping, if one is outstanding.
     let mut pong_due: Option<Instant> = None;
     loop {
-        let pong_deadline = pong_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+        let pong_deadline =
+            pong_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         tokio::select! {
             _ = shutdown.cancelled() => {
                 let _ = socket.send(close(close_code::AWAY, "server shutting down")).await;

@@ -66,7 +66,11 @@ pub struct Cli {
     pub app_secret_file: Option<PathBuf>,
 
     /// Base URL of WeChat's API (the sandbox's URL for local runs).
-    #[arg(long, env = "WEAPP_WECHAT_BASE_URL", default_value = "https://api.weixin.qq.com")]
+    #[arg(
+        long,
+        env = "WEAPP_WECHAT_BASE_URL",
+        default_value = "https://api.weixin.qq.com"
+    )]
     pub wechat_base_url: Url,
 
     /// Time allowed for one jscode2session call, e.g. "5s".
@@ -121,7 +125,9 @@ impl Cli {
         };
         sessions.check().map_err(ConfigError::Invalid)?;
         if self.wechat_max_concurrent == 0 {
-            return Err(ConfigError::Invalid("WEAPP_WECHAT_MAX_CONCURRENT must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "WEAPP_WECHAT_MAX_CONCURRENT must be at least 1".into(),
+            ));
         }
         Ok(Settings {
             listen: self.listen,
@@ -181,7 +187,10 @@ mod tests {
         std::fs::write(&path, "top-secret-value\n").unwrap();
         let settings = cli(&["--app-secret-file", path.to_str().unwrap()]).unwrap();
         use secrecy::ExposeSecret;
-        assert_eq!(settings.wechat.app_secret.expose_secret(), "top-secret-value");
+        assert_eq!(
+            settings.wechat.app_secret.expose_secret(),
+            "top-secret-value"
+        );
         assert!(!format!("{settings:?}").contains("top-secret-value"));
 
         let missing = dir.path().join("missing");
@@ -191,9 +200,24 @@ mod tests {
 
     #[test]
     fn durations_parse_humanly_and_are_checked() {
-        let s = cli(&["--app-secret", "s", "--session-idle-ttl", "90s", "--session-max-age", "1h"]).unwrap();
+        let s = cli(&[
+            "--app-secret",
+            "s",
+            "--session-idle-ttl",
+            "90s",
+            "--session-max-age",
+            "1h",
+        ])
+        .unwrap();
         assert_eq!(s.sessions.idle_ttl, Duration::from_secs(90));
-        let err = cli(&["--app-secret", "s", "--session-idle-ttl", "2h", "--session-max-age", "1h"]);
+        let err = cli(&[
+            "--app-secret",
+            "s",
+            "--session-idle-ttl",
+            "2h",
+            "--session-max-age",
+            "1h",
+        ]);
         assert!(matches!(err, Err(ConfigError::Invalid(_))));
     }
 }

@@ -67,7 +67,9 @@ pub fn well_formed(id: &str, skey: &str) -> bool {
     id.len() == ID_LEN
         && id.bytes().all(|b| b.is_ascii_hexdigit())
         && skey.len() == SKEY_LEN
-        && skey.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && skey
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A short, non-reversible tag for logs: lets operators correlate lines about one session or
@@ -94,7 +96,10 @@ mod tests {
         let c = Credentials::generate().unwrap();
         let stored = c.skey_hash();
         assert!(skey_matches(&c.skey, &stored));
-        assert!(!skey_matches(&Credentials::generate().unwrap().skey, &stored));
+        assert!(!skey_matches(
+            &Credentials::generate().unwrap().skey,
+            &stored
+        ));
         assert!(!skey_matches(&c.skey, "not-hex"));
         assert!(!stored.contains(&c.skey));
     }

@@ -46,7 +46,9 @@ impl From<SessionError> for Status {
     fn from(e: SessionError) -> Self {
         let message = e.to_string();
         match e {
-            SessionError::InvalidArgument(_) | SessionError::UserData(_) => Status::invalid_argument(message),
+            SessionError::InvalidArgument(_) | SessionError::UserData(_) => {
+                Status::invalid_argument(message)
+            }
             SessionError::Unauthenticated => Status::unauthenticated(message),
             SessionError::WeChat(ref w) => {
                 let mut status = Status::new(wechat_code(w), message);
@@ -93,7 +95,10 @@ mod tests {
             assert_eq!(status.code(), code, "{errcode}");
             assert!(status.message().contains(&errcode.to_string()));
             assert_eq!(
-                status.metadata().get(WECHAT_ERRCODE_KEY).and_then(|v| v.to_str().ok()),
+                status
+                    .metadata()
+                    .get(WECHAT_ERRCODE_KEY)
+                    .and_then(|v| v.to_str().ok()),
                 Some(errcode.to_string().as_str())
             );
         }
@@ -101,7 +106,8 @@ mod tests {
 
     #[test]
     fn internal_details_stay_inside() {
-        let status: Status = SessionError::Store(StoreError::Corrupt("secret detail".into())).into();
+        let status: Status =
+            SessionError::Store(StoreError::Corrupt("secret detail".into())).into();
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("secret detail"));
     }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use weapp_proto::session::v1::{
-    self as pb, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, SessionCredentials, ValidateRequest,
-    ValidateResponse, session_service_server::SessionService,
+    self as pb, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, SessionCredentials,
+    ValidateRequest, ValidateResponse, session_service_server::SessionService,
 };
 
 use crate::{
@@ -49,7 +49,10 @@ impl From<UserInfo> for pb::UserInfo {
 
 #[tonic::async_trait]
 impl SessionService for SessionGrpc {
-    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
         let r = request.into_inner();
         let (credentials, record) = self
             .login
@@ -71,7 +74,10 @@ impl SessionService for SessionGrpc {
         }))
     }
 
-    async fn validate(&self, request: Request<ValidateRequest>) -> Result<Response<ValidateResponse>, Status> {
+    async fn validate(
+        &self,
+        request: Request<ValidateRequest>,
+    ) -> Result<Response<ValidateResponse>, Status> {
         let r = request.into_inner();
         let record = self.sessions.validate(&r.id, &r.skey).await?;
         Ok(Response::new(ValidateResponse {
@@ -81,7 +87,10 @@ impl SessionService for SessionGrpc {
         }))
     }
 
-    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
         let r = request.into_inner();
         self.sessions.logout(&r.id, &r.skey).await?;
         Ok(Response::new(LogoutResponse {}))

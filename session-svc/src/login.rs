@@ -59,7 +59,11 @@ fn given(v: &Option<String>) -> Option<&str> {
 }
 
 impl LoginService {
-    pub fn new(wechat: Arc<WeChatClient>, sessions: Arc<SessionManager>, policy: LoginPolicy) -> Self {
+    pub fn new(
+        wechat: Arc<WeChatClient>,
+        sessions: Arc<SessionManager>,
+        policy: LoginPolicy,
+    ) -> Self {
         Self {
             wechat,
             sessions,
@@ -68,13 +72,20 @@ impl LoginService {
         }
     }
 
-    pub async fn login(&self, input: LoginInput) -> Result<(Credentials, SessionRecord), SessionError> {
+    pub async fn login(
+        &self,
+        input: LoginInput,
+    ) -> Result<(Credentials, SessionRecord), SessionError> {
         let code = input.code.trim();
         if code.is_empty() {
-            return Err(SessionError::InvalidArgument("the login code (X-WX-Code) is missing".into()));
+            return Err(SessionError::InvalidArgument(
+                "the login code (X-WX-Code) is missing".into(),
+            ));
         }
         if code.len() > MAX_CODE_LEN || !code.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(SessionError::InvalidArgument("the login code (X-WX-Code) is malformed".into()));
+            return Err(SessionError::InvalidArgument(
+                "the login code (X-WX-Code) is malformed".into(),
+            ));
         }
         // Everything that can be checked without the session_key is checked before the
         // single-use code is spent.
@@ -147,7 +158,9 @@ impl LoginService {
         let owned = code.to_owned();
         let outcome = self
             .in_flight
-            .run(code.to_owned(), async move { wechat.code2session(&owned).await.map(Arc::new) })
+            .run(code.to_owned(), async move {
+                wechat.code2session(&owned).await.map(Arc::new)
+            })
             .await
             .ok_or_else(|| SessionError::Internal("the WeChat exchange task failed".into()))?;
         outcome.map_err(|e| {

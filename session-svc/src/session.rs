@@ -125,8 +125,12 @@ impl SessionManager {
     }
 
     /// Stores a new session for `user`; the returned credentials are the only copy of the skey.
-    pub async fn create(&self, user: UserInfo) -> Result<(Credentials, SessionRecord), SessionError> {
-        let credentials = Credentials::generate().map_err(|e| SessionError::Internal(format!("OS random source: {e}")))?;
+    pub async fn create(
+        &self,
+        user: UserInfo,
+    ) -> Result<(Credentials, SessionRecord), SessionError> {
+        let credentials = Credentials::generate()
+            .map_err(|e| SessionError::Internal(format!("OS random source: {e}")))?;
         let now = now_millis();
         let max_expires_at = now.saturating_add(millis(self.policy.max_age));
         let record = SessionRecord {
@@ -135,7 +139,9 @@ impl SessionManager {
             user,
             created_at: now,
             last_seen_at: now,
-            expires_at: now.saturating_add(millis(self.policy.idle_ttl)).min(max_expires_at),
+            expires_at: now
+                .saturating_add(millis(self.policy.idle_ttl))
+                .min(max_expires_at),
             max_expires_at,
         };
         self.store.insert(&record).await?;
@@ -147,7 +153,9 @@ impl SessionManager {
         let mut record = self.authenticate(id, skey).await?;
         let now = now_millis();
         if now.saturating_sub(record.last_seen_at) >= millis(self.policy.renew_after) {
-            let expires_at = now.saturating_add(millis(self.policy.idle_ttl)).min(record.max_expires_at);
+            let expires_at = now
+                .saturating_add(millis(self.policy.idle_ttl))
+                .min(record.max_expires_at);
             if !self.store.touch(&record.id, now, expires_at).await? {
                 // Revoked between our read and our write.
                 return Err(SessionError::Unauthenticated);
@@ -169,7 +177,11 @@ impl SessionManager {
         if !credentials::well_formed(id, skey) {
             return Err(SessionError::Unauthenticated);
         }
-        let record = self.store.get(id).await?.ok_or(SessionError::Unauthenticated)?;
+        let record = self
+            .store
+            .get(id)
+            .await?
+            .ok_or(SessionError::Unauthenticated)?;
         if !credentials::skey_matches(skey, &record.skey_hash) {
             return Err(SessionError::Unauthenticated);
         }

@@ -24,7 +24,9 @@ impl<K, V> Default for SingleFlight<K, V> {
     }
 }
 
-fn lock<K, V>(calls: &Calls<K, V>) -> MutexGuard<'_, HashMap<K, Shared<BoxFuture<'static, Option<V>>>>> {
+fn lock<K, V>(
+    calls: &Calls<K, V>,
+) -> MutexGuard<'_, HashMap<K, Shared<BoxFuture<'static, Option<V>>>>> {
     // The map stays consistent even if a holder panicked: every critical section is one call.
     calls.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -88,7 +90,10 @@ mod tests {
                 })
                 .await
         };
-        let (a, b) = tokio::join!(call(flight.clone(), runs.clone()), call(flight.clone(), runs.clone()));
+        let (a, b) = tokio::join!(
+            call(flight.clone(), runs.clone()),
+            call(flight.clone(), runs.clone())
+        );
         assert_eq!((a, b), (Some(1), Some(1)));
         assert_eq!(flight.in_flight(), 0);
         assert_eq!(call(flight.clone(), runs.clone()).await, Some(2));
@@ -101,7 +106,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(30)).await;
             7
         });
-        assert!(tokio::time::timeout(Duration::from_millis(5), abandoned).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(5), abandoned)
+                .await
+                .is_err()
+        );
         assert_eq!(flight.in_flight(), 1);
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(flight.in_flight(), 0);

@@ -50,12 +50,13 @@ impl Application {
         let wechat = Arc::new(WeChatClient::new(&settings.wechat)?);
         let sessions = Arc::new(SessionManager::new(store.clone(), settings.sessions));
         let login = Arc::new(LoginService::new(wechat, sessions.clone(), settings.login));
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| StartupError::Bind {
             addr: settings.listen,
             source,
@@ -82,7 +83,9 @@ impl Application {
     /// once every task holding the store has ended, so the store can be reopened at once.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<SessionServiceServer<SessionGrpc>>().await;
+        health
+            .set_serving::<SessionServiceServer<SessionGrpc>>()
+            .await;
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -97,7 +100,11 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
 
-        let sweeper = tokio::spawn(sweep_expired(self.store.clone(), self.purge_interval, shutdown.clone()));
+        let sweeper = tokio::spawn(sweep_expired(
+            self.store.clone(),
+            self.purge_interval,
+            shutdown.clone(),
+        ));
 
         tracing::info!(addr = %self.local_addr, "session-svc gRPC listening");
         let served = Server::builder()
@@ -105,7 +112,10 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(SessionServiceServer::new(self.grpc))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.clone().cancelled_owned())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.listener),
+                shutdown.clone().cancelled_owned(),
+            )
             .await;
         shutdown.cancel();
         if let Err(e) = sweeper.await {

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use aes::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
 use base64::{
-    Engine as _,
-    alphabet,
+    Engine as _, alphabet,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
 use serde::Deserialize;
@@ -34,7 +33,10 @@ pub enum UserDataError {
     #[error("{0} is not valid base64")]
     Base64(&'static str),
     #[error("{field} must be {expected} bytes long")]
-    Length { field: &'static str, expected: &'static str },
+    Length {
+        field: &'static str,
+        expected: &'static str,
+    },
     #[error("encryptedData does not decrypt with this login's session key")]
     Decrypt,
     #[error("decrypted user data is not the JSON WeChat sends")]
@@ -59,12 +61,17 @@ pub fn decode_base64(field: &'static str, value: &str) -> Result<Vec<u8>, UserDa
         .filter(|c| !matches!(c, '\n' | '\r' | '\t'))
         .map(|c| if c == ' ' { '+' } else { c })
         .collect();
-    LENIENT.decode(repaired).map_err(|_| UserDataError::Base64(field))
+    LENIENT
+        .decode(repaired)
+        .map_err(|_| UserDataError::Base64(field))
 }
 
 /// Checks shape before anything is spent: the code is single-use, so a malformed payload must
 /// be refused before the code goes to WeChat.
-pub fn precheck_encrypted(encrypted_data: &str, iv: &str) -> Result<(Vec<u8>, [u8; 16]), UserDataError> {
+pub fn precheck_encrypted(
+    encrypted_data: &str,
+    iv: &str,
+) -> Result<(Vec<u8>, [u8; 16]), UserDataError> {
     let ciphertext = decode_base64("encryptedData", encrypted_data)?;
     if ciphertext.is_empty() || ciphertext.len() % 16 != 0 || ciphertext.len() > MAX_ENCRYPTED_LEN {
         return Err(UserDataError::Length {
@@ -72,10 +79,12 @@ pub fn precheck_encrypted(encrypted_data: &str, iv: &str) -> Result<(Vec<u8>, [u
             expected: "a non-zero multiple of 16 (and at most 16 KiB)",
         });
     }
-    let iv: [u8; 16] = decode_base64("iv", iv)?.try_into().map_err(|_| UserDataError::Length {
-        field: "iv",
-        expected: "16",
-    })?;
+    let iv: [u8; 16] = decode_base64("iv", iv)?
+        .try_into()
+        .map_err(|_| UserDataError::Length {
+            field: "iv",
+            expected: "16",
+        })?;
     Ok((ciphertext, iv))
 }
 
@@ -101,7 +110,11 @@ fn session_key_bytes(session_key_b64: &str) -> Result<[u8; 16], UserDataError> {
         })
 }
 
-pub fn decrypt(session_key_b64: &str, ciphertext: &[u8], iv: &[u8; 16]) -> Result<Vec<u8>, UserDataError> {
+pub fn decrypt(
+    session_key_b64: &str,
+    ciphertext: &[u8],
+    iv: &[u8; 16],
+) -> Result<Vec<u8>, UserDataError> {
     let key = session_key_bytes(session_key_b64)?;
     Aes128CbcDec::new(&key.into(), iv.into())
         .decrypt_padded_vec_mut::<Pkcs7>(ciphertext)
@@ -140,16 +153,28 @@ pub struct Expected<'a> {
 
 /// Reads decrypted user data, checking its watermark (appid and freshness) and that it is
 /// about the user the code belongs to.
-pub fn parse_decrypted(plaintext: &[u8], expected: &Expected<'_>) -> Result<UserInfo, UserDataError> {
+pub fn parse_decrypted(
+    plaintext: &[u8],
+    expected: &Expected<'_>,
+) -> Result<UserInfo, UserDataError> {
     let data: Decrypted = serde_json::from_slice(plaintext).map_err(|_| UserDataError::NotJson)?;
-    if !bool::from(data.watermark.appid.as_bytes().ct_eq(expected.app_id.as_bytes())) {
+    if !bool::from(
+        data.watermark
+            .appid
+            .as_bytes()
+            .ct_eq(expected.app_id.as_bytes()),
+    ) {
         return Err(UserDataError::ForeignWatermark);
     }
     let window = i64::try_from(expected.max_age.as_secs()).unwrap_or(i64::MAX);
     if expected.now_secs.abs_diff(data.watermark.timestamp) > window.unsigned_abs() {
         return Err(UserDataError::Stale(expected.max_age.as_secs()));
     }
-    if data.open_id.as_deref().is_some_and(|id| id != expected.open_id) {
+    if data
+        .open_id
+        .as_deref()
+        .is_some_and(|id| id != expected.open_id)
+    {
         return Err(UserDataError::OpenIdMismatch);
     }
     Ok(UserInfo {
@@ -166,7 +191,11 @@ pub fn parse_decrypted(plaintext: &[u8], expected: &Expected<'_>) -> Result<User
 }
 
 /// Checks `signature == sha1(rawData + session_key)` in constant time.
-pub fn verify_signature(raw_data: &str, session_key_b64: &str, signature: &str) -> Result<(), UserDataError> {
+pub fn verify_signature(
+    raw_data: &str,
+    session_key_b64: &str,
+    signature: &str,
+) -> Result<(), UserDataError> {
     let mut hasher = Sha1::new();
     hasher.update(raw_data.as_bytes());
     hasher.update(session_key_b64.as_bytes());
@@ -193,7 +222,8 @@ struct RawProfile {
 
 /// Fills profile fields from a verified rawData where the encrypted data did not provide them.
 pub fn merge_raw_profile(user: &mut UserInfo, raw_data: &str) -> Result<(), UserDataError> {
-    let raw: RawProfile = serde_json::from_str(raw_data).map_err(|_| UserDataError::RawDataNotJson)?;
+    let raw: RawProfile =
+        serde_json::from_str(raw_data).map_err(|_| UserDataError::RawDataNotJson)?;
     user.nick_name = user.nick_name.take().or(raw.nick_name);
     user.gender = user.gender.or(raw.gender);
     user.language = user.language.take().or(raw.language);
@@ -215,7 +245,8 @@ mod tests {
     const IV: [u8; 16] = *b"fedcba9876543210";
 
     fn encrypt(plain: &str) -> Vec<u8> {
-        cbc::Encryptor::<aes::Aes128>::new(&KEY.into(), &IV.into()).encrypt_padded_vec_mut::<Pkcs7>(plain.as_bytes())
+        cbc::Encryptor::<aes::Aes128>::new(&KEY.into(), &IV.into())
+            .encrypt_padded_vec_mut::<Pkcs7>(plain.as_bytes())
     }
 
     fn expected(now_secs: i64) -> Expected<'static> {
@@ -233,8 +264,14 @@ mod tests {
         let original = STANDARD.encode([0xfbu8, 0xff, 0xbf, 0x01]);
         assert!(original.contains('+') || original.contains('/'));
         let mangled = original.replace('+', " ");
-        assert_eq!(decode_base64("x", &mangled).unwrap(), vec![0xfb, 0xff, 0xbf, 0x01]);
-        assert_eq!(decode_base64("x", original.trim_end_matches('=')).unwrap(), vec![0xfb, 0xff, 0xbf, 0x01]);
+        assert_eq!(
+            decode_base64("x", &mangled).unwrap(),
+            vec![0xfb, 0xff, 0xbf, 0x01]
+        );
+        assert_eq!(
+            decode_base64("x", original.trim_end_matches('=')).unwrap(),
+            vec![0xfb, 0xff, 0xbf, 0x01]
+        );
         assert_eq!(decode_base64("x", "%%%"), Err(UserDataError::Base64("x")));
     }
 
@@ -247,16 +284,30 @@ mod tests {
         let user = parse_decrypted(&plain, &expected(1100)).unwrap();
         assert_eq!(user.nick_name.as_deref(), Some("N"));
         assert_eq!(user.gender, Some(2));
-        assert_eq!(parse_decrypted(&plain, &expected(1000 + 601)), Err(UserDataError::Stale(600)));
-        assert_eq!(parse_decrypted(&plain, &expected(1000 - 601)), Err(UserDataError::Stale(600)));
+        assert_eq!(
+            parse_decrypted(&plain, &expected(1000 + 601)),
+            Err(UserDataError::Stale(600))
+        );
+        assert_eq!(
+            parse_decrypted(&plain, &expected(1000 - 601)),
+            Err(UserDataError::Stale(600))
+        );
 
-        let foreign = encrypt(r#"{"openId":"oUser","watermark":{"appid":"wxother","timestamp":1000}}"#);
+        let foreign =
+            encrypt(r#"{"openId":"oUser","watermark":{"appid":"wxother","timestamp":1000}}"#);
         let plain = decrypt(&key, &foreign, &IV).unwrap();
-        assert_eq!(parse_decrypted(&plain, &expected(1000)), Err(UserDataError::ForeignWatermark));
+        assert_eq!(
+            parse_decrypted(&plain, &expected(1000)),
+            Err(UserDataError::ForeignWatermark)
+        );
 
-        let other_user = encrypt(r#"{"openId":"oOther","watermark":{"appid":"wxapp","timestamp":1000}}"#);
+        let other_user =
+            encrypt(r#"{"openId":"oOther","watermark":{"appid":"wxapp","timestamp":1000}}"#);
         let plain = decrypt(&key, &other_user, &IV).unwrap();
-        assert_eq!(parse_decrypted(&plain, &expected(1000)), Err(UserDataError::OpenIdMismatch));
+        assert_eq!(
+            parse_decrypted(&plain, &expected(1000)),
+            Err(UserDataError::OpenIdMismatch)
+        );
     }
 
     #[test]
@@ -266,10 +317,15 @@ mod tests {
         // A wrong key almost always breaks the padding; when it happens not to, the JSON check
         // catches it.
         let outcome = decrypt(&wrong_key, &ct, &IV).and_then(|p| parse_decrypted(&p, &expected(1)));
-        assert!(matches!(outcome, Err(UserDataError::Decrypt | UserDataError::NotJson)));
+        assert!(matches!(
+            outcome,
+            Err(UserDataError::Decrypt | UserDataError::NotJson)
+        ));
         assert!(precheck_encrypted("", &STANDARD.encode(IV)).is_err());
         assert!(precheck_encrypted(&STANDARD.encode([0u8; 15]), &STANDARD.encode(IV)).is_err());
-        assert!(precheck_encrypted(&STANDARD.encode([0u8; 16]), &STANDARD.encode([0u8; 8])).is_err());
+        assert!(
+            precheck_encrypted(&STANDARD.encode([0u8; 16]), &STANDARD.encode([0u8; 8])).is_err()
+        );
     }
 
     #[test]
@@ -282,6 +338,9 @@ mod tests {
         let sig = hex::encode(h.finalize());
         assert_eq!(verify_signature(raw, &key, &sig), Ok(()));
         assert_eq!(verify_signature(raw, &key, &sig.to_uppercase()), Ok(()));
-        assert_eq!(verify_signature(r#"{"nickName":"M"}"#, &key, &sig), Err(UserDataError::SignatureMismatch));
+        assert_eq!(
+            verify_signature(r#"{"nickName":"M"}"#, &key, &sig),
+            Err(UserDataError::SignatureMismatch)
+        );
     }
 }

@@ -127,13 +127,22 @@ impl WeChatClient {
             .append_pair("secret", self.app_secret.expose_secret())
             .append_pair("js_code", code)
             .append_pair("grant_type", "authorization_code");
-        let mut response = self.http.get(url).send().await.map_err(|e| self.transport_error(e))?;
+        let mut response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(WeChatError::HttpStatus(status.as_u16()));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(e))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(e))?
+        {
             if body.len() + chunk.len() > MAX_BODY {
                 return Err(WeChatError::Malformed("answer too large".into()));
             }
@@ -156,7 +165,8 @@ impl WeChatClient {
 /// Reads a jscode2session answer. WeChat sends `text/plain`, so the body is parsed whatever
 /// its content type says.
 pub fn parse_answer(body: &[u8]) -> Result<CodeSession, WeChatError> {
-    let answer: Answer = serde_json::from_slice(body).map_err(|e| WeChatError::Malformed(format!("not JSON ({e})")))?;
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|e| WeChatError::Malformed(format!("not JSON ({e})")))?;
     if let Some(errcode) = answer.errcode.filter(|c| *c != 0) {
         return Err(WeChatError::Refused {
             errcode,
@@ -164,12 +174,16 @@ pub fn parse_answer(body: &[u8]) -> Result<CodeSession, WeChatError> {
         });
     }
     match (answer.openid, answer.session_key) {
-        (Some(open_id), Some(session_key)) if !open_id.is_empty() && !session_key.is_empty() => Ok(CodeSession {
-            open_id,
-            union_id: answer.unionid.filter(|u| !u.is_empty()),
-            session_key: SecretString::from(session_key),
-        }),
-        _ => Err(WeChatError::Malformed("openid or session_key missing".into())),
+        (Some(open_id), Some(session_key)) if !open_id.is_empty() && !session_key.is_empty() => {
+            Ok(CodeSession {
+                open_id,
+                union_id: answer.unionid.filter(|u| !u.is_empty()),
+                session_key: SecretString::from(session_key),
+            })
+        }
+        _ => Err(WeChatError::Malformed(
+            "openid or session_key missing".into(),
+        )),
     }
 }
 
@@ -185,7 +199,8 @@ mod tests {
         assert_eq!(ok.session_key.expose_secret(), "a2V5");
         assert!(!format!("{ok:?}").contains("a2V5"));
 
-        let err = parse_answer(br#"{"errcode":40029,"errmsg":"invalid code, rid: 1"}"#).unwrap_err();
+        let err =
+            parse_answer(br#"{"errcode":40029,"errmsg":"invalid code, rid: 1"}"#).unwrap_err();
         assert_eq!(
             err,
             WeChatError::Refused {
@@ -199,8 +214,18 @@ mod tests {
 
     #[test]
     fn malformed_answers_are_refused() {
-        for body in [&b"<html>"[..], b"{\"openid\":\"o\",\"sess", b"{}", b"{\"openid\":\"o\"}", b"[]", b""] {
-            assert!(matches!(parse_answer(body), Err(WeChatError::Malformed(_))), "{body:?}");
+        for body in [
+            &b"<html>"[..],
+            b"{\"openid\":\"o\",\"sess",
+            b"{}",
+            b"{\"openid\":\"o\"}",
+            b"[]",
+            b"",
+        ] {
+            assert!(
+                matches!(parse_answer(body), Err(WeChatError::Malformed(_))),
+                "{body:?}"
+            );
         }
     }
 }

@@ -6,7 +6,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use reqwest::header::HeaderMap;
 use secrecy::SecretString;
 use session_svc::{
-    config::StoreSettings, login::LoginPolicy, session::SessionPolicy, store::SessionStore, wechat::WeChatSettings,
+    config::StoreSettings, login::LoginPolicy, session::SessionPolicy, store::SessionStore,
+    wechat::WeChatSettings,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,10 @@ impl ClientSession {
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert("X-WX-Id", self.id.parse().expect("id is a valid header"));
-        headers.insert("X-WX-Skey", self.skey.parse().expect("skey is a valid header"));
+        headers.insert(
+            "X-WX-Skey",
+            self.skey.parse().expect("skey is a valid header"),
+        );
         headers
     }
 
@@ -90,7 +94,10 @@ impl StackBuilder {
         self
     }
 
-    pub fn gateway(mut self, tweak: impl Fn(&mut gateway_svc::Settings) + Send + Sync + 'static) -> Self {
+    pub fn gateway(
+        mut self,
+        tweak: impl Fn(&mut gateway_svc::Settings) + Send + Sync + 'static,
+    ) -> Self {
         self.gateway = Box::new(tweak);
         self
     }
@@ -99,7 +106,9 @@ impl StackBuilder {
         let app_id = format!("wx{}", random_hex(8));
         let app_secret = random_hex(16);
         let sandbox = Sandbox::new(SandboxConfig::single(app_id.clone(), app_secret.clone()));
-        let sandbox_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sandbox");
+        let sandbox_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sandbox");
         let sandbox_addr = sandbox_listener.local_addr().expect("sandbox addr");
         let sandbox_shutdown = CancellationToken::new();
         tokio::spawn(wechat_sandbox::serve(
@@ -111,7 +120,9 @@ impl StackBuilder {
         let session_settings = session_svc::Settings {
             listen: "127.0.0.1:0".parse().expect("addr"),
             wechat: WeChatSettings {
-                base_url: format!("http://{sandbox_addr}/").parse().expect("sandbox url"),
+                base_url: format!("http://{sandbox_addr}/")
+                    .parse()
+                    .expect("sandbox url"),
                 app_id: app_id.clone(),
                 app_secret: SecretString::from(app_secret.clone()),
                 timeout: self.wechat_timeout,
@@ -194,7 +205,11 @@ impl Stack {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move { app.run(token).await.expect("session-svc runs") });
-        self.session = Some(Running { addr, shutdown, task });
+        self.session = Some(Running {
+            addr,
+            shutdown,
+            task,
+        });
     }
 
     /// Stops session-svc and waits until it has let go of its store.
@@ -217,13 +232,19 @@ impl Stack {
         assert!(self.gateway.is_none(), "gateway already running");
         let mut settings = gateway_svc::Settings::new(self.gateway_listen, self.session_svc_url());
         (self.gateway_tweak)(&mut settings);
-        let app = gateway_svc::Application::build(settings).await.expect("gateway builds");
+        let app = gateway_svc::Application::build(settings)
+            .await
+            .expect("gateway builds");
         let addr = app.local_addr();
         self.gateway_listen = addr;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move { app.run(token).await.expect("gateway runs") });
-        self.gateway = Some(Running { addr, shutdown, task });
+        self.gateway = Some(Running {
+            addr,
+            shutdown,
+            task,
+        });
     }
 
     pub async fn stop_gateway(&mut self) {
@@ -233,7 +254,10 @@ impl Stack {
     }
 
     pub fn gateway_addr(&self) -> SocketAddr {
-        self.gateway.as_ref().map(|g| g.addr).unwrap_or(self.gateway_listen)
+        self.gateway
+            .as_ref()
+            .map(|g| g.addr)
+            .unwrap_or(self.gateway_listen)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -304,8 +328,14 @@ pub async fn session_from(response: reqwest::Response) -> ClientSession {
     assert_eq!(status, 200, "login failed: {body}");
     assert_eq!(body[MAGIC_KEY], 1, "{body}");
     ClientSession {
-        id: body["session"]["id"].as_str().expect("session.id").to_owned(),
-        skey: body["session"]["skey"].as_str().expect("session.skey").to_owned(),
+        id: body["session"]["id"]
+            .as_str()
+            .expect("session.id")
+            .to_owned(),
+        skey: body["session"]["skey"]
+            .as_str()
+            .expect("session.skey")
+            .to_owned(),
     }
 }
 
@@ -313,6 +343,7 @@ pub async fn session_from(response: reqwest::Response) -> ClientSession {
 pub async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
     (status, body)
 }

@@ -9,6 +9,5 @@ mod crypto;
 mod server;
 
 pub use server::{
-    App, CodeStats, Fault, MintRequest, MintedLogin, Profile, Sandbox, SandboxConfig, router,
-    serve,
+    App, CodeStats, Fault, MintRequest, MintedLogin, Profile, Sandbox, SandboxConfig, router, serve,
 };

@@ -15,7 +15,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use base64::{Engine as _, engine::general_purpose::STANDARD, engine::general_purpose::URL_SAFE_NO_PAD};
+use base64::{
+    Engine as _, engine::general_purpose::STANDARD, engine::general_purpose::URL_SAFE_NO_PAD,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -195,9 +197,12 @@ impl Sandbox {
         };
         // Codes for unregistered apps are allowed on purpose: they model a code from another
         // mini-program, which WeChat answers with 40029 when exchanged with our appid.
-        let openid = req
-            .openid
-            .unwrap_or_else(|| format!("o{}", &URL_SAFE_NO_PAD.encode(crypto::random_bytes::<21>())[..27]));
+        let openid = req.openid.unwrap_or_else(|| {
+            format!(
+                "o{}",
+                &URL_SAFE_NO_PAD.encode(crypto::random_bytes::<21>())[..27]
+            )
+        });
         let profile = req.profile.unwrap_or_default();
         let session_key = crypto::random_bytes::<16>();
         let session_key_b64 = STANDARD.encode(session_key);
@@ -301,10 +306,16 @@ impl Sandbox {
                 -1 => "system error",
                 _ => "sandbox errcode",
             };
-            return Exchange { delay, ..Exchange::error(errcode, msg) };
+            return Exchange {
+                delay,
+                ..Exchange::error(errcode, msg)
+            };
         }
         if entry.used {
-            return Exchange { delay, ..Exchange::error(40163, "code been used") };
+            return Exchange {
+                delay,
+                ..Exchange::error(40163, "code been used")
+            };
         }
         entry.used = true;
         if let Some(fault) = entry.fault {
@@ -339,7 +350,9 @@ impl Exchange {
         let rid = hex::encode(crypto::random_bytes::<6>());
         Self {
             delay: None,
-            body: ExchangeBody::Json(json!({ "errcode": errcode, "errmsg": format!("{errmsg}, rid: {rid}") })),
+            body: ExchangeBody::Json(
+                json!({ "errcode": errcode, "errmsg": format!("{errmsg}, rid: {rid}") }),
+            ),
         }
     }
 }
@@ -352,7 +365,10 @@ struct Code2SessionQuery {
     grant_type: Option<String>,
 }
 
-async fn jscode2session(State(sandbox): State<Sandbox>, Query(q): Query<Code2SessionQuery>) -> Response {
+async fn jscode2session(
+    State(sandbox): State<Sandbox>,
+    Query(q): Query<Code2SessionQuery>,
+) -> Response {
     let exchange = sandbox.exchange(&q);
     if let Some(delay) = exchange.delay {
         tokio::time::sleep(delay).await;
@@ -367,12 +383,18 @@ async fn jscode2session(State(sandbox): State<Sandbox>, Query(q): Query<Code2Ses
             "<html><body>500 Internal Server Error</body></html>",
         )
             .into_response(),
-        ExchangeBody::Fault(Fault::Malformed) => {
-            (StatusCode::OK, text_plain, "<html>system maintenance</html>").into_response()
-        }
-        ExchangeBody::Fault(Fault::Truncated) => {
-            (StatusCode::OK, text_plain, r#"{"openid":"o-truncated","session_k"#).into_response()
-        }
+        ExchangeBody::Fault(Fault::Malformed) => (
+            StatusCode::OK,
+            text_plain,
+            "<html>system maintenance</html>",
+        )
+            .into_response(),
+        ExchangeBody::Fault(Fault::Truncated) => (
+            StatusCode::OK,
+            text_plain,
+            r#"{"openid":"o-truncated","session_k"#,
+        )
+            .into_response(),
     }
 }
 
@@ -380,14 +402,22 @@ async fn mint(State(sandbox): State<Sandbox>, body: Option<Json<MintRequest>>) -
     let req = body.map(|Json(r)| r).unwrap_or_default();
     match sandbox.mint(req) {
         Ok(minted) => Json(minted).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() }))).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
     }
 }
 
 async fn code_stats(State(sandbox): State<Sandbox>, Path(code): Path<String>) -> Response {
     match sandbox.code_stats(&code) {
         Some(stats) => Json(stats).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({ "error": "unknown code" }))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "unknown code" })),
+        )
+            .into_response(),
     }
 }
 
@@ -401,7 +431,11 @@ pub fn router(sandbox: Sandbox) -> Router {
 }
 
 /// Serves the sandbox on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, sandbox: Sandbox, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    sandbox: Sandbox,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(sandbox))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

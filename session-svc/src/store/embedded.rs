@@ -4,8 +4,8 @@ use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 use redb::{
-    Database, MultimapTableDefinition, ReadableMultimapTable as _, ReadableTable as _, ReadableTableMetadata as _,
-    TableDefinition, WriteTransaction,
+    Database, MultimapTableDefinition, ReadableMultimapTable as _, ReadableTable as _,
+    ReadableTableMetadata as _, TableDefinition, WriteTransaction,
 };
 
 use super::{SessionStore, StoreError};
@@ -14,7 +14,8 @@ use crate::session::{SessionRecord, UnixMillis};
 /// id → the session record as JSON (readable with any redb tool).
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// openId → ids of that user's sessions, for revoking them all.
-const BY_OPEN_ID: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::new("sessions_by_open_id");
+const BY_OPEN_ID: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("sessions_by_open_id");
 /// (expires_at, id), so the sweeper reads only what has expired.
 const BY_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("sessions_by_expiry");
 
@@ -36,8 +37,9 @@ fn decode(bytes: &[u8]) -> Result<SessionRecord, StoreError> {
 impl EmbeddedStore {
     /// Opens (creating if needed) the store under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
         let path = data_dir.join(FILE_NAME);
         let db = Database::create(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
@@ -133,7 +135,12 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
-    async fn touch(&self, id: &str, last_seen_at: UnixMillis, expires_at: UnixMillis) -> Result<bool, StoreError> {
+    async fn touch(
+        &self,
+        id: &str,
+        last_seen_at: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.write(move |txn| {
             let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
@@ -144,11 +151,18 @@ impl SessionStore for EmbeddedStore {
             let old_expiry = record.expires_at;
             record.last_seen_at = last_seen_at;
             record.expires_at = expires_at;
-            let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sessions.insert(id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+            let bytes =
+                serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sessions
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(unavailable)?;
             let mut by_expiry = txn.open_table(BY_EXPIRY).map_err(unavailable)?;
-            by_expiry.remove((old_expiry, id.as_str())).map_err(unavailable)?;
-            by_expiry.insert((expires_at, id.as_str()), ()).map_err(unavailable)?;
+            by_expiry
+                .remove((old_expiry, id.as_str()))
+                .map_err(unavailable)?;
+            by_expiry
+                .insert((expires_at, id.as_str()), ())
+                .map_err(unavailable)?;
             Ok(true)
         })
         .await
@@ -156,7 +170,8 @@ impl SessionStore for EmbeddedStore {
 
     async fn remove(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.write(move |txn| Ok(remove_in(txn, &id)?.is_some())).await
+        self.write(move |txn| Ok(remove_in(txn, &id)?.is_some()))
+            .await
     }
 
     async fn remove_by_open_id(&self, open_id: &str) -> Result<u64, StoreError> {
@@ -184,9 +199,15 @@ impl SessionStore for EmbeddedStore {
         self.write(move |txn| {
             let due: Vec<String> = {
                 let by_expiry = txn.open_table(BY_EXPIRY).map_err(unavailable)?;
-                let range = by_expiry.range(..(now.saturating_add(1), "")).map_err(unavailable)?;
+                let range = by_expiry
+                    .range(..(now.saturating_add(1), ""))
+                    .map_err(unavailable)?;
                 range
-                    .map(|entry| entry.map(|(k, _)| k.value().1.to_owned()).map_err(unavailable))
+                    .map(|entry| {
+                        entry
+                            .map(|(k, _)| k.value().1.to_owned())
+                            .map_err(unavailable)
+                    })
                     .collect::<Result<_, _>>()?
             };
             let mut removed = 0;
@@ -203,12 +224,16 @@ impl SessionStore for EmbeddedStore {
     async fn count(&self) -> Result<u64, StoreError> {
         self.blocking(|db| {
             let txn = db.begin_read().map_err(unavailable)?;
-            txn.open_table(SESSIONS).map_err(unavailable)?.len().map_err(unavailable)
+            txn.open_table(SESSIONS)
+                .map_err(unavailable)?
+                .len()
+                .map_err(unavailable)
         })
         .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.blocking(|db| db.begin_read().map(drop).map_err(unavailable)).await
+        self.blocking(|db| db.begin_read().map(drop).map_err(unavailable))
+            .await
     }
 }

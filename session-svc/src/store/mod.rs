@@ -25,7 +25,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The session with this id, expired or not: expiry is the caller's call.
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// Records use of a session; false when it no longer exists.
-    async fn touch(&self, id: &str, last_seen_at: UnixMillis, expires_at: UnixMillis) -> Result<bool, StoreError>;
+    async fn touch(
+        &self,
+        id: &str,
+        last_seen_at: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Result<bool, StoreError>;
     /// Revokes one session; false when there was none.
     async fn remove(&self, id: &str) -> Result<bool, StoreError>;
     /// Revokes every session of a user; how many there were.

@@ -1,6 +1,8 @@
 //! session-svc over gRPC as any backend would use it: status codes, health, reflection.
 use tonic::Code;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use weapp_proto::session::v1::{
     LoginRequest, LogoutRequest, ValidateRequest, session_service_client::SessionServiceClient,
 };
@@ -17,7 +19,9 @@ async fn channel(stack: &Stack) -> tonic::transport::Channel {
 #[tokio::test]
 async fn login_validate_logout_with_meaningful_status_codes() {
     let stack = Stack::start().await;
-    let mut client = SessionServiceClient::connect(stack.session_svc_url()).await.unwrap();
+    let mut client = SessionServiceClient::connect(stack.session_svc_url())
+        .await
+        .unwrap();
     let minted = stack.mint(MintRequest::default());
     let login = client
         .login(LoginRequest {
@@ -30,7 +34,10 @@ async fn login_validate_logout_with_meaningful_status_codes() {
         .unwrap()
         .into_inner();
     let creds = login.session.unwrap();
-    assert_eq!(login.user.unwrap().nick_name.as_deref(), Some("Sandbox User"));
+    assert_eq!(
+        login.user.unwrap().nick_name.as_deref(),
+        Some("Sandbox User")
+    );
 
     let valid = client
         .validate(ValidateRequest {
@@ -120,6 +127,12 @@ async fn health_and_reflection_are_served() {
         panic!("unexpected reflection answer");
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"weapp.session.v1.SessionService".to_owned()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"weapp.session.v1.SessionService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
 }

@@ -19,7 +19,10 @@ async fn code_only_login_gives_a_session_whose_user_is_the_openid() {
 
     let (status, me) = json(stack.get("/me", Some(&session)).await).await;
     assert_eq!(status, 200);
-    assert_eq!(me, serde_json::json!({ "openId": minted.openid, "unionId": "union-1" }));
+    assert_eq!(
+        me,
+        serde_json::json!({ "openId": minted.openid, "unionId": "union-1" })
+    );
 }
 
 #[tokio::test]
@@ -84,7 +87,10 @@ async fn raw_data_signature_is_checked() {
         .unwrap();
     let session = session_from(good).await;
     let (_, me) = json(stack.get("/me", Some(&session)).await).await;
-    assert_eq!(me["nickName"], "Sandbox User", "profile taken from the verified rawData");
+    assert_eq!(
+        me["nickName"], "Sandbox User",
+        "profile taken from the verified rawData"
+    );
 
     let minted = stack.mint(MintRequest::default());
     let forged = minted.raw_data.replace("Sandbox User", "Admin");
@@ -101,9 +107,20 @@ async fn raw_data_signature_is_checked() {
             .unwrap(),
     )
     .await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("ERR_LOGIN_FAILED")), "{body}");
-    assert!(body["message"].as_str().unwrap().contains("signature"), "{body}");
-    assert_eq!(stack.session_count().await, before, "no session from a forged rawData");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("ERR_LOGIN_FAILED")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("signature"),
+        "{body}"
+    );
+    assert_eq!(
+        stack.session_count().await,
+        before,
+        "no session from a forged rawData"
+    );
 }
 
 /// Sends a login, expects the given status and ERR_LOGIN_FAILED, and that no session appeared.
@@ -114,15 +131,27 @@ async fn refused(stack: &Stack, request: reqwest::RequestBuilder, status: u16, m
     assert_eq!(body[MAGIC_KEY], 1, "{body}");
     assert_eq!(body["error"], "ERR_LOGIN_FAILED", "{body}");
     let message = body["message"].as_str().unwrap_or_default();
-    assert!(message.contains(message_has), "{message:?} should mention {message_has:?}");
+    assert!(
+        message.contains(message_has),
+        "{message:?} should mention {message_has:?}"
+    );
     assert!(body.get("session").is_none());
-    assert_eq!(stack.session_count().await, before, "a refused login created a session");
+    assert_eq!(
+        stack.session_count().await,
+        before,
+        "a refused login created a session"
+    );
 }
 
 #[tokio::test]
 async fn wechat_refusals_are_401_with_the_errcode() {
     let stack = Stack::start().await;
-    let login = |code: &str| stack.http.get(stack.url("/login")).header("X-WX-Code", code);
+    let login = |code: &str| {
+        stack
+            .http
+            .get(stack.url("/login"))
+            .header("X-WX-Code", code)
+    };
 
     let used = stack.mint(MintRequest::default());
     session_from(stack.login_code_only(&used.code).await).await;
@@ -145,16 +174,78 @@ async fn wechat_refusals_are_401_with_the_errcode() {
 
 #[tokio::test]
 async fn wechat_trouble_maps_to_honest_upstream_statuses() {
-    let stack = Stack::builder().wechat_timeout(Duration::from_millis(500)).start().await;
-    let login = |code: String| stack.http.get(stack.url("/login")).header("X-WX-Code", code);
+    let stack = Stack::builder()
+        .wechat_timeout(Duration::from_millis(500))
+        .start()
+        .await;
+    let login = |code: String| {
+        stack
+            .http
+            .get(stack.url("/login"))
+            .header("X-WX-Code", code)
+    };
     let mint = |req: MintRequest| stack.mint(req).code;
 
-    refused(&stack, login(mint(MintRequest { errcode: Some(45011), ..Default::default() })), 429, "45011").await;
-    refused(&stack, login(mint(MintRequest { errcode: Some(-1), ..Default::default() })), 503, "-1").await;
-    refused(&stack, login(mint(MintRequest { fault: Some(Fault::Http500), ..Default::default() })), 503, "500").await;
-    refused(&stack, login(mint(MintRequest { fault: Some(Fault::Malformed), ..Default::default() })), 502, "format").await;
-    refused(&stack, login(mint(MintRequest { fault: Some(Fault::Truncated), ..Default::default() })), 502, "format").await;
-    refused(&stack, login(mint(MintRequest { delay_ms: Some(1500), ..Default::default() })), 504, "did not answer").await;
+    refused(
+        &stack,
+        login(mint(MintRequest {
+            errcode: Some(45011),
+            ..Default::default()
+        })),
+        429,
+        "45011",
+    )
+    .await;
+    refused(
+        &stack,
+        login(mint(MintRequest {
+            errcode: Some(-1),
+            ..Default::default()
+        })),
+        503,
+        "-1",
+    )
+    .await;
+    refused(
+        &stack,
+        login(mint(MintRequest {
+            fault: Some(Fault::Http500),
+            ..Default::default()
+        })),
+        503,
+        "500",
+    )
+    .await;
+    refused(
+        &stack,
+        login(mint(MintRequest {
+            fault: Some(Fault::Malformed),
+            ..Default::default()
+        })),
+        502,
+        "format",
+    )
+    .await;
+    refused(
+        &stack,
+        login(mint(MintRequest {
+            fault: Some(Fault::Truncated),
+            ..Default::default()
+        })),
+        502,
+        "format",
+    )
+    .await;
+    refused(
+        &stack,
+        login(mint(MintRequest {
+            delay_ms: Some(1500),
+            ..Default::default()
+        })),
+        504,
+        "did not answer",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -170,17 +261,31 @@ async fn bad_input_is_400_and_spends_nothing() {
     };
 
     refused(&stack, with(&[]), 400, "X-WX-Code").await;
-    refused(&stack, with(&[("X-WX-Code", &minted.code), ("X-WX-IV", &minted.iv)]), 400, "together").await;
     refused(
         &stack,
-        with(&[("X-WX-Code", &minted.code), ("X-WX-Encrypted-Data", "@@not base64@@"), ("X-WX-IV", &minted.iv)]),
+        with(&[("X-WX-Code", &minted.code), ("X-WX-IV", &minted.iv)]),
+        400,
+        "together",
+    )
+    .await;
+    refused(
+        &stack,
+        with(&[
+            ("X-WX-Code", &minted.code),
+            ("X-WX-Encrypted-Data", "@@not base64@@"),
+            ("X-WX-IV", &minted.iv),
+        ]),
         400,
         "base64",
     )
     .await;
     refused(
         &stack,
-        with(&[("X-WX-Code", &minted.code), ("X-WX-Encrypted-Data", &minted.encrypted_data), ("X-WX-IV", "c2hvcnQ=")]),
+        with(&[
+            ("X-WX-Code", &minted.code),
+            ("X-WX-Encrypted-Data", &minted.encrypted_data),
+            ("X-WX-IV", "c2hvcnQ="),
+        ]),
         400,
         "iv",
     )
@@ -211,13 +316,25 @@ async fn user_data_that_does_not_check_out_creates_no_session() {
         watermark_appid: Some("wx-foreign".into()),
         ..Default::default()
     });
-    refused(&stack, headers(&foreign.code, &foreign.encrypted_data, &foreign.iv), 400, "watermark").await;
+    refused(
+        &stack,
+        headers(&foreign.code, &foreign.encrypted_data, &foreign.iv),
+        400,
+        "watermark",
+    )
+    .await;
 
     let stale = stack.mint(MintRequest {
         watermark_timestamp: Some(1_500_000_000),
         ..Default::default()
     });
-    refused(&stack, headers(&stale.code, &stale.encrypted_data, &stale.iv), 400, "too old").await;
+    refused(
+        &stack,
+        headers(&stale.code, &stale.encrypted_data, &stale.iv),
+        400,
+        "too old",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -227,7 +344,10 @@ async fn a_double_tapped_code_is_exchanged_once_and_both_requests_succeed() {
         delay_ms: Some(300),
         ..Default::default()
     });
-    let (first, second) = tokio::join!(stack.login_encrypted(&minted), stack.login_encrypted(&minted));
+    let (first, second) = tokio::join!(
+        stack.login_encrypted(&minted),
+        stack.login_encrypted(&minted)
+    );
     let (first, second) = (session_from(first).await, session_from(second).await);
     assert_ne!(first, second, "each request gets its own session");
     assert_eq!(stack.sandbox.code_stats(&minted.code).unwrap().exchanges, 1);
@@ -277,7 +397,10 @@ async fn the_sandbox_mint_endpoint_serves_the_readme_flow() {
         .http
         .get(stack.url("/login"))
         .header("X-WX-Code", minted["code"].as_str().unwrap())
-        .header("X-WX-Encrypted-Data", minted["encryptedData"].as_str().unwrap())
+        .header(
+            "X-WX-Encrypted-Data",
+            minted["encryptedData"].as_str().unwrap(),
+        )
         .header("X-WX-IV", minted["iv"].as_str().unwrap())
         .send()
         .await

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use tokio_tungstenite::{connect_async, tungstenite::Message, tungstenite::protocol::frame::coding::CloseCode};
+use tokio_tungstenite::{
+    connect_async, tungstenite::Message, tungstenite::protocol::frame::coding::CloseCode,
+};
 use weapp_tests::{MAGIC_KEY, Stack, json, wechat_sandbox::MintRequest};
 
 #[tokio::test]
@@ -17,15 +19,26 @@ async fn session_svc_down_is_503_without_magic_key_and_recovery_is_automatic() {
         let (status, body) = json(stack.get(path, Some(&session)).await).await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["error"], "ERR_SESSION_UNAVAILABLE");
-        assert!(body.get(MAGIC_KEY).is_none(), "an outage must not log the user out: {body}");
-        assert!(started.elapsed() < Duration::from_secs(2), "failed fast: {:?}", started.elapsed());
+        assert!(
+            body.get(MAGIC_KEY).is_none(),
+            "an outage must not log the user out: {body}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "failed fast: {:?}",
+            started.elapsed()
+        );
     }
     // Requests without session parameters do not need session-svc.
     assert_eq!(stack.get("/me", None).await.status(), 200);
     // Logins cannot work either, and say so honestly.
     let code = stack.mint(MintRequest::default()).code;
     let (status, body) = json(stack.login_code_only(&code).await).await;
-    assert_eq!((status, body["error"].as_str()), (503, Some("ERR_LOGIN_FAILED")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("ERR_LOGIN_FAILED")),
+        "{body}"
+    );
 
     stack.start_session_svc().await;
     let mut recovered = None;
@@ -54,7 +67,10 @@ async fn a_silent_session_svc_is_cut_off_at_the_deadline() {
     });
     let stack = Stack::start().await;
     let (_, session) = stack.new_session().await;
-    let mut settings = gateway_svc::Settings::new("127.0.0.1:0".parse().unwrap(), format!("http://{silent_addr}"));
+    let mut settings = gateway_svc::Settings::new(
+        "127.0.0.1:0".parse().unwrap(),
+        format!("http://{silent_addr}"),
+    );
     settings.session_timeout = Duration::from_millis(300);
     let gateway = gateway_svc::Application::build(settings).await.unwrap();
     let url = format!("http://{}/me", gateway.local_addr());
@@ -62,7 +78,13 @@ async fn a_silent_session_svc_is_cut_off_at_the_deadline() {
     tokio::spawn(gateway.run(shutdown.clone()));
 
     let started = Instant::now();
-    let response = stack.http.get(url).headers(session.headers()).send().await.unwrap();
+    let response = stack
+        .http
+        .get(url)
+        .headers(session.headers())
+        .send()
+        .await
+        .unwrap();
     let elapsed = started.elapsed();
     let (status, body) = json(response).await;
     assert_eq!(status, 503, "{body}");
@@ -75,7 +97,9 @@ async fn a_silent_session_svc_is_cut_off_at_the_deadline() {
 async fn a_gateway_shutdown_closes_websockets_with_going_away() {
     let mut stack = Stack::start().await;
     let (_, session) = stack.new_session().await;
-    let (mut ws, _) = connect_async(stack.ws_url(&format!("/ws?{}", session.query()))).await.unwrap();
+    let (mut ws, _) = connect_async(stack.ws_url(&format!("/ws?{}", session.query())))
+        .await
+        .unwrap();
     assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
     stack.stop_gateway().await;
     let close = tokio::time::timeout(Duration::from_secs(5), async {
@@ -93,7 +117,9 @@ async fn a_gateway_shutdown_closes_websockets_with_going_away() {
 
     // Clients reconnect to the restarted gateway with the same session.
     stack.start_gateway().await;
-    let (mut ws, _) = connect_async(stack.ws_url(&format!("/ws?{}", session.query()))).await.unwrap();
+    let (mut ws, _) = connect_async(stack.ws_url(&format!("/ws?{}", session.query())))
+        .await
+        .unwrap();
     match ws.next().await {
         Some(Ok(Message::Text(t))) => assert!(t.starts_with("Server: 恭喜")),
         other => panic!("{other:?}"),

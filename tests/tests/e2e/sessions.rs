@@ -7,7 +7,10 @@ use weapp_tests::{ClientSession, MAGIC_KEY, Stack, json};
 async fn expect_invalid(response: reqwest::Response) {
     let (status, body) = json(response).await;
     assert_eq!(status, 401, "{body}");
-    assert_eq!(body[MAGIC_KEY], 1, "the SDK must see the magic key to re-login: {body}");
+    assert_eq!(
+        body[MAGIC_KEY], 1,
+        "the SDK must see the magic key to re-login: {body}"
+    );
     assert_eq!(body["error"], "ERR_INVALID_SESSION");
 }
 
@@ -17,10 +20,16 @@ async fn me_with_without_and_with_a_wrong_session() {
     let (minted, session) = stack.new_session().await;
 
     let (status, me) = json(stack.get("/me", Some(&session)).await).await;
-    assert_eq!((status, me["openId"].as_str()), (200, Some(minted.openid.as_str())));
+    assert_eq!(
+        (status, me["openId"].as_str()),
+        (200, Some(minted.openid.as_str()))
+    );
 
     let (status, anonymous) = json(stack.get("/me", None).await).await;
-    assert_eq!((status, anonymous), (200, serde_json::json!({ "noBody": true })));
+    assert_eq!(
+        (status, anonymous),
+        (200, serde_json::json!({ "noBody": true }))
+    );
 
     let wrong_skey = ClientSession {
         skey: format!("{}A", &session.skey[..session.skey.len() - 1]),
@@ -39,7 +48,13 @@ async fn me_with_without_and_with_a_wrong_session() {
     expect_invalid(stack.get("/me", Some(&garbage)).await).await;
 
     // A lone id is an invalid session, not an anonymous request.
-    let lone = stack.http.get(stack.url("/me")).header("x-wx-id", &session.id).send().await.unwrap();
+    let lone = stack
+        .http
+        .get(stack.url("/me"))
+        .header("x-wx-id", &session.id)
+        .send()
+        .await
+        .unwrap();
     expect_invalid(lone).await;
 
     // Header names are case-insensitive.
@@ -60,7 +75,10 @@ async fn session_parameters_work_from_the_query_string() {
     let (minted, session) = stack.new_session().await;
     let url = format!("{}?{}", stack.url("/me"), session.query());
     let (status, me) = json(stack.http.get(url).send().await.unwrap()).await;
-    assert_eq!((status, me["openId"].as_str()), (200, Some(minted.openid.as_str())));
+    assert_eq!(
+        (status, me["openId"].as_str()),
+        (200, Some(minted.openid.as_str()))
+    );
 
     let bad = format!("{}?X-WX-Id={}&X-WX-Skey=nope", stack.url("/me"), session.id);
     expect_invalid(stack.http.get(bad).send().await.unwrap()).await;
@@ -85,7 +103,8 @@ async fn the_fallback_answers_plainly_but_still_checks_sessions() {
 #[tokio::test]
 async fn two_users_at_once_see_only_themselves() {
     let stack = Stack::start().await;
-    let ((alice, alice_session), (bob, bob_session)) = tokio::join!(stack.new_session(), stack.new_session());
+    let ((alice, alice_session), (bob, bob_session)) =
+        tokio::join!(stack.new_session(), stack.new_session());
     assert_ne!(alice.openid, bob.openid);
     let (a, b) = tokio::join!(
         stack.get("/me", Some(&alice_session)),
@@ -106,7 +125,10 @@ async fn re_login_of_the_same_user_issues_a_fresh_session() {
     let second = weapp_tests::session_from(stack.login_encrypted(&again).await).await;
     assert_ne!(first, second);
     for session in [&first, &second] {
-        assert_eq!(json(stack.get("/me", Some(session)).await).await.1["openId"], minted.openid.as_str());
+        assert_eq!(
+            json(stack.get("/me", Some(session)).await).await.1["openId"],
+            minted.openid.as_str()
+        );
     }
 }
 
@@ -123,11 +145,25 @@ async fn logout_revokes_at_once() {
         .await
         .unwrap();
     let (status, body) = json(response).await;
-    assert_eq!((status, body["logout"].as_bool()), (200, Some(true)), "{body}");
+    assert_eq!(
+        (status, body["logout"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
     expect_invalid(stack.get("/me", Some(&session)).await).await;
-    assert_eq!(stack.get("/me", Some(&other)).await.status(), 200, "other sessions untouched");
+    assert_eq!(
+        stack.get("/me", Some(&other)).await.status(),
+        200,
+        "other sessions untouched"
+    );
 
-    let again = stack.http.post(stack.url("/logout")).headers(session.headers()).send().await.unwrap();
+    let again = stack
+        .http
+        .post(stack.url("/logout"))
+        .headers(session.headers())
+        .send()
+        .await
+        .unwrap();
     expect_invalid(again).await;
 }
 
@@ -138,7 +174,11 @@ async fn sessions_survive_a_session_svc_restart() {
     stack.stop_session_svc().await;
     stack.start_session_svc().await;
     let (status, me) = json(stack.get("/me", Some(&session)).await).await;
-    assert_eq!((status, me["openId"].as_str()), (200, Some(minted.openid.as_str())), "{me}");
+    assert_eq!(
+        (status, me["openId"].as_str()),
+        (200, Some(minted.openid.as_str())),
+        "{me}"
+    );
     assert_eq!(me["nickName"], "Sandbox User");
 }
 

@@ -53,10 +53,15 @@ async fn greets_by_nickname_and_echoes_100_messages_in_order() {
     let mut ws = connect(&stack, Some(&session)).await;
     assert_eq!(text(next(&mut ws).await), "Server: 恭喜，Sandbox User");
     for i in 0..100 {
-        ws.send(Message::Text(format!("message {i}").into())).await.unwrap();
+        ws.send(Message::Text(format!("message {i}").into()))
+            .await
+            .unwrap();
     }
     for i in 0..100 {
-        assert_eq!(text(next(&mut ws).await), format!("Server: Received(message {i})"));
+        assert_eq!(
+            text(next(&mut ws).await),
+            format!("Server: Received(message {i})")
+        );
     }
     ws.close(None).await.unwrap();
 }
@@ -69,7 +74,10 @@ async fn greets_by_openid_after_a_code_only_login_and_accepts_headers() {
     let mut request = stack.ws_url("/ws").into_client_request().unwrap();
     request.headers_mut().extend(session.headers());
     let (mut ws, _) = connect_async(request).await.unwrap();
-    assert_eq!(text(next(&mut ws).await), format!("Server: 恭喜，{}", minted.openid));
+    assert_eq!(
+        text(next(&mut ws).await),
+        format!("Server: 恭喜，{}", minted.openid)
+    );
 }
 
 #[tokio::test]
@@ -108,7 +116,10 @@ async fn two_users_at_once_have_their_own_conversations() {
     });
     let alice = weapp_tests::session_from(stack.login_encrypted(&alice).await).await;
     let bob = weapp_tests::session_from(stack.login_encrypted(&bob).await).await;
-    let (mut a, mut b) = (connect(&stack, Some(&alice)).await, connect(&stack, Some(&bob)).await);
+    let (mut a, mut b) = (
+        connect(&stack, Some(&alice)).await,
+        connect(&stack, Some(&bob)).await,
+    );
     assert_eq!(text(next(&mut a).await), "Server: 恭喜，Alice");
     assert_eq!(text(next(&mut b).await), "Server: 恭喜，Bob");
     for i in 0..20 {
@@ -130,9 +141,16 @@ async fn an_oversized_message_closes_with_1009() {
     let (_, session) = stack.new_session().await;
     let mut ws = connect(&stack, Some(&session)).await;
     next(&mut ws).await;
-    ws.send(Message::Text("x".repeat(1000).into())).await.unwrap();
-    assert_eq!(text(next(&mut ws).await).len(), "Server: Received()".len() + 1000);
-    ws.send(Message::Text("x".repeat(4096).into())).await.unwrap();
+    ws.send(Message::Text("x".repeat(1000).into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(next(&mut ws).await).len(),
+        "Server: Received()".len() + 1000
+    );
+    ws.send(Message::Text("x".repeat(4096).into()))
+        .await
+        .unwrap();
     assert_eq!(close_code(next(&mut ws).await), CloseCode::Size);
 }
 
@@ -188,13 +206,18 @@ async fn a_client_that_answers_pings_stays_connected() {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_are_refused() {
-    let stack = Stack::builder().gateway(|g| g.ws.max_connections = 1).start().await;
+    let stack = Stack::builder()
+        .gateway(|g| g.ws.max_connections = 1)
+        .start()
+        .await;
     let (_, session) = stack.new_session().await;
     let mut first = connect(&stack, Some(&session)).await;
     next(&mut first).await;
     let url = stack.ws_url(&format!("/ws?{}", session.query()));
     match connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
         other => panic!("second connection should be refused, got {other:?}"),
     }
     first.close(None).await.unwrap();
@@ -202,7 +225,8 @@ async fn connections_beyond_the_cap_are_refused() {
     let mut retried = None;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Ok((ws, _)) = connect_async(stack.ws_url(&format!("/ws?{}", session.query()))).await {
+        if let Ok((ws, _)) = connect_async(stack.ws_url(&format!("/ws?{}", session.query()))).await
+        {
             retried = Some(ws);
             break;
         }
