@@ -1,4 +1,6 @@
 //! Process plumbing shared by the weapp binaries.
+use std::io::IsTerminal as _;
+
 use tokio_util::sync::CancellationToken;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); `WEAPP_LOG_FORMAT=json` for
@@ -8,7 +10,8 @@ pub fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if std::env::var("WEAPP_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {

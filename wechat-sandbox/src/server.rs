@@ -398,15 +398,49 @@ async fn jscode2session(
     }
 }
 
-async fn mint(State(sandbox): State<Sandbox>, body: Option<Json<MintRequest>>) -> Response {
+#[derive(Deserialize)]
+struct MintFormat {
+    /// `headers`: answer with the `X-WX-*` login headers, one per line, for `curl -H @file`.
+    format: Option<String>,
+}
+
+async fn mint(
+    State(sandbox): State<Sandbox>,
+    Query(format): Query<MintFormat>,
+    body: Option<Json<MintRequest>>,
+) -> Response {
     let req = body.map(|Json(r)| r).unwrap_or_default();
-    match sandbox.mint(req) {
-        Ok(minted) => Json(minted).into_response(),
-        Err(e) => (
+    let minted = match sandbox.mint(req) {
+        Ok(minted) => minted,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": e.to_string() })),
+            )
+                .into_response();
+        }
+    };
+    match format.format.as_deref() {
+        Some("headers") => {
+            let lines = format!(
+                "X-WX-Code: {}\nX-WX-Encrypted-Data: {}\nX-WX-IV: {}\n",
+                minted.code, minted.encrypted_data, minted.iv
+            );
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain")],
+                lines,
+            )
+                .into_response()
+        }
+        Some(other) => (
             StatusCode::BAD_REQUEST,
-            Json(json!({ "error": e.to_string() })),
+            Json(
+                json!({ "error": format!("unknown format {other:?}; use format=headers or none") }),
+            ),
         )
             .into_response(),
+        None => Json(minted).into_response(),
     }
 }
 

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Runs the whole weapp stack locally: the WeChat sandbox, session-svc (embedded store) and
+# gateway-svc, as three processes linked by gRPC over loopback. Ctrl-C stops all three.
+#
+# Environment (all optional):
+#   WEAPP_STACK_DIR        state: AppSecret file, session store   (default: ./.stack)
+#   WEAPP_GATEWAY_LISTEN   gateway HTTP address                    (default: 0.0.0.0:8765)
+#   WEAPP_SESSION_LISTEN   session-svc gRPC address                (default: 127.0.0.1:50051)
+#   SANDBOX_LISTEN         WeChat sandbox address                  (default: 127.0.0.1:9870)
+#   WEAPP_STACK_PROFILE    cargo profile: dev or release           (default: dev)
+#   RUST_LOG               log filter                              (default: info)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+stack_dir=${WEAPP_STACK_DIR:-$root/.stack}
+gateway_listen=${WEAPP_GATEWAY_LISTEN:-0.0.0.0:8765}
+session_listen=${WEAPP_SESSION_LISTEN:-127.0.0.1:50051}
+sandbox_listen=${SANDBOX_LISTEN:-127.0.0.1:9870}
+profile=${WEAPP_STACK_PROFILE:-dev}
+app_id=${WEAPP_APP_ID:-wxweapplocal0001}
+
+case "$profile" in
+  dev) target_dir=debug ;;
+  release) target_dir=release ;;
+  *) echo "WEAPP_STACK_PROFILE must be dev or release" >&2; exit 2 ;;
+esac
+
+echo "==> building (cargo build --profile $profile)"
+cargo build --profile "$profile" --bins --quiet
+bin="${CARGO_TARGET_DIR:-$root/target}/$target_dir"
+
+mkdir -p "$stack_dir/data"
+chmod 700 "$stack_dir"
+secret_file="$stack_dir/app_secret"
+if [ ! -s "$secret_file" ]; then
+  # A fresh random AppSecret shared by the sandbox and session-svc; never committed.
+  (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > "$secret_file")
+fi
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  if [ "${#pids[@]}" -gt 0 ]; then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+}
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
+
+port_of() { echo "${1##*:}"; }
+host_of() {
+  local host=${1%:*}
+  [ "$host" = 0.0.0.0 ] && host=127.0.0.1
+  echo "$host"
+}
+wait_for() { # name host port
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/$2/$3") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "$1 did not start listening on $2:$3" >&2
+  return 1
+}
+
+export WEAPP_APP_ID=$app_id WEAPP_APP_SECRET_FILE=$secret_file
+
+SANDBOX_LISTEN=$sandbox_listen "$bin/wechat-sandbox" &
+pids+=($!)
+wait_for "WeChat sandbox" "$(host_of "$sandbox_listen")" "$(port_of "$sandbox_listen")"
+
+WEAPP_SESSION_LISTEN=$session_listen \
+WEAPP_DATA_DIR=$stack_dir/data \
+WEAPP_WECHAT_BASE_URL="http://$(host_of "$sandbox_listen"):$(port_of "$sandbox_listen")/" \
+  "$bin/session-svc" &
+pids+=($!)
+wait_for "session-svc" "$(host_of "$session_listen")" "$(port_of "$session_listen")"
+
+WEAPP_GATEWAY_LISTEN=$gateway_listen \
+WEAPP_SESSION_SVC_URL="http://$(host_of "$session_listen"):$(port_of "$session_listen")" \
+  "$bin/gateway-svc" &
+pids+=($!)
+wait_for "gateway-svc" "$(host_of "$gateway_listen")" "$(port_of "$gateway_listen")"
+
+gw="http://$(host_of "$gateway_listen"):$(port_of "$gateway_listen")"
+sb="http://$(host_of "$sandbox_listen"):$(port_of "$sandbox_listen")"
+cat <<EOF
+
+weapp is running (Ctrl-C stops it):
+  gateway-svc   $gw          (HTTP: /login, /me, /ws)
+  session-svc   $session_listen    (gRPC; try: grpcurl -plaintext $session_listen list)
+  WeChat sandbox $sb
+
+Log in as a mini-program would (the sandbox plays wx.login + wx.getUserInfo):
+  curl -s -X POST '$sb/sandbox/mint?format=headers' > /tmp/weapp-login.headers
+  curl -s -H @/tmp/weapp-login.headers $gw/login
+Then, with the "id" and "skey" it answers:
+  curl -s -H 'X-WX-Id: <id>' -H 'X-WX-Skey: <skey>' $gw/me
+  npx wscat -c 'ws://$(host_of "$gateway_listen"):$(port_of "$gateway_listen")/ws?X-WX-Id=<id>&X-WX-Skey=<skey>'
+EOF
+
+# Stay up while all three run; if one dies, stop the others and fail.
+set +e
+wait -n "${pids[@]}"
+status=$?
+echo "a weapp process exited (status $status); stopping the stack" >&2
+exit "$status"

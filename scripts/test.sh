@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need, checks formatting
+# and lints, runs every Rust test (unit + end-to-end), then starts the local stack exactly as
+# the README does and drives it with curl and with the unmodified wafer-client-sdk.
+# Fails loudly: any failing step fails the run, and nothing is skipped silently.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+log_dir=$(mktemp -d)
+stack_pid=
+cleanup() {
+  if [ -n "$stack_pid" ]; then
+    kill -TERM "$stack_pid" 2>/dev/null || true
+    wait "$stack_pid" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+step "prerequisites"
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if [ "${#missing[@]}" -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+npm ci --prefix tests/sdk-compat --no-audit --no-fund --loglevel=error
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test (unit and end-to-end)"
+cargo test --workspace 2>&1 | tee "$log_dir/cargo-test.log"
+
+step "local stack (scripts/stack.sh) driven as the README says"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+gw_port=$(free_port); session_port=$(free_port); sandbox_port=$(free_port)
+WEAPP_STACK_DIR="$log_dir/stack" \
+WEAPP_GATEWAY_LISTEN="127.0.0.1:$gw_port" \
+WEAPP_SESSION_LISTEN="127.0.0.1:$session_port" \
+SANDBOX_LISTEN="127.0.0.1:$sandbox_port" \
+  scripts/stack.sh > "$log_dir/stack.log" 2>&1 &
+stack_pid=$!
+for _ in $(seq 1 600); do
+  grep -q "weapp is running" "$log_dir/stack.log" && break
+  kill -0 "$stack_pid" 2>/dev/null || { cat "$log_dir/stack.log"; echo "the stack failed to start" >&2; exit 1; }
+  sleep 0.5
+done
+grep -q "weapp is running" "$log_dir/stack.log" || { cat "$log_dir/stack.log"; echo "the stack did not start in time" >&2; exit 1; }
+
+gw="http://127.0.0.1:$gw_port"
+sb="http://127.0.0.1:$sandbox_port"
+curl -fsS -X POST "$sb/sandbox/mint?format=headers" > "$log_dir/login.headers"
+login=$(curl -fsS -H @"$log_dir/login.headers" "$gw/login")
+id=$(printf '%s' "$login" | python3 -c 'import json,sys; print(json.load(sys.stdin)["session"]["id"])')
+skey=$(printf '%s' "$login" | python3 -c 'import json,sys; print(json.load(sys.stdin)["session"]["skey"])')
+me=$(curl -fsS -H "X-WX-Id: $id" -H "X-WX-Skey: $skey" "$gw/me")
+printf '%s' "$me" | python3 -c 'import json,sys; me=json.load(sys.stdin); assert me["nickName"]=="Sandbox User", me; print("curl flow: /me answers", me["openId"])'
+
+step "wafer-client-sdk (unmodified) against the running stack"
+WEAPP_GATEWAY_URL=$gw WEAPP_SANDBOX_URL=$sb \
+  node --test tests/sdk-compat/ 2>&1 | tee "$log_dir/sdk.log"
+
+cleanup
+stack_pid=
+
+# One closing line for the whole suite.
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log_dir/cargo-test.log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log_dir/cargo-test.log" | awk '{s+=$1} END {print s+0}')
+node_pass=$(awk '/^# pass /{print $3}' "$log_dir/sdk.log")
+node_fail=$(awk '/^# fail /{print $3}' "$log_dir/sdk.log")
+passed=$((passed + ${node_pass:-0} + 1)) # +1: the curl flow above
+failed=$((failed + ${node_fail:-0}))
+if [ "$passed" -lt 2 ]; then echo "no tests ran" >&2; exit 1; fi
+echo
+echo "suite: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,82 @@
+// wafer-client-sdk 0.8.4, unmodified, against a running weapp stack (gateway + session-svc +
+// WeChat sandbox as separate processes). Needs WEAPP_GATEWAY_URL and WEAPP_SANDBOX_URL.
+'use strict';
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { createWx } = require('./wx-shim');
+
+const gatewayUrl = process.env.WEAPP_GATEWAY_URL;
+const sandboxUrl = process.env.WEAPP_SANDBOX_URL;
+if (!gatewayUrl || !sandboxUrl) {
+  throw new Error('set WEAPP_GATEWAY_URL and WEAPP_SANDBOX_URL (scripts/test.sh does)');
+}
+
+// The SDK reads the global `wx`, and keeps module-level state: load a fresh copy per test.
+function freshSdk() {
+  const shim = createWx({ sandboxUrl });
+  global.wx = shim.wx;
+  for (const key of Object.keys(require.cache)) {
+    if (key.includes('wafer-client-sdk')) delete require.cache[key];
+  }
+  const sdk = require('wafer-client-sdk');
+  sdk.setLoginUrl(`${gatewayUrl}/login`);
+  return { sdk, shim };
+}
+
+const promisify = (fn, options) =>
+  new Promise((resolve, reject) => fn({ ...options, success: (...a) => resolve(a), fail: reject }));
+
+const SESSION_KEY = 'weapp_session_F2C224D4-2BCE-4C64-AF9F-A6D872000D1A';
+
+test('login then /me through the SDK', async () => {
+  const { sdk, shim } = freshSdk();
+  shim.state.nextMint = { profile: { nickName: 'SDK 用户', gender: 1, language: 'zh_CN', city: 'Shenzhen',
+    province: 'Guangdong', country: 'China', avatarUrl: 'https://sandbox.invalid/a.png' } };
+  const [userInfo] = await promisify(sdk.login);
+  assert.equal(userInfo.nickName, 'SDK 用户');
+  const stored = shim.storage.get(SESSION_KEY);
+  assert.ok(stored && stored.id && stored.skey, 'the SDK stored the session');
+
+  const [response] = await promisify(sdk.request, { url: `${gatewayUrl}/me`, login: true });
+  assert.equal(response.statusCode, 200);
+  assert.equal(response.data.openId, shim.state.lastMinted.openid);
+  assert.equal(response.data.nickName, 'SDK 用户');
+  const me = shim.state.requests.at(-1);
+  assert.equal(me.header['X-WX-Id'], stored.id, 'the SDK sent its session headers');
+  assert.equal(shim.state.mints, 1, 'no second login while the session is good');
+});
+
+test('a stale session gets ERR_INVALID_SESSION, and the SDK re-logs-in and retries', async () => {
+  const { sdk, shim } = freshSdk();
+  await promisify(sdk.login);
+  const stale = { ...shim.storage.get(SESSION_KEY), skey: 'A'.repeat(43) };
+  shim.storage.set(SESSION_KEY, stale);
+
+  const [response] = await promisify(sdk.request, { url: `${gatewayUrl}/me`, login: true });
+  assert.equal(response.statusCode, 200);
+  assert.equal(response.data.openId, shim.state.lastMinted.openid);
+  assert.equal(shim.state.mints, 2, 'exactly one re-login');
+  const fresh = shim.storage.get(SESSION_KEY);
+  assert.notEqual(fresh.skey, stale.skey);
+  const statuses = shim.state.requests.map((r) => r.url.replace(gatewayUrl, ''));
+  assert.deepEqual(statuses, ['/login', '/me', '/login', '/me']);
+});
+
+test('a request without a session goes on without one', async () => {
+  const { sdk } = freshSdk();
+  const [response] = await promisify(sdk.request, { url: `${gatewayUrl}/me` });
+  assert.equal(response.statusCode, 200);
+  assert.deepEqual(response.data, { noBody: true });
+});
+
+test('a refused login reaches the SDK as a login failure with WeChat\'s errcode', async () => {
+  const { sdk, shim } = freshSdk();
+  shim.state.forcedCode = 'a-code-wechat-never-issued';
+  await assert.rejects(promisify(sdk.login), (error) => {
+    assert.match(error.message, /ERR_LOGIN_FAILED/);
+    assert.match(error.message, /40029/);
+    return true;
+  });
+  assert.equal(shim.storage.has(SESSION_KEY), false);
+});
