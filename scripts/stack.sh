@@ -56,8 +56,12 @@ host_of() {
   [ "$host" = 0.0.0.0 ] && host=127.0.0.1
   echo "$host"
 }
-wait_for() { # name host port
+wait_for() { # name host port pid
   for _ in $(seq 1 100); do
+    if ! kill -0 "$4" 2>/dev/null; then
+      echo "$1 exited during start-up (see its log above)" >&2
+      return 1
+    fi
     if (exec 3<>"/dev/tcp/$2/$3") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
@@ -69,20 +73,20 @@ export WEAPP_APP_ID=$app_id WEAPP_APP_SECRET_FILE=$secret_file
 
 SANDBOX_LISTEN=$sandbox_listen "$bin/wechat-sandbox" &
 pids+=($!)
-wait_for "WeChat sandbox" "$(host_of "$sandbox_listen")" "$(port_of "$sandbox_listen")"
+wait_for "WeChat sandbox" "$(host_of "$sandbox_listen")" "$(port_of "$sandbox_listen")" "$!"
 
 WEAPP_SESSION_LISTEN=$session_listen \
 WEAPP_DATA_DIR=$stack_dir/data \
 WEAPP_WECHAT_BASE_URL="http://$(host_of "$sandbox_listen"):$(port_of "$sandbox_listen")/" \
   "$bin/session-svc" &
 pids+=($!)
-wait_for "session-svc" "$(host_of "$session_listen")" "$(port_of "$session_listen")"
+wait_for "session-svc" "$(host_of "$session_listen")" "$(port_of "$session_listen")" "$!"
 
 WEAPP_GATEWAY_LISTEN=$gateway_listen \
 WEAPP_SESSION_SVC_URL="http://$(host_of "$session_listen"):$(port_of "$session_listen")" \
   "$bin/gateway-svc" &
 pids+=($!)
-wait_for "gateway-svc" "$(host_of "$gateway_listen")" "$(port_of "$gateway_listen")"
+wait_for "gateway-svc" "$(host_of "$gateway_listen")" "$(port_of "$gateway_listen")" "$!"
 
 gw="http://$(host_of "$gateway_listen"):$(port_of "$gateway_listen")"
 sb="http://$(host_of "$sandbox_listen"):$(port_of "$sandbox_listen")"

@@ -459,7 +459,7 @@ async fn code_stats(State(sandbox): State<Sandbox>, Path(code): Path<String>) ->
 pub fn router(sandbox: Sandbox) -> Router {
     Router::new()
         .route("/sns/jscode2session", get(jscode2session))
-        .route("/sandbox/mint", post(mint))
+        .route("/sandbox/mint", post(mint).get(mint))
         .route("/sandbox/codes/{code}", get(code_stats))
         .with_state(sandbox)
 }
