@@ -127,11 +127,10 @@ struct Watermark {
     timestamp: i64,
 }
 
+/// The profile fields WeChat puts in both the encrypted data and rawData.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Decrypted {
-    open_id: Option<String>,
-    union_id: Option<String>,
+struct Profile {
     nick_name: Option<String>,
     gender: Option<i32>,
     language: Option<String>,
@@ -139,6 +138,28 @@ struct Decrypted {
     province: Option<String>,
     country: Option<String>,
     avatar_url: Option<String>,
+}
+
+impl Profile {
+    /// Fills the fields `user` does not have yet.
+    fn fill(self, user: &mut UserInfo) {
+        user.nick_name = user.nick_name.take().or(self.nick_name);
+        user.gender = user.gender.or(self.gender);
+        user.language = user.language.take().or(self.language);
+        user.city = user.city.take().or(self.city);
+        user.province = user.province.take().or(self.province);
+        user.country = user.country.take().or(self.country);
+        user.avatar_url = user.avatar_url.take().or(self.avatar_url);
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Decrypted {
+    open_id: Option<String>,
+    union_id: Option<String>,
+    #[serde(flatten)]
+    profile: Profile,
     watermark: Watermark,
 }
 
@@ -177,17 +198,13 @@ pub fn parse_decrypted(
     {
         return Err(UserDataError::OpenIdMismatch);
     }
-    Ok(UserInfo {
+    let mut user = UserInfo {
         open_id: expected.open_id.to_owned(),
         union_id: expected.union_id.map(str::to_owned).or(data.union_id),
-        nick_name: data.nick_name,
-        gender: data.gender,
-        language: data.language,
-        city: data.city,
-        province: data.province,
-        country: data.country,
-        avatar_url: data.avatar_url,
-    })
+        ..UserInfo::default()
+    };
+    data.profile.fill(&mut user);
+    Ok(user)
 }
 
 /// Checks `signature == sha1(rawData + session_key)` in constant time.
@@ -208,29 +225,10 @@ pub fn verify_signature(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawProfile {
-    nick_name: Option<String>,
-    gender: Option<i32>,
-    language: Option<String>,
-    city: Option<String>,
-    province: Option<String>,
-    country: Option<String>,
-    avatar_url: Option<String>,
-}
-
 /// Fills profile fields from a verified rawData where the encrypted data did not provide them.
 pub fn merge_raw_profile(user: &mut UserInfo, raw_data: &str) -> Result<(), UserDataError> {
-    let raw: RawProfile =
-        serde_json::from_str(raw_data).map_err(|_| UserDataError::RawDataNotJson)?;
-    user.nick_name = user.nick_name.take().or(raw.nick_name);
-    user.gender = user.gender.or(raw.gender);
-    user.language = user.language.take().or(raw.language);
-    user.city = user.city.take().or(raw.city);
-    user.province = user.province.take().or(raw.province);
-    user.country = user.country.take().or(raw.country);
-    user.avatar_url = user.avatar_url.take().or(raw.avatar_url);
+    let raw: Profile = serde_json::from_str(raw_data).map_err(|_| UserDataError::RawDataNotJson)?;
+    raw.fill(user);
     Ok(())
 }
 
