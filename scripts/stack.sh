@@ -9,6 +9,7 @@
 #   SANDBOX_LISTEN         WeChat sandbox address                  (default: 127.0.0.1:9870)
 #   WEAPP_STACK_PROFILE    cargo profile: dev or release           (default: dev)
 #   RUST_LOG               log filter                              (default: info)
+#   WEAPP_MONGODB_URI      keep sessions in MongoDB instead of the embedded store
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)

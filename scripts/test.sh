@@ -32,6 +32,18 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 npm ci --prefix tests/sdk-compat --no-audit --no-fund --loglevel=error
+# nx-27017, the MongoDB-wire server the MongoDB store tests start (one per test).
+venv="$root/target/test-venv"
+if [ ! -x "$venv/bin/pip" ]; then
+  python3 -m venv "$venv" || {
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    python3 -m venv "$venv"
+  }
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+export NX_27017_BIN="$venv/bin/nx-27017"
+"$NX_27017_BIN" --help > /dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -39,8 +51,12 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step "cargo test (unit and end-to-end)"
+step "cargo test (unit, store conformance on both stores, end-to-end on the embedded store)"
 cargo test --workspace 2>&1 | tee "$log_dir/cargo-test.log"
+
+step "end-to-end suite again, on MongoDB (nx-27017)"
+WEAPP_TEST_STORE=mongodb cargo test -p weapp-tests --test e2e -- --skip conformance:: --skip mongo_store:: \
+  2>&1 | tee -a "$log_dir/cargo-test.log"
 
 step "local stack (scripts/stack.sh) driven as the README says"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -7,7 +7,9 @@ use clap::Parser;
 use secrecy::SecretString;
 use url::Url;
 
-use crate::{login::LoginPolicy, session::SessionPolicy, wechat::WeChatSettings};
+use crate::{
+    login::LoginPolicy, session::SessionPolicy, store::MongoSettings, wechat::WeChatSettings,
+};
 
 /// Everything session-svc needs to run, already validated.
 #[derive(Clone, Debug)]
@@ -24,8 +26,10 @@ pub struct Settings {
 
 #[derive(Clone, Debug)]
 pub enum StoreSettings {
-    /// Embedded persistent store: one file under this directory.
+    /// Embedded persistent store: one file under this directory (the default).
     Embedded { data_dir: PathBuf },
+    /// MongoDB, when a `mongodb://` or `mongodb+srv://` URI is configured.
+    Mongo(MongoSettings),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,26 @@ pub enum ConfigError {
     EmptySecretFile(PathBuf),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Reads a secret from the environment/flag or from a file, at most one of them.
+fn one_secret(
+    value: Option<String>,
+    file: Option<PathBuf>,
+    names: (&'static str, &'static str),
+) -> Result<Option<SecretString>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+            "set only one of {} and {}",
+            names.0, names.1
+        ))),
+        (Some(v), None) if v.trim().is_empty() => {
+            Err(ConfigError::Invalid(format!("{} is empty", names.0)))
+        }
+        (Some(v), None) => Ok(Some(SecretString::from(v.trim().to_owned()))),
+        (None, Some(path)) => read_secret_file(path).map(Some),
+        (None, None) => Ok(None),
+    }
 }
 
 /// weapp session-svc: WeChat login and sessions over gRPC.
@@ -81,9 +105,29 @@ pub struct Cli {
     #[arg(long, env = "WEAPP_WECHAT_MAX_CONCURRENT", default_value_t = 64)]
     pub wechat_max_concurrent: usize,
 
-    /// Directory of the embedded session store.
+    /// Directory of the embedded session store (used when no MongoDB URI is set).
     #[arg(long, env = "WEAPP_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// MongoDB URI (mongodb:// or mongodb+srv://); sessions go to MongoDB when set.
+    #[arg(long, env = "WEAPP_MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+
+    /// File holding the MongoDB URI.
+    #[arg(long, env = "WEAPP_MONGODB_URI_FILE")]
+    pub mongodb_uri_file: Option<PathBuf>,
+
+    /// File holding the MongoDB password of the URI's user (keeps it out of the URI).
+    #[arg(long, env = "WEAPP_MONGODB_PASSWORD_FILE")]
+    pub mongodb_password_file: Option<PathBuf>,
+
+    /// MongoDB database (default: the URI's, else "weapp").
+    #[arg(long, env = "WEAPP_MONGODB_DATABASE")]
+    pub mongodb_database: Option<String>,
+
+    /// How long a store operation waits for a reachable MongoDB before failing UNAVAILABLE.
+    #[arg(long, env = "WEAPP_MONGODB_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub mongodb_timeout: Duration,
 
     /// A session unused this long expires (renewed by use), e.g. "2h".
     #[arg(long, env = "WEAPP_SESSION_IDLE_TTL", default_value = "2h", value_parser = humantime::parse_duration)]
@@ -115,6 +159,43 @@ impl Cli {
             (Some(s), None) => SecretString::from(s.trim().to_owned()),
             (None, Some(path)) => read_secret_file(path)?,
         };
+        let mongodb_uri = one_secret(
+            self.mongodb_uri,
+            self.mongodb_uri_file,
+            ("WEAPP_MONGODB_URI", "WEAPP_MONGODB_URI_FILE"),
+        )?;
+        let store = match mongodb_uri {
+            None => {
+                if self.mongodb_password_file.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "WEAPP_MONGODB_PASSWORD_FILE is set but no WEAPP_MONGODB_URI".into(),
+                    ));
+                }
+                StoreSettings::Embedded {
+                    data_dir: self.data_dir,
+                }
+            }
+            Some(uri) => {
+                use secrecy::ExposeSecret as _;
+                let scheme_ok = ["mongodb://", "mongodb+srv://"]
+                    .iter()
+                    .any(|scheme| uri.expose_secret().starts_with(scheme));
+                if !scheme_ok {
+                    return Err(ConfigError::Invalid(
+                        "the MongoDB URI must start with mongodb:// or mongodb+srv://".into(),
+                    ));
+                }
+                StoreSettings::Mongo(MongoSettings {
+                    uri,
+                    password: self
+                        .mongodb_password_file
+                        .map(read_secret_file)
+                        .transpose()?,
+                    database: self.mongodb_database.filter(|d| !d.is_empty()),
+                    timeout: self.mongodb_timeout,
+                })
+            }
+        };
         if self.app_id.trim().is_empty() {
             return Err(ConfigError::Invalid("WEAPP_APP_ID is empty".into()));
         }
@@ -138,9 +219,7 @@ impl Cli {
                 timeout: self.wechat_timeout,
                 max_concurrent: self.wechat_max_concurrent,
             },
-            store: StoreSettings::Embedded {
-                data_dir: self.data_dir,
-            },
+            store,
             sessions,
             login: LoginPolicy {
                 max_data_age: self.login_max_data_age,
@@ -196,6 +275,24 @@ mod tests {
         let missing = dir.path().join("missing");
         let err = cli(&["--app-secret-file", missing.to_str().unwrap()]).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_mongodb_uri_selects_mongodb_and_stays_secret() {
+        let s = cli(&["--app-secret", "s"]).unwrap();
+        assert!(matches!(s.store, StoreSettings::Embedded { .. }));
+        let s = cli(&[
+            "--app-secret",
+            "s",
+            "--mongodb-uri",
+            "mongodb://weapp:pa55@db:27017/weapp",
+        ])
+        .unwrap();
+        assert!(matches!(s.store, StoreSettings::Mongo(_)));
+        assert!(!format!("{s:?}").contains("pa55"));
+        let err = cli(&["--app-secret", "s", "--mongodb-uri", "postgres://db"]).unwrap_err();
+        assert!(!err.to_string().contains("postgres://db"), "{err}");
+        assert!(cli(&["--app-secret", "s", "--mongodb-password-file", "/x"]).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod login;
 pub mod session;
 pub mod singleflight;

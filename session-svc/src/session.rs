@@ -153,15 +153,14 @@ impl SessionManager {
         let mut record = self.authenticate(id, skey).await?;
         let now = now_millis();
         if now.saturating_sub(record.last_seen_at) >= millis(self.policy.renew_after) {
-            let expires_at = now
+            record.last_seen_at = now;
+            record.expires_at = now
                 .saturating_add(millis(self.policy.idle_ttl))
                 .min(record.max_expires_at);
-            if !self.store.touch(&record.id, now, expires_at).await? {
+            if !self.store.renew(&record).await? {
                 // Revoked between our read and our write.
                 return Err(SessionError::Unauthenticated);
             }
-            record.last_seen_at = now;
-            record.expires_at = expires_at;
         }
         Ok(record)
     }

@@ -11,9 +11,10 @@ use weapp_proto::session::v1::session_service_server::SessionServiceServer;
 use crate::{
     config::{Settings, StoreSettings},
     grpc::SessionGrpc,
+    health::StoreWatch,
     login::LoginService,
     session::{SessionManager, now_millis},
-    store::{EmbeddedStore, SessionStore, StoreError},
+    store::{EmbeddedStore, MongoStore, SessionStore, StoreError},
     wechat::{WeChatClient, WeChatError},
 };
 
@@ -46,7 +47,9 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let store: Arc<dyn SessionStore> = match &settings.store {
             StoreSettings::Embedded { data_dir } => Arc::new(EmbeddedStore::open(data_dir)?),
+            StoreSettings::Mongo(mongo) => Arc::new(MongoStore::connect(mongo).await?),
         };
+        tracing::info!(store = %store.describe(), "session store configured");
         let wechat = Arc::new(WeChatClient::new(&settings.wechat)?);
         let sessions = Arc::new(SessionManager::new(store.clone(), settings.sessions));
         let login = Arc::new(LoginService::new(wechat, sessions.clone(), settings.login));
@@ -83,9 +86,20 @@ impl Application {
     /// once every task holding the store has ended, so the store can be reopened at once.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let (health, health_service) = tonic_health::server::health_reporter();
+        // Not serving until the store has answered once (milliseconds for the embedded store).
         health
-            .set_serving::<SessionServiceServer<SessionGrpc>>()
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        health
+            .set_not_serving::<SessionServiceServer<SessionGrpc>>()
+            .await;
+        let watch = StoreWatch {
+            store: self.store.clone(),
+            reporter: health,
+            every: Duration::from_secs(5),
+            check_timeout: Duration::from_secs(3),
+        };
+        let watcher = tokio::spawn(watch.run(shutdown.clone()));
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -118,8 +132,10 @@ impl Application {
             )
             .await;
         shutdown.cancel();
-        if let Err(e) = sweeper.await {
-            tracing::warn!(error = %e, "expiry sweeper ended abnormally");
+        for (name, task) in [("expiry sweeper", sweeper), ("store watch", watcher)] {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "{name} ended abnormally");
+            }
         }
         tracing::info!("session-svc stopped");
         Ok(served?)

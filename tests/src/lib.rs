@@ -6,7 +6,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use reqwest::header::HeaderMap;
 use secrecy::SecretString;
 use session_svc::{
-    config::StoreSettings, login::LoginPolicy, session::SessionPolicy, store::SessionStore,
+    config::StoreSettings,
+    login::LoginPolicy,
+    session::SessionPolicy,
+    store::{MongoSettings, SessionStore},
     wechat::WeChatSettings,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -14,6 +17,29 @@ use tokio_util::sync::CancellationToken;
 use wechat_sandbox::{MintRequest, MintedLogin, Sandbox, SandboxConfig};
 
 pub use wechat_sandbox;
+
+pub mod mongo;
+
+use mongo::MongoServer;
+
+/// Which session store a stack's session-svc uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestStore {
+    Embedded,
+    /// MongoDB, served by a private nx-27017 process.
+    Mongo,
+}
+
+impl TestStore {
+    /// `WEAPP_TEST_STORE=mongodb` runs the whole end-to-end suite against MongoDB.
+    pub fn from_env() -> Self {
+        match std::env::var("WEAPP_TEST_STORE").as_deref() {
+            Ok("mongodb") => Self::Mongo,
+            Ok("embedded") | Err(_) => Self::Embedded,
+            Ok(other) => panic!("WEAPP_TEST_STORE must be embedded or mongodb, not {other:?}"),
+        }
+    }
+}
 
 pub const MAGIC_KEY: &str = "F2C224D4-2BCE-4C64-AF9F-A6D872000D1A";
 
@@ -61,6 +87,7 @@ impl Running {
 
 /// Adjusts settings before a [`Stack`] starts.
 pub struct StackBuilder {
+    store: TestStore,
     session_policy: SessionPolicy,
     login_policy: LoginPolicy,
     wechat_timeout: Duration,
@@ -70,6 +97,7 @@ pub struct StackBuilder {
 impl Default for StackBuilder {
     fn default() -> Self {
         Self {
+            store: TestStore::from_env(),
             session_policy: SessionPolicy::default(),
             login_policy: LoginPolicy::default(),
             wechat_timeout: Duration::from_secs(2),
@@ -79,6 +107,11 @@ impl Default for StackBuilder {
 }
 
 impl StackBuilder {
+    pub fn store(mut self, store: TestStore) -> Self {
+        self.store = store;
+        self
+    }
+
     pub fn sessions(mut self, policy: SessionPolicy) -> Self {
         self.session_policy = policy;
         self
@@ -103,6 +136,14 @@ impl StackBuilder {
     }
 
     pub async fn start(self) -> Stack {
+        // Service logs go to the test's captured output (shown when it fails); RUST_LOG filters.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_test_writer()
+            .try_init();
         let app_id = format!("wx{}", random_hex(8));
         let app_secret = random_hex(16);
         let sandbox = Sandbox::new(SandboxConfig::single(app_id.clone(), app_secret.clone()));
@@ -117,6 +158,18 @@ impl StackBuilder {
             sandbox_shutdown.clone(),
         ));
         let data_dir = tempfile::tempdir().expect("temp data dir");
+        let mongo = (self.store == TestStore::Mongo).then(MongoServer::start);
+        let store = match &mongo {
+            None => StoreSettings::Embedded {
+                data_dir: data_dir.path().to_owned(),
+            },
+            Some(server) => StoreSettings::Mongo(MongoSettings {
+                uri: SecretString::from(server.uri()),
+                password: None,
+                database: Some(format!("weapp_test_{}", random_hex(4))),
+                timeout: Duration::from_millis(500),
+            }),
+        };
         let session_settings = session_svc::Settings {
             listen: "127.0.0.1:0".parse().expect("addr"),
             wechat: WeChatSettings {
@@ -128,9 +181,7 @@ impl StackBuilder {
                 timeout: self.wechat_timeout,
                 max_concurrent: 16,
             },
-            store: StoreSettings::Embedded {
-                data_dir: data_dir.path().to_owned(),
-            },
+            store,
             sessions: self.session_policy,
             login: self.login_policy,
             purge_interval: Duration::from_secs(60),
@@ -147,6 +198,7 @@ impl StackBuilder {
             gateway_tweak: self.gateway,
             gateway_listen: "127.0.0.1:0".parse().expect("addr"),
             gateway: None,
+            mongo,
             data_dir,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -171,6 +223,7 @@ pub struct Stack {
     gateway_tweak: Box<dyn Fn(&mut gateway_svc::Settings) + Send + Sync>,
     gateway_listen: SocketAddr,
     gateway: Option<Running>,
+    mongo: Option<MongoServer>,
     pub data_dir: tempfile::TempDir,
     pub http: reqwest::Client,
 }
@@ -217,6 +270,24 @@ impl Stack {
         self.store = None;
         if let Some(running) = self.session.take() {
             running.stop().await;
+        }
+    }
+
+    /// The MongoDB server behind a Mongo-backed stack.
+    pub fn mongo(&mut self) -> &mut MongoServer {
+        self.mongo
+            .as_mut()
+            .expect("this stack uses the embedded store")
+    }
+
+    /// The MongoDB URI and database of a Mongo-backed stack.
+    pub fn mongo_database(&self) -> (String, String) {
+        match &self.session_settings.store {
+            StoreSettings::Mongo(m) => (
+                secrecy::ExposeSecret::expose_secret(&m.uri).to_owned(),
+                m.database.clone().unwrap_or_default(),
+            ),
+            StoreSettings::Embedded { .. } => panic!("this stack uses the embedded store"),
         }
     }
 

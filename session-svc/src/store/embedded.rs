@@ -24,6 +24,7 @@ pub const FILE_NAME: &str = "sessions.redb";
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    path: std::path::PathBuf,
 }
 
 fn unavailable(e: impl Into<redb::Error>) -> StoreError {
@@ -48,7 +49,10 @@ impl EmbeddedStore {
         txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
         txn.open_table(BY_EXPIRY).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+        })
     }
 
     /// Runs blocking redb work off the async runtime.
@@ -100,6 +104,10 @@ fn remove_in(txn: &WriteTransaction, id: &str) -> Result<Option<SessionRecord>, 
 
 #[async_trait]
 impl SessionStore for EmbeddedStore {
+    fn describe(&self) -> String {
+        format!("embedded store {}", self.path.display())
+    }
+
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let record = record.clone();
         let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -135,33 +143,25 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
-    async fn touch(
-        &self,
-        id: &str,
-        last_seen_at: UnixMillis,
-        expires_at: UnixMillis,
-    ) -> Result<bool, StoreError> {
-        let id = id.to_owned();
+    async fn renew(&self, renewed: &SessionRecord) -> Result<bool, StoreError> {
+        let renewed = renewed.clone();
         self.write(move |txn| {
+            let id = renewed.id.as_str();
             let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
-            let mut record = match sessions.get(id.as_str()).map_err(unavailable)? {
+            let mut record = match sessions.get(id).map_err(unavailable)? {
                 Some(bytes) => decode(bytes.value())?,
                 None => return Ok(false),
             };
             let old_expiry = record.expires_at;
-            record.last_seen_at = last_seen_at;
-            record.expires_at = expires_at;
+            record.last_seen_at = renewed.last_seen_at;
+            record.expires_at = renewed.expires_at;
             let bytes =
                 serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sessions
-                .insert(id.as_str(), bytes.as_slice())
-                .map_err(unavailable)?;
+            sessions.insert(id, bytes.as_slice()).map_err(unavailable)?;
             let mut by_expiry = txn.open_table(BY_EXPIRY).map_err(unavailable)?;
+            by_expiry.remove((old_expiry, id)).map_err(unavailable)?;
             by_expiry
-                .remove((old_expiry, id.as_str()))
-                .map_err(unavailable)?;
-            by_expiry
-                .insert((expires_at, id.as_str()), ())
+                .insert((record.expires_at, id), ())
                 .map_err(unavailable)?;
             Ok(true)
         })

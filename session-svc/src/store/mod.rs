@@ -1,8 +1,12 @@
 //! Where sessions live. Every store implements [`SessionStore`] and passes the same
 //! conformance suite; the embedded store is the default, MongoDB slots in beside it.
 mod embedded;
+mod mongo;
 
 pub use embedded::EmbeddedStore;
+pub use mongo::{
+    COLLECTION as MONGO_COLLECTION, MongoSettings, MongoStore, OPEN_ID_INDEX, TTL_INDEX,
+};
 
 use async_trait::async_trait;
 
@@ -20,17 +24,21 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
+    /// Where the store is, safe to log (no credentials).
+    fn describe(&self) -> String;
+    /// One-time set-up that needs the store to be reachable (indexes). Idempotent; retried
+    /// by the caller until it succeeds.
+    async fn prepare(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Adds a new session (ids are random and never reused).
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError>;
     /// The session with this id, expired or not: expiry is the caller's call.
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
-    /// Records use of a session; false when it no longer exists.
-    async fn touch(
-        &self,
-        id: &str,
-        last_seen_at: UnixMillis,
-        expires_at: UnixMillis,
-    ) -> Result<bool, StoreError>;
+    /// Stores a renewed session (new `last_seen_at` and `expires_at`, nothing else changes)
+    /// unless it was revoked meanwhile; false when it no longer exists.
+    async fn renew(&self, renewed: &SessionRecord) -> Result<bool, StoreError>;
     /// Revokes one session; false when there was none.
     async fn remove(&self, id: &str) -> Result<bool, StoreError>;
     /// Revokes every session of a user; how many there were.

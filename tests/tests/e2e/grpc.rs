@@ -98,14 +98,23 @@ async fn health_and_reflection_are_served() {
     let stack = Stack::start().await;
     let mut health = HealthClient::new(channel(&stack).await);
     for service in ["", "weapp.session.v1.SessionService"] {
-        let answer = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(answer.status(), ServingStatus::Serving, "{service:?}");
+        // SERVING once the store has answered the first check.
+        let mut status = ServingStatus::Unknown;
+        for _ in 0..40 {
+            let answer = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            status = answer.status();
+            if status == ServingStatus::Serving {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
     }
 
     use tonic_reflection::pb::v1::{

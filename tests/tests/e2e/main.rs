@@ -1,7 +1,9 @@
 //! End-to-end suite: one test binary, every test on its own stack (sandbox + session-svc +
 //! gateway-svc on port 0).
+mod conformance;
 mod grpc;
 mod login;
+mod mongo_store;
 mod resilience;
 mod sessions;
 mod websocket;

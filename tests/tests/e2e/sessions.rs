@@ -31,8 +31,14 @@ async fn me_with_without_and_with_a_wrong_session() {
         (200, serde_json::json!({ "noBody": true }))
     );
 
+    // The right skey with its last character changed (to one it is not).
+    let last = if session.skey.ends_with('A') {
+        'B'
+    } else {
+        'A'
+    };
     let wrong_skey = ClientSession {
-        skey: format!("{}A", &session.skey[..session.skey.len() - 1]),
+        skey: format!("{}{last}", &session.skey[..session.skey.len() - 1]),
         ..session.clone()
     };
     expect_invalid(stack.get("/me", Some(&wrong_skey)).await).await;

@@ -1,0 +1,318 @@
+//! MongoDB store, for session-svc running on the database host (the tutorial's second
+//! server). One document per session in `<database>.sessions`, shaped for reading in mongosh:
+//!
+//! ```text
+//! { _id: "<session id>", skeyHash: "<hex sha256 of the skey>", openId, unionId?,
+//!   userInfo: { openId, nickName, gender, ... }, createdAt: ISODate, lastSeenAt: ISODate,
+//!   expiresAt: ISODate, maxExpiresAt: ISODate }
+//! ```
+//!
+//! `expiresAt` carries a TTL index (MongoDB deletes a document once it has passed), `openId` an
+//! ordinary one (revoke every session of a user). The TTL monitor runs once a minute, so reads
+//! check expiry themselves (in `SessionManager`). WeChat's session_key is not stored at all.
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mongodb::{
+    Client, Collection, IndexModel,
+    bson::{DateTime, doc},
+    options::{ClientOptions, IndexOptions},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::{SessionStore, StoreError};
+use crate::session::{SessionRecord, UnixMillis, UserInfo};
+
+pub const COLLECTION: &str = "sessions";
+pub const TTL_INDEX: &str = "expiresAt_ttl";
+pub const OPEN_ID_INDEX: &str = "openId_1";
+
+/// How to reach MongoDB. The URI is a secret: it usually holds the password.
+#[derive(Clone, Debug)]
+pub struct MongoSettings {
+    pub uri: SecretString,
+    /// Replaces the URI's password, for passwords kept in a file.
+    pub password: Option<SecretString>,
+    /// Database name; default: the URI's path, else `weapp`.
+    pub database: Option<String>,
+    /// How long an operation waits for a reachable server before failing with UNAVAILABLE.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    skey_hash: String,
+    open_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    union_id: Option<String>,
+    user_info: UserInfo,
+    created_at: DateTime,
+    last_seen_at: DateTime,
+    expires_at: DateTime,
+    max_expires_at: DateTime,
+}
+
+impl From<&SessionRecord> for SessionDoc {
+    fn from(r: &SessionRecord) -> Self {
+        Self {
+            id: r.id.clone(),
+            skey_hash: r.skey_hash.clone(),
+            open_id: r.user.open_id.clone(),
+            union_id: r.user.union_id.clone(),
+            user_info: r.user.clone(),
+            created_at: DateTime::from_millis(r.created_at),
+            last_seen_at: DateTime::from_millis(r.last_seen_at),
+            expires_at: DateTime::from_millis(r.expires_at),
+            max_expires_at: DateTime::from_millis(r.max_expires_at),
+        }
+    }
+}
+
+impl From<SessionDoc> for SessionRecord {
+    fn from(d: SessionDoc) -> Self {
+        let mut user = d.user_info;
+        // The top-level fields are the indexed truth.
+        user.open_id = d.open_id;
+        user.union_id = d.union_id.or(user.union_id);
+        Self {
+            id: d.id,
+            skey_hash: d.skey_hash,
+            user,
+            created_at: d.created_at.timestamp_millis(),
+            last_seen_at: d.last_seen_at.timestamp_millis(),
+            expires_at: d.expires_at.timestamp_millis(),
+            max_expires_at: d.max_expires_at.timestamp_millis(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MongoStore {
+    sessions: Collection<SessionDoc>,
+    database: String,
+    hosts: String,
+}
+
+/// Driver errors become "unavailable": the only thing a caller can do is try again later.
+/// Their text names servers, never credentials.
+fn unavailable(e: mongodb::error::Error) -> StoreError {
+    StoreError::Unavailable(format!("MongoDB: {e}"))
+}
+
+/// Hides the credentials of `uri` wherever they appear in `text`.
+fn redact(uri: &str, text: &str) -> String {
+    let userinfo = uri
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .map(|(userinfo, _)| userinfo)
+        .filter(|u| !u.is_empty());
+    match userinfo {
+        Some(userinfo) => text.replace(userinfo, "***"),
+        None => text.to_owned(),
+    }
+}
+
+impl MongoStore {
+    /// Prepares a client. Nothing is contacted yet: the driver connects on first use and
+    /// reconnects by itself, so session-svc starts (and recovers) without MongoDB being up.
+    pub async fn connect(settings: &MongoSettings) -> Result<Self, StoreError> {
+        let uri = settings.uri.expose_secret();
+        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "invalid MongoDB URI: {}",
+                redact(uri, &e.to_string())
+            ))
+        })?;
+        if let Some(password) = &settings.password {
+            let credential = options.credential.get_or_insert_with(Default::default);
+            if credential.username.is_none() {
+                return Err(StoreError::Unavailable(
+                    "a MongoDB password file needs a user name in the URI (mongodb://user@host/db)"
+                        .into(),
+                ));
+            }
+            credential.password = Some(password.expose_secret().to_owned());
+        }
+        options.server_selection_timeout = Some(settings.timeout);
+        options.connect_timeout = Some(settings.timeout);
+        options.app_name = Some("weapp-session-svc".into());
+        let database = settings
+            .database
+            .clone()
+            .or_else(|| options.default_database.clone())
+            .unwrap_or_else(|| "weapp".into());
+        let hosts = options
+            .hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let client = Client::with_options(options).map_err(unavailable)?;
+        Ok(Self {
+            sessions: client.database(&database).collection(COLLECTION),
+            database,
+            hosts,
+        })
+    }
+}
+
+#[async_trait]
+impl SessionStore for MongoStore {
+    fn describe(&self) -> String {
+        format!("MongoDB {}/{}", self.hosts, self.database)
+    }
+
+    /// Creates the TTL index on `expiresAt` and the index on `openId`. Idempotent: creating an
+    /// index that exists with the same options is a no-op in MongoDB.
+    async fn prepare(&self) -> Result<(), StoreError> {
+        let ttl = IndexModel::builder()
+            .keys(doc! { "expiresAt": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name(TTL_INDEX.to_owned())
+                    .expire_after(Duration::ZERO)
+                    .build(),
+            )
+            .build();
+        let by_user = IndexModel::builder()
+            .keys(doc! { "openId": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name(OPEN_ID_INDEX.to_owned())
+                    .build(),
+            )
+            .build();
+        self.sessions
+            .create_indexes([ttl, by_user])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.sessions
+            .insert_one(SessionDoc::from(record))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let doc = self
+            .sessions
+            .find_one(doc! { "_id": id })
+            .await
+            .map_err(|e| {
+                if matches!(*e.kind, mongodb::error::ErrorKind::BsonDeserialization(_)) {
+                    StoreError::Corrupt(e.to_string())
+                } else {
+                    unavailable(e)
+                }
+            })?;
+        Ok(doc.map(SessionRecord::from))
+    }
+
+    async fn renew(&self, renewed: &SessionRecord) -> Result<bool, StoreError> {
+        // A whole-document replace rather than `$set`: every field but the two timestamps is
+        // immutable, it is one round trip either way, and it keeps BSON dates as dates on
+        // MongoDB-wire servers whose `$set` does not (nx-27017 turns them into strings).
+        let result = self
+            .sessions
+            .replace_one(doc! { "_id": &renewed.id }, SessionDoc::from(renewed))
+            .await
+            .map_err(unavailable)?;
+        Ok(result.matched_count > 0)
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        let result = self
+            .sessions
+            .delete_one(doc! { "_id": id })
+            .await
+            .map_err(unavailable)?;
+        Ok(result.deleted_count > 0)
+    }
+
+    async fn remove_by_open_id(&self, open_id: &str) -> Result<u64, StoreError> {
+        let result = self
+            .sessions
+            .delete_many(doc! { "openId": open_id })
+            .await
+            .map_err(unavailable)?;
+        Ok(result.deleted_count)
+    }
+
+    async fn purge_expired(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        // Normally the TTL monitor's job; this keeps servers without one (or a lagging one)
+        // from growing.
+        let result = self
+            .sessions
+            .delete_many(doc! { "expiresAt": { "$lte": DateTime::from_millis(now) } })
+            .await
+            .map_err(unavailable)?;
+        Ok(result.deleted_count)
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.sessions
+            .count_documents(doc! {})
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.sessions
+            .client()
+            .database(&self.database)
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_redacted_from_messages() {
+        let uri = "mongodb://weapp:s3cr3t@db:27017/weapp";
+        assert_eq!(
+            redact(uri, "bad uri mongodb://weapp:s3cr3t@db"),
+            "bad uri mongodb://***@db"
+        );
+        assert_eq!(redact("mongodb://db:27017", "plain"), "plain");
+    }
+
+    #[test]
+    fn documents_round_trip_records() {
+        let record = SessionRecord {
+            id: "a".repeat(32),
+            skey_hash: "b".repeat(64),
+            user: UserInfo {
+                open_id: "o1".into(),
+                union_id: Some("u1".into()),
+                nick_name: Some("N".into()),
+                ..Default::default()
+            },
+            created_at: 1_700_000_000_000,
+            last_seen_at: 1_700_000_000_500,
+            expires_at: 1_700_000_100_000,
+            max_expires_at: 1_700_000_900_000,
+        };
+        let doc = mongodb::bson::to_document(&SessionDoc::from(&record)).unwrap();
+        assert_eq!(doc.get_str("openId").unwrap(), "o1");
+        assert!(
+            doc.get_datetime("expiresAt").is_ok(),
+            "dates are BSON dates for the TTL index"
+        );
+        assert!(doc.get("skey").is_none() && doc.get("sessionKey").is_none());
+        let back: SessionDoc = mongodb::bson::from_document(doc).unwrap();
+        assert_eq!(SessionRecord::from(back), record);
+    }
+}

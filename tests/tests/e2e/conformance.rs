@@ -1,0 +1,264 @@
+//! One conformance suite for every session store: each case below runs against the embedded
+//! store and against MongoDB (a real nx-27017 server), through the `SessionStore` trait and
+//! the `SessionManager` that session-svc puts on top of it.
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use secrecy::SecretString;
+use session_svc::{
+    error::SessionError,
+    session::{SessionManager, SessionPolicy, SessionRecord, UserInfo, now_millis},
+    store::{EmbeddedStore, MongoSettings, MongoStore, SessionStore},
+};
+use weapp_tests::mongo::MongoServer;
+
+/// A store under test, and what it takes to open it again (as a restarted session-svc would).
+enum Harness {
+    Embedded(tempfile::TempDir),
+    Mongo(MongoServer, String),
+}
+
+impl Harness {
+    fn embedded() -> Self {
+        Self::Embedded(tempfile::tempdir().unwrap())
+    }
+
+    fn mongo() -> Self {
+        Self::Mongo(MongoServer::start(), "conformance".into())
+    }
+
+    async fn open(&self) -> Arc<dyn SessionStore> {
+        match self {
+            Self::Embedded(dir) => Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
+            Self::Mongo(server, database) => {
+                let store = MongoStore::connect(&MongoSettings {
+                    uri: SecretString::from(server.uri()),
+                    password: None,
+                    database: Some(database.clone()),
+                    timeout: Duration::from_secs(2),
+                })
+                .await
+                .unwrap();
+                store.prepare().await.unwrap();
+                Arc::new(store)
+            }
+        }
+    }
+}
+
+fn user(open_id: &str) -> UserInfo {
+    UserInfo {
+        open_id: open_id.into(),
+        union_id: Some(format!("union-{open_id}")),
+        nick_name: Some("测试".into()),
+        gender: Some(2),
+        ..Default::default()
+    }
+}
+
+fn record(id: &str, open_id: &str, expires_in_ms: i64) -> SessionRecord {
+    let now = now_millis();
+    SessionRecord {
+        id: id.into(),
+        skey_hash: "ab".repeat(32),
+        user: user(open_id),
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + expires_in_ms,
+        max_expires_at: now + expires_in_ms.max(0) + 60_000,
+    }
+}
+
+fn manager(store: Arc<dyn SessionStore>, policy: SessionPolicy) -> SessionManager {
+    SessionManager::new(store, policy)
+}
+
+async fn create_and_get(h: Harness) {
+    let store = h.open().await;
+    let r = record(&"1".repeat(32), "o1", 60_000);
+    store.insert(&r).await.unwrap();
+    assert_eq!(store.get(&r.id).await.unwrap(), Some(r.clone()));
+    assert_eq!(store.get(&"2".repeat(32)).await.unwrap(), None);
+    assert_eq!(store.count().await.unwrap(), 1);
+    store.ping().await.unwrap();
+}
+
+async fn renew_updates_times_and_never_resurrects(h: Harness) {
+    let store = h.open().await;
+    let mut r = record(&"1".repeat(32), "o1", 60_000);
+    store.insert(&r).await.unwrap();
+    r.last_seen_at += 5_000;
+    r.expires_at += 5_000;
+    assert!(store.renew(&r).await.unwrap());
+    assert_eq!(store.get(&r.id).await.unwrap(), Some(r.clone()));
+    assert!(store.remove(&r.id).await.unwrap());
+    assert!(
+        !store.renew(&r).await.unwrap(),
+        "a revoked session stays revoked"
+    );
+    assert_eq!(store.get(&r.id).await.unwrap(), None);
+}
+
+async fn expired_sessions_are_purged_and_live_ones_kept(h: Harness) {
+    let store = h.open().await;
+    let dead = record(&"d".repeat(32), "o1", -1_000);
+    let live = record(&"a".repeat(32), "o1", 60_000);
+    store.insert(&dead).await.unwrap();
+    store.insert(&live).await.unwrap();
+    assert_eq!(store.purge_expired(now_millis()).await.unwrap(), 1);
+    assert_eq!(store.get(&dead.id).await.unwrap(), None);
+    assert!(store.get(&live.id).await.unwrap().is_some());
+}
+
+async fn revoke_and_revoke_by_open_id(h: Harness) {
+    let store = h.open().await;
+    for (i, open_id) in ["alice", "alice", "alice", "bob"].iter().enumerate() {
+        store
+            .insert(&record(&format!("{i:032}"), open_id, 60_000))
+            .await
+            .unwrap();
+    }
+    assert!(store.remove(&format!("{:032}", 0)).await.unwrap());
+    assert!(
+        !store.remove(&format!("{:032}", 0)).await.unwrap(),
+        "revoking twice is harmless"
+    );
+    assert_eq!(store.remove_by_open_id("alice").await.unwrap(), 2);
+    assert_eq!(store.remove_by_open_id("alice").await.unwrap(), 0);
+    assert_eq!(
+        store.count().await.unwrap(),
+        1,
+        "bob's session is untouched"
+    );
+}
+
+async fn manager_life_cycle(h: Harness) {
+    let sessions = manager(h.open().await, SessionPolicy::default());
+    let (creds, created) = sessions.create(user("o1")).await.unwrap();
+    let valid = sessions.validate(&creds.id, &creds.skey).await.unwrap();
+    assert_eq!(valid.user, created.user);
+    assert!(matches!(
+        sessions.validate(&creds.id, &"x".repeat(43)).await,
+        Err(SessionError::Unauthenticated)
+    ));
+    sessions.logout(&creds.id, &creds.skey).await.unwrap();
+    assert!(matches!(
+        sessions.validate(&creds.id, &creds.skey).await,
+        Err(SessionError::Unauthenticated)
+    ));
+}
+
+async fn expired_sessions_are_refused_on_read(h: Harness) {
+    let store = h.open().await;
+    let sessions = manager(
+        store.clone(),
+        SessionPolicy {
+            idle_ttl: Duration::from_millis(300),
+            max_age: Duration::from_secs(60),
+            renew_after: Duration::from_millis(100),
+        },
+    );
+    let (creds, _) = sessions.create(user("o1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    // No sweep has run (and MongoDB's TTL monitor runs once a minute): the read refuses it.
+    assert!(matches!(
+        sessions.validate(&creds.id, &creds.skey).await,
+        Err(SessionError::Unauthenticated)
+    ));
+    assert_eq!(store.get(&creds.id).await.unwrap(), None, "and removes it");
+}
+
+async fn renewal_is_throttled(h: Harness) {
+    let store = h.open().await;
+    let sessions = manager(
+        store.clone(),
+        SessionPolicy {
+            idle_ttl: Duration::from_secs(60),
+            max_age: Duration::from_secs(600),
+            renew_after: Duration::from_millis(400),
+        },
+    );
+    let (creds, created) = sessions.create(user("o1")).await.unwrap();
+    for _ in 0..10 {
+        sessions.validate(&creds.id, &creds.skey).await.unwrap();
+    }
+    let stored = store.get(&creds.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.last_seen_at, created.last_seen_at,
+        "no write within the renewal interval"
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let renewed = sessions.validate(&creds.id, &creds.skey).await.unwrap();
+    let stored = store.get(&creds.id).await.unwrap().unwrap();
+    assert!(stored.last_seen_at > created.last_seen_at);
+    assert_eq!(stored.expires_at, renewed.expires_at);
+    assert!(stored.expires_at <= stored.max_expires_at);
+}
+
+async fn concurrent_logins_of_one_user(h: Harness) {
+    let sessions = Arc::new(manager(h.open().await, SessionPolicy::default()));
+    let logins = (0..20).map(|_| {
+        let sessions = sessions.clone();
+        tokio::spawn(async move { sessions.create(user("busy-user")).await.unwrap().0 })
+    });
+    let creds = futures::future::join_all(logins).await;
+    let ids: HashSet<_> = creds
+        .iter()
+        .map(|c| c.as_ref().unwrap().id.clone())
+        .collect();
+    assert_eq!(ids.len(), 20, "every login its own session");
+    for c in &creds {
+        let c = c.as_ref().unwrap();
+        assert_eq!(
+            sessions
+                .validate(&c.id, &c.skey)
+                .await
+                .unwrap()
+                .user
+                .open_id,
+            "busy-user"
+        );
+    }
+    assert_eq!(
+        sessions
+            .store()
+            .remove_by_open_id("busy-user")
+            .await
+            .unwrap(),
+        20
+    );
+}
+
+async fn sessions_survive_reopening(h: Harness) {
+    let policy = SessionPolicy::default();
+    let (creds, created) = {
+        let store = h.open().await;
+        manager(store, policy).create(user("o1")).await.unwrap()
+    };
+    // A new store instance over the same data: what a restarted session-svc sees.
+    let sessions = manager(h.open().await, policy);
+    let valid = sessions.validate(&creds.id, &creds.skey).await.unwrap();
+    assert_eq!(valid.user, created.user);
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $( #[tokio::test] async fn $case() { super::$case(super::Harness::embedded()).await } )*
+        }
+        mod mongodb {
+            $( #[tokio::test] async fn $case() { super::$case(super::Harness::mongo()).await } )*
+        }
+    };
+}
+
+conformance!(
+    create_and_get,
+    renew_updates_times_and_never_resurrects,
+    expired_sessions_are_purged_and_live_ones_kept,
+    revoke_and_revoke_by_open_id,
+    manager_life_cycle,
+    expired_sessions_are_refused_on_read,
+    renewal_is_throttled,
+    concurrent_logins_of_one_user,
+    sessions_survive_reopening,
+);
