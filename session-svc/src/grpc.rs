@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use weapp_proto::session::v1::{
-    self as pb, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, SessionCredentials,
-    ValidateRequest, ValidateResponse, session_service_server::SessionService,
+    self as pb, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RevokeUserRequest,
+    RevokeUserResponse, SessionCredentials, ValidateRequest, ValidateResponse,
+    session_service_server::SessionService,
 };
 
 use crate::{
@@ -94,6 +95,17 @@ impl SessionService for SessionGrpc {
         let r = request.into_inner();
         self.sessions.logout(&r.id, &r.skey).await?;
         Ok(Response::new(LogoutResponse {}))
+    }
+
+    async fn revoke_user(
+        &self,
+        request: Request<RevokeUserRequest>,
+    ) -> Result<Response<RevokeUserResponse>, Status> {
+        let revoked = self
+            .sessions
+            .revoke_user(&request.into_inner().open_id)
+            .await?;
+        Ok(Response::new(RevokeUserResponse { revoked }))
     }
 }
 

@@ -172,6 +172,18 @@ impl SessionManager {
         Ok(())
     }
 
+    /// Revokes every session of a user; how many there were.
+    pub async fn revoke_user(&self, open_id: &str) -> Result<u64, SessionError> {
+        if open_id.is_empty() || open_id.len() > 128 {
+            return Err(SessionError::InvalidArgument(
+                "open_id must be 1 to 128 characters".into(),
+            ));
+        }
+        let revoked = self.store.remove_by_open_id(open_id).await?;
+        tracing::info!(user = %credentials::short_hash(open_id), revoked, "user's sessions revoked");
+        Ok(revoked)
+    }
+
     async fn authenticate(&self, id: &str, skey: &str) -> Result<SessionRecord, SessionError> {
         if !credentials::well_formed(id, skey) {
             return Err(SessionError::Unauthenticated);

@@ -4,7 +4,8 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use weapp_proto::session::v1::{
-    LoginRequest, LogoutRequest, ValidateRequest, session_service_client::SessionServiceClient,
+    LoginRequest, LogoutRequest, RevokeUserRequest, ValidateRequest,
+    session_service_client::SessionServiceClient,
 };
 use weapp_tests::{Stack, wechat_sandbox::MintRequest};
 
@@ -91,6 +92,37 @@ async fn login_validate_logout_with_meaningful_status_codes() {
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn revoke_user_ends_every_session_of_that_user_and_no_other() {
+    let stack = Stack::start().await;
+    let (alice, first) = stack.new_session().await;
+    let again = stack.mint(MintRequest {
+        openid: Some(alice.openid.clone()),
+        ..Default::default()
+    });
+    let second = weapp_tests::session_from(stack.login_encrypted(&again).await).await;
+    let (_, bob) = stack.new_session().await;
+
+    let mut client = SessionServiceClient::new(channel(&stack).await);
+    let answer = client
+        .revoke_user(RevokeUserRequest {
+            open_id: alice.openid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.revoked, 2);
+    for session in [&first, &second] {
+        assert_eq!(stack.get("/me", Some(session)).await.status(), 401);
+    }
+    assert_eq!(stack.get("/me", Some(&bob)).await.status(), 200);
+    let empty = client
+        .revoke_user(RevokeUserRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
 }
 
 #[tokio::test]

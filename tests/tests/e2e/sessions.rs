@@ -210,20 +210,24 @@ async fn idle_sessions_expire_and_use_renews_them() {
 
 #[tokio::test]
 async fn the_absolute_lifetime_ends_even_a_busy_session() {
+    let max_age = Duration::from_millis(2500);
     let stack = Stack::builder()
         .sessions(SessionPolicy {
-            idle_ttl: Duration::from_millis(800),
-            max_age: Duration::from_millis(1500),
+            idle_ttl: Duration::from_millis(1500),
+            max_age,
             renew_after: Duration::from_millis(50),
         })
         .start()
         .await;
-    let (_, session) = stack.new_session().await;
+    // Measured from before the login, so the session is never younger than we think.
     let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_millis(1300) {
+    let (_, session) = stack.new_session().await;
+    // Busy (renewed every 200 ms) until a second before the end of its life...
+    while started.elapsed() < max_age - Duration::from_secs(1) {
         assert_eq!(stack.get("/me", Some(&session)).await.status(), 200);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // ...and refused once its life is over, although its idle timeout has not run out.
+    tokio::time::sleep_until((started + max_age + Duration::from_millis(200)).into()).await;
     expect_invalid(stack.get("/me", Some(&session)).await).await;
 }
