@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use weapp_proto::session::v1::{ValidateRequest, session_service_client::SessionServiceClient};
 use weapp_tests::{
     ClientSession, MAGIC_KEY, Stack, TestStore, json, session_from, wechat_sandbox::MintRequest,
 };
@@ -104,6 +105,28 @@ async fn a_database_outage_is_a_prompt_503_and_heals_without_restarts() {
     let code = stack.mint(MintRequest::default()).code;
     let (status, body) = json(stack.login_code_only(&code).await).await;
     assert!(status == 503 || status == 504, "{status} {body}");
+
+    // Backends calling session-svc directly get UNAVAILABLE within the store timeout (500 ms
+    // in these stacks), not a hang.
+    let channel = tonic::transport::Endpoint::from_shared(stack.session_svc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let refused = SessionServiceClient::new(channel)
+        .validate(ValidateRequest {
+            id: session.id.clone(),
+            skey: session.skey.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        started.elapsed()
+    );
 
     stack.mongo().resume();
     let deadline = Instant::now() + Duration::from_secs(15);
