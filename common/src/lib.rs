@@ -48,3 +48,43 @@ pub fn shutdown_on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Exit status of a `healthcheck` subcommand.
+pub fn probe_exit(outcome: Result<(), String>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a service until SIGTERM/Ctrl-C: exit status 2 for a configuration error (nothing
+/// started), 1 when the service failed, 0 after a clean shutdown.
+pub async fn serve<S, C, E, F, Fut>(
+    name: &str,
+    settings: Result<S, C>,
+    run: F,
+) -> std::process::ExitCode
+where
+    C: std::fmt::Display,
+    E: std::fmt::Display,
+    F: FnOnce(S, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{name} configuration: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(settings, shutdown_on_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{name} failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

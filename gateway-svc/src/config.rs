@@ -62,12 +62,15 @@ pub enum ConfigError {
 }
 
 /// Paths the gateway serves itself; the login path must not shadow them.
-const RESERVED_PATHS: [&str; 4] = ["/me", "/ws", "/logout", "/healthz"];
+const RESERVED_PATHS: [&str; 5] = ["/me", "/ws", "/logout", "/healthz", "/readyz"];
 
 /// weapp gateway-svc: the wafer HTTP/WebSocket edge.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// HTTP listen address.
     #[arg(long, env = "WEAPP_GATEWAY_LISTEN", default_value = "0.0.0.0:8765")]
     pub listen: SocketAddr,
@@ -107,6 +110,13 @@ pub struct Cli {
     /// Most WebSocket connections held at once by this gateway.
     #[arg(long, env = "WEAPP_WS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub ws_max_connections: usize,
+}
+
+#[derive(clap::Subcommand, Debug, Clone, Copy)]
+pub enum Command {
+    /// Exits 0 when the gateway listening on --listen is ready (its /readyz answers 200), for
+    /// container health checks without curl in the image.
+    Healthcheck,
 }
 
 impl Cli {

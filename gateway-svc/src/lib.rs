@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod probe;
 pub mod routes;
 pub mod session_client;
 pub mod startup;

@@ -1,26 +1,20 @@
 use clap::Parser as _;
-use gateway_svc::{Application, config::Cli};
+use gateway_svc::{
+    Application,
+    config::{Cli, Command},
+};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     weapp_common::init_tracing();
-    let settings = match Cli::parse().into_settings() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("configuration: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let shutdown = weapp_common::shutdown_on_signal();
-    let outcome = match Application::build(settings).await {
-        Ok(app) => app.run(shutdown).await,
-        Err(e) => Err(e),
-    };
-    match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("gateway-svc failed: {e}");
-            std::process::ExitCode::FAILURE
-        }
+    let cli = Cli::parse();
+    if let Some(Command::Healthcheck) = cli.command {
+        return weapp_common::probe_exit(gateway_svc::probe::check(cli.listen).await);
     }
+    weapp_common::serve(
+        "gateway-svc",
+        cli.into_settings(),
+        |settings, shutdown| async move { Application::build(settings).await?.run(shutdown).await },
+    )
+    .await
 }

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route(&state.settings.login_path, any(login))
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .merge(with_session)
         .with_state(state)
 }
@@ -152,6 +153,19 @@ async fn logout(
         .await
         .map_err(|s| ApiError::validate(&s))?;
     Ok(Json(json!({ wafer::MAGIC_KEY: 1, "logout": true })).into_response())
+}
+
+/// Ready when session-svc answers its health check as SERVING: a load balancer should not
+/// send traffic to a gateway that can only answer 503.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.sessions.ready().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(status) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "reason": status.message() })),
+        )
+            .into_response(),
+    }
 }
 
 async fn fallback() -> &'static str {

@@ -3,14 +3,18 @@
 use std::{future::Future, time::Duration};
 
 use tonic::{Request, Status, transport::Channel, transport::Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use weapp_proto::session::v1::{
     LoginRequest, LoginResponse, LogoutRequest, ValidateRequest, ValidateResponse,
-    session_service_client::SessionServiceClient,
+    session_service_client::SessionServiceClient, session_service_server::SERVICE_NAME,
 };
 
 #[derive(Clone)]
 pub struct SessionClient {
     client: SessionServiceClient<Channel>,
+    health: HealthClient<Channel>,
     session_timeout: Duration,
     login_timeout: Duration,
 }
@@ -28,8 +32,10 @@ impl SessionClient {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
         Ok(Self {
-            client: SessionServiceClient::new(endpoint.connect_lazy()),
+            client: SessionServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
             session_timeout,
             login_timeout,
         })
@@ -63,6 +69,31 @@ impl SessionClient {
         )
         .await
         .map(drop)
+    }
+}
+
+impl SessionClient {
+    /// Whether session-svc reports its session service SERVING (its store answers).
+    pub async fn ready(&self) -> Result<(), Status> {
+        let mut health = self.health.clone();
+        let request = with_deadline(
+            HealthCheckRequest {
+                service: SERVICE_NAME.into(),
+            },
+            self.session_timeout,
+        );
+        let answer = bounded(
+            self.session_timeout,
+            async move { health.check(request).await },
+        )
+        .await?;
+        match answer.status() {
+            ServingStatus::Serving => Ok(()),
+            other => Err(Status::unavailable(format!(
+                "session-svc reports {}",
+                other.as_str_name()
+            ))),
+        }
     }
 }
 

@@ -71,15 +71,18 @@ fn one_secret(
 
 /// weapp session-svc: WeChat login and sessions over gRPC.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, subcommand_negates_reqs = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// gRPC listen address. Use 0.0.0.0:50051 when gateways run on other hosts.
     #[arg(long, env = "WEAPP_SESSION_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
     /// The mini-program's AppId.
-    #[arg(long, env = "WEAPP_APP_ID")]
-    pub app_id: String,
+    #[arg(long, env = "WEAPP_APP_ID", required = true)]
+    pub app_id: Option<String>,
 
     /// The mini-program's AppSecret (prefer WEAPP_APP_SECRET_FILE).
     #[arg(long, env = "WEAPP_APP_SECRET", hide_env_values = true)]
@@ -150,6 +153,13 @@ pub struct Cli {
     pub purge_interval: Duration,
 }
 
+#[derive(clap::Subcommand, Debug, Clone, Copy)]
+pub enum Command {
+    /// Exits 0 when the session-svc listening on --listen reports SERVING (for container
+    /// health checks: no curl or grpcurl needed in the image).
+    Healthcheck,
+}
+
 impl Cli {
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
         let app_secret = match (self.app_secret, self.app_secret_file) {
@@ -196,7 +206,8 @@ impl Cli {
                 })
             }
         };
-        if self.app_id.trim().is_empty() {
+        let app_id = self.app_id.unwrap_or_default().trim().to_owned();
+        if app_id.is_empty() {
             return Err(ConfigError::Invalid("WEAPP_APP_ID is empty".into()));
         }
         let sessions = SessionPolicy {
@@ -214,7 +225,7 @@ impl Cli {
             listen: self.listen,
             wechat: WeChatSettings {
                 base_url: self.wechat_base_url,
-                app_id: self.app_id.trim().to_owned(),
+                app_id,
                 app_secret,
                 timeout: self.wechat_timeout,
                 max_concurrent: self.wechat_max_concurrent,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod login;
+pub mod probe;
 pub mod session;
 pub mod singleflight;
 pub mod startup;

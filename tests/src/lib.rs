@@ -19,6 +19,7 @@ use wechat_sandbox::{MintRequest, MintedLogin, Sandbox, SandboxConfig};
 pub use wechat_sandbox;
 
 pub mod mongo;
+pub mod nginx;
 
 use mongo::MongoServer;
 
@@ -42,6 +43,12 @@ impl TestStore {
 }
 
 pub const MAGIC_KEY: &str = "F2C224D4-2BCE-4C64-AF9F-A6D872000D1A";
+
+#[derive(Clone, Copy, Debug)]
+pub enum Service {
+    Gateway,
+    SessionSvc,
+}
 
 /// A session as the client SDK keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -316,6 +323,19 @@ impl Stack {
             shutdown,
             task,
         });
+    }
+
+    /// Signals shutdown (as SIGTERM does) without waiting for it; `stop_*` then waits.
+    pub fn begin_shutdown(&self, service: Service) {
+        let running = match service {
+            Service::Gateway => &self.gateway,
+            Service::SessionSvc => &self.session,
+        };
+        running
+            .as_ref()
+            .expect("service is running")
+            .shutdown
+            .cancel();
     }
 
     pub async fn stop_gateway(&mut self) {

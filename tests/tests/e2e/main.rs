@@ -2,8 +2,10 @@
 //! gateway-svc on port 0).
 mod conformance;
 mod grpc;
+mod lifecycle;
 mod login;
 mod mongo_store;
+mod nginx;
 mod resilience;
 mod sessions;
 mod websocket;

@@ -1,0 +1,218 @@
+//! Real nginx in front of test gateways, configured with the shipped `deploy/nginx/` files —
+//! changed only where a deployment changes them: certificate paths, upstream addresses, and
+//! (since tests cannot own ports 80/443) the listen ports. The certificate is a throw-away
+//! self-signed one made at run time; no key is ever committed.
+//!
+//! nginx is found through `NGINX_BIN`, then `/usr/sbin/nginx`; `scripts/test.sh` installs it.
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+const SHIPPED_CERT_DIR: &str = "/etc/nginx/tls/weapp.example.com/";
+
+pub struct Nginx {
+    pub https_port: u16,
+    pub http_port: u16,
+    /// The self-signed certificate (PEM) clients must trust.
+    pub certificate_pem: String,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+fn binary() -> PathBuf {
+    let path = std::env::var("NGINX_BIN").unwrap_or_else(|_| "/usr/sbin/nginx".into());
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "nginx not found at {} (set NGINX_BIN, or run scripts/test.sh, which installs it)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn shipped(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/nginx")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+impl Nginx {
+    /// Starts nginx with the shipped site, its upstream pointing at `gateways`.
+    pub fn start(gateways: &[SocketAddr]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let certificate_pem = certified.cert.pem();
+        std::fs::write(root.join("fullchain.pem"), &certificate_pem).expect("write cert");
+        std::fs::write(
+            root.join("privkey.pem"),
+            certified.signing_key.serialize_pem(),
+        )
+        .expect("write key");
+
+        let (https_port, http_port) = (free_port(), free_port());
+        let site = shipped("weapp.conf")
+            .replace(SHIPPED_CERT_DIR, &format!("{}/", root.display()))
+            .replace("listen 443 ", &format!("listen 127.0.0.1:{https_port} "))
+            .replace("listen [::]:443 ", &format!("listen [::1]:{https_port} "))
+            .replace("listen 80;", &format!("listen 127.0.0.1:{http_port};"))
+            .replace("listen [::]:80;", &format!("listen [::1]:{http_port};"));
+        assert!(
+            !site.contains(SHIPPED_CERT_DIR),
+            "every certificate path was replaced"
+        );
+        std::fs::write(root.join("weapp.conf"), site).expect("write site");
+
+        let servers: String = gateways
+            .iter()
+            .map(|g| format!("    server {g} max_fails=3 fail_timeout=10s;\n"))
+            .collect();
+        let upstream = shipped("weapp-upstream.conf");
+        let upstream: String = upstream
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("server "))
+            .map(|line| {
+                if line.trim_start().starts_with("least_conn;") {
+                    format!("{line}\n{servers}")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        assert!(upstream.contains(&gateways[0].to_string()));
+        std::fs::write(root.join("weapp-upstream.conf"), upstream).expect("write upstream");
+
+        for temp in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            std::fs::create_dir_all(root.join("tmp").join(temp)).expect("temp dirs");
+        }
+        // Workers of a root master would run as nobody, who cannot use this private directory.
+        let user = if is_root() { "user root;" } else { "" };
+        let r = root.display();
+        let main = format!(
+            "{user}\nworker_processes 1;\ndaemon off;\npid {r}/nginx.pid;\nerror_log {r}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log {r}/access.log;\n  client_body_temp_path {r}/tmp/body;\n  proxy_temp_path {r}/tmp/proxy;\n  \
+             fastcgi_temp_path {r}/tmp/fastcgi;\n  uwsgi_temp_path {r}/tmp/uwsgi;\n  scgi_temp_path {r}/tmp/scgi;\n  \
+             include {r}/weapp-upstream.conf;\n  include {r}/weapp.conf;\n}}\n"
+        );
+        std::fs::write(root.join("nginx.conf"), main).expect("write nginx.conf");
+
+        let test = Command::new(binary())
+            .arg("-t")
+            .arg("-p")
+            .arg(root)
+            .arg("-c")
+            .arg(root.join("nginx.conf"))
+            .output()
+            .expect("nginx -t runs");
+        assert!(
+            test.status.success(),
+            "nginx -t rejected the shipped config: {}",
+            String::from_utf8_lossy(&test.stderr)
+        );
+        let child = Command::new(binary())
+            .arg("-p")
+            .arg(root)
+            .arg("-c")
+            .arg(root.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", https_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen: {}",
+                read(&root.join("error.log"))
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            https_port,
+            http_port,
+            certificate_pem,
+            dir,
+            child,
+        }
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https_port)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://localhost:{}{path}", self.http_port)
+    }
+
+    /// nginx's error log, for failure messages.
+    pub fn error_log(&self) -> String {
+        read(&self.dir.path().join("error.log"))
+    }
+
+    /// An HTTPS client that trusts this nginx's certificate.
+    pub fn https_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.certificate_pem.as_bytes()).expect("cert"),
+            )
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("https client")
+    }
+
+    /// A rustls connector that trusts this nginx's certificate, for WSS.
+    pub fn tls_connector(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        let der =
+            rustls::pki_types::pem::PemObject::from_pem_slice(self.certificate_pem.as_bytes())
+                .expect("pem");
+        roots.add(der).expect("root");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master then takes its workers down with it.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,179 @@
+//! The shipped nginx site, on real nginx, in front of two gateways: HTTPS and WSS all the way
+//! through to session-svc, as a mini-program reaches a production deployment.
+use std::time::Duration;
+
+use futures::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+use tokio_util::sync::CancellationToken;
+use weapp_tests::{MAGIC_KEY, Stack, nginx::Nginx, wechat_sandbox::MintRequest};
+
+/// A second gateway in front of the stack's session-svc.
+async fn second_gateway(
+    stack: &Stack,
+) -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let settings =
+        gateway_svc::Settings::new("127.0.0.1:0".parse().unwrap(), stack.session_svc_url());
+    let app = gateway_svc::Application::build(settings).await.unwrap();
+    let addr = app.local_addr();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { app.run(token).await.unwrap() });
+    (addr, shutdown, task)
+}
+
+async fn wss_greeting_and_echo(nginx: &Nginx, query: &str) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", nginx.https_port))
+        .await
+        .unwrap();
+    let server_name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = nginx
+        .tls_connector()
+        .connect(server_name, tcp)
+        .await
+        .expect("TLS handshake");
+    let request = format!("wss://localhost:{}/ws?{query}", nginx.https_port)
+        .into_client_request()
+        .unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async(request, tls)
+        .await
+        .expect("WSS upgrade through nginx");
+    assert_eq!(response.status(), 101);
+    let mut next = async || loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(next().await, "Server: 恭喜，Sandbox User");
+    drop(next);
+    for i in 0..10 {
+        ws.send(Message::Text(format!("hello {i}").into()))
+            .await
+            .unwrap();
+    }
+    let mut received = Vec::new();
+    while received.len() < 10 {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(t) => received.push(t.to_string()),
+            _ => continue,
+        }
+    }
+    let expected: Vec<_> = (0..10)
+        .map(|i| format!("Server: Received(hello {i})"))
+        .collect();
+    assert_eq!(received, expected);
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn https_and_wss_through_the_shipped_nginx_config_to_two_gateways() {
+    let mut stack = Stack::start().await;
+    let (second, second_shutdown, second_task) = second_gateway(&stack).await;
+    let nginx = Nginx::start(&[stack.gateway_addr(), second]);
+    let https = nginx.https_client();
+
+    // Plain HTTP is redirected to HTTPS.
+    let redirect = https.get(nginx.http_url("/me")).send().await.unwrap();
+    assert_eq!(redirect.status(), 301);
+    let location = redirect.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("https://localhost/me"), "{location}");
+
+    // Login and /me over HTTPS, as the client SDK sends them.
+    let minted = stack.mint(MintRequest::default());
+    let login = https
+        .get(nginx.https_url("/login"))
+        .header("X-WX-Code", &minted.code)
+        .header("X-WX-Encrypted-Data", &minted.encrypted_data)
+        .header("X-WX-IV", &minted.iv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200, "{}", nginx.error_log());
+    let hsts = login.headers().get("strict-transport-security").cloned();
+    assert!(
+        hsts.is_some_and(|v| v.to_str().unwrap().contains("max-age=")),
+        "HSTS header"
+    );
+    let body: serde_json::Value = login.json().await.unwrap();
+    assert_eq!(body[MAGIC_KEY], 1);
+    let session = weapp_tests::ClientSession {
+        id: body["session"]["id"].as_str().unwrap().into(),
+        skey: body["session"]["skey"].as_str().unwrap().into(),
+    };
+    let me = |https: reqwest::Client, url: String, session: weapp_tests::ClientSession| async move {
+        https
+            .get(url)
+            .headers(session.headers())
+            .send()
+            .await
+            .unwrap()
+    };
+    let answer = me(https.clone(), nginx.https_url("/me"), session.clone()).await;
+    assert_eq!(answer.status(), 200);
+    let user: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(user["openId"], minted.openid.as_str());
+
+    wss_greeting_and_echo(&nginx, &session.query()).await;
+
+    // Both gateways are in the upstream: with either one down, everything still works.
+    stack.stop_gateway().await;
+    for _ in 0..4 {
+        let answer = me(https.clone(), nginx.https_url("/me"), session.clone()).await;
+        assert_eq!(answer.status(), 200, "served by the second gateway");
+    }
+    wss_greeting_and_echo(&nginx, &session.query()).await;
+    stack.start_gateway().await;
+    second_shutdown.cancel();
+    second_task.await.unwrap();
+    for _ in 0..4 {
+        let answer = me(https.clone(), nginx.https_url("/me"), session.clone()).await;
+        assert_eq!(answer.status(), 200, "served by the first gateway again");
+    }
+    wss_greeting_and_echo(&nginx, &session.query()).await;
+}
+
+#[tokio::test]
+async fn only_tls_1_2_and_1_3_are_offered() {
+    let stack = Stack::start().await;
+    let nginx = Nginx::start(&[stack.gateway_addr()]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            rustls::pki_types::pem::PemObject::from_pem_slice(nginx.certificate_pem.as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", nginx.https_port))
+            .await
+            .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        connector
+            .connect(name, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{version:?}: {e}"));
+    }
+}
