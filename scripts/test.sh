@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs what the tests need, checks formatting
-# and lints, runs every Rust test (unit + end-to-end), then starts the local stack exactly as
-# the README does and drives it with curl and with the unmodified wafer-client-sdk.
+# The whole test suite, on a fresh machine: installs what the tests need (curl, nginx,
+# docker-compose and systemd-analyze from apt; nx-27017 from PyPI; the SDK from npm), checks
+# formatting and lints, runs every Rust test (unit, store conformance, end-to-end on both
+# stores, real nginx), checks the deployment files, then starts the local stack exactly as the
+# README does and drives it with curl and with the unmodified wafer-client-sdk.
 # Fails loudly: any failing step fails the run, and nothing is skipped silently.
 set -euo pipefail
 
@@ -23,6 +25,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 step "prerequisites"
 missing=()
 command -v curl >/dev/null || missing+=(curl)
+[ -x "${NGINX_BIN:-/usr/sbin/nginx}" ] || missing+=(nginx)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -44,6 +49,8 @@ fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
 export NX_27017_BIN="$venv/bin/nx-27017"
 "$NX_27017_BIN" --help > /dev/null
+export NGINX_BIN="${NGINX_BIN:-/usr/sbin/nginx}"
+"$NGINX_BIN" -v
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -57,6 +64,9 @@ cargo test --workspace 2>&1 | tee "$log_dir/cargo-test.log"
 step "end-to-end suite again, on MongoDB (nx-27017)"
 WEAPP_TEST_STORE=mongodb cargo test -p weapp-tests --test e2e -- --skip conformance:: --skip mongo_store:: \
   2>&1 | tee -a "$log_dir/cargo-test.log"
+
+step "deployment files: docker-compose config, Dockerfile, systemd-analyze verify"
+"$venv/bin/python" tests/deploy/check_deploy.py | tee "$log_dir/deploy.log"
 
 step "local stack (scripts/stack.sh) driven as the README says"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -95,8 +105,10 @@ passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log_dir/cargo-test.
 failed=$(grep -Eo '[0-9]+ failed' "$log_dir/cargo-test.log" | awk '{s+=$1} END {print s+0}')
 node_pass=$(awk '/^# pass /{print $3}' "$log_dir/sdk.log")
 node_fail=$(awk '/^# fail /{print $3}' "$log_dir/sdk.log")
-passed=$((passed + ${node_pass:-0} + 1)) # +1: the curl flow above
-failed=$((failed + ${node_fail:-0}))
+deploy_pass=$(awk '/^deploy: /{print $2}' "$log_dir/deploy.log")
+deploy_fail=$(awk '/^deploy: /{print $4}' "$log_dir/deploy.log")
+passed=$((passed + ${node_pass:-0} + ${deploy_pass:-0} + 1)) # +1: the curl flow above
+failed=$((failed + ${node_fail:-0} + ${deploy_fail:-0}))
 if [ "$passed" -lt 2 ]; then echo "no tests ran" >&2; exit 1; fi
 echo
 echo "suite: $passed passed, $failed failed"

@@ -4,15 +4,24 @@ use std::time::Duration;
 use weapp_proto::session::v1::{LoginRequest, session_service_client::SessionServiceClient};
 use weapp_tests::{Service, Stack, json, session_from, wechat_sandbox::MintRequest};
 
+/// Polls /readyz until it answers 200 (session-svc reports SERVING once its store answered).
+async fn wait_ready(stack: &Stack) -> serde_json::Value {
+    let mut last = None;
+    for _ in 0..100 {
+        let (status, body) = json(stack.get("/readyz", None).await).await;
+        if status == 200 {
+            return body;
+        }
+        last = Some((status, body));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never ready: {last:?}");
+}
+
 #[tokio::test]
 async fn readyz_follows_session_svc_and_healthz_does_not() {
     let mut stack = Stack::start().await;
-    let (status, body) = json(stack.get("/readyz", None).await).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("ready")),
-        "{body}"
-    );
+    assert_eq!(wait_ready(&stack).await["status"], "ready");
     gateway_svc::probe::check(stack.gateway_addr())
         .await
         .unwrap();
@@ -37,15 +46,7 @@ async fn readyz_follows_session_svc_and_healthz_does_not() {
     assert_eq!(stack.get("/healthz", None).await.status(), 200);
 
     stack.start_session_svc().await;
-    let mut ready = false;
-    for _ in 0..50 {
-        if stack.get("/readyz", None).await.status() == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "ready again once session-svc is back");
+    wait_ready(&stack).await;
 }
 
 #[tokio::test]

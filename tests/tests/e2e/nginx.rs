@@ -25,6 +25,25 @@ async fn second_gateway(
     (addr, shutdown, task)
 }
 
+/// The next text frame, skipping keep-alive traffic.
+async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("stream open")
+            .expect("valid frame");
+        match frame {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 async fn wss_greeting_and_echo(nginx: &Nginx, query: &str) {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", nginx.https_port))
         .await
@@ -42,41 +61,18 @@ async fn wss_greeting_and_echo(nginx: &Nginx, query: &str) {
         .await
         .expect("WSS upgrade through nginx");
     assert_eq!(response.status(), 101);
-    let mut next = async || loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => return t.to_string(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("{other:?}"),
-        }
-    };
-    assert_eq!(next().await, "Server: 恭喜，Sandbox User");
-    drop(next);
+    assert_eq!(next_text(&mut ws).await, "Server: 恭喜，Sandbox User");
     for i in 0..10 {
         ws.send(Message::Text(format!("hello {i}").into()))
             .await
             .unwrap();
     }
-    let mut received = Vec::new();
-    while received.len() < 10 {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => received.push(t.to_string()),
-            _ => continue,
-        }
+    for i in 0..10 {
+        assert_eq!(
+            next_text(&mut ws).await,
+            format!("Server: Received(hello {i})")
+        );
     }
-    let expected: Vec<_> = (0..10)
-        .map(|i| format!("Server: Received(hello {i})"))
-        .collect();
-    assert_eq!(received, expected);
     ws.close(None).await.unwrap();
 }
 

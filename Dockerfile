@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# Images for both services, from one build: `docker build --target session-svc .` and
+# `docker build --target gateway-svc .` (docker-compose.yml does both).
+#
+# Compiled dependencies are kept between builds in BuildKit cache mounts (the registry and
+# target/), so a source change rebuilds only weapp's own crates. No protoc is needed: the
+# protos are compiled by protox, in Rust.
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,id=weapp-cargo-registry,target=/usr/local/cargo/registry \
+    --mount=type=cache,id=weapp-target,target=/src/target \
+    cargo build --release --locked -p session-svc -p gateway-svc --bins \
+ && mkdir -p /out/data \
+ && cp target/release/session-svc target/release/gateway-svc /out/
+
+# Small runtime: glibc and libgcc only (TLS is rustls), no shell, no package manager,
+# runs as the unprivileged user `nonroot` (uid 65532).
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+USER nonroot:nonroot
+
+FROM runtime AS session-svc
+COPY --from=build /out/session-svc /usr/local/bin/session-svc
+# The embedded store's directory (unused with MongoDB), owned by the runtime user.
+COPY --from=build --chown=65532:65532 /out/data /var/lib/weapp
+ENV WEAPP_SESSION_LISTEN=0.0.0.0:50051 \
+    WEAPP_DATA_DIR=/var/lib/weapp \
+    WEAPP_LOG_FORMAT=json
+EXPOSE 50051
+VOLUME ["/var/lib/weapp"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["/usr/local/bin/session-svc", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/session-svc"]
+
+FROM runtime AS gateway-svc
+COPY --from=build /out/gateway-svc /usr/local/bin/gateway-svc
+ENV WEAPP_GATEWAY_LISTEN=0.0.0.0:8765 \
+    WEAPP_LOG_FORMAT=json
+EXPOSE 8765
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/gateway-svc", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/gateway-svc"]
