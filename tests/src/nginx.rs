@@ -1,6 +1,6 @@
 //! Real nginx in front of test gateways, configured with the shipped `deploy/nginx/` files —
 //! changed only where a deployment changes them: certificate paths, upstream addresses, and
-//! (since tests cannot own ports 80/443) the listen ports. The certificate is a throw-away
+//! (since tests cannot own ports 80/443 or /var/log) the listen ports and the log directory. The certificate is a throw-away
 //! self-signed one made at run time; no key is ever committed.
 //!
 //! nginx is found through `NGINX_BIN`, then `/usr/sbin/nginx`; `scripts/test.sh` installs it.
@@ -66,6 +66,7 @@ impl Nginx {
         let (https_port, http_port) = (free_port(), free_port());
         let site = shipped("weapp.conf")
             .replace(SHIPPED_CERT_DIR, &format!("{}/", root.display()))
+            .replace("/var/log/nginx/", &format!("{}/", root.display()))
             .replace("listen 443 ", &format!("listen 127.0.0.1:{https_port} "))
             .replace("listen [::]:443 ", &format!("listen [::1]:{https_port} "))
             .replace("listen 80;", &format!("listen 127.0.0.1:{http_port};"))
@@ -157,6 +158,11 @@ impl Nginx {
 
     pub fn http_url(&self, path: &str) -> String {
         format!("http://localhost:{}{path}", self.http_port)
+    }
+
+    /// The site's access log (the shipped format).
+    pub fn access_log(&self) -> String {
+        read(&self.dir.path().join("access.log"))
     }
 
     /// nginx's error log, for failure messages.

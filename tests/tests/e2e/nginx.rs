@@ -125,6 +125,21 @@ async fn https_and_wss_through_the_shipped_nginx_config_to_two_gateways() {
     assert_eq!(user["openId"], minted.openid.as_str());
 
     wss_greeting_and_echo(&nginx, &session.query()).await;
+    // The WebSocket carried the skey in its query string; the access log must not keep it.
+    // (nginx writes a WebSocket's line when the connection has closed.)
+    let mut access_log = nginx.access_log();
+    for _ in 0..40 {
+        if access_log.contains("GET /ws") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        access_log = nginx.access_log();
+    }
+    assert!(access_log.contains("GET /ws"), "{access_log}");
+    assert!(
+        !access_log.contains(&session.skey),
+        "skey in the access log: {access_log}"
+    );
 
     // Both gateways are in the upstream: with either one down, everything still works.
     stack.stop_gateway().await;
