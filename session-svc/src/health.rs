@@ -6,9 +6,9 @@ use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
-use weapp_proto::session::v1::session_service_server::SessionServiceServer;
+use weapp_proto::session::v1::session_service_server::SERVICE_NAME;
 
-use crate::{grpc::SessionGrpc, store::SessionStore};
+use crate::store::SessionStore;
 
 /// Longest wait between two attempts while the store is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
@@ -23,23 +23,14 @@ pub struct StoreWatch {
 }
 
 impl StoreWatch {
-    async fn set(&self, status: ServingStatus) {
-        self.reporter.set_service_status("", status).await;
-        match status {
-            ServingStatus::Serving => {
-                self.reporter
-                    .set_serving::<SessionServiceServer<SessionGrpc>>()
-                    .await
-            }
-            _ => {
-                self.reporter
-                    .set_not_serving::<SessionServiceServer<SessionGrpc>>()
-                    .await
-            }
+    /// Sets the overall status ("") and the session service's, which always agree.
+    pub async fn set(reporter: &HealthReporter, status: ServingStatus) {
+        for service in ["", SERVICE_NAME] {
+            reporter.set_service_status(service, status).await;
         }
     }
 
-    /// One round: set-up if still needed, else a ping. True when the store answered.
+    /// One round: set-up if still needed, else a ping; an error when the store did not answer.
     async fn check(&self, prepared: &mut bool) -> Result<(), String> {
         let attempt = async {
             if !*prepared {
@@ -66,12 +57,12 @@ impl StoreWatch {
             let outcome = self.check(&mut prepared).await;
             let now_healthy = outcome.is_ok();
             if healthy != Some(now_healthy) {
-                self.set(if now_healthy {
+                let status = if now_healthy {
                     ServingStatus::Serving
                 } else {
                     ServingStatus::NotServing
-                })
-                .await;
+                };
+                Self::set(&self.reporter, status).await;
             }
             let wait = match outcome {
                 Ok(()) => {

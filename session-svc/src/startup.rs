@@ -87,12 +87,7 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         // Not serving until the store has answered once (milliseconds for the embedded store).
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        health
-            .set_not_serving::<SessionServiceServer<SessionGrpc>>()
-            .await;
+        StoreWatch::set(&health, tonic_health::ServingStatus::NotServing).await;
         let watch = StoreWatch {
             store: self.store.clone(),
             reporter: health,
