@@ -20,6 +20,7 @@ pub use wechat_sandbox;
 
 pub mod mongo;
 pub mod nginx;
+pub mod process;
 
 use mongo::MongoServer;
 
@@ -304,6 +305,15 @@ impl Stack {
 
     pub fn session_svc_url(&self) -> String {
         format!("http://{}", self.session_svc_addr())
+    }
+
+    /// A fresh gRPC connection to session-svc, as another backend would open one.
+    pub async fn session_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.session_svc_url())
+            .expect("session-svc URL")
+            .connect()
+            .await
+            .expect("session-svc accepts gRPC connections")
     }
 
     pub async fn start_gateway(&mut self) {

@@ -5,11 +5,12 @@
 //! The binary is found through `NX_27017_BIN`, then `PATH`, then the virtualenv that
 //! `scripts/test.sh` creates. Without it the test fails, loudly: Mongo tests are never skipped.
 use std::{
-    net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use crate::process::{free_port, wait_until_listening};
 
 pub struct MongoServer {
     port: u16,
@@ -37,13 +38,6 @@ fn binary() -> PathBuf {
         "nx-27017 (the MongoDB-wire test server) is not installed: run scripts/test.sh, which \
          installs it, or `pip install nx-27017==0.8.1` and put it on PATH or in NX_27017_BIN"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl MongoServer {
@@ -85,21 +79,14 @@ impl MongoServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("nx-27017 starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(dir.join("nx.log")).unwrap_or_default();
-                panic!("nx-27017 exited at start-up ({status}): {log}");
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nx-27017 did not listen within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let log = dir.join("nx.log");
+        wait_until_listening(
+            "nx-27017",
+            &mut child,
+            self.port,
+            Duration::from_secs(20),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
         self.child = Some(child);
     }
 

@@ -5,12 +5,14 @@
 //!
 //! nginx is found through `NGINX_BIN`, then `/usr/sbin/nginx`; `scripts/test.sh` installs it.
 use std::{
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use crate::process::{free_port, wait_until_listening};
 
 const SHIPPED_CERT_DIR: &str = "/etc/nginx/tls/weapp.example.com/";
 
@@ -32,13 +34,6 @@ fn binary() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn shipped(name: &str) -> String {
@@ -124,7 +119,7 @@ impl Nginx {
             "nginx -t rejected the shipped config: {}",
             String::from_utf8_lossy(&test.stderr)
         );
-        let child = Command::new(binary())
+        let mut child = Command::new(binary())
             .arg("-p")
             .arg(root)
             .arg("-c")
@@ -134,15 +129,14 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", https_port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen: {}",
-                read(&root.join("error.log"))
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let error_log = root.join("error.log");
+        wait_until_listening(
+            "nginx",
+            &mut child,
+            https_port,
+            Duration::from_secs(10),
+            || read(&error_log),
+        );
         Self {
             https_port,
             http_port,

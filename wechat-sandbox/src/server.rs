@@ -1,10 +1,7 @@
 //! HTTP side of the sandbox: WeChat's `jscode2session` and the sandbox-only mint endpoint.
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -159,7 +156,6 @@ pub struct Sandbox {
 struct Inner {
     config: SandboxConfig,
     codes: Mutex<HashMap<String, CodeEntry>>,
-    exchanges: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +170,6 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 config,
                 codes: Mutex::new(HashMap::new()),
-                exchanges: AtomicU64::new(0),
             }),
         }
     }
@@ -264,13 +259,7 @@ impl Sandbox {
         })
     }
 
-    /// Total `jscode2session` calls answered, whatever their outcome.
-    pub fn total_exchanges(&self) -> u64 {
-        self.inner.exchanges.load(Ordering::Relaxed)
-    }
-
     fn exchange(&self, q: &Code2SessionQuery) -> Exchange {
-        self.inner.exchanges.fetch_add(1, Ordering::Relaxed);
         let Some(app) = self
             .inner
             .config

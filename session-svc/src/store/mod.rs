@@ -4,9 +4,7 @@ mod embedded;
 mod mongo;
 
 pub use embedded::EmbeddedStore;
-pub use mongo::{
-    COLLECTION as MONGO_COLLECTION, MongoSettings, MongoStore, OPEN_ID_INDEX, TTL_INDEX,
-};
+pub use mongo::{MongoSettings, MongoStore};
 
 use async_trait::async_trait;
 

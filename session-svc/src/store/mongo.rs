@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use super::{SessionStore, StoreError};
 use crate::session::{SessionRecord, UnixMillis, UserInfo};
 
-pub const COLLECTION: &str = "sessions";
-pub const TTL_INDEX: &str = "expiresAt_ttl";
-pub const OPEN_ID_INDEX: &str = "openId_1";
+const COLLECTION: &str = "sessions";
+const TTL_INDEX: &str = "expiresAt_ttl";
+const OPEN_ID_INDEX: &str = "openId_1";
 
 /// How to reach MongoDB. The URI is a secret: it usually holds the password.
 #[derive(Clone, Debug)]

@@ -9,14 +9,6 @@ use weapp_proto::session::v1::{
 };
 use weapp_tests::{Stack, wechat_sandbox::MintRequest};
 
-async fn channel(stack: &Stack) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(stack.session_svc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn login_validate_logout_with_meaningful_status_codes() {
     let stack = Stack::start().await;
@@ -105,7 +97,7 @@ async fn revoke_user_ends_every_session_of_that_user_and_no_other() {
     let second = weapp_tests::session_from(stack.login_encrypted(&again).await).await;
     let (_, bob) = stack.new_session().await;
 
-    let mut client = SessionServiceClient::new(channel(&stack).await);
+    let mut client = SessionServiceClient::new(stack.session_channel().await);
     let answer = client
         .revoke_user(RevokeUserRequest {
             open_id: alice.openid.clone(),
@@ -128,7 +120,7 @@ async fn revoke_user_ends_every_session_of_that_user_and_no_other() {
 #[tokio::test]
 async fn health_and_reflection_are_served() {
     let stack = Stack::start().await;
-    let mut health = HealthClient::new(channel(&stack).await);
+    let mut health = HealthClient::new(stack.session_channel().await);
     for service in ["", "weapp.session.v1.SessionService"] {
         // SERVING once the store has answered the first check.
         let mut status = ServingStatus::Unknown;
@@ -153,7 +145,7 @@ async fn health_and_reflection_are_served() {
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let mut reflection = ServerReflectionClient::new(channel(&stack).await);
+    let mut reflection = ServerReflectionClient::new(stack.session_channel().await);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),

@@ -86,11 +86,7 @@ async fn session_svc_shutting_down_drains_rpcs_in_flight() {
         delay_ms: Some(700),
         ..Default::default()
     });
-    let channel = tonic::transport::Endpoint::from_shared(stack.session_svc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = stack.session_channel().await;
     let in_flight = tokio::spawn(async move {
         SessionServiceClient::new(channel)
             .login(LoginRequest {

@@ -178,74 +178,64 @@ async fn wechat_trouble_maps_to_honest_upstream_statuses() {
         .wechat_timeout(Duration::from_millis(500))
         .start()
         .await;
-    let login = |code: String| {
-        stack
+    let cases = [
+        (
+            MintRequest {
+                errcode: Some(45011),
+                ..Default::default()
+            },
+            429,
+            "45011",
+        ),
+        (
+            MintRequest {
+                errcode: Some(-1),
+                ..Default::default()
+            },
+            503,
+            "-1",
+        ),
+        (
+            MintRequest {
+                fault: Some(Fault::Http500),
+                ..Default::default()
+            },
+            503,
+            "500",
+        ),
+        (
+            MintRequest {
+                fault: Some(Fault::Malformed),
+                ..Default::default()
+            },
+            502,
+            "format",
+        ),
+        (
+            MintRequest {
+                fault: Some(Fault::Truncated),
+                ..Default::default()
+            },
+            502,
+            "format",
+        ),
+        (
+            MintRequest {
+                delay_ms: Some(1500),
+                ..Default::default()
+            },
+            504,
+            "did not answer",
+        ),
+    ];
+    for (mint, status, message_has) in cases {
+        let code = stack.mint(mint).code;
+        let login = stack
             .http
             .get(stack.url("/login"))
-            .header("X-WX-Code", code)
-    };
-    let mint = |req: MintRequest| stack.mint(req).code;
-
-    refused(
-        &stack,
-        login(mint(MintRequest {
-            errcode: Some(45011),
-            ..Default::default()
-        })),
-        429,
-        "45011",
-    )
-    .await;
-    refused(
-        &stack,
-        login(mint(MintRequest {
-            errcode: Some(-1),
-            ..Default::default()
-        })),
-        503,
-        "-1",
-    )
-    .await;
-    refused(
-        &stack,
-        login(mint(MintRequest {
-            fault: Some(Fault::Http500),
-            ..Default::default()
-        })),
-        503,
-        "500",
-    )
-    .await;
-    refused(
-        &stack,
-        login(mint(MintRequest {
-            fault: Some(Fault::Malformed),
-            ..Default::default()
-        })),
-        502,
-        "format",
-    )
-    .await;
-    refused(
-        &stack,
-        login(mint(MintRequest {
-            fault: Some(Fault::Truncated),
-            ..Default::default()
-        })),
-        502,
-        "format",
-    )
-    .await;
-    refused(
-        &stack,
-        login(mint(MintRequest {
-            delay_ms: Some(1500),
-            ..Default::default()
-        })),
-        504,
-        "did not answer",
-    )
-    .await;
+            .header("X-WX-Code", code);
+        refused(&stack, login, status, message_has).await;
+    }
 }
 
 #[tokio::test]

@@ -108,11 +108,7 @@ async fn a_database_outage_is_a_prompt_503_and_heals_without_restarts() {
 
     // Backends calling session-svc directly get UNAVAILABLE within the store timeout (500 ms
     // in these stacks), not a hang.
-    let channel = tonic::transport::Endpoint::from_shared(stack.session_svc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = stack.session_channel().await;
     let started = Instant::now();
     let refused = SessionServiceClient::new(channel)
         .validate(ValidateRequest {
@@ -144,11 +140,7 @@ async fn a_database_outage_is_a_prompt_503_and_heals_without_restarts() {
 }
 
 async fn health(stack: &Stack) -> ServingStatus {
-    let channel = tonic::transport::Endpoint::from_shared(stack.session_svc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = stack.session_channel().await;
     HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: "weapp.session.v1.SessionService".into(),
