@@ -4,7 +4,7 @@ use std::{path::Path, sync::Arc};
 
 use async_trait::async_trait;
 use redb::{
-    Database, MultimapTableDefinition, ReadableMultimapTable as _, ReadableTable as _,
+    Database, Durability, MultimapTableDefinition, ReadableMultimapTable as _, ReadableTable as _,
     ReadableTableMetadata as _, TableDefinition, WriteTransaction,
 };
 
@@ -68,13 +68,19 @@ impl EmbeddedStore {
     }
 
     /// Same as [`Self::blocking`] inside one write transaction, committed if `work` succeeds.
-    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    ///
+    /// Logins and revocations are `Immediate`: durable before the RPC answers. Renewals and
+    /// sweeps are `Eventual`: they sit on the request path of a busy session, an fsync there
+    /// can outlast the gateway's deadline, and a crash that loses one only makes a session end
+    /// a little early (or be swept again).
+    async fn write<T, F>(&self, durability: Durability, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
+            let mut txn = db.begin_write().map_err(unavailable)?;
+            txn.set_durability(durability);
             let out = work(&txn)?;
             txn.commit().map_err(unavailable)?;
             Ok(out)
@@ -111,7 +117,7 @@ impl SessionStore for EmbeddedStore {
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
         let record = record.clone();
         let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.write(move |txn| {
+        self.write(Durability::Immediate, move |txn| {
             let id = record.id.as_str();
             txn.open_table(SESSIONS)
                 .map_err(unavailable)?
@@ -145,7 +151,7 @@ impl SessionStore for EmbeddedStore {
 
     async fn renew(&self, renewed: &SessionRecord) -> Result<bool, StoreError> {
         let renewed = renewed.clone();
-        self.write(move |txn| {
+        self.write(Durability::Eventual, move |txn| {
             let id = renewed.id.as_str();
             let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
             let mut record = match sessions.get(id).map_err(unavailable)? {
@@ -170,13 +176,15 @@ impl SessionStore for EmbeddedStore {
 
     async fn remove(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.write(move |txn| Ok(remove_in(txn, &id)?.is_some()))
-            .await
+        self.write(Durability::Immediate, move |txn| {
+            Ok(remove_in(txn, &id)?.is_some())
+        })
+        .await
     }
 
     async fn remove_by_open_id(&self, open_id: &str) -> Result<u64, StoreError> {
         let open_id = open_id.to_owned();
-        self.write(move |txn| {
+        self.write(Durability::Immediate, move |txn| {
             let ids: Vec<String> = {
                 let index = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
                 let values = index.get(open_id.as_str()).map_err(unavailable)?;
@@ -196,7 +204,7 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn purge_expired(&self, now: UnixMillis) -> Result<u64, StoreError> {
-        self.write(move |txn| {
+        self.write(Durability::Eventual, move |txn| {
             let due: Vec<String> = {
                 let by_expiry = txn.open_table(BY_EXPIRY).map_err(unavailable)?;
                 let range = by_expiry
