@@ -17,6 +17,25 @@ pub struct Settings {
     /// Path of the wafer login endpoint.
     pub login_path: String,
     pub ws: WsSettings,
+    pub cache: CacheSettings,
+}
+
+/// The cache of validated sessions (see `session_cache.rs` for what keeps it honest).
+#[derive(Clone, Copy, Debug)]
+pub struct CacheSettings {
+    /// Longest time a Validate answer is reused; zero turns the cache off.
+    pub ttl: Duration,
+    /// Most sessions held; past it, answers are simply not cached.
+    pub capacity: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(30),
+            capacity: 100_000,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +70,7 @@ impl Settings {
             login_timeout: Duration::from_secs(10),
             login_path: "/login".into(),
             ws: WsSettings::default(),
+            cache: CacheSettings::default(),
         }
     }
 }
@@ -110,6 +130,15 @@ pub struct Cli {
     /// Most WebSocket connections held at once by this gateway.
     #[arg(long, env = "WEAPP_WS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub ws_max_connections: usize,
+
+    /// How long a validated session is reused before session-svc is asked again ("0s" turns
+    /// the cache off). Revocations evict at once whatever this is.
+    #[arg(long, env = "WEAPP_SESSION_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub session_cache_ttl: Duration,
+
+    /// Most sessions the cache holds.
+    #[arg(long, env = "WEAPP_SESSION_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub session_cache_capacity: usize,
 }
 
 #[derive(clap::Subcommand, Debug, Clone, Copy)]
@@ -146,6 +175,10 @@ impl Cli {
                 pong_timeout: self.ws_pong_timeout,
                 max_message_size: self.ws_max_message_bytes,
                 max_connections: self.ws_max_connections,
+            },
+            cache: CacheSettings {
+                ttl: self.session_cache_ttl,
+                capacity: self.session_cache_capacity,
             },
         })
     }

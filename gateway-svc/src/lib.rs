@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod probe;
 pub mod routes;
+pub mod session_cache;
 pub mod session_client;
 pub mod startup;
 pub mod wafer;

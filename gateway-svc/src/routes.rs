@@ -1,6 +1,6 @@
 //! HTTP routes: wafer's login, session resolution in front of everything else, `/me`,
 //! `/logout`, and the plain fallback.
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Extension, Json, Router,
@@ -18,6 +18,7 @@ use weapp_proto::session::v1::{LoginRequest, UserInfo};
 use crate::{
     config::Settings,
     error::ApiError,
+    session_cache::SessionCache,
     session_client::SessionClient,
     wafer::{self, SessionParams},
     ws,
@@ -26,6 +27,8 @@ use crate::{
 #[derive(Clone)]
 pub struct AppState {
     pub sessions: SessionClient,
+    /// Validated sessions, kept in step with session-svc's revocations.
+    pub cache: Arc<SessionCache>,
     pub settings: Arc<Settings>,
     /// One permit per open WebSocket.
     pub ws_slots: Arc<Semaphore>,
@@ -39,7 +42,7 @@ pub struct AppState {
 pub struct AuthSession {
     pub id: String,
     pub skey: String,
-    pub user: UserInfo,
+    pub user: Arc<UserInfo>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -70,14 +73,26 @@ pub async fn resolve(
     match wafer::session_params(headers, uri.query()) {
         SessionParams::Absent => Ok(None),
         SessionParams::Present { id, skey } => {
+            if let Some(user) = state.cache.get(&id, &skey) {
+                return Ok(Some(AuthSession { id, skey, user }));
+            }
+            let ticket = state.cache.ticket();
             let answer = state
                 .sessions
                 .validate(id.clone(), skey.clone())
                 .await
                 .map_err(|s| ApiError::validate(&s))?;
-            let user = answer.user.ok_or_else(|| {
+            let user = Arc::new(answer.user.ok_or_else(|| {
                 ApiError::SessionUnavailable("session service sent no user".into())
-            })?;
+            })?);
+            // An older session-svc does not say how long is left: then nothing is cached.
+            let expires_in = answer
+                .expires_in
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or_default();
+            state
+                .cache
+                .insert(ticket, &id, &skey, user.clone(), expires_in);
             Ok(Some(AuthSession { id, skey, user }))
         }
     }
@@ -149,9 +164,11 @@ async fn logout(
     };
     state
         .sessions
-        .logout(session.id, session.skey)
+        .logout(session.id.clone(), session.skey)
         .await
         .map_err(|s| ApiError::validate(&s))?;
+    // The revocation stream will say so too, but this client may ask again before it does.
+    state.cache.revoke_session(&session.id);
     Ok(Json(json!({ wafer::MAGIC_KEY: 1, "logout": true })).into_response())
 }
 

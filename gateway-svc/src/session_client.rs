@@ -2,13 +2,14 @@
 //! clone, reconnects by itself) and a deadline on every call, enforced here and sent along.
 use std::{future::Future, time::Duration};
 
-use tonic::{Request, Status, transport::Channel, transport::Endpoint};
+use tonic::{Request, Status, Streaming, transport::Channel, transport::Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use weapp_proto::session::v1::{
-    LoginRequest, LoginResponse, LogoutRequest, ValidateRequest, ValidateResponse,
-    session_service_client::SessionServiceClient, session_service_server::SERVICE_NAME,
+    LoginRequest, LoginResponse, LogoutRequest, Revocation, ValidateRequest, ValidateResponse,
+    WatchRevocationsRequest, session_service_client::SessionServiceClient,
+    session_service_server::SERVICE_NAME,
 };
 
 #[derive(Clone)]
@@ -73,6 +74,17 @@ impl SessionClient {
 }
 
 impl SessionClient {
+    /// Opens session-svc's revocation stream. Only the opening has a deadline: the stream
+    /// itself lives as long as both ends do.
+    pub async fn watch_revocations(&self) -> Result<Streaming<Revocation>, Status> {
+        let mut client = self.client.clone();
+        let deadline = self.session_timeout.max(Duration::from_secs(2));
+        bounded(deadline, async move {
+            client.watch_revocations(WatchRevocationsRequest {}).await
+        })
+        .await
+    }
+
     /// Whether session-svc reports its session service SERVING (its store answers).
     pub async fn ready(&self) -> Result<(), Status> {
         let mut health = self.health.clone();

@@ -11,6 +11,7 @@ use tower_http::trace::TraceLayer;
 use crate::{
     config::Settings,
     routes::{self, AppState},
+    session_cache::{self, SessionCache},
     session_client::SessionClient,
 };
 
@@ -67,7 +68,17 @@ impl Application {
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let ws_tasks = TaskTracker::new();
+        let cache = Arc::new(SessionCache::new(
+            self.settings.cache.ttl,
+            self.settings.cache.capacity,
+        ));
+        let revocations = tokio::spawn(session_cache::follow_revocations(
+            cache.clone(),
+            self.sessions.clone(),
+            shutdown.clone(),
+        ));
         let state = AppState {
+            cache,
             sessions: self.sessions,
             ws_slots: Arc::new(Semaphore::new(self.settings.ws.max_connections)),
             settings: self.settings,
@@ -86,6 +97,9 @@ impl Application {
             .is_err()
         {
             tracing::warn!("some WebSockets did not close in time");
+        }
+        if let Err(e) = revocations.await {
+            tracing::warn!(error = %e, "revocation follower ended abnormally");
         }
         tracing::info!("gateway-svc stopped");
         served.map_err(StartupError::Serve)

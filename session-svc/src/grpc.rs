@@ -2,26 +2,40 @@
 //! wire messages and the login/session logic. Errors become statuses in `error.rs` only.
 use std::sync::Arc;
 
+use futures::StreamExt as _;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use weapp_proto::session::v1::{
     self as pb, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RevokeUserRequest,
     RevokeUserResponse, SessionCredentials, ValidateRequest, ValidateResponse,
-    session_service_server::SessionService,
+    WatchRevocationsRequest, session_service_server::SessionService,
 };
 
 use crate::{
     login::{LoginInput, LoginService},
-    session::{SessionManager, UnixMillis, UserInfo},
+    revocations::RevocationStream,
+    session::{SessionManager, UnixMillis, UserInfo, now_millis},
 };
 
 pub struct SessionGrpc {
     login: Arc<LoginService>,
     sessions: Arc<SessionManager>,
+    /// Ends the open-ended revocation streams, which graceful shutdown would otherwise wait
+    /// on forever.
+    shutdown: CancellationToken,
 }
 
 impl SessionGrpc {
     pub fn new(login: Arc<LoginService>, sessions: Arc<SessionManager>) -> Self {
-        Self { login, sessions }
+        Self {
+            login,
+            sessions,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    pub fn with_shutdown(self, shutdown: CancellationToken) -> Self {
+        Self { shutdown, ..self }
     }
 }
 
@@ -48,8 +62,17 @@ impl From<UserInfo> for pb::UserInfo {
     }
 }
 
+fn duration(ms: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
 #[tonic::async_trait]
 impl SessionService for SessionGrpc {
+    type WatchRevocationsStream = RevocationStream;
+
     async fn login(
         &self,
         request: Request<LoginRequest>,
@@ -81,10 +104,12 @@ impl SessionService for SessionGrpc {
     ) -> Result<Response<ValidateResponse>, Status> {
         let r = request.into_inner();
         let record = self.sessions.validate(&r.id, &r.skey).await?;
+        let expires_in = record.expires_at.saturating_sub(now_millis()).max(0);
         Ok(Response::new(ValidateResponse {
             user: Some(record.user.into()),
             expires_at: Some(timestamp(record.expires_at)),
             created_at: Some(timestamp(record.created_at)),
+            expires_in: Some(duration(expires_in)),
         }))
     }
 
@@ -106,6 +131,16 @@ impl SessionService for SessionGrpc {
             .revoke_user(&request.into_inner().open_id)
             .await?;
         Ok(Response::new(RevokeUserResponse { revoked }))
+    }
+
+    async fn watch_revocations(
+        &self,
+        _request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let stream = self.sessions.revocations().subscribe();
+        Ok(Response::new(Box::pin(
+            stream.take_until(self.shutdown.clone().cancelled_owned()),
+        )))
     }
 }
 

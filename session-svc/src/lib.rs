@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod health;
 pub mod login;
 pub mod probe;
+pub mod revocations;
 pub mod session;
 pub mod singleflight;
 pub mod startup;

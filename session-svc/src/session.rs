@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     credentials::{self, Credentials},
     error::SessionError,
+    revocations::{RevocationFeed, Revoked},
     store::SessionStore,
 };
 
@@ -113,15 +114,29 @@ impl SessionPolicy {
 pub struct SessionManager {
     store: Arc<dyn SessionStore>,
     policy: SessionPolicy,
+    revocations: RevocationFeed,
 }
 
 impl SessionManager {
     pub fn new(store: Arc<dyn SessionStore>, policy: SessionPolicy) -> Self {
-        Self { store, policy }
+        Self {
+            store,
+            policy,
+            revocations: RevocationFeed::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.store
+    }
+
+    /// Logouts and user revocations, for caches of Validate answers.
+    pub fn revocations(&self) -> &RevocationFeed {
+        &self.revocations
+    }
+
+    pub fn policy(&self) -> &SessionPolicy {
+        &self.policy
     }
 
     /// Stores a new session for `user`; the returned credentials are the only copy of the skey.
@@ -169,6 +184,7 @@ impl SessionManager {
     pub async fn logout(&self, id: &str, skey: &str) -> Result<(), SessionError> {
         let record = self.authenticate(id, skey).await?;
         self.store.remove(&record.id).await?;
+        self.revocations.publish(Revoked::Session(record.id));
         Ok(())
     }
 
@@ -180,6 +196,9 @@ impl SessionManager {
             ));
         }
         let revoked = self.store.remove_by_open_id(open_id).await?;
+        // Announced even when the store had none: a cache may still hold one that expired
+        // in the store a moment ago.
+        self.revocations.publish(Revoked::User(open_id.to_owned()));
         tracing::info!(user = %credentials::short_hash(open_id), revoked, "user's sessions revoked");
         Ok(revoked)
     }

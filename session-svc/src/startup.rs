@@ -120,7 +120,9 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(SessionServiceServer::new(self.grpc))
+            .add_service(SessionServiceServer::new(
+                self.grpc.with_shutdown(shutdown.clone()),
+            ))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.listener),
                 shutdown.clone().cancelled_owned(),

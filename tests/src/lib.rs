@@ -93,6 +93,33 @@ impl Running {
     }
 }
 
+/// Another gateway in front of the same session-svc (as behind nginx's upstream); it stops
+/// when dropped.
+pub struct ExtraGateway {
+    running: Option<Running>,
+    pub addr: SocketAddr,
+}
+
+impl ExtraGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+}
+
+impl Drop for ExtraGateway {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.shutdown.cancel();
+        }
+    }
+}
+
 /// Adjusts settings before a [`Stack`] starts.
 pub struct StackBuilder {
     store: TestStore,
@@ -318,21 +345,42 @@ impl Stack {
 
     pub async fn start_gateway(&mut self) {
         assert!(self.gateway.is_none(), "gateway already running");
-        let mut settings = gateway_svc::Settings::new(self.gateway_listen, self.session_svc_url());
+        let running = self.spawn_gateway(self.gateway_listen).await;
+        self.gateway_listen = running.addr;
+        self.gateway = Some(running);
+    }
+
+    /// One more gateway, configured like the stack's own.
+    pub async fn extra_gateway(&self) -> ExtraGateway {
+        let running = self
+            .spawn_gateway("127.0.0.1:0".parse().expect("addr"))
+            .await;
+        ExtraGateway {
+            addr: running.addr,
+            running: Some(running),
+        }
+    }
+
+    async fn spawn_gateway(&self, listen: SocketAddr) -> Running {
+        let mut settings = gateway_svc::Settings::new(listen, self.session_svc_url());
         (self.gateway_tweak)(&mut settings);
         let app = gateway_svc::Application::build(settings)
             .await
             .expect("gateway builds");
         let addr = app.local_addr();
-        self.gateway_listen = addr;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move { app.run(token).await.expect("gateway runs") });
-        self.gateway = Some(Running {
+        Running {
             addr,
             shutdown,
             task,
-        });
+        }
+    }
+
+    /// session-svc's store, to change it behind session-svc's back.
+    pub fn store(&self) -> Arc<dyn SessionStore> {
+        self.store.clone().expect("session-svc is running")
     }
 
     /// Signals shutdown (as SIGTERM does) without waiting for it; `stop_*` then waits.

@@ -1,5 +1,6 @@
 //! End-to-end suite: one test binary, every test on its own stack (sandbox + session-svc +
 //! gateway-svc on port 0).
+mod cache;
 mod conformance;
 mod grpc;
 mod lifecycle;

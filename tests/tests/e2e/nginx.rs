@@ -4,26 +4,7 @@ use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
-use tokio_util::sync::CancellationToken;
 use weapp_tests::{MAGIC_KEY, Stack, nginx::Nginx, wechat_sandbox::MintRequest};
-
-/// A second gateway in front of the stack's session-svc.
-async fn second_gateway(
-    stack: &Stack,
-) -> (
-    std::net::SocketAddr,
-    CancellationToken,
-    tokio::task::JoinHandle<()>,
-) {
-    let settings =
-        gateway_svc::Settings::new("127.0.0.1:0".parse().unwrap(), stack.session_svc_url());
-    let app = gateway_svc::Application::build(settings).await.unwrap();
-    let addr = app.local_addr();
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move { app.run(token).await.unwrap() });
-    (addr, shutdown, task)
-}
 
 /// The next text frame, skipping keep-alive traffic.
 async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
@@ -79,8 +60,8 @@ async fn wss_greeting_and_echo(nginx: &Nginx, query: &str) {
 #[tokio::test]
 async fn https_and_wss_through_the_shipped_nginx_config_to_two_gateways() {
     let mut stack = Stack::start().await;
-    let (second, second_shutdown, second_task) = second_gateway(&stack).await;
-    let nginx = Nginx::start(&[stack.gateway_addr(), second]);
+    let second = stack.extra_gateway().await;
+    let nginx = Nginx::start(&[stack.gateway_addr(), second.addr]);
     let https = nginx.https_client();
 
     // Plain HTTP is redirected to HTTPS.
@@ -149,8 +130,7 @@ async fn https_and_wss_through_the_shipped_nginx_config_to_two_gateways() {
     }
     wss_greeting_and_echo(&nginx, &session.query()).await;
     stack.start_gateway().await;
-    second_shutdown.cancel();
-    second_task.await.unwrap();
+    second.stop().await;
     for _ in 0..4 {
         let answer = me(https.clone(), nginx.https_url("/me"), session.clone()).await;
         assert_eq!(answer.status(), 200, "served by the first gateway again");
