@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs what the tests need (curl, nginx,
+# The whole test suite, on a fresh machine: installs what the tests need (curl, nginx, wrk,
 # docker-compose and systemd-analyze from apt; nx-27017 from PyPI; the SDK from npm), checks
 # formatting and lints, runs every Rust test (unit, store conformance, end-to-end on both
 # stores, real nginx), checks the deployment files, then starts the local stack exactly as the
-# README does and drives it with curl and with the unmodified wafer-client-sdk.
+# README does and drives it with curl and with the unmodified wafer-client-sdk, and finally
+# runs the benchmark harness for a few seconds so it cannot rot.
 # Fails loudly: any failing step fails the run, and nothing is skipped silently.
 set -euo pipefail
 
@@ -20,35 +21,18 @@ cleanup() {
 trap cleanup EXIT
 
 step() { printf '\n==> %s\n' "$*"; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# shellcheck source=prereqs.sh
+. scripts/prereqs.sh
 
 step "prerequisites"
-missing=()
-command -v curl >/dev/null || missing+=(curl)
-[ -x "${NGINX_BIN:-/usr/sbin/nginx}" ] || missing+=(nginx)
-command -v docker-compose >/dev/null || missing+=(docker-compose)
-command -v systemd-analyze >/dev/null || missing+=(systemd)
-command -v node >/dev/null || missing+=(nodejs)
-command -v npm >/dev/null || missing+=(npm)
-if [ "${#missing[@]}" -gt 0 ]; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-fi
+apt_install_missing curl:curl "${NGINX_BIN:-/usr/sbin/nginx}:nginx" docker-compose:docker-compose \
+  systemd-analyze:systemd node:nodejs npm:npm wrk:wrk openssl:openssl
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 npm ci --prefix tests/sdk-compat --no-audit --no-fund --loglevel=error
 # nx-27017, the MongoDB-wire server the MongoDB store tests start (one per test).
-venv="$root/target/test-venv"
-if [ ! -x "$venv/bin/pip" ]; then
-  python3 -m venv "$venv" || {
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
-    python3 -m venv "$venv"
-  }
-fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
-export NX_27017_BIN="$venv/bin/nx-27017"
-"$NX_27017_BIN" --help > /dev/null
+ensure_test_venv "$root"
+venv=$TEST_VENV
 export NGINX_BIN="${NGINX_BIN:-/usr/sbin/nginx}"
 "$NGINX_BIN" -v
 
@@ -100,6 +84,10 @@ WEAPP_GATEWAY_URL=$gw WEAPP_SANDBOX_URL=$sb \
 cleanup
 stack_pid=
 
+step "benchmark harness, smoke run (bench/run.sh --smoke: every scenario, tiny sizes)"
+bench/run.sh --smoke > "$log_dir/bench.log" 2>&1 || { cat "$log_dir/bench.log"; echo "the benchmark harness failed" >&2; exit 1; }
+tail -n 3 "$log_dir/bench.log"
+
 # One closing line for the whole suite.
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log_dir/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log_dir/cargo-test.log" | awk '{s+=$1} END {print s+0}')
@@ -107,7 +95,7 @@ node_pass=$(awk '/^# pass /{print $3}' "$log_dir/sdk.log")
 node_fail=$(awk '/^# fail /{print $3}' "$log_dir/sdk.log")
 deploy_pass=$(awk '/^deploy: /{print $2}' "$log_dir/deploy.log")
 deploy_fail=$(awk '/^deploy: /{print $4}' "$log_dir/deploy.log")
-passed=$((passed + ${node_pass:-0} + ${deploy_pass:-0} + 1)) # +1: the curl flow above
+passed=$((passed + ${node_pass:-0} + ${deploy_pass:-0} + 2)) # +2: the curl flow, the bench smoke run
 failed=$((failed + ${node_fail:-0} + ${deploy_fail:-0}))
 if [ "$passed" -lt 2 ]; then echo "no tests ran" >&2; exit 1; fi
 echo

@@ -1,4 +1,7 @@
-//! Process plumbing shared by the weapp binaries.
+//! Process plumbing shared by the weapp binaries, and the one concurrency helper both
+//! services use.
+pub mod singleflight;
+
 use std::io::IsTerminal as _;
 
 use tokio_util::sync::CancellationToken;

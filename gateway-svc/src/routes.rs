@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Extension, Json, Router,
     extract::{Request, State},
-    http::{HeaderMap, Uri},
+    http::{HeaderMap, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{any, get},
@@ -13,22 +13,43 @@ use axum::{
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use weapp_proto::session::v1::{LoginRequest, UserInfo};
+use tonic::Status;
+use weapp_common::singleflight::SingleFlight;
+use weapp_proto::session::v1::LoginRequest;
 
 use crate::{
     config::Settings,
     error::ApiError,
     session_cache::SessionCache,
     session_client::SessionClient,
-    wafer::{self, SessionParams},
+    wafer::{self, SessionParams, User},
     ws,
 };
 
+/// What every handler shares. Cloned per request by axum, hence one Arc.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub sessions: SessionClient,
     /// Validated sessions, kept in step with session-svc's revocations.
     pub cache: Arc<SessionCache>,
+    /// Validate calls in flight, by (id, skey).
+    pub validations: SingleFlight<(String, String), Result<Arc<User>, Status>>,
     pub settings: Arc<Settings>,
     /// One permit per open WebSocket.
     pub ws_slots: Arc<Semaphore>,
@@ -42,7 +63,7 @@ pub struct AppState {
 pub struct AuthSession {
     pub id: String,
     pub skey: String,
-    pub user: Arc<UserInfo>,
+    pub user: Arc<User>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -76,26 +97,43 @@ pub async fn resolve(
             if let Some(user) = state.cache.get(&id, &skey) {
                 return Ok(Some(AuthSession { id, skey, user }));
             }
-            let ticket = state.cache.ticket();
+            // Concurrent requests of one session (a page firing several calls, a cache entry
+            // running out under load) share one Validate.
+            let (cache, sessions) = (state.cache.clone(), state.sessions.clone());
+            let (call_id, call_skey) = (id.clone(), skey.clone());
             let answer = state
-                .sessions
-                .validate(id.clone(), skey.clone())
+                .validations
+                .run((id.clone(), skey.clone()), async move {
+                    validate(&cache, &sessions, call_id, call_skey).await
+                })
                 .await
-                .map_err(|s| ApiError::validate(&s))?;
-            let user = Arc::new(answer.user.ok_or_else(|| {
-                ApiError::SessionUnavailable("session service sent no user".into())
-            })?);
-            // An older session-svc does not say how long is left: then nothing is cached.
-            let expires_in = answer
-                .expires_in
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or_default();
-            state
-                .cache
-                .insert(ticket, &id, &skey, user.clone(), expires_in);
+                .ok_or_else(|| ApiError::SessionUnavailable("session check failed".into()))?;
+            let user = answer.map_err(|s| ApiError::validate(&s))?;
             Ok(Some(AuthSession { id, skey, user }))
         }
     }
+}
+
+/// Asks session-svc and caches a positive answer.
+async fn validate(
+    cache: &SessionCache,
+    sessions: &SessionClient,
+    id: String,
+    skey: String,
+) -> Result<Arc<User>, Status> {
+    let ticket = cache.ticket();
+    let answer = sessions.validate(id.clone(), skey.clone()).await?;
+    let user =
+        Arc::new(User::new(answer.user.ok_or_else(|| {
+            Status::unavailable("session service sent no user")
+        })?));
+    // An older session-svc does not say how long is left: then nothing is cached.
+    let expires_in = answer
+        .expires_in
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or_default();
+    cache.insert(ticket, &id, &skey, user.clone(), expires_in);
+    Ok(user)
 }
 
 async fn resolve_session(
@@ -144,10 +182,14 @@ async fn login(
     .into_response())
 }
 
-async fn me(session: Option<Extension<AuthSession>>) -> Json<serde_json::Value> {
+async fn me(session: Option<Extension<AuthSession>>) -> Response {
     match session {
-        Some(Extension(session)) => Json(wafer::user_json(&session.user)),
-        None => Json(json!({ "noBody": true })),
+        Some(Extension(session)) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            session.user.me_body.clone(),
+        )
+            .into_response(),
+        None => Json(json!({ "noBody": true })).into_response(),
     }
 }
 

@@ -25,9 +25,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use weapp_proto::session::v1::{UserInfo, revocation::Event};
+use weapp_proto::session::v1::revocation::Event;
 
-use crate::session_client::SessionClient;
+use crate::{session_client::SessionClient, wafer::User};
 
 /// Longest time a revocation can take to reach this gateway's cache: past this much silence
 /// from session-svc's revocation stream, the cache is not used.
@@ -37,7 +37,7 @@ const NEVER: u64 = u64::MAX;
 
 struct Entry {
     skey_hash: [u8; 32],
-    user: Arc<UserInfo>,
+    user: Arc<User>,
     until: Instant,
 }
 
@@ -92,7 +92,7 @@ impl SessionCache {
     }
 
     /// The user of a cached, unexpired session whose skey matches.
-    pub fn get(&self, id: &str, skey: &str) -> Option<Arc<UserInfo>> {
+    pub fn get(&self, id: &str, skey: &str) -> Option<Arc<User>> {
         if !self.enabled() || !self.live() {
             return None;
         }
@@ -116,7 +116,7 @@ impl SessionCache {
         ticket: Ticket,
         id: &str,
         skey: &str,
-        user: Arc<UserInfo>,
+        user: Arc<User>,
         expires_in: Duration,
     ) {
         if !self.enabled() || !self.live() || self.entries.len() >= self.capacity {
@@ -146,7 +146,7 @@ impl SessionCache {
 
     pub fn revoke_user(&self, open_id: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.retain(|_, e| e.user.open_id != open_id);
+        self.entries.retain(|_, e| e.user.info.open_id != open_id);
     }
 
     fn heard(&self) {
@@ -240,11 +240,11 @@ pub async fn follow_revocations(
 mod tests {
     use super::*;
 
-    fn user(open_id: &str) -> Arc<UserInfo> {
-        Arc::new(UserInfo {
+    fn user(open_id: &str) -> Arc<User> {
+        Arc::new(User::new(weapp_proto::session::v1::UserInfo {
             open_id: open_id.into(),
             ..Default::default()
-        })
+        }))
     }
 
     fn live_cache() -> SessionCache {

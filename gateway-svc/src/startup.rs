@@ -3,14 +3,15 @@
 //! "going away".
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::Request};
+use axum::{Router, extract::Request, serve::ListenerExt as _};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::trace::TraceLayer;
+use weapp_common::singleflight::SingleFlight;
 
 use crate::{
     config::Settings,
-    routes::{self, AppState},
+    routes::{self, AppState, Shared},
     session_cache::{self, SessionCache},
     session_client::SessionClient,
 };
@@ -77,17 +78,24 @@ impl Application {
             self.sessions.clone(),
             shutdown.clone(),
         ));
-        let state = AppState {
+        let state = AppState::from(Shared {
             cache,
+            validations: SingleFlight::default(),
             sessions: self.sessions,
             ws_slots: Arc::new(Semaphore::new(self.settings.ws.max_connections)),
             settings: self.settings,
             ws_tasks: ws_tasks.clone(),
             shutdown: shutdown.clone(),
-        };
+        });
         let app = with_tracing(routes::router(state));
         tracing::info!(addr = %self.local_addr, "gateway-svc listening");
-        let served = axum::serve(self.listener, app)
+        // Without TCP_NODELAY a response written in two pieces can wait for a delayed ACK.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         shutdown.cancel();

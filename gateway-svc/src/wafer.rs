@@ -96,6 +96,21 @@ pub fn login_body(id: &str, skey: &str, user: Option<&UserInfo>) -> Value {
     body
 }
 
+/// A resolved session's user, with its `/me` body rendered once (a cached session answers
+/// `/me` without building JSON again).
+#[derive(Debug)]
+pub struct User {
+    pub info: UserInfo,
+    pub me_body: axum::body::Bytes,
+}
+
+impl User {
+    pub fn new(info: UserInfo) -> Self {
+        let me_body = user_json(&info).to_string().into();
+        Self { info, me_body }
+    }
+}
+
 /// The user in WeChat's field names, as wafer's `req.session.userInfo` had them.
 pub fn user_json(user: &UserInfo) -> Value {
     let mut map = Map::new();

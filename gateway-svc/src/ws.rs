@@ -1,7 +1,6 @@
 //! `/ws`: the tutorial's WebSocket. The session is resolved before the upgrade; a client
 //! without a valid one still gets the upgrade, then one text frame with the error body and a
 //! close frame, which is what WebSocket clients can actually read.
-use std::time::Duration;
 
 use axum::{
     extract::{
@@ -11,15 +10,20 @@ use axum::{
     http::{HeaderMap, Uri},
     response::{IntoResponse, Response},
 };
+use std::sync::Arc;
+
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::WsSettings,
     error::ApiError,
-    routes::{AppState, AuthSession, resolve},
-    wafer,
+    routes::{AppState, resolve},
+    wafer::{self, User},
 };
+
+/// Initial read buffer of a WebSocket (it grows for bigger messages).
+const READ_BUFFER: usize = 256;
 
 /// RFC 6455 "try again later": the session could not be checked, not refused.
 const TRY_AGAIN_LATER: u16 = 1013;
@@ -33,29 +37,59 @@ pub async fn upgrade(
     let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
         return ApiError::TooManyConnections.into_response();
     };
-    let resolution = resolve(&state, &headers, &uri).await;
+    // Only the user is kept: a WebSocket has no use for the skey once it is open.
+    let resolution = resolve(&state, &headers, &uri)
+        .await
+        .map(|session| session.map(|s| s.user));
     let settings = state.settings.ws;
-    let shutdown = state.shutdown.clone();
     let tasks = state.ws_tasks.clone();
+    // Boxed: axum's upgrade task holds this closure's captures next to the future made from
+    // them, so small captures mean a small task for every connection.
+    let params = Box::new(Params {
+        resolution,
+        settings,
+        shutdown: state.shutdown.clone(),
+        _permit: permit,
+    });
+    // tungstenite's buffers default to 128 KiB each, per connection: at 10,000 connections
+    // that is gigabytes for idle sockets. Small messages are the norm here; the read buffer
+    // still grows to max_message_size for a big one, and writes go out as they are made.
     ws.max_message_size(settings.max_message_size)
         .max_frame_size(settings.max_message_size)
-        .on_upgrade(move |socket| {
-            tasks.track_future(async move {
-                match resolution {
-                    Ok(Some(session)) => serve(socket, session, settings, shutdown, permit).await,
-                    Ok(None) => {
-                        let refusal = ApiError::InvalidSession(
-                            "a WebSocket needs a valid session; log in first".into(),
-                        );
-                        refuse(socket, refusal, close_code::POLICY).await;
-                    }
-                    Err(e @ ApiError::InvalidSession(_)) => {
-                        refuse(socket, e, close_code::POLICY).await
-                    }
-                    Err(e) => refuse(socket, e, TRY_AGAIN_LATER).await,
-                }
-            })
-        })
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| tasks.track_future(connection(socket, params)))
+}
+
+/// What a connection needs from its upgrade request.
+struct Params {
+    resolution: Result<Option<Arc<User>>, ApiError>,
+    settings: WsSettings,
+    shutdown: CancellationToken,
+    /// Held for the connection's life: its slot under the connection cap.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// One WebSocket, from the upgrade to the end. Everything the connection keeps lives here
+/// once: `serve` and `refuse` borrow it (a future that took the socket by value would hold a
+/// second copy of its place in this task's memory, for every connection).
+async fn connection(mut socket: WebSocket, params: Box<Params>) {
+    let Params {
+        resolution,
+        settings,
+        shutdown,
+        ..
+    } = &*params;
+    match resolution {
+        Ok(Some(user)) => serve(&mut socket, user, *settings, shutdown).await,
+        Ok(None) => {
+            let refusal =
+                ApiError::InvalidSession("a WebSocket needs a valid session; log in first".into());
+            refuse(&mut socket, &refusal, close_code::POLICY).await;
+        }
+        Err(e @ ApiError::InvalidSession(_)) => refuse(&mut socket, e, close_code::POLICY).await,
+        Err(e) => refuse(&mut socket, e, TRY_AGAIN_LATER).await,
+    }
 }
 
 fn close(code: u16, reason: &'static str) -> Message {
@@ -65,7 +99,7 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-async fn refuse(mut socket: WebSocket, error: ApiError, code: u16) {
+async fn refuse(socket: &mut WebSocket, error: &ApiError, code: u16) {
     let _ = socket
         .send(Message::Text(error.body().to_string().into()))
         .await;
@@ -86,41 +120,41 @@ fn is_too_big(e: axum::Error) -> bool {
 }
 
 async fn serve(
-    mut socket: WebSocket,
-    session: AuthSession,
+    socket: &mut WebSocket,
+    user: &User,
     settings: WsSettings,
-    shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    shutdown: &CancellationToken,
 ) {
-    let greeting = format!("Server: 恭喜，{}", wafer::display_name(&session.user));
+    let greeting = format!("Server: 恭喜，{}", wafer::display_name(&user.info));
     if socket.send(Message::Text(greeting.into())).await.is_err() {
         return;
     }
-    let mut ping = tokio::time::interval_at(
-        Instant::now() + settings.ping_interval,
-        settings.ping_interval,
-    );
-    // Deadline for the pong to the last ping, if one is outstanding.
-    let mut pong_due: Option<Instant> = None;
+    // One timer for keep-alive: when it fires, either a ping goes out (and the timer is set
+    // for its pong) or the pong is overdue. Built once, like the shutdown wait: this loop runs
+    // for every frame of every connection.
+    let timer = tokio::time::sleep(settings.ping_interval);
+    tokio::pin!(timer);
+    let shutdown = shutdown.cancelled();
+    tokio::pin!(shutdown);
+    // When the last ping went out, while its pong is awaited.
+    let mut ping_sent: Option<Instant> = None;
     loop {
-        let pong_deadline =
-            pong_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         tokio::select! {
-            _ = shutdown.cancelled() => {
+            _ = &mut shutdown => {
                 let _ = socket.send(close(close_code::AWAY, "server shutting down")).await;
                 break;
             }
-            _ = tokio::time::sleep_until(pong_deadline), if pong_due.is_some() => {
-                let _ = socket.send(close(close_code::AWAY, "keep-alive timeout")).await;
-                break;
-            }
-            _ = ping.tick() => {
-                if pong_due.is_none() {
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        break;
-                    }
-                    pong_due = Some(Instant::now() + settings.pong_timeout);
+            _ = &mut timer => {
+                if ping_sent.is_some() {
+                    let _ = socket.send(close(close_code::AWAY, "keep-alive timeout")).await;
+                    break;
                 }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+                let now = Instant::now();
+                ping_sent = Some(now);
+                timer.as_mut().reset(now + settings.pong_timeout);
             }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
@@ -134,7 +168,12 @@ async fn serve(
                     break;
                 }
                 // Any sign of life counts; tungstenite answers pings by itself.
-                Some(Ok(Message::Pong(_) | Message::Ping(_))) => pong_due = None,
+                Some(Ok(Message::Pong(_) | Message::Ping(_))) => {
+                    // The next ping is due an interval after the last one.
+                    if let Some(sent) = ping_sent.take() {
+                        timer.as_mut().reset(sent + settings.ping_interval);
+                    }
+                }
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(e)) => {
                     if is_too_big(e) {

@@ -11,7 +11,6 @@ pub mod login;
 pub mod probe;
 pub mod revocations;
 pub mod session;
-pub mod singleflight;
 pub mod startup;
 pub mod store;
 pub mod user_data;

@@ -7,12 +7,12 @@ use std::{
 };
 
 use secrecy::ExposeSecret;
+use weapp_common::singleflight::SingleFlight;
 
 use crate::{
     credentials::{Credentials, short_hash},
     error::SessionError,
     session::{SessionManager, SessionRecord, UserInfo},
-    singleflight::SingleFlight,
     user_data::{self, Expected},
     wechat::{CodeSession, WeChatClient, WeChatError},
 };

@@ -3,9 +3,8 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::TcpIncoming};
 use weapp_proto::session::v1::session_service_server::SessionServiceServer;
 
 use crate::{
@@ -124,7 +123,9 @@ impl Application {
                 self.grpc.with_shutdown(shutdown.clone()),
             ))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
+                // Without TCP_NODELAY, a reply's HEADERS, DATA and trailers frames can wait on
+                // a delayed ACK (40 ms) between them.
+                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             )
             .await;

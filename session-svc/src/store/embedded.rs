@@ -1,6 +1,13 @@
 //! The default store: one redb file under the data directory. No server to run, crash-safe
 //! (every commit is durable before the RPC answers), so a restart loses nothing.
-use std::{path::Path, sync::Arc};
+//!
+//! New sessions are committed in groups: logins that arrive while a commit is in flight are
+//! written together by the next one, so N concurrent logins cost one fsync instead of N, and
+//! each login still answers only once its session is on disk.
+use std::{
+    path::Path,
+    sync::{Arc, Mutex, PoisonError, Weak},
+};
 
 use async_trait::async_trait;
 use redb::{
@@ -25,6 +32,36 @@ pub const FILE_NAME: &str = "sessions.redb";
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: std::path::PathBuf,
+    inserts: Arc<Mutex<InsertQueue>>,
+}
+
+/// Sessions waiting for the next group commit.
+#[derive(Default)]
+struct InsertQueue {
+    pending: Vec<PendingInsert>,
+    /// A committer is running and will pick up whatever is pending.
+    committing: bool,
+}
+
+struct PendingInsert {
+    record: SessionRecord,
+    bytes: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// If a committer panics, lets the next insert start another one (the batch in hand fails;
+/// what is still pending is picked up by that next committer).
+struct CommitterGuard(Arc<Mutex<InsertQueue>>);
+
+impl Drop for CommitterGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .committing = false;
+        }
+    }
 }
 
 fn unavailable(e: impl Into<redb::Error>) -> StoreError {
@@ -52,7 +89,33 @@ impl EmbeddedStore {
         Ok(Self {
             db: Arc::new(db),
             path,
+            inserts: Arc::default(),
         })
+    }
+
+    /// Commits pending inserts, one durable transaction per batch, until none are left.
+    ///
+    /// Holds the database only while committing, never while answering: once a caller has its
+    /// answer, closing the store really closes the file (a restart reopens it at once).
+    fn commit_inserts(db: &Weak<Database>, queue: &Mutex<InsertQueue>) {
+        loop {
+            let batch = {
+                let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if queue.pending.is_empty() {
+                    // Under the same lock as the check, so no insert can slip in unseen.
+                    queue.committing = false;
+                    return;
+                }
+                std::mem::take(&mut queue.pending)
+            };
+            let outcome = match db.upgrade() {
+                Some(db) => insert_batch(&db, &batch).map_err(|e| e.to_string()),
+                None => Err("the store is closed".to_owned()),
+            };
+            for pending in batch {
+                let _ = pending.done.send(outcome.clone());
+            }
+        }
     }
 
     /// Runs blocking redb work off the async runtime.
@@ -89,6 +152,27 @@ impl EmbeddedStore {
     }
 }
 
+fn insert_batch(db: &Database, batch: &[PendingInsert]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(unavailable)?;
+    txn.set_durability(Durability::Immediate);
+    {
+        let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+        let mut by_open_id = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
+        let mut by_expiry = txn.open_table(BY_EXPIRY).map_err(unavailable)?;
+        for PendingInsert { record, bytes, .. } in batch {
+            let id = record.id.as_str();
+            sessions.insert(id, bytes.as_slice()).map_err(unavailable)?;
+            by_open_id
+                .insert(record.user.open_id.as_str(), id)
+                .map_err(unavailable)?;
+            by_expiry
+                .insert((record.expires_at, id), ())
+                .map_err(unavailable)?;
+        }
+    }
+    txn.commit().map_err(unavailable)
+}
+
 /// Deletes a session and its index entries inside `txn`; the record it removed.
 fn remove_in(txn: &WriteTransaction, id: &str) -> Result<Option<SessionRecord>, StoreError> {
     let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
@@ -115,25 +199,28 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        let record = record.clone();
-        let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.write(Durability::Immediate, move |txn| {
-            let id = record.id.as_str();
-            txn.open_table(SESSIONS)
-                .map_err(unavailable)?
-                .insert(id, bytes.as_slice())
-                .map_err(unavailable)?;
-            txn.open_multimap_table(BY_OPEN_ID)
-                .map_err(unavailable)?
-                .insert(record.user.open_id.as_str(), id)
-                .map_err(unavailable)?;
-            txn.open_table(BY_EXPIRY)
-                .map_err(unavailable)?
-                .insert((record.expires_at, id), ())
-                .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let start_committer = {
+            let mut queue = self.inserts.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.pending.push(PendingInsert {
+                record: record.clone(),
+                bytes,
+                done,
+            });
+            !std::mem::replace(&mut queue.committing, true)
+        };
+        if start_committer {
+            let (db, queue) = (Arc::downgrade(&self.db), self.inserts.clone());
+            tokio::task::spawn_blocking(move || {
+                let _guard = CommitterGuard(queue.clone());
+                Self::commit_inserts(&db, &queue);
+            });
+        }
+        committed
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's committer failed".into()))?
+            .map_err(StoreError::Unavailable)
     }
 
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {

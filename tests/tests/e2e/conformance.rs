@@ -240,6 +240,30 @@ async fn sessions_survive_reopening(h: Harness) {
     assert_eq!(valid.user, created.user);
 }
 
+/// Many logins at once (the embedded store commits them in groups): every one is stored,
+/// with its indexes, and survives reopening.
+async fn concurrent_inserts_are_all_kept(h: Harness) {
+    let store = h.open().await;
+    let records: Vec<_> = (0..64)
+        .map(|i| record(&format!("{i:032x}"), &format!("user{}", i % 8), 60_000))
+        .collect();
+    let inserts = records.iter().map(|r| {
+        let store = store.clone();
+        let r = r.clone();
+        tokio::spawn(async move { store.insert(&r).await })
+    });
+    for insert in futures::future::join_all(inserts).await {
+        insert.unwrap().unwrap();
+    }
+    drop(store);
+    let store = h.open().await;
+    assert_eq!(store.count().await.unwrap(), 64);
+    for r in &records {
+        assert_eq!(store.get(&r.id).await.unwrap().as_ref(), Some(r));
+    }
+    assert_eq!(store.remove_by_open_id("user3").await.unwrap(), 8);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod embedded {
@@ -261,4 +285,5 @@ conformance!(
     renewal_is_throttled,
     concurrent_logins_of_one_user,
     sessions_survive_reopening,
+    concurrent_inserts_are_all_kept,
 );

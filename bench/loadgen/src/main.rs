@@ -1,0 +1,126 @@
+//! `weapp-bench`: the load generator behind `bench/run.py`. Each subcommand prints one JSON
+//! object on stdout, which the harness puts in the report. It speaks only the wafer protocol,
+//! so it drives weapp and the Node reference stack alike.
+mod hello;
+mod logins;
+mod stats;
+mod wafer;
+mod ws;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A bare axum "hello" server: the most any Rust HTTP service can do on this machine.
+    Hello {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+    /// Logs `count` new users in and writes their sessions ("id skey" lines) to `out`.
+    Sessions {
+        /// Base URL of the stack, e.g. http://127.0.0.1:8765
+        #[arg(long)]
+        base: String,
+        /// Base URL of the WeChat sandbox (codes are minted there).
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Logins per second at `concurrency` clients: codes and user data are minted first, then
+    /// `count` logins are timed.
+    Logins {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        sandbox: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Holds `connections` authenticated WebSockets, reports the server's RSS growth, then
+    /// sends one message on every connection at once, `rounds` times after one uncounted
+    /// warm-up round, and times the echoes.
+    Ws {
+        /// ws://host:port/ws
+        #[arg(long)]
+        url: String,
+        /// Sessions file written by `sessions`; connections use them round-robin.
+        #[arg(long)]
+        sessions: PathBuf,
+        #[arg(long)]
+        connections: usize,
+        /// Server processes whose RSS is measured (comma-separated pids).
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 256)]
+        connect_concurrency: usize,
+        /// Quiet time before RSS is read, so the server settles.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Hello { listen } => hello::serve(&listen).await,
+        Command::Sessions {
+            base,
+            sandbox,
+            count,
+            concurrency,
+            out,
+        } => wafer::create_sessions(&base, &sandbox, count, concurrency, &out).await,
+        Command::Logins {
+            base,
+            sandbox,
+            count,
+            concurrency,
+        } => logins::run(&base, &sandbox, count, concurrency).await,
+        Command::Ws {
+            url,
+            sessions,
+            connections,
+            pids,
+            rounds,
+            connect_concurrency,
+            settle,
+        } => {
+            ws::run(ws::Plan {
+                url,
+                sessions,
+                connections,
+                pids,
+                rounds,
+                connect_concurrency,
+                settle,
+            })
+            .await
+        }
+    };
+    match result {
+        Ok(report) => println!("{report}"),
+        Err(e) => {
+            eprintln!("weapp-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}

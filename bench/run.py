@@ -1,0 +1,546 @@
+#!/usr/bin/env python3
+"""weapp against the Node reference stack, side by side on one machine, in one run.
+
+Started by bench/run.sh (which installs and builds what this needs). Writes a markdown report:
+environment, every command run, and per scenario both stacks' figures, the ratio and the
+target. `--smoke` runs every scenario for a second with tiny sizes, to keep the harness from
+rotting (scripts/test.sh runs it); its figures mean nothing.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT / "bench" / "node-reference"
+COMMANDS = []  # every load command run, for the report
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc, name, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited during start-up (status {proc.returncode}); see {proc.log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{name} did not listen on port {port} within {timeout}s; see {proc.log_path}")
+
+
+class Services:
+    """Processes started for a scenario; stopped (TERM, then KILL) when it is over."""
+
+    def __init__(self, work):
+        self.work = work
+        self.procs = []
+
+    def start(self, name, argv, env=None, port=None, cwd=None):
+        log_path = self.work / f"{name}.log"
+        log = open(log_path, "ab")
+        proc = subprocess.Popen(
+            argv, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=cwd
+        )
+        proc.log_path = log_path
+        proc.name = name
+        self.procs.append(proc)
+        if port is not None:
+            wait_listening(port, proc, name)
+        return proc
+
+    def stop_all(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = []
+
+    def check_alive(self):
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"{proc.name} died (status {proc.returncode}); see {proc.log_path}")
+
+
+def run(argv, what, timeout=900):
+    """Runs a load command, records it for the report, fails loudly."""
+    # Session credentials are replaced by placeholders: the report is committed.
+    shown = [re.sub(r"^(X-WX-(?:Id|Skey)): .*", r"\1: <\1>", str(a)) for a in argv]
+    COMMANDS.append(shlex.join(shown).replace(str(ROOT) + "/", ""))
+    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise SystemExit(f"{what} failed (status {done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def pinned(argv, cpus):
+    return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
+
+
+def bench_json(cfg, args, what, pin=None):
+    out = run(pinned([cfg.bin / "weapp-bench", *args], pin), what)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(cfg, url, what, headers=(), script=None):
+    argv = [cfg.wrk, f"-t{cfg.wrk_threads}", f"-c{cfg.connections}", f"-d{cfg.duration}s", "--latency"]
+    for h in headers:
+        argv += ["-H", h]
+    if script:
+        argv += ["-s", script]
+    argv.append(url)
+    out = run(argv, f"wrk ({what})", timeout=cfg.duration + 120)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+(?:us|ms|s))\s*$", out, re.M))
+    if not rps or "50" not in lat or "99" not in lat:
+        raise SystemExit(f"cannot read wrk's output for {what}:\n{out}")
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    failed = int(non2xx.group(1)) if non2xx else 0
+    # A few failed answers under overload are a result to report; many mean the figures
+    # measure errors, not service.
+    if total and failed > int(total.group(1)) // 100:
+        raise SystemExit(f"{what}: {failed} answers were not 2xx/3xx:\n{out}")
+
+    def ms(v):
+        num, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+        return float(num) * UNITS[unit]
+
+    return {
+        "rps": float(rps.group(1)),
+        "p50_ms": ms(lat["50"]),
+        "p99_ms": ms(lat["99"]),
+        "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
+        "failed": failed,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The stacks
+
+
+def start_sandbox(cfg, svc):
+    port = free_port()
+    secret_file = cfg.work / "app_secret"
+    secret_file.write_text(cfg.app_secret)
+    secret_file.chmod(0o600)
+    svc.start(
+        "wechat-sandbox",
+        [cfg.bin / "wechat-sandbox", "--listen", f"127.0.0.1:{port}", "--app-id", cfg.app_id,
+         "--app-secret-file", secret_file],
+        port=port,
+    )
+    return f"http://127.0.0.1:{port}"
+
+
+def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None):
+    session_port, gateway_port = free_port(), free_port()
+    env = {
+        "WEAPP_SESSION_LISTEN": f"127.0.0.1:{session_port}",
+        "WEAPP_APP_ID": cfg.app_id,
+        "WEAPP_APP_SECRET_FILE": str(cfg.work / "app_secret"),
+        "WEAPP_WECHAT_BASE_URL": sandbox + "/",
+    }
+    if mongo_uri:
+        env["WEAPP_MONGODB_URI"] = mongo_uri
+    else:
+        env["WEAPP_DATA_DIR"] = tempfile.mkdtemp(dir=cfg.work, prefix="weapp-data-")
+    session = svc.start("session-svc", pinned([cfg.bin / "session-svc"], pin), env=env, port=session_port)
+    gateway = svc.start(
+        "gateway-svc",
+        pinned([cfg.bin / "gateway-svc"], pin),
+        env={
+            "WEAPP_GATEWAY_LISTEN": f"127.0.0.1:{gateway_port}",
+            "WEAPP_SESSION_SVC_URL": f"http://127.0.0.1:{session_port}",
+            # The default cap is 10,000 per gateway; the WebSocket scenario goes to it.
+            "WEAPP_WS_MAX_CONNECTIONS": str(cfg.ws_connections + 1000),
+        },
+        port=gateway_port,
+    )
+    wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")
+    return {"base": f"http://127.0.0.1:{gateway_port}", "port": gateway_port, "pids": [gateway.pid],
+            "all_pids": [gateway.pid, session.pid]}
+
+
+def wait_ready(url, timeout=30):
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} never became ready")
+
+
+def start_node(cfg, svc, sandbox, mongo_uri=None, pin=None):
+    port = free_port()
+    env = {"APP_ID": cfg.app_id, "APP_SECRET": cfg.app_secret, "PORT": str(port),
+           "WECHAT_BASE_URL": sandbox}
+    if mongo_uri:
+        env["MONGODB_URI"] = mongo_uri
+    node = svc.start("node-reference", pinned(["node", "--require", "./wechat-redirect.js", "app.js"], pin),
+                     env=env, port=port, cwd=NODE_DIR)
+    return {"base": f"http://127.0.0.1:{port}", "port": port, "pids": [node.pid], "all_pids": [node.pid]}
+
+
+def start_mongo(cfg, svc, name):
+    port = free_port()
+    db = cfg.work / f"{name}.db"
+    svc.start(name, [cfg.nx_27017, "--db", db, "-p", str(port), "--log-file", cfg.work / f"{name}-server.log",
+                     "--pid-file", cfg.work / f"{name}.pid"], port=port)
+    return port
+
+
+def start_nginx(cfg, svc, upstreams):
+    """nginx with a static file on plain HTTP and one TLS server per upstream."""
+    root = cfg.work / "nginx"
+    (root / "static").mkdir(parents=True, exist_ok=True)
+    (root / "tmp").mkdir(exist_ok=True)
+    (root / "static" / "hello").write_text("hello")
+    cert, key = root / "cert.pem", root / "key.pem"
+    if not cert.exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True)
+    static_port = free_port()
+    ports = {name: free_port() for name in upstreams}
+    servers = []
+    for name, backend in upstreams.items():
+        servers.append(f"""
+  upstream {name} {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{ports[name]} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{
+      proxy_pass http://{name};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+    }}
+  }}""")
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf = root / "nginx.conf"
+    conf.write_text(f"""{user}
+worker_processes auto;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/tmp/body;
+  proxy_temp_path {root}/tmp/proxy;
+  fastcgi_temp_path {root}/tmp/fastcgi;
+  uwsgi_temp_path {root}/tmp/uwsgi;
+  scgi_temp_path {root}/tmp/scgi;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{static_port};
+    location / {{ root {root}/static; }}
+  }}
+{''.join(servers)}
+}}
+""")
+    proc = svc.start("nginx", [cfg.nginx, "-p", root, "-c", conf], port=static_port)
+    for port in ports.values():
+        wait_listening(port, proc, "nginx")
+    return static_port, ports
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+def sessions_for(cfg, stack, name, count):
+    out = cfg.work / f"{name}.sessions"
+    created = bench_json(cfg, ["sessions", "--base", stack["base"], "--sandbox", cfg.sandbox, "--count", count,
+                               "--concurrency", 16, "--out", out], f"creating sessions on {name}")
+    first = out.read_text().splitlines()[0].split(" ")
+    return out, [f"X-WX-Id: {first[0]}", f"X-WX-Skey: {first[1]}"], created
+
+
+def physical_limit(cfg, svc, results):
+    port = free_port()
+    hello = svc.start("hello", [cfg.bin / "weapp-bench", "hello", "--listen", f"127.0.0.1:{port}"], port=port)
+    results["hello"] = wrk(cfg, f"http://127.0.0.1:{port}/", "bare axum hello")
+    svc.check_alive()
+    hello.terminate()
+    hello.wait()
+
+
+def in_memory(cfg, svc, results):
+    node = start_node(cfg, svc, cfg.sandbox)
+    weapp = start_weapp(cfg, svc, cfg.sandbox)
+    static_port, tls = start_nginx(cfg, svc, {"node": node["port"], "weapp": weapp["port"]})
+    results["nginx_static"] = wrk(cfg, f"http://127.0.0.1:{static_port}/hello", "nginx static file")
+    for name, stack in (("node", node), ("weapp", weapp)):
+        _, stack["headers"], _ = sessions_for(cfg, stack, f"{name}-memory", 1)
+    for name, stack in (("node", node), ("weapp", weapp)):
+        results[f"me_direct_{name}"] = wrk(cfg, stack["base"] + "/me", f"/me direct, {name}", stack["headers"])
+        svc.check_alive()
+    for name, stack in (("node", node), ("weapp", weapp)):
+        results[f"me_tls_{name}"] = wrk(cfg, f"https://127.0.0.1:{tls[name]}/me", f"/me via nginx TLS, {name}",
+                                        stack["headers"])
+        svc.check_alive()
+    for name, stack in (("node", node), ("weapp", weapp)):
+        results[f"logins_{name}"] = bench_json(
+            cfg, ["logins", "--base", stack["base"], "--sandbox", cfg.sandbox, "--count", cfg.logins,
+                  "--concurrency", 16], f"logins on {name}")
+        svc.check_alive()
+
+
+def websockets(cfg, svc, results):
+    """Fresh processes, so neither stack's figure carries memory from earlier scenarios.
+
+    The servers run on CPU 0 and the load generator on CPU 1 (taskset): 10,000 client tasks
+    fighting the server for the same core would make the echo latencies measure the load
+    generator. Node uses one core anyway; weapp gets one core here too.
+    """
+    for name, start in (("node", start_node), ("weapp", start_weapp)):
+        stack = start(cfg, svc, cfg.sandbox, pin=cfg.server_cpus)
+        sessions, _, _ = sessions_for(cfg, stack, f"{name}-ws", max(1, cfg.ws_connections // 10))
+        ws_url = stack["base"].replace("http://", "ws://") + "/ws"
+        results[f"ws_{name}"] = bench_json(
+            cfg, ["ws", "--url", ws_url, "--sessions", sessions, "--connections", cfg.ws_connections,
+                  "--pids", ",".join(str(p) for p in stack["all_pids"]), "--rounds", 5,
+                  "--connect-concurrency", 32, "--settle", f"{cfg.settle}s"], f"WebSockets on {name}",
+            pin=cfg.client_cpus)
+        svc.check_alive()
+        svc.stop_all()
+
+
+def with_mongo(cfg, svc, results):
+    for name, start in (("node", start_node), ("weapp", start_weapp)):
+        port = start_mongo(cfg, svc, f"mongo-{name}")
+        stack = start(cfg, svc, cfg.sandbox, mongo_uri=f"mongodb://127.0.0.1:{port}/bench_{name}")
+        _, headers, created = sessions_for(cfg, stack, f"{name}-mongo", cfg.mongo_sessions)
+        results[f"mongo_sessions_{name}"] = created
+        results[f"me_mongo_{name}"] = wrk(cfg, stack["base"] + "/me",
+                                          f"/me with {cfg.mongo_sessions} sessions in nx-27017, {name}", headers)
+        svc.check_alive()
+        svc.stop_all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def ratio(a, b):
+    return a / b if b else float("inf")
+
+
+def fmt(v, digits=1):
+    return f"{v:,.{digits}f}"
+
+
+def report(cfg, results, env, started, finished):
+    r = results
+    lines = [f"# weapp vs the Node reference stack{' (SMOKE RUN: sizes are tiny, figures mean nothing)' if cfg.smoke else ''}",
+             "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, {finished - started:.0f} s, "
+             f"with `bench/run.sh{' --smoke' if cfg.smoke else ''}`. Both stacks ran on this machine, one after the other, "
+             "against the same WeChat sandbox, with the load generator on the same machine too (it competes "
+             "for the same two cores: absolute figures are the machine's, ratios are what to read).",
+             "", "## Environment", ""]
+    lines += [f"* {k}: {v}" for k, v in env.items()]
+    lines += ["", "## Targets", "", "| Target | Node | weapp | Ratio | Goal | Met |", "| --- | --- | --- | --- | --- | --- |"]
+    targets = []
+
+    def target(label, node, weapp, value, goal, met, unit=""):
+        targets.append(met)
+        lines.append(f"| {label} | {node}{unit} | {weapp}{unit} | {value} | {goal} | {'yes' if met else '**no**'} |")
+
+    nd, wd = r["me_direct_node"], r["me_direct_weapp"]
+    q = ratio(wd["rps"], nd["rps"])
+    target("/me direct, req/s", fmt(nd["rps"], 0), fmt(wd["rps"], 0), f"{q:.1f}×", "≥ 5×", q >= 5)
+    q = ratio(wd["p99_ms"], nd["p99_ms"])
+    target("/me direct, p99", fmt(nd["p99_ms"], 2), fmt(wd["p99_ms"], 2), f"{q:.2f}", "≤ 0.33", q <= 1 / 3, " ms")
+    q = ratio(wd["rps"], r["hello"]["rps"])
+    target("/me direct vs bare axum hello, req/s", "—", f"{fmt(wd['rps'], 0)} of {fmt(r['hello']['rps'], 0)}",
+           f"{q:.0%}", "≥ 50%", q >= 0.5)
+    nm, wm = r["me_mongo_node"], r["me_mongo_weapp"]
+    q = ratio(wm["rps"], nm["rps"])
+    target(f"/me, {cfg.mongo_sessions:,} sessions in nx-27017, req/s", fmt(nm["rps"], 0), fmt(wm["rps"], 0),
+           f"{q:.1f}×", "≥ 10×", q >= 10)
+    nl, wl = r["logins_node"], r["logins_weapp"]
+    q = ratio(wl["per_second"], nl["per_second"])
+    target("logins/s at 16 clients", fmt(nl["per_second"], 0), fmt(wl["per_second"], 0), f"{q:.1f}×", "≥ 2×", q >= 2)
+    nw, ww = r["ws_node"], r["ws_weapp"]
+    q = ratio(ww["rss_per_connection_kib"], nw["rss_per_connection_kib"])
+    target(f"WebSocket: server RSS per connection ({cfg.ws_connections:,} held)", fmt(nw["rss_per_connection_kib"]),
+           fmt(ww["rss_per_connection_kib"]), f"{q:.2f}", "≤ 1", q <= 1, " KiB")
+    q = ratio(ww["echo_p99_ms"], nw["echo_p99_ms"])
+    target("WebSocket: echo burst p99", fmt(nw["echo_p99_ms"], 1), fmt(ww["echo_p99_ms"], 1), f"{q:.2f}", "≤ 0.5",
+           q <= 0.5, " ms")
+
+    def http_table(title, rows):
+        lines.extend(["", f"### {title}", "", "| | req/s | p50 | p99 | non-2xx | socket errors |", "| --- | --- | --- | --- | --- | --- |"])
+        for label, x in rows:
+            lines.append(f"| {label} | {fmt(x['rps'], 0)} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms | {x['failed']} | {x['socket_errors']} |")
+
+    lines += ["", "## Scenarios"]
+    http_table(f"1. /me with a valid session, {cfg.connections} connections, {cfg.duration} s", [
+        ("Node, direct", nd), ("weapp, direct", wd),
+        ("Node, through nginx TLS", r["me_tls_node"]), ("weapp, through nginx TLS", r["me_tls_weapp"])])
+    lines.append(f"\nThrough nginx TLS: weapp {ratio(r['me_tls_weapp']['rps'], r['me_tls_node']['rps']):.1f}× Node's req/s, "
+                 f"p99 ratio {ratio(r['me_tls_weapp']['p99_ms'], r['me_tls_node']['p99_ms']):.2f}.")
+    http_table(f"2. /me after {cfg.mongo_sessions:,} sessions were created in nx-27017", [("Node (connect-mongo)", nm), ("weapp (MongoDB store)", wm)])
+    lines.append(f"\nCreating the sessions (logins at 16 clients): Node {r['mongo_sessions_node']['seconds']:.1f} s, "
+                 f"weapp {r['mongo_sessions_weapp']['seconds']:.1f} s.")
+    lines += ["", f"### 3. Logins at 16 concurrent clients ({cfg.logins:,} logins, codes and encrypted data minted first)", "",
+              "| | logins/s | p50 | p99 |", "| --- | --- | --- | --- |"]
+    for label, x in (("Node", nl), ("weapp", wl)):
+        lines.append(f"| {label} | {fmt(x['per_second'], 0)} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms |")
+    pinning = (f"servers pinned to CPU {cfg.server_cpus}, load generator to CPU {cfg.client_cpus}"
+               if cfg.server_cpus else "no CPU pinning (fewer than 2 CPUs or no taskset)")
+    lines += ["", f"### 4. WebSocket: {cfg.ws_connections:,} authenticated connections (10 per session, opened 32 at a time), "
+              "then a warm-up burst and 5 measured echo bursts on all of them", "",
+              f"Freshly started stacks; {pinning}. RSS is summed over the stack's processes "
+              f"(Node: one; weapp: gateway-svc + session-svc), read before the first connection and {cfg.settle} s after the last.", "",
+              "| | connect all | server RSS before → after | per connection | echo p50 | echo p99 |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for label, x in (("Node", nw), ("weapp", ww)):
+        lines.append(f"| {label} | {x['connect_seconds']:.1f} s | {x['rss_before_kib'] / 1024:.1f} → {x['rss_after_kib'] / 1024:.1f} MiB "
+                     f"| {x['rss_per_connection_kib']:.1f} KiB | {x['echo_p50_ms']:.1f} ms | {x['echo_p99_ms']:.1f} ms |")
+    http_table("5. The machine's limit", [("bare axum hello (weapp-bench hello)", r["hello"]),
+                                          ("nginx, static file", r["nginx_static"])])
+    lines.append(f"\n/me on weapp is {ratio(wd['rps'], r['hello']['rps']):.0%} of the bare hello and "
+                 f"{ratio(wd['rps'], r['nginx_static']['rps']):.0%} of nginx serving a file; Node's /me is "
+                 f"{ratio(nd['rps'], r['hello']['rps']):.0%} of the bare hello.")
+    lines += ["", "## Commands", "", "```"] + COMMANDS + ["```", ""]
+    return "\n".join(lines), all(targets)
+
+
+def environment(cfg):
+    def version(argv):
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "unknown"
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = next((l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), "0")
+    commit = version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    return {
+        "CPU": f"{cpu}, {os.cpu_count()} cores",
+        "memory": f"{int(mem) // 1024:,} MiB",
+        "kernel": platform.release(),
+        "weapp": f"commit {commit}, {cfg.profile} build, embedded store unless stated",
+        "Node reference": f"{version(['node', '--version'])}; express 4.21.2, wafer-node-session 1.0.10, ws 8.18.0, "
+                          "connect-mongo 1.3.2, express-session 1.18.1 (bench/node-reference/package-lock.json)",
+        "nginx": version([cfg.nginx, "-v"]),
+        "wrk": version([cfg.wrk, "-v"]),
+        "MongoDB-wire server": "nx-27017 (version pinned in tests/requirements.txt), one per stack",
+        "open files limit": str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, tiny sizes: checks the harness works")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "REPORT.md")
+    parser.add_argument("--bin-dir", type=Path, required=True)
+    parser.add_argument("--profile", default="release")
+    parser.add_argument("--ws-connections", type=int, default=10_000)
+    args = parser.parse_args()
+
+    # 10,000 WebSockets need more descriptors than the usual 1,024: the load generator and the
+    # servers (our children) inherit this.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    class Cfg:
+        pass
+
+    cfg = Cfg()
+    cfg.smoke = args.smoke
+    cfg.bin = args.bin_dir
+    cfg.profile = args.profile
+    cfg.wrk = os.environ.get("WRK_BIN", "wrk")
+    cfg.nginx = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
+    cfg.nx_27017 = os.environ.get("NX_27017_BIN", "nx-27017")
+    cfg.app_id = "wx" + secrets.token_hex(8)
+    cfg.app_secret = secrets.token_hex(16)
+    cfg.wrk_threads = 2
+    # The WebSocket scenario pins servers and load generator to different CPUs when it can.
+    cpus = sorted(os.sched_getaffinity(0))
+    cfg.server_cpus, cfg.client_cpus = (str(cpus[0]), str(cpus[1])) if len(cpus) >= 2 and shutil.which("taskset") else (None, None)
+    cfg.connections = 64
+    if args.smoke:
+        cfg.duration, cfg.logins, cfg.ws_connections, cfg.mongo_sessions, cfg.settle = 1, 20, 20, 30, 0.2
+    else:
+        cfg.duration, cfg.logins, cfg.ws_connections, cfg.mongo_sessions, cfg.settle = 10, 3000, args.ws_connections, 20_000, 2
+    if cfg.ws_connections + 100 > hard:
+        raise SystemExit(f"{cfg.ws_connections} WebSockets need more than the {hard} open files allowed here")
+    cfg.work = Path(tempfile.mkdtemp(prefix="weapp-bench-"))
+    print(f"weapp bench: working in {cfg.work}", flush=True)
+
+    started = time.time()
+    results = {}
+    svc = Services(cfg.work)
+    sandbox_svc = Services(cfg.work)
+    try:
+        cfg.sandbox = start_sandbox(cfg, sandbox_svc)
+        for title, scenario in (("the machine's limit", physical_limit),
+                                ("in-memory stacks: /me, TLS, logins", in_memory),
+                                ("WebSockets", websockets),
+                                ("MongoDB-wire stores", with_mongo)):
+            print(f"==> {title}", flush=True)
+            scenario(cfg, svc, results)
+            svc.stop_all()
+            # Kept as they come, so a failing scenario does not lose the others' figures.
+            (cfg.work / "results.json").write_text(json.dumps(results, indent=1))
+    finally:
+        svc.stop_all()
+        sandbox_svc.stop_all()
+    text, all_met = report(cfg, results, environment(cfg), started, time.time())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    print(f"report written to {args.out}")
+    if not args.smoke:
+        print("all targets met" if all_met else "some targets are not met (see the table)")
+    shutil.rmtree(cfg.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+# Sourced by scripts/test.sh and bench/run.sh: installs what they need on a fresh machine.
+# Debian packages come from apt (as root, or through sudo); Python tools go into a venv.
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# apt_install_missing "command:package" ...: installs the packages whose command is missing.
+apt_install_missing() {
+  local missing=() pair cmd pkg
+  for pair in "$@"; do
+    cmd=${pair%%:*}
+    pkg=${pair#*:}
+    if [ "${cmd#/}" != "$cmd" ]; then
+      [ -x "$cmd" ] || missing+=("$pkg")
+    else
+      command -v "$cmd" >/dev/null || missing+=("$pkg")
+    fi
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+}
+
+# ensure_test_venv ROOT: target/test-venv with tests/requirements.txt (nx-27017, ...);
+# exports NX_27017_BIN and TEST_VENV.
+ensure_test_venv() {
+  local venv="$1/target/test-venv"
+  if [ ! -x "$venv/bin/pip" ]; then
+    python3 -m venv "$venv" || {
+      as_root apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+      python3 -m venv "$venv"
+    }
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$1/tests/requirements.txt"
+  export TEST_VENV="$venv"
+  export NX_27017_BIN="$venv/bin/nx-27017"
+  "$NX_27017_BIN" --help > /dev/null
+}
