@@ -186,7 +186,20 @@ def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None):
     )
     wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")
     return {"base": f"http://127.0.0.1:{gateway_port}", "port": gateway_port, "pids": [gateway.pid],
-            "all_pids": [gateway.pid, session.pid]}
+            "all_pids": [gateway.pid, session.pid], "session_port": session_port}
+
+
+def start_uncached_gateway(cfg, svc, stack):
+    """A second gateway on the same session-svc with the session cache off: what every request
+    costs when it goes to session-svc and its store."""
+    port = free_port()
+    svc.start("gateway-svc-uncached", [cfg.bin / "gateway-svc"], port=port, env={
+        "WEAPP_GATEWAY_LISTEN": f"127.0.0.1:{port}",
+        "WEAPP_SESSION_SVC_URL": f"http://127.0.0.1:{stack['session_port']}",
+        "WEAPP_SESSION_CACHE_TTL": "0s",
+    })
+    wait_ready(f"http://127.0.0.1:{port}/readyz")
+    return f"http://127.0.0.1:{port}"
 
 
 def wait_ready(url, timeout=30):
@@ -312,6 +325,8 @@ def in_memory(cfg, svc, results):
     for name, stack in (("node", node), ("weapp", weapp)):
         results[f"me_direct_{name}"] = wrk(cfg, stack["base"] + "/me", f"/me direct, {name}", stack["headers"])
         svc.check_alive()
+    uncached = start_uncached_gateway(cfg, svc, weapp)
+    results["me_direct_weapp_uncached"] = wrk(cfg, uncached + "/me", "/me direct, weapp, cache off", weapp["headers"])
     for name, stack in (("node", node), ("weapp", weapp)):
         results[f"me_tls_{name}"] = wrk(cfg, f"https://127.0.0.1:{tls[name]}/me", f"/me via nginx TLS, {name}",
                                         stack["headers"])
@@ -351,6 +366,9 @@ def with_mongo(cfg, svc, results):
         results[f"mongo_sessions_{name}"] = created
         results[f"me_mongo_{name}"] = wrk(cfg, stack["base"] + "/me",
                                           f"/me with {cfg.mongo_sessions} sessions in nx-27017, {name}", headers)
+        if name == "weapp":
+            uncached = start_uncached_gateway(cfg, svc, stack)
+            results["me_mongo_weapp_uncached"] = wrk(cfg, uncached + "/me", "/me in nx-27017, weapp, cache off", headers)
         svc.check_alive()
         svc.stop_all()
 
@@ -415,10 +433,12 @@ def report(cfg, results, env, started, finished):
     lines += ["", "## Scenarios"]
     http_table(f"1. /me with a valid session, {cfg.connections} connections, {cfg.duration} s", [
         ("Node, direct", nd), ("weapp, direct", wd),
+        ("weapp, direct, session cache off (every request asks session-svc)", r["me_direct_weapp_uncached"]),
         ("Node, through nginx TLS", r["me_tls_node"]), ("weapp, through nginx TLS", r["me_tls_weapp"])])
     lines.append(f"\nThrough nginx TLS: weapp {ratio(r['me_tls_weapp']['rps'], r['me_tls_node']['rps']):.1f}× Node's req/s, "
                  f"p99 ratio {ratio(r['me_tls_weapp']['p99_ms'], r['me_tls_node']['p99_ms']):.2f}.")
-    http_table(f"2. /me after {cfg.mongo_sessions:,} sessions were created in nx-27017", [("Node (connect-mongo)", nm), ("weapp (MongoDB store)", wm)])
+    http_table(f"2. /me after {cfg.mongo_sessions:,} sessions were created in nx-27017", [("Node (connect-mongo)", nm), ("weapp (MongoDB store)", wm),
+        ("weapp, session cache off (every request reads and renews in nx-27017)", r["me_mongo_weapp_uncached"])])
     lines.append(f"\nCreating the sessions (logins at 16 clients): Node {r['mongo_sessions_node']['seconds']:.1f} s, "
                  f"weapp {r['mongo_sessions_weapp']['seconds']:.1f} s.")
     lines += ["", f"### 3. Logins at 16 concurrent clients ({cfg.logins:,} logins, codes and encrypted data minted first)", "",
