@@ -4,8 +4,8 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use weapp_proto::session::v1::{
-    LoginRequest, LogoutRequest, RevokeUserRequest, ValidateRequest,
-    session_service_client::SessionServiceClient,
+    LoginRequest, LogoutRequest, RevokeUserRequest, ValidateRequest, WatchRevocationsRequest,
+    revocation::Event, session_service_client::SessionServiceClient,
 };
 use weapp_tests::{Stack, wechat_sandbox::MintRequest};
 
@@ -167,5 +167,71 @@ async fn health_and_reflection_are_served() {
     assert!(
         names.contains(&"grpc.health.v1.Health".to_owned()),
         "{names:?}"
+    );
+}
+
+/// The next revocation on the stream, skipping heartbeats; fails after 2 s.
+async fn next_revocation(
+    stream: &mut tonic::Streaming<weapp_proto::session::v1::Revocation>,
+) -> Event {
+    tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        loop {
+            match stream.message().await.unwrap().unwrap().event.unwrap() {
+                Event::Heartbeat(_) => continue,
+                event => return event,
+            }
+        }
+    })
+    .await
+    .expect("a revocation within 2 s")
+}
+
+#[tokio::test]
+async fn watch_revocations_streams_heartbeats_logouts_and_user_revocations() {
+    let stack = Stack::start().await;
+    let mut client = SessionServiceClient::new(stack.session_channel().await);
+    let mut stream = client
+        .watch_revocations(WatchRevocationsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // A heartbeat first, saying how often they come; then more of them while nothing happens.
+    let first = stream.message().await.unwrap().unwrap().event.unwrap();
+    let Event::Heartbeat(beat) = first else {
+        panic!("expected a heartbeat first, got {first:?}");
+    };
+    let interval = std::time::Duration::try_from(beat.heartbeat_interval.unwrap()).unwrap();
+    assert!(
+        interval <= std::time::Duration::from_millis(500),
+        "{interval:?}"
+    );
+    let second = tokio::time::timeout(interval * 4, stream.message()).await;
+    assert!(
+        matches!(second, Ok(Ok(Some(_)))),
+        "heartbeats keep coming: {second:?}"
+    );
+
+    let (minted, session) = stack.new_session().await;
+    client
+        .logout(LogoutRequest {
+            id: session.id.clone(),
+            skey: session.skey.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next_revocation(&mut stream).await,
+        Event::SessionId(session.id)
+    );
+
+    client
+        .revoke_user(RevokeUserRequest {
+            open_id: minted.openid.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next_revocation(&mut stream).await,
+        Event::OpenId(minted.openid)
     );
 }
