@@ -247,6 +247,11 @@ mod tests {
         }))
     }
 
+    /// Caches a session of `open_id` with a fresh ticket.
+    fn put(cache: &SessionCache, id: &str, skey: &str, open_id: &str, expires_in: Duration) {
+        cache.insert(cache.ticket(), id, skey, user(open_id), expires_in);
+    }
+
     fn live_cache() -> SessionCache {
         let cache = SessionCache::new(Duration::from_secs(30), 100);
         cache.heard();
@@ -256,13 +261,7 @@ mod tests {
     #[test]
     fn a_cached_session_needs_the_right_skey() {
         let cache = live_cache();
-        cache.insert(
-            cache.ticket(),
-            "id",
-            "skey",
-            user("o"),
-            Duration::from_secs(60),
-        );
+        put(&cache, "id", "skey", "o", Duration::from_secs(60));
         assert!(cache.get("id", "skey").is_some());
         assert!(cache.get("id", "skeY").is_none());
         assert!(cache.get("other", "skey").is_none());
@@ -271,22 +270,10 @@ mod tests {
     #[test]
     fn nothing_is_used_or_cached_without_a_live_revocation_stream() {
         let cache = SessionCache::new(Duration::from_secs(30), 100);
-        cache.insert(
-            cache.ticket(),
-            "id",
-            "skey",
-            user("o"),
-            Duration::from_secs(60),
-        );
+        put(&cache, "id", "skey", "o", Duration::from_secs(60));
         assert!(cache.is_empty());
         cache.heard();
-        cache.insert(
-            cache.ticket(),
-            "id",
-            "skey",
-            user("o"),
-            Duration::from_secs(60),
-        );
+        put(&cache, "id", "skey", "o", Duration::from_secs(60));
         assert!(cache.get("id", "skey").is_some());
         cache.reset();
         assert!(cache.get("id", "skey").is_none());
@@ -306,13 +293,7 @@ mod tests {
     fn revocations_evict_sessions_and_users() {
         let cache = live_cache();
         for (id, open_id) in [("a", "o1"), ("b", "o1"), ("c", "o2")] {
-            cache.insert(
-                cache.ticket(),
-                id,
-                "k",
-                user(open_id),
-                Duration::from_secs(60),
-            );
+            put(&cache, id, "k", open_id, Duration::from_secs(60));
         }
         cache.revoke_session("c");
         assert!(cache.get("c", "k").is_none());
@@ -324,20 +305,8 @@ mod tests {
     async fn entries_end_at_half_the_session_or_the_ttl_whichever_is_first() {
         let cache = SessionCache::new(Duration::from_secs(30), 100);
         cache.heard();
-        cache.insert(
-            cache.ticket(),
-            "short",
-            "k",
-            user("o"),
-            Duration::from_millis(1000),
-        );
-        cache.insert(
-            cache.ticket(),
-            "long",
-            "k",
-            user("o"),
-            Duration::from_secs(3600),
-        );
+        put(&cache, "short", "k", "o", Duration::from_millis(1000));
+        put(&cache, "long", "k", "o", Duration::from_secs(3600));
         tokio::time::advance(Duration::from_millis(499)).await;
         cache.heard();
         assert!(cache.get("short", "k").is_some());
@@ -354,13 +323,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_stream_stops_the_cache_within_the_bound() {
         let cache = live_cache();
-        cache.insert(
-            cache.ticket(),
-            "id",
-            "k",
-            user("o"),
-            Duration::from_secs(60),
-        );
+        put(&cache, "id", "k", "o", Duration::from_secs(60));
         tokio::time::advance(REVOCATION_BOUND - Duration::from_millis(10)).await;
         assert!(cache.get("id", "k").is_some());
         tokio::time::advance(Duration::from_millis(10)).await;
@@ -371,8 +334,8 @@ mod tests {
     fn a_full_cache_takes_no_more() {
         let cache = SessionCache::new(Duration::from_secs(30), 1);
         cache.heard();
-        cache.insert(cache.ticket(), "a", "k", user("o"), Duration::from_secs(60));
-        cache.insert(cache.ticket(), "b", "k", user("o"), Duration::from_secs(60));
+        put(&cache, "a", "k", "o", Duration::from_secs(60));
+        put(&cache, "b", "k", "o", Duration::from_secs(60));
         assert_eq!(cache.len(), 1);
     }
 }

@@ -206,7 +206,8 @@ impl StackBuilder {
             }),
         };
         let session_settings = session_svc::Settings {
-            listen: "127.0.0.1:0".parse().expect("addr"),
+            // Fixed ports (not 0): both services may be restarted on the same address.
+            listen: SocketAddr::from(([127, 0, 0, 1], process::free_port())),
             wechat: WeChatSettings {
                 base_url: format!("http://{sandbox_addr}/")
                     .parse()
@@ -231,7 +232,7 @@ impl StackBuilder {
             session: None,
             store: None,
             gateway_tweak: self.gateway,
-            gateway_listen: "127.0.0.1:0".parse().expect("addr"),
+            gateway_listen: SocketAddr::from(([127, 0, 0, 1], process::free_port())),
             gateway: None,
             mongo,
             data_dir,

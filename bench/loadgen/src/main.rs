@@ -18,6 +18,21 @@ struct Cli {
     command: Command,
 }
 
+/// Logins against a stack, with codes from the WeChat sandbox.
+#[derive(clap::Args)]
+struct LoginLoad {
+    /// Base URL of the stack, e.g. http://127.0.0.1:8765
+    #[arg(long)]
+    base: String,
+    /// Base URL of the WeChat sandbox (codes are minted there).
+    #[arg(long)]
+    sandbox: String,
+    #[arg(long)]
+    count: usize,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// A bare axum "hello" server: the most any Rust HTTP service can do on this machine.
@@ -27,30 +42,16 @@ enum Command {
     },
     /// Logs `count` new users in and writes their sessions ("id skey" lines) to `out`.
     Sessions {
-        /// Base URL of the stack, e.g. http://127.0.0.1:8765
-        #[arg(long)]
-        base: String,
-        /// Base URL of the WeChat sandbox (codes are minted there).
-        #[arg(long)]
-        sandbox: String,
-        #[arg(long)]
-        count: usize,
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
+        #[command(flatten)]
+        logins: LoginLoad,
         #[arg(long)]
         out: PathBuf,
     },
     /// Logins per second at `concurrency` clients: codes and user data are minted first, then
     /// `count` logins are timed.
     Logins {
-        #[arg(long)]
-        base: String,
-        #[arg(long)]
-        sandbox: String,
-        #[arg(long)]
-        count: usize,
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
+        #[command(flatten)]
+        logins: LoginLoad,
     },
     /// Holds `connections` authenticated WebSockets, reports the server's RSS growth, then
     /// sends one message on every connection at once, `rounds` times after one uncounted
@@ -82,19 +83,12 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Hello { listen } => hello::serve(&listen).await,
-        Command::Sessions {
-            base,
-            sandbox,
-            count,
-            concurrency,
-            out,
-        } => wafer::create_sessions(&base, &sandbox, count, concurrency, &out).await,
-        Command::Logins {
-            base,
-            sandbox,
-            count,
-            concurrency,
-        } => logins::run(&base, &sandbox, count, concurrency).await,
+        Command::Sessions { logins: l, out } => {
+            wafer::create_sessions(&l.base, &l.sandbox, l.count, l.concurrency, &out).await
+        }
+        Command::Logins { logins: l } => {
+            logins::run(&l.base, &l.sandbox, l.count, l.concurrency).await
+        }
         Command::Ws {
             url,
             sessions,
