@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod open_sockets;
 pub mod probe;
 pub mod routes;
 pub mod session_cache;

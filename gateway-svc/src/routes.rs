@@ -20,6 +20,7 @@ use weapp_proto::session::v1::LoginRequest;
 use crate::{
     config::Settings,
     error::ApiError,
+    open_sockets::OpenSockets,
     session_cache::SessionCache,
     session_client::SessionClient,
     wafer::{self, SessionParams, User},
@@ -48,6 +49,8 @@ pub struct Shared {
     pub sessions: SessionClient,
     /// Validated sessions, kept in step with session-svc's revocations.
     pub cache: Arc<SessionCache>,
+    /// Open WebSockets by session, to close them when their session is revoked.
+    pub sockets: Arc<OpenSockets>,
     /// Validate calls in flight, by (id, skey).
     pub validations: SingleFlight<(String, String), Result<Arc<User>, Status>>,
     pub settings: Arc<Settings>,
@@ -211,6 +214,7 @@ async fn logout(
         .map_err(|s| ApiError::validate(&s))?;
     // The revocation stream will say so too, but this client may ask again before it does.
     state.cache.revoke_session(&session.id);
+    state.sockets.revoke_session(&session.id);
     Ok(Json(json!({ wafer::MAGIC_KEY: 1, "logout": true })).into_response())
 }
 

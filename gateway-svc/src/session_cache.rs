@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use weapp_proto::session::v1::revocation::Event;
 
-use crate::{session_client::SessionClient, wafer::User};
+use crate::{open_sockets::OpenSockets, session_client::SessionClient, wafer::User};
 
 /// Longest time a revocation can take to reach this gateway's cache: past this much silence
 /// from session-svc's revocation stream, the cache is not used.
@@ -175,15 +175,14 @@ impl SessionCache {
 }
 
 /// Follows session-svc's revocation stream for as long as the gateway runs, reconnecting with
-/// a short backoff, and sweeps expired entries so the cache does not fill up with them.
+/// a short backoff: each revocation evicts the session from the cache and closes its open
+/// WebSockets. Also sweeps expired entries so the cache does not fill up with them.
 pub async fn follow_revocations(
     cache: Arc<SessionCache>,
+    sockets: Arc<OpenSockets>,
     sessions: SessionClient,
     shutdown: CancellationToken,
 ) {
-    if !cache.enabled() {
-        return;
-    }
     let mut backoff = Duration::from_millis(50);
     let mut sweep = tokio::time::interval(cache.ttl.max(Duration::from_secs(1)));
     loop {
@@ -201,8 +200,14 @@ pub async fn follow_revocations(
                 match next {
                     Ok(Ok(Some(revocation))) => {
                         match revocation.event {
-                            Some(Event::SessionId(id)) => cache.revoke_session(&id),
-                            Some(Event::OpenId(open_id)) => cache.revoke_user(&open_id),
+                            Some(Event::SessionId(id)) => {
+                                cache.revoke_session(&id);
+                                sockets.revoke_session(&id);
+                            }
+                            Some(Event::OpenId(open_id)) => {
+                                cache.revoke_user(&open_id);
+                                sockets.revoke_user(&open_id);
+                            }
                             Some(Event::Heartbeat(_)) | None => {}
                         }
                         // After applying the event: "heard" means "up to date".

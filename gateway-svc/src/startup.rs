@@ -11,6 +11,7 @@ use weapp_common::singleflight::SingleFlight;
 
 use crate::{
     config::Settings,
+    open_sockets::OpenSockets,
     routes::{self, AppState, Shared},
     session_cache::{self, SessionCache},
     session_client::SessionClient,
@@ -73,13 +74,16 @@ impl Application {
             self.settings.cache.ttl,
             self.settings.cache.capacity,
         ));
+        let sockets = Arc::new(OpenSockets::default());
         let revocations = tokio::spawn(session_cache::follow_revocations(
             cache.clone(),
+            sockets.clone(),
             self.sessions.clone(),
             shutdown.clone(),
         ));
         let state = AppState::from(Shared {
             cache,
+            sockets,
             validations: SingleFlight::default(),
             sessions: self.sessions,
             ws_slots: Arc::new(Semaphore::new(self.settings.ws.max_connections)),

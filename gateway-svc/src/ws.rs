@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::WsSettings,
     error::ApiError,
+    open_sockets::Registration,
     routes::{AppState, resolve},
     wafer::{self, User},
 };
@@ -37,10 +38,14 @@ pub async fn upgrade(
     let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
         return ApiError::TooManyConnections.into_response();
     };
-    // Only the user is kept: a WebSocket has no use for the skey once it is open.
-    let resolution = resolve(&state, &headers, &uri)
-        .await
-        .map(|session| session.map(|s| s.user));
+    // Only the user and a place among the open sockets are kept: a WebSocket has no use for
+    // the skey once it is open.
+    let resolution = resolve(&state, &headers, &uri).await.map(|session| {
+        session.map(|s| {
+            let registration = state.sockets.register(&s.id, &s.user, &state.shutdown);
+            (s.user, registration)
+        })
+    });
     let settings = state.settings.ws;
     let tasks = state.ws_tasks.clone();
     // Boxed: axum's upgrade task holds this closure's captures next to the future made from
@@ -63,7 +68,7 @@ pub async fn upgrade(
 
 /// What a connection needs from its upgrade request.
 struct Params {
-    resolution: Result<Option<Arc<User>>, ApiError>,
+    resolution: Result<Option<(Arc<User>, Registration)>, ApiError>,
     settings: WsSettings,
     shutdown: CancellationToken,
     /// Held for the connection's life: its slot under the connection cap.
@@ -81,7 +86,9 @@ async fn connection(mut socket: WebSocket, params: Box<Params>) {
         ..
     } = &*params;
     match resolution {
-        Ok(Some(user)) => serve(&mut socket, user, *settings, shutdown).await,
+        Ok(Some((user, registration))) => {
+            serve(&mut socket, user, *settings, &registration.ended, shutdown).await
+        }
         Ok(None) => {
             let refusal =
                 ApiError::InvalidSession("a WebSocket needs a valid session; log in first".into());
@@ -123,6 +130,7 @@ async fn serve(
     socket: &mut WebSocket,
     user: &User,
     settings: WsSettings,
+    ended: &CancellationToken,
     shutdown: &CancellationToken,
 ) {
     let greeting = format!("Server: 恭喜，{}", wafer::display_name(&user.info));
@@ -134,14 +142,20 @@ async fn serve(
     // for every frame of every connection.
     let timer = tokio::time::sleep(settings.ping_interval);
     tokio::pin!(timer);
-    let shutdown = shutdown.cancelled();
-    tokio::pin!(shutdown);
+    // Fires on shutdown and when the session is revoked (logout, RevokeUser).
+    let ended_wait = ended.cancelled();
+    tokio::pin!(ended_wait);
     // When the last ping went out, while its pong is awaited.
     let mut ping_sent: Option<Instant> = None;
     loop {
         tokio::select! {
-            _ = &mut shutdown => {
-                let _ = socket.send(close(close_code::AWAY, "server shutting down")).await;
+            _ = &mut ended_wait => {
+                if shutdown.is_cancelled() {
+                    let _ = socket.send(close(close_code::AWAY, "server shutting down")).await;
+                } else {
+                    let revoked = ApiError::InvalidSession("the session was revoked".into());
+                    refuse(socket, &revoked, close_code::POLICY).await;
+                }
                 break;
             }
             _ = &mut timer => {

@@ -234,3 +234,74 @@ async fn connections_beyond_the_cap_are_refused() {
     let mut ws = retried.expect("slot released");
     assert!(text(next(&mut ws).await).starts_with("Server: 恭喜"));
 }
+
+/// The session was revoked: the socket gets the invalid-session body, then a policy close.
+async fn expect_revoked(ws: &mut Ws) {
+    let body: serde_json::Value = serde_json::from_str(&text(next(ws).await)).unwrap();
+    assert_eq!(body["error"], "ERR_INVALID_SESSION", "{body}");
+    assert_eq!(close_code(next(ws).await), CloseCode::Policy);
+}
+
+#[tokio::test]
+async fn a_logout_closes_that_sessions_websockets_on_every_gateway_and_no_others() {
+    let stack = Stack::start().await;
+    let other_gateway = stack.extra_gateway().await;
+    let (_, session) = stack.new_session().await;
+    let (_, bystander) = stack.new_session().await;
+    let mut here = connect(&stack, Some(&session)).await;
+    let url = format!("ws://{}/ws?{}", other_gateway.addr, session.query());
+    let mut there = connect_async(url).await.expect("upgrade accepted").0;
+    let mut unrelated = connect(&stack, Some(&bystander)).await;
+    for ws in [&mut here, &mut there, &mut unrelated] {
+        assert!(text(next(ws).await).starts_with("Server: "));
+    }
+
+    assert_eq!(stack.get("/logout", Some(&session)).await.status(), 200);
+    let started = std::time::Instant::now();
+    expect_revoked(&mut here).await;
+    expect_revoked(&mut there).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    unrelated
+        .send(Message::Text("still here".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(next(&mut unrelated).await),
+        "Server: Received(still here)"
+    );
+}
+
+#[tokio::test]
+async fn revoking_a_user_closes_the_websockets_of_all_their_sessions() {
+    use weapp_proto::session::v1::{
+        RevokeUserRequest, session_service_client::SessionServiceClient,
+    };
+    let stack = Stack::start().await;
+    let openid = "o_revoked_user".to_owned();
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let minted = stack.mint(MintRequest {
+            openid: Some(openid.clone()),
+            ..Default::default()
+        });
+        let session = weapp_tests::session_from(stack.login_encrypted(&minted).await).await;
+        let mut ws = connect(&stack, Some(&session)).await;
+        assert!(text(next(&mut ws).await).starts_with("Server: "));
+        sockets.push(ws);
+    }
+    let mut client = SessionServiceClient::new(stack.session_channel().await);
+    let revoked = client
+        .revoke_user(RevokeUserRequest { open_id: openid })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.revoked, 2);
+    for ws in &mut sockets {
+        expect_revoked(ws).await;
+    }
+}

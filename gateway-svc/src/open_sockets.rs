@@ -1,0 +1,136 @@
+//! The gateway's open WebSockets, by session: a logout or a revocation closes that session's
+//! sockets at once (a revoked session must not keep a live channel), a shutdown closes all.
+//!
+//! One entry per session, shared by its connections, so holding 10,000 sockets costs little
+//! more than holding them.
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::wafer::User;
+
+struct Watched {
+    /// Cancelled when the session is revoked; a child of the shutdown token, so it also fires
+    /// when the gateway stops.
+    revoked: CancellationToken,
+    user: Arc<User>,
+    connections: usize,
+}
+
+#[derive(Default)]
+pub struct OpenSockets {
+    sessions: DashMap<String, Watched>,
+}
+
+/// One connection's place in [`OpenSockets`]; leaves it when dropped.
+pub struct Registration {
+    sockets: Arc<OpenSockets>,
+    session_id: String,
+    /// Fires on the session's revocation or the gateway's shutdown.
+    pub ended: CancellationToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.sockets
+            .sessions
+            .remove_if_mut(&self.session_id, |_, watched| {
+                watched.connections = watched.connections.saturating_sub(1);
+                watched.connections == 0
+            });
+    }
+}
+
+impl OpenSockets {
+    pub fn register(
+        self: &Arc<Self>,
+        session_id: &str,
+        user: &Arc<User>,
+        shutdown: &CancellationToken,
+    ) -> Registration {
+        let mut watched = self
+            .sessions
+            .entry(session_id.to_owned())
+            .or_insert_with(|| Watched {
+                revoked: shutdown.child_token(),
+                user: user.clone(),
+                connections: 0,
+            });
+        watched.connections += 1;
+        Registration {
+            sockets: self.clone(),
+            session_id: session_id.to_owned(),
+            ended: watched.revoked.clone(),
+        }
+    }
+
+    pub fn revoke_session(&self, session_id: &str) {
+        if let Some((_, watched)) = self.sessions.remove(session_id) {
+            watched.revoked.cancel();
+        }
+    }
+
+    pub fn revoke_user(&self, open_id: &str) {
+        self.sessions.retain(|_, watched| {
+            let keep = watched.user.info.open_id != open_id;
+            if !keep {
+                watched.revoked.cancel();
+            }
+            keep
+        });
+    }
+
+    /// Sessions with at least one open socket.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weapp_proto::session::v1::UserInfo;
+
+    use super::*;
+
+    fn user(open_id: &str) -> Arc<User> {
+        Arc::new(User::new(UserInfo {
+            open_id: open_id.into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn revocations_end_the_sessions_sockets_and_only_those() {
+        let sockets = Arc::new(OpenSockets::default());
+        let shutdown = CancellationToken::new();
+        let (u1, u2) = (user("o1"), user("o2"));
+        let a1 = sockets.register("a", &u1, &shutdown);
+        let a2 = sockets.register("a", &u1, &shutdown);
+        let b = sockets.register("b", &u1, &shutdown);
+        let c = sockets.register("c", &u2, &shutdown);
+        assert_eq!(sockets.sessions(), 3);
+
+        sockets.revoke_session("a");
+        assert!(a1.ended.is_cancelled() && a2.ended.is_cancelled());
+        assert!(!b.ended.is_cancelled() && !c.ended.is_cancelled());
+
+        sockets.revoke_user("o1");
+        assert!(b.ended.is_cancelled() && !c.ended.is_cancelled());
+
+        shutdown.cancel();
+        assert!(c.ended.is_cancelled());
+    }
+
+    #[test]
+    fn the_entry_goes_with_the_last_connection() {
+        let sockets = Arc::new(OpenSockets::default());
+        let shutdown = CancellationToken::new();
+        let first = sockets.register("a", &user("o"), &shutdown);
+        let second = sockets.register("a", &user("o"), &shutdown);
+        drop(first);
+        assert_eq!(sockets.sessions(), 1);
+        drop(second);
+        assert_eq!(sockets.sessions(), 0);
+    }
+}
