@@ -379,6 +379,11 @@ impl Stack {
         }
     }
 
+    /// The settings the stack's session-svc runs with, to start a variant of it.
+    pub fn session_settings(&self) -> session_svc::Settings {
+        self.session_settings.clone()
+    }
+
     /// session-svc's store, to change it behind session-svc's back.
     pub fn store(&self) -> Arc<dyn SessionStore> {
         self.store.clone().expect("session-svc is running")

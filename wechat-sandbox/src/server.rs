@@ -260,6 +260,12 @@ impl Sandbox {
         })
     }
 
+    /// The session_key WeChat hands out with `code` (base64), for tests that must check it
+    /// never shows up where it should not.
+    pub fn session_key(&self, code: &str) -> Option<String> {
+        self.codes().get(code).map(|e| e.session_key_b64.clone())
+    }
+
     fn exchange(&self, q: &Code2SessionQuery) -> Exchange {
         let Some(app) = self
             .inner

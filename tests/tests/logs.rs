@@ -1,0 +1,167 @@
+//! No secret in any log line, at any level: the whole stack runs with every crate at TRACE
+//! while a client logs in, uses its session over HTTP and WebSocket, hits error paths and logs
+//! out, and the captured output is searched for every secret involved. Its own test binary, so
+//! that it owns the process's log subscriber.
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::Message;
+use weapp_proto::session::v1::{RevokeUserRequest, session_service_client::SessionServiceClient};
+use weapp_tests::{Stack, session_from, wechat_sandbox::MintRequest};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_at_any_level() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        // Everything but this test's own WebSocket client, which logs the request it sends
+        // (skey included, by design of the test) under its handshake target; the gateway does
+        // not use tungstenite's handshake (hyper upgrades the connection).
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "trace,tungstenite::handshake::client=off",
+        ))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let mut stack = Stack::start().await;
+    let mut secrets: Vec<(&str, String)> = vec![("AppSecret", stack.app_secret.clone())];
+
+    // A legacy login, /me, a WebSocket conversation, in headers and in the query string.
+    let minted = stack.mint(MintRequest::default());
+    let session = session_from(stack.login_encrypted(&minted).await).await;
+    secrets.push(("login code", minted.code.clone()));
+    secrets.push((
+        "session_key",
+        stack
+            .sandbox
+            .session_key(&minted.code)
+            .expect("minted code"),
+    ));
+    secrets.push(("skey", session.skey.clone()));
+    secrets.push(("session id", session.id.clone()));
+    assert_eq!(stack.get("/me", Some(&session)).await.status(), 200);
+    let query_url = stack.url(&format!("/me?{}", session.query()));
+    assert_eq!(
+        stack.http.get(query_url).send().await.unwrap().status(),
+        200
+    );
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(stack.ws_url(&format!("/ws?{}", session.query())))
+            .await
+            .unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+
+    // Error paths: a wrong skey, a replayed code, data that does not decrypt, WeChat refusing.
+    let mut wrong = session.clone();
+    wrong.skey = format!("{}x", &session.skey[..session.skey.len() - 1]);
+    assert_eq!(stack.get("/me", Some(&wrong)).await.status(), 401);
+    assert_eq!(stack.login_encrypted(&minted).await.status(), 401);
+    let mut garbled = stack.mint(MintRequest::default());
+    secrets.push(("second login code", garbled.code.clone()));
+    garbled.encrypted_data = garbled.encrypted_data.chars().rev().collect();
+    assert_eq!(stack.login_encrypted(&garbled).await.status(), 400);
+    let refused = stack.mint(MintRequest {
+        errcode: Some(40029),
+        ..Default::default()
+    });
+    secrets.push(("refused code", refused.code.clone()));
+    assert_eq!(stack.login_encrypted(&refused).await.status(), 401);
+
+    // session-svc away and back: the gateway's outage paths log too.
+    stack.stop_session_svc().await;
+    assert_eq!(stack.get("/me", Some(&session)).await.status(), 503);
+    stack.start_session_svc().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stack.get("/me", Some(&session)).await.status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Logout (closing the WebSocket) and a user revocation.
+    assert_eq!(stack.get("/logout", Some(&session)).await.status(), 200);
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.next()).await;
+    let mut client = SessionServiceClient::new(stack.session_channel().await);
+    client
+        .revoke_user(RevokeUserRequest {
+            open_id: minted.openid.clone(),
+        })
+        .await
+        .unwrap();
+
+    // A MongoDB URI with a password, for a database that is not there: session-svc starts,
+    // reports the store unreachable, and retries, all of it logged.
+    let mongo_password = "pw-7c1d0e55a9";
+    secrets.push(("MongoDB password", mongo_password.to_owned()));
+    let mut settings = stack.session_settings();
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.store = session_svc::config::StoreSettings::Mongo(session_svc::store::MongoSettings {
+        uri: format!("mongodb://weapp:{mongo_password}@127.0.0.1:9/weapp").into(),
+        password: None,
+        database: None,
+        timeout: Duration::from_millis(200),
+    });
+    let app = session_svc::Application::build(settings).await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let logs = capture.text();
+    // The capture really holds the run, at every level.
+    for expected in [
+        "TRACE",
+        "DEBUG",
+        "INFO",
+        "WARN",
+        "login succeeded",
+        "path=/me",
+        "127.0.0.1:9",
+    ] {
+        assert!(logs.contains(expected), "the logs lack {expected:?}");
+    }
+    for (what, secret) in &secrets {
+        let leaks: Vec<&str> = logs
+            .lines()
+            .filter(|line| line.contains(secret.as_str()))
+            .take(3)
+            .collect();
+        assert!(
+            leaks.is_empty(),
+            "the {what} appears in the logs: {leaks:#?}"
+        );
+    }
+    // Not even the skey as it travels in a query string (URL-encoded).
+    let encoded_skey = session.skey.replace('-', "%2D").replace('_', "%5F");
+    assert!(!logs.contains(&encoded_skey));
+}
