@@ -181,6 +181,8 @@ def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None):
             "WEAPP_SESSION_SVC_URL": f"http://127.0.0.1:{session_port}",
             # The default cap is 10,000 per gateway; the WebSocket scenario goes to it.
             "WEAPP_WS_MAX_CONNECTIONS": str(cfg.ws_connections + 1000),
+            # Every benchmark client logs in from 127.0.0.1; the Node stack has no such limit.
+            "WEAPP_LOGIN_RATE_PER_ADDRESS": "0",
         },
         port=gateway_port,
     )

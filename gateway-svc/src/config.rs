@@ -1,6 +1,9 @@
 //! Configuration: command-line flags with matching `WEAPP_*` environment variables, resolved
 //! into [`Settings`]. The gateway holds no secrets, so there is nothing here to hide.
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
 use clap::Parser;
 
@@ -18,6 +21,10 @@ pub struct Settings {
     pub login_path: String,
     pub ws: WsSettings,
     pub cache: CacheSettings,
+    /// Logins a minute per client address (0: no limit).
+    pub login_rate_per_address: u32,
+    /// Peers whose `X-Real-IP` header names the client (the reverse proxy).
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 /// The cache of validated sessions (see `session_cache.rs` for what keeps it honest).
@@ -71,8 +78,15 @@ impl Settings {
             login_path: "/login".into(),
             ws: WsSettings::default(),
             cache: CacheSettings::default(),
+            login_rate_per_address: 60,
+            trusted_proxies: default_trusted_proxies(),
         }
     }
+}
+
+/// nginx on the same host, as deployed.
+fn default_trusted_proxies() -> Vec<IpAddr> {
+    vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +153,19 @@ pub struct Cli {
     /// Most sessions the cache holds.
     #[arg(long, env = "WEAPP_SESSION_CACHE_CAPACITY", default_value_t = 100_000)]
     pub session_cache_capacity: usize,
+
+    /// Logins a minute from one client address; more get 429 before WeChat is asked (0: off).
+    #[arg(long, env = "WEAPP_LOGIN_RATE_PER_ADDRESS", default_value_t = 60)]
+    pub login_rate_per_address: u32,
+
+    /// Addresses of the reverse proxies whose X-Real-IP header names the client.
+    #[arg(
+        long,
+        env = "WEAPP_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1,::1"
+    )]
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 #[derive(clap::Subcommand, Debug, Clone, Copy)]
@@ -180,6 +207,8 @@ impl Cli {
                 ttl: self.session_cache_ttl,
                 capacity: self.session_cache_capacity,
             },
+            login_rate_per_address: self.login_rate_per_address,
+            trusted_proxies: self.trusted_proxies,
         })
     }
 }

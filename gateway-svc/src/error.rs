@@ -6,6 +6,8 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use std::time::Duration;
+
 use tonic::Code;
 
 use crate::wafer;
@@ -20,6 +22,12 @@ pub enum ApiError {
     SessionUnavailable(String),
     #[error("too many WebSocket connections on this gateway")]
     TooManyConnections,
+    #[error("login failed: too many logins from this address; retry in {} s", retry_after_secs(*.0))]
+    LoginRateLimited(Duration),
+}
+
+fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl ApiError {
@@ -58,6 +66,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::LoginFailed { status, .. } => *status,
+            Self::LoginRateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidSession(_) => StatusCode::UNAUTHORIZED,
             Self::SessionUnavailable(_) | Self::TooManyConnections => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -69,7 +78,9 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         let message = self.to_string();
         match self {
-            Self::LoginFailed { .. } => wafer::error_body(wafer::ERR_LOGIN_FAILED, &message),
+            Self::LoginFailed { .. } | Self::LoginRateLimited(_) => {
+                wafer::error_body(wafer::ERR_LOGIN_FAILED, &message)
+            }
             Self::InvalidSession(_) => wafer::error_body(wafer::ERR_INVALID_SESSION, &message),
             Self::SessionUnavailable(_) | Self::TooManyConnections => {
                 wafer::unavailable_body(&message)
@@ -92,11 +103,15 @@ impl IntoResponse for ApiError {
             tracing::warn!(status = self.status().as_u16(), error = %self, "request failed");
         }
         let mut response = (self.status(), Json(self.body())).into_response();
-        if matches!(self, Self::SessionUnavailable(_) | Self::TooManyConnections) {
-            response.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
+        let retry_after = match &self {
+            Self::SessionUnavailable(_) | Self::TooManyConnections => Some(1),
+            Self::LoginRateLimited(wait) => Some(retry_after_secs(*wait).max(1)),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
         }
         response
     }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod open_sockets;
 pub mod probe;
+pub mod rate_limit;
 pub mod routes;
 pub mod session_cache;
 pub mod session_client;

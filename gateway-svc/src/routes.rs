@@ -1,10 +1,10 @@
 //! HTTP routes: wafer's login, session resolution in front of everything else, `/me`,
 //! `/logout`, and the plain fallback.
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Extension, Json, Router,
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderMap, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -21,6 +21,7 @@ use crate::{
     config::Settings,
     error::ApiError,
     open_sockets::OpenSockets,
+    rate_limit::LoginLimiter,
     session_cache::SessionCache,
     session_client::SessionClient,
     wafer::{self, SessionParams, User},
@@ -49,6 +50,8 @@ pub struct Shared {
     pub sessions: SessionClient,
     /// Validated sessions, kept in step with session-svc's revocations.
     pub cache: Arc<SessionCache>,
+    /// Logins per client address.
+    pub login_limiter: LoginLimiter,
     /// Open WebSockets by session, to close them when their session is revoked.
     pub sockets: Arc<OpenSockets>,
     /// Validate calls in flight, by (id, skey).
@@ -152,9 +155,15 @@ async fn resolve_session(
 
 async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
+    let address = state.login_limiter.client_address(peer, &headers);
+    state
+        .login_limiter
+        .check(address)
+        .map_err(ApiError::LoginRateLimited)?;
     let params = wafer::login_params(&headers, uri.query());
     let Some(code) = params.code else {
         return Err(ApiError::LoginFailed {

@@ -12,6 +12,7 @@ use weapp_common::singleflight::SingleFlight;
 use crate::{
     config::Settings,
     open_sockets::OpenSockets,
+    rate_limit::LoginLimiter,
     routes::{self, AppState, Shared},
     session_cache::{self, SessionCache},
     session_client::SessionClient,
@@ -85,6 +86,10 @@ impl Application {
             cache,
             sockets,
             validations: SingleFlight::default(),
+            login_limiter: LoginLimiter::new(
+                self.settings.login_rate_per_address,
+                self.settings.trusted_proxies.clone(),
+            ),
             sessions: self.sessions,
             ws_slots: Arc::new(Semaphore::new(self.settings.ws.max_connections)),
             settings: self.settings,
@@ -99,9 +104,12 @@ impl Application {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
         shutdown.cancel();
         ws_tasks.close();
         if tokio::time::timeout(WS_DRAIN, ws_tasks.wait())

@@ -399,3 +399,45 @@ async fn the_sandbox_mint_endpoint_serves_the_readme_flow() {
     let (_, me) = json(stack.get("/me", Some(&session)).await).await;
     assert_eq!(me["nickName"], "curl user");
 }
+
+#[tokio::test]
+async fn a_login_flood_from_one_address_is_refused_before_wechat_is_asked() {
+    let stack = Stack::builder()
+        .gateway(|settings| settings.login_rate_per_address = 3)
+        .start()
+        .await;
+    let login_from = |address: &'static str, code: String| {
+        let request = stack
+            .http
+            .get(stack.url("/login"))
+            .header("X-WX-Code", code)
+            // The test talks to the gateway from loopback, a trusted proxy by default.
+            .header("X-Real-IP", address);
+        async move { request.send().await.expect("gateway answers") }
+    };
+    // Bogus codes count as much as good ones: each would have cost a WeChat call.
+    for i in 0..3 {
+        let answer = login_from("203.0.113.7", format!("bogus{i}")).await;
+        assert_eq!(answer.status(), 401);
+    }
+    let minted = stack.mint(MintRequest::default());
+    let refused = login_from("203.0.113.7", minted.code.clone()).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let (_, body) = json(refused).await;
+    assert_eq!(body[MAGIC_KEY], 1, "{body}");
+    assert_eq!(body["error"], "ERR_LOGIN_FAILED");
+    assert_eq!(
+        stack.sandbox.code_stats(&minted.code).unwrap().exchanges,
+        0,
+        "WeChat was not asked"
+    );
+    // Another address is not affected, and the refused code is still good.
+    let other = login_from("203.0.113.8", minted.code.clone()).await;
+    assert_eq!(other.status(), 200);
+}
