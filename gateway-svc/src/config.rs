@@ -54,6 +54,8 @@ pub struct WsSettings {
     pub max_message_size: usize,
     /// WebSocket connections this gateway holds at once; more are refused with 503.
     pub max_connections: usize,
+    /// WebSocket connections one session may hold at once on this gateway; more get 429.
+    pub max_per_session: usize,
 }
 
 impl Default for WsSettings {
@@ -63,6 +65,7 @@ impl Default for WsSettings {
             pong_timeout: Duration::from_secs(8),
             max_message_size: 64 * 1024,
             max_connections: 10_000,
+            max_per_session: 16,
         }
     }
 }
@@ -145,6 +148,10 @@ pub struct Cli {
     #[arg(long, env = "WEAPP_WS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub ws_max_connections: usize,
 
+    /// Most WebSocket connections one session holds at once on this gateway.
+    #[arg(long, env = "WEAPP_WS_MAX_PER_SESSION", default_value_t = 16)]
+    pub ws_max_per_session: usize,
+
     /// How long a validated session is reused before session-svc is asked again ("0s" turns
     /// the cache off). Revocations evict at once whatever this is.
     #[arg(long, env = "WEAPP_SESSION_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -186,7 +193,10 @@ impl Cli {
                 self.session_svc_url
             )));
         }
-        if self.ws_max_message_bytes == 0 || self.ws_max_connections == 0 {
+        if self.ws_max_message_bytes == 0
+            || self.ws_max_connections == 0
+            || self.ws_max_per_session == 0
+        {
             return Err(ConfigError::Invalid(
                 "WebSocket message size and connection limits must be positive".into(),
             ));
@@ -202,6 +212,7 @@ impl Cli {
                 pong_timeout: self.ws_pong_timeout,
                 max_message_size: self.ws_max_message_bytes,
                 max_connections: self.ws_max_connections,
+                max_per_session: self.ws_max_per_session,
             },
             cache: CacheSettings {
                 ttl: self.session_cache_ttl,

@@ -22,6 +22,8 @@ pub enum ApiError {
     SessionUnavailable(String),
     #[error("too many WebSocket connections on this gateway")]
     TooManyConnections,
+    #[error("this session already has {0} WebSocket connections open; close one first")]
+    TooManySessionSockets(usize),
     #[error("login failed: too many logins from this address; retry in {} s", retry_after_secs(*.0))]
     LoginRateLimited(Duration),
 }
@@ -66,7 +68,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::LoginFailed { status, .. } => *status,
-            Self::LoginRateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::LoginRateLimited(_) | Self::TooManySessionSockets(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::InvalidSession(_) => StatusCode::UNAUTHORIZED,
             Self::SessionUnavailable(_) | Self::TooManyConnections => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -82,9 +86,10 @@ impl ApiError {
                 wafer::error_body(wafer::ERR_LOGIN_FAILED, &message)
             }
             Self::InvalidSession(_) => wafer::error_body(wafer::ERR_INVALID_SESSION, &message),
-            Self::SessionUnavailable(_) | Self::TooManyConnections => {
-                wafer::unavailable_body(&message)
-            }
+            // No magic key: the session is fine, the client must not drop it.
+            Self::SessionUnavailable(_)
+            | Self::TooManyConnections
+            | Self::TooManySessionSockets(_) => wafer::unavailable_body(&message),
         }
     }
 }
@@ -105,6 +110,7 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), Json(self.body())).into_response();
         let retry_after = match &self {
             Self::SessionUnavailable(_) | Self::TooManyConnections => Some(1),
+            Self::TooManySessionSockets(_) => Some(5),
             Self::LoginRateLimited(wait) => Some(retry_after_secs(*wait).max(1)),
             _ => None,
         };

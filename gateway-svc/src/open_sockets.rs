@@ -43,12 +43,14 @@ impl Drop for Registration {
 }
 
 impl OpenSockets {
+    /// A place for one more connection of this session, unless it already has `max`.
     pub fn register(
         self: &Arc<Self>,
         session_id: &str,
         user: &Arc<User>,
         shutdown: &CancellationToken,
-    ) -> Registration {
+        max: usize,
+    ) -> Option<Registration> {
         let mut watched = self
             .sessions
             .entry(session_id.to_owned())
@@ -57,12 +59,15 @@ impl OpenSockets {
                 user: user.clone(),
                 connections: 0,
             });
+        if watched.connections >= max {
+            return None;
+        }
         watched.connections += 1;
-        Registration {
+        Some(Registration {
             sockets: self.clone(),
             session_id: session_id.to_owned(),
             ended: watched.revoked.clone(),
-        }
+        })
     }
 
     pub fn revoke_session(&self, session_id: &str) {
@@ -105,10 +110,9 @@ mod tests {
         let sockets = Arc::new(OpenSockets::default());
         let shutdown = CancellationToken::new();
         let (u1, u2) = (user("o1"), user("o2"));
-        let a1 = sockets.register("a", &u1, &shutdown);
-        let a2 = sockets.register("a", &u1, &shutdown);
-        let b = sockets.register("b", &u1, &shutdown);
-        let c = sockets.register("c", &u2, &shutdown);
+        let register = |id, user| sockets.register(id, user, &shutdown, 8).unwrap();
+        let (a1, a2) = (register("a", &u1), register("a", &u1));
+        let (b, c) = (register("b", &u1), register("c", &u2));
         assert_eq!(sockets.sessions(), 3);
 
         sockets.revoke_session("a");
@@ -126,10 +130,15 @@ mod tests {
     fn the_entry_goes_with_the_last_connection() {
         let sockets = Arc::new(OpenSockets::default());
         let shutdown = CancellationToken::new();
-        let first = sockets.register("a", &user("o"), &shutdown);
-        let second = sockets.register("a", &user("o"), &shutdown);
+        let first = sockets.register("a", &user("o"), &shutdown, 2).unwrap();
+        let second = sockets.register("a", &user("o"), &shutdown, 2).unwrap();
+        assert!(
+            sockets.register("a", &user("o"), &shutdown, 2).is_none(),
+            "at most two per session"
+        );
         drop(first);
         assert_eq!(sockets.sessions(), 1);
+        assert!(sockets.register("a", &user("o"), &shutdown, 2).is_some());
         drop(second);
         assert_eq!(sockets.sessions(), 0);
     }

@@ -40,12 +40,21 @@ pub async fn upgrade(
     };
     // Only the user and a place among the open sockets are kept: a WebSocket has no use for
     // the skey once it is open.
-    let resolution = resolve(&state, &headers, &uri).await.map(|session| {
-        session.map(|s| {
-            let registration = state.sockets.register(&s.id, &s.user, &state.shutdown);
-            (s.user, registration)
-        })
-    });
+    let resolution = match resolve(&state, &headers, &uri).await {
+        Ok(Some(session)) => {
+            let max = state.settings.ws.max_per_session;
+            let Some(registration) =
+                state
+                    .sockets
+                    .register(&session.id, &session.user, &state.shutdown, max)
+            else {
+                return ApiError::TooManySessionSockets(max).into_response();
+            };
+            Ok(Some((session.user, registration)))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
     let settings = state.settings.ws;
     let tasks = state.ws_tasks.clone();
     // Boxed: axum's upgrade task holds this closure's captures next to the future made from

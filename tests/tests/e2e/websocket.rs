@@ -305,3 +305,41 @@ async fn revoking_a_user_closes_the_websockets_of_all_their_sessions() {
         expect_revoked(ws).await;
     }
 }
+
+#[tokio::test]
+async fn one_session_holds_at_most_its_share_of_websockets() {
+    let stack = Stack::builder()
+        .gateway(|g| g.ws.max_per_session = 2)
+        .start()
+        .await;
+    let (_, session) = stack.new_session().await;
+    let (_, other) = stack.new_session().await;
+    let mut first = connect(&stack, Some(&session)).await;
+    let mut second = connect(&stack, Some(&session)).await;
+    next(&mut first).await;
+    next(&mut second).await;
+    let url = stack.ws_url(&format!("/ws?{}", session.query()));
+    match connect_async(url.clone()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!("a third connection should be refused, got {other:?}"),
+    }
+    // Other sessions are not affected, and the session keeps working over HTTP.
+    let mut unrelated = connect(&stack, Some(&other)).await;
+    assert!(text(next(&mut unrelated).await).starts_with("Server: "));
+    assert_eq!(stack.get("/me", Some(&session)).await.status(), 200);
+    // A closed connection gives its place back.
+    first.close(None).await.unwrap();
+    let mut third = None;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok((ws, _)) = connect_async(url.clone()).await {
+            third = Some(ws);
+            break;
+        }
+    }
+    let mut ws = third.expect("place released");
+    assert!(text(next(&mut ws).await).starts_with("Server: "));
+}
