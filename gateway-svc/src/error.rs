@@ -26,6 +26,8 @@ pub enum ApiError {
     TooManySessionSockets(usize),
     #[error("login failed: too many logins from this address; retry in {} s", retry_after_secs(*.0))]
     LoginRateLimited(Duration),
+    #[error("{message}")]
+    LoginRateLimitedFor { wait: Duration, message: String },
 }
 
 fn retry_after_secs(wait: Duration) -> u64 {
@@ -35,6 +37,20 @@ fn retry_after_secs(wait: Duration) -> u64 {
 impl ApiError {
     /// A failed `Login` RPC.
     pub fn login(status: &tonic::Status) -> Self {
+        // session-svc's per-user limit says when to come back.
+        if status.code() == Code::ResourceExhausted {
+            if let Some(seconds) = status
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                return Self::LoginRateLimitedFor {
+                    wait: Duration::from_secs(seconds),
+                    message: format!("login failed: {}", status.message()),
+                };
+            }
+        }
         let http = match status.code() {
             Code::InvalidArgument => StatusCode::BAD_REQUEST,
             Code::PermissionDenied | Code::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -68,9 +84,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::LoginFailed { status, .. } => *status,
-            Self::LoginRateLimited(_) | Self::TooManySessionSockets(_) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::LoginRateLimited(_)
+            | Self::LoginRateLimitedFor { .. }
+            | Self::TooManySessionSockets(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidSession(_) => StatusCode::UNAUTHORIZED,
             Self::SessionUnavailable(_) | Self::TooManyConnections => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -82,7 +98,9 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         let message = self.to_string();
         match self {
-            Self::LoginFailed { .. } | Self::LoginRateLimited(_) => {
+            Self::LoginFailed { .. }
+            | Self::LoginRateLimited(_)
+            | Self::LoginRateLimitedFor { .. } => {
                 wafer::error_body(wafer::ERR_LOGIN_FAILED, &message)
             }
             Self::InvalidSession(_) => wafer::error_body(wafer::ERR_INVALID_SESSION, &message),
@@ -111,7 +129,9 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             Self::SessionUnavailable(_) | Self::TooManyConnections => Some(1),
             Self::TooManySessionSockets(_) => Some(5),
-            Self::LoginRateLimited(wait) => Some(retry_after_secs(*wait).max(1)),
+            Self::LoginRateLimited(wait) | Self::LoginRateLimitedFor { wait, .. } => {
+                Some(retry_after_secs(*wait).max(1))
+            }
             _ => None,
         };
         if let Some(seconds) = retry_after {

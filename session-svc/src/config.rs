@@ -148,6 +148,11 @@ pub struct Cli {
     #[arg(long, env = "WEAPP_LOGIN_MAX_DATA_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub login_max_data_age: Duration,
 
+    /// Sessions one user (openId) may create a minute; more logins get RESOURCE_EXHAUSTED
+    /// (0: no limit).
+    #[arg(long, env = "WEAPP_LOGIN_RATE_PER_USER", default_value_t = 20)]
+    pub login_rate_per_user: u32,
+
     /// How often expired sessions are swept from the store.
     #[arg(long, env = "WEAPP_PURGE_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub purge_interval: Duration,
@@ -234,6 +239,7 @@ impl Cli {
             sessions,
             login: LoginPolicy {
                 max_data_age: self.login_max_data_age,
+                max_per_user_per_minute: self.login_rate_per_user,
             },
             purge_interval: self.purge_interval,
         })

@@ -22,9 +22,14 @@ pub enum SessionError {
     WeChat(#[from] WeChatError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("too many logins for this user; retry in {} s", .0.as_secs().max(1))]
+    UserRateLimited(std::time::Duration),
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// Metadata key: seconds until a RESOURCE_EXHAUSTED caller may try again.
+pub const RETRY_AFTER_KEY: &str = "retry-after";
 
 fn wechat_code(e: &WeChatError) -> Code {
     match e {
@@ -50,6 +55,14 @@ impl From<SessionError> for Status {
                 Status::invalid_argument(message)
             }
             SessionError::Unauthenticated => Status::unauthenticated(message),
+            SessionError::UserRateLimited(wait) => {
+                let mut status = Status::resource_exhausted(message);
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                if let Ok(v) = MetadataValue::try_from(seconds.max(1).to_string()) {
+                    status.metadata_mut().insert(RETRY_AFTER_KEY, v);
+                }
+                status
+            }
             SessionError::WeChat(ref w) => {
                 let mut status = Status::new(wechat_code(w), message);
                 if let WeChatError::Refused { errcode, .. } = w {

@@ -2,8 +2,14 @@
 //! many identical requests are in flight), check the user data, then create the session. A
 //! session is only created when every step succeeded.
 use std::{
+    num::NonZeroU32,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use governor::{
+    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    clock::{Clock as _, DefaultClock},
 };
 
 use secrecy::ExposeSecret;
@@ -24,12 +30,16 @@ const MAX_CODE_LEN: usize = 128;
 pub struct LoginPolicy {
     /// How far from now the encrypted data's watermark timestamp may be.
     pub max_data_age: Duration,
+    /// Sessions one user (openId) may create a minute (0: no limit). A client stuck in a
+    /// login loop, or a stolen account being farmed, stops filling the store.
+    pub max_per_user_per_minute: u32,
 }
 
 impl Default for LoginPolicy {
     fn default() -> Self {
         Self {
             max_data_age: Duration::from_secs(600),
+            max_per_user_per_minute: 20,
         }
     }
 }
@@ -51,6 +61,7 @@ pub struct LoginService {
     sessions: Arc<SessionManager>,
     policy: LoginPolicy,
     in_flight: SingleFlight<String, Exchange>,
+    per_user: Option<DefaultKeyedRateLimiter<String>>,
 }
 
 /// Present-and-non-empty, so that an empty header counts as absent.
@@ -69,7 +80,23 @@ impl LoginService {
             sessions,
             policy,
             in_flight: SingleFlight::default(),
+            per_user: NonZeroU32::new(policy.max_per_user_per_minute)
+                .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
         }
+    }
+
+    /// Counts a login of `open_id`; refuses it past the per-user rate.
+    fn admit_user(&self, open_id: &str) -> Result<(), SessionError> {
+        let Some(limiter) = &self.per_user else {
+            return Ok(());
+        };
+        if limiter.len() > 100_000 {
+            limiter.retain_recent();
+        }
+        limiter.check_key(&open_id.to_owned()).map_err(|not_until| {
+            tracing::info!(user = %short_hash(open_id), "login refused: too many for this user");
+            SessionError::UserRateLimited(not_until.wait_time_from(DefaultClock::default().now()))
+        })
     }
 
     pub async fn login(
@@ -112,6 +139,7 @@ impl LoginService {
         };
 
         let exchanged = self.exchange(code).await?;
+        self.admit_user(&exchanged.open_id)?;
         let session_key = exchanged.session_key.expose_secret();
 
         let mut user = match encrypted {

@@ -441,3 +441,36 @@ async fn a_login_flood_from_one_address_is_refused_before_wechat_is_asked() {
     let other = login_from("203.0.113.8", minted.code.clone()).await;
     assert_eq!(other.status(), 200);
 }
+
+#[tokio::test]
+async fn one_user_creating_sessions_in_a_loop_is_slowed_down() {
+    let stack = Stack::builder()
+        .login_policy(session_svc::login::LoginPolicy {
+            max_per_user_per_minute: 2,
+            ..Default::default()
+        })
+        .start()
+        .await;
+    let as_user = |openid: &str| {
+        stack.mint(MintRequest {
+            openid: Some(openid.to_owned()),
+            ..Default::default()
+        })
+    };
+    for _ in 0..2 {
+        session_from(stack.login_encrypted(&as_user("o_looping")).await).await;
+    }
+    let sessions_before = stack.session_count().await;
+    let refused = stack.login_encrypted(&as_user("o_looping")).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let (_, body) = json(refused).await;
+    assert_eq!(body["error"], "ERR_LOGIN_FAILED", "{body}");
+    assert_eq!(
+        stack.session_count().await,
+        sessions_before,
+        "no session created"
+    );
+    // Other users log in as usual.
+    session_from(stack.login_encrypted(&as_user("o_other")).await).await;
+}
