@@ -7,7 +7,7 @@ mod stats;
 mod wafer;
 mod ws;
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -56,26 +56,7 @@ enum Command {
     /// Holds `connections` authenticated WebSockets, reports the server's RSS growth, then
     /// sends one message on every connection at once, `rounds` times after one uncounted
     /// warm-up round, and times the echoes.
-    Ws {
-        /// ws://host:port/ws
-        #[arg(long)]
-        url: String,
-        /// Sessions file written by `sessions`; connections use them round-robin.
-        #[arg(long)]
-        sessions: PathBuf,
-        #[arg(long)]
-        connections: usize,
-        /// Server processes whose RSS is measured (comma-separated pids).
-        #[arg(long, value_delimiter = ',')]
-        pids: Vec<u32>,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        #[arg(long, default_value_t = 256)]
-        connect_concurrency: usize,
-        /// Quiet time before RSS is read, so the server settles.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        settle: Duration,
-    },
+    Ws(ws::Plan),
 }
 
 #[tokio::main]
@@ -89,26 +70,7 @@ async fn main() {
         Command::Logins { logins: l } => {
             logins::run(&l.base, &l.sandbox, l.count, l.concurrency).await
         }
-        Command::Ws {
-            url,
-            sessions,
-            connections,
-            pids,
-            rounds,
-            connect_concurrency,
-            settle,
-        } => {
-            ws::run(ws::Plan {
-                url,
-                sessions,
-                connections,
-                pids,
-                rounds,
-                connect_concurrency,
-                settle,
-            })
-            .await
-        }
+        Command::Ws(plan) => ws::run(plan).await,
     };
     match result {
         Ok(report) => println!("{report}"),

@@ -12,13 +12,25 @@ use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _, ht
 
 use crate::{stats::percentiles, wafer};
 
+#[derive(clap::Args)]
 pub struct Plan {
+    /// ws://host:port/ws
+    #[arg(long)]
     pub url: String,
+    /// Sessions file written by `sessions`; connections use them round-robin.
+    #[arg(long)]
     pub sessions: PathBuf,
+    #[arg(long)]
     pub connections: usize,
+    /// Server processes whose RSS is measured (comma-separated pids).
+    #[arg(long, value_delimiter = ',')]
     pub pids: Vec<u32>,
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Quiet time before RSS is read, so the server settles.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
 }
 
