@@ -7,6 +7,8 @@ use std::{
 
 use clap::Parser;
 
+use crate::server::HttpLimits;
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// HTTP listen address; port 0 picks a free port.
@@ -21,6 +23,7 @@ pub struct Settings {
     pub login_path: String,
     pub ws: WsSettings,
     pub cache: CacheSettings,
+    pub http: HttpLimits,
     /// Logins a minute per client address (0: no limit).
     pub login_rate_per_address: u32,
     /// Peers whose `X-Real-IP` header names the client (the reverse proxy).
@@ -81,6 +84,7 @@ impl Settings {
             login_path: "/login".into(),
             ws: WsSettings::default(),
             cache: CacheSettings::default(),
+            http: HttpLimits::default(),
             login_rate_per_address: 60,
             trusted_proxies: default_trusted_proxies(),
         }
@@ -161,6 +165,18 @@ pub struct Cli {
     #[arg(long, env = "WEAPP_SESSION_CACHE_CAPACITY", default_value_t = 100_000)]
     pub session_cache_capacity: usize,
 
+    /// Time a client has to send a request's headers; slower ones are disconnected.
+    #[arg(long, env = "WEAPP_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// Most header lines in a request (431 past it).
+    #[arg(long, env = "WEAPP_HTTP_MAX_HEADERS", default_value_t = 64)]
+    pub http_max_headers: usize,
+
+    /// Most bytes of request line and headers (431 past it; at least 8192).
+    #[arg(long, env = "WEAPP_HTTP_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub http_max_header_bytes: usize,
+
     /// Logins a minute from one client address; more get 429 before WeChat is asked (0: off).
     #[arg(long, env = "WEAPP_LOGIN_RATE_PER_ADDRESS", default_value_t = 60)]
     pub login_rate_per_address: u32,
@@ -217,6 +233,11 @@ impl Cli {
             cache: CacheSettings {
                 ttl: self.session_cache_ttl,
                 capacity: self.session_cache_capacity,
+            },
+            http: HttpLimits {
+                header_timeout: self.http_header_timeout,
+                max_headers: self.http_max_headers,
+                max_header_bytes: self.http_max_header_bytes,
             },
             login_rate_per_address: self.login_rate_per_address,
             trusted_proxies: self.trusted_proxies,

@@ -8,6 +8,7 @@ pub mod open_sockets;
 pub mod probe;
 pub mod rate_limit;
 pub mod routes;
+pub mod server;
 pub mod session_cache;
 pub mod session_client;
 pub mod startup;

@@ -3,7 +3,7 @@
 //! "going away".
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::Request, serve::ListenerExt as _};
+use axum::{Router, extract::Request};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::trace::TraceLayer;
@@ -14,6 +14,7 @@ use crate::{
     open_sockets::OpenSockets,
     rate_limit::LoginLimiter,
     routes::{self, AppState, Shared},
+    server,
     session_cache::{self, SessionCache},
     session_client::SessionClient,
 };
@@ -30,8 +31,6 @@ pub enum StartupError {
     },
     #[error("{0}")]
     SessionSvc(String),
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 pub struct Application {
@@ -96,20 +95,10 @@ impl Application {
             ws_tasks: ws_tasks.clone(),
             shutdown: shutdown.clone(),
         });
+        let http_limits = state.settings.http;
         let app = with_tracing(routes::router(state));
         tracing::info!(addr = %self.local_addr, "gateway-svc listening");
-        // Without TCP_NODELAY a response written in two pieces can wait for a delayed ACK.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+        server::serve(self.listener, app, http_limits, shutdown.clone()).await;
         shutdown.cancel();
         ws_tasks.close();
         if tokio::time::timeout(WS_DRAIN, ws_tasks.wait())
@@ -122,7 +111,7 @@ impl Application {
             tracing::warn!(error = %e, "revocation follower ended abnormally");
         }
         tracing::info!("gateway-svc stopped");
-        served.map_err(StartupError::Serve)
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@ mod cache;
 mod conformance;
 mod grpc;
 mod lifecycle;
+mod limits;
 mod login;
 mod mongo_store;
 mod nginx;
