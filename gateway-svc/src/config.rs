@@ -6,6 +6,7 @@ use std::{
 };
 
 use clap::Parser;
+use ipnet::IpNet;
 
 use crate::server::HttpLimits;
 
@@ -27,7 +28,7 @@ pub struct Settings {
     /// Logins a minute per client address (0: no limit).
     pub login_rate_per_address: u32,
     /// Peers whose `X-Real-IP` header names the client (the reverse proxy).
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// The cache of validated sessions (see `session_cache.rs` for what keeps it honest).
@@ -91,9 +92,20 @@ impl Settings {
     }
 }
 
-/// nginx on the same host, as deployed.
-fn default_trusted_proxies() -> Vec<IpAddr> {
-    vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+/// nginx on the same host, as deployed with systemd.
+fn default_trusted_proxies() -> Vec<IpNet> {
+    vec![
+        IpAddr::from(Ipv4Addr::LOCALHOST).into(),
+        IpAddr::from(Ipv6Addr::LOCALHOST).into(),
+    ]
+}
+
+/// An address ("10.0.0.5") or a network ("172.16.0.0/12").
+fn parse_net(value: &str) -> Result<IpNet, String> {
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{value:?} is neither an IP address nor a network like 10.0.0.0/8"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,14 +193,15 @@ pub struct Cli {
     #[arg(long, env = "WEAPP_LOGIN_RATE_PER_ADDRESS", default_value_t = 60)]
     pub login_rate_per_address: u32,
 
-    /// Addresses of the reverse proxies whose X-Real-IP header names the client.
+    /// Addresses or networks of the reverse proxies whose X-Real-IP header names the client.
     #[arg(
         long,
         env = "WEAPP_TRUSTED_PROXIES",
         value_delimiter = ',',
-        default_value = "127.0.0.1,::1"
+        default_value = "127.0.0.1,::1",
+        value_parser = parse_net
     )]
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(clap::Subcommand, Debug, Clone, Copy)]
@@ -275,6 +288,20 @@ mod tests {
         assert_eq!(settings.listen.to_string(), "0.0.0.0:8765");
         assert_eq!(settings.login_path, "/login");
         assert_eq!(settings.ws.max_message_size, 65536);
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let settings = Cli::try_parse_from([
+            "gateway-svc",
+            "--trusted-proxies",
+            "10.0.0.5,172.16.0.0/12,::1",
+        ])
+        .unwrap()
+        .into_settings()
+        .unwrap();
+        assert_eq!(settings.trusted_proxies.len(), 3);
+        assert!(Cli::try_parse_from(["gateway-svc", "--trusted-proxies", "nginx"]).is_err());
     }
 
     #[test]

@@ -16,18 +16,19 @@ use governor::{
     clock::{Clock as _, DefaultClock},
 };
 use http::HeaderMap;
+use ipnet::IpNet;
 
 pub struct LoginLimiter {
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// Peers whose `X-Real-IP` is believed (the reverse proxy in front).
-    trusted_proxies: Vec<IpAddr>,
+    trusted_proxies: Vec<IpNet>,
     checks: AtomicU64,
 }
 
 impl LoginLimiter {
     /// At most `per_minute` logins a minute per client address (0: no limit), in bursts of up
     /// to that many.
-    pub fn new(per_minute: u32, trusted_proxies: Vec<IpAddr>) -> Self {
+    pub fn new(per_minute: u32, trusted_proxies: Vec<IpNet>) -> Self {
         Self {
             limiter: NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n))),
             trusted_proxies,
@@ -39,7 +40,7 @@ impl LoginLimiter {
     /// set. Anyone else's `X-Real-IP` is ignored, or clients could pick their own address.
     pub fn client_address(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.ip().to_canonical();
-        if !self.trusted_proxies.contains(&peer) {
+        if !self.trusted_proxies.iter().any(|net| net.contains(&peer)) {
             return peer;
         }
         headers
@@ -101,7 +102,7 @@ mod tests {
     fn only_trusted_proxies_name_the_client() {
         let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let stranger: SocketAddr = "192.0.2.7:5000".parse().unwrap();
-        let limiter = LoginLimiter::new(1, vec!["127.0.0.1".parse().unwrap()]);
+        let limiter = LoginLimiter::new(1, vec!["127.0.0.1/32".parse().unwrap()]);
         let named = headers("203.0.113.9");
         assert_eq!(
             limiter.client_address(proxy, &named),
@@ -114,6 +115,13 @@ mod tests {
         assert_eq!(
             limiter.client_address(proxy, &headers("not an address")),
             "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        // A network: the proxies of a container network.
+        let limiter = LoginLimiter::new(1, vec!["172.16.0.0/12".parse().unwrap()]);
+        let compose_nginx: SocketAddr = "172.18.0.5:41000".parse().unwrap();
+        assert_eq!(
+            limiter.client_address(compose_nginx, &named),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
         );
     }
 }
