@@ -135,10 +135,6 @@ impl SessionManager {
         &self.revocations
     }
 
-    pub fn policy(&self) -> &SessionPolicy {
-        &self.policy
-    }
-
     /// Stores a new session for `user`; the returned credentials are the only copy of the skey.
     pub async fn create(
         &self,
