@@ -189,6 +189,14 @@ pub struct Cli {
     #[arg(long, env = "WEAPP_HTTP_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub http_max_header_bytes: usize,
 
+    /// Largest request body in bytes (413 past it, before it is read).
+    #[arg(long, env = "WEAPP_HTTP_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub http_max_body_bytes: usize,
+
+    /// Connections this gateway holds at once, WebSockets included (503 past it).
+    #[arg(long, env = "WEAPP_HTTP_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub http_max_connections: usize,
+
     /// Logins a minute from one client address; more get 429 before WeChat is asked (0: off).
     #[arg(long, env = "WEAPP_LOGIN_RATE_PER_ADDRESS", default_value_t = 60)]
     pub login_rate_per_address: u32,
@@ -223,6 +231,7 @@ impl Cli {
             )));
         }
         if self.ws_max_message_bytes == 0
+            || self.http_max_connections == 0
             || self.ws_max_connections == 0
             || self.ws_max_per_session == 0
         {
@@ -251,6 +260,8 @@ impl Cli {
                 header_timeout: self.http_header_timeout,
                 max_headers: self.http_max_headers,
                 max_header_bytes: self.http_max_header_bytes,
+                max_body_bytes: self.http_max_body_bytes,
+                max_connections: self.http_max_connections,
             },
             login_rate_per_address: self.login_rate_per_address,
             trusted_proxies: self.trusted_proxies,

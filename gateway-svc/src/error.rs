@@ -6,6 +6,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use serde_json::json;
 use std::time::Duration;
 
 use tonic::Code;
@@ -28,6 +29,14 @@ pub enum ApiError {
     LoginRateLimited(Duration),
     #[error("{message}")]
     LoginRateLimitedFor { wait: Duration, message: String },
+    #[error("the request body is over the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    #[error("the request body could not be read")]
+    BadBody,
+    #[error("too many connections on this gateway; retry shortly")]
+    GatewayFull,
 }
 
 fn retry_after_secs(wait: Duration) -> u64 {
@@ -88,9 +97,12 @@ impl ApiError {
             | Self::LoginRateLimitedFor { .. }
             | Self::TooManySessionSockets(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidSession(_) => StatusCode::UNAUTHORIZED,
-            Self::SessionUnavailable(_) | Self::TooManyConnections => {
+            Self::SessionUnavailable(_) | Self::TooManyConnections | Self::GatewayFull => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BadBody => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -107,7 +119,15 @@ impl ApiError {
             // No magic key: the session is fine, the client must not drop it.
             Self::SessionUnavailable(_)
             | Self::TooManyConnections
+            | Self::GatewayFull
             | Self::TooManySessionSockets(_) => wafer::unavailable_body(&message),
+            // The client's mistake, not its session's: no magic key either.
+            Self::BodyTooLarge(_) => {
+                json!({ "error": wafer::ERR_REQUEST_TOO_LARGE, "message": message })
+            }
+            Self::BodyTimeout | Self::BadBody => {
+                json!({ "error": wafer::ERR_BAD_REQUEST, "message": message })
+            }
         }
     }
 }
@@ -127,7 +147,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.status(), Json(self.body())).into_response();
         let retry_after = match &self {
-            Self::SessionUnavailable(_) | Self::TooManyConnections => Some(1),
+            Self::SessionUnavailable(_) | Self::TooManyConnections | Self::GatewayFull => Some(1),
             Self::TooManySessionSockets(_) => Some(5),
             Self::LoginRateLimited(wait) | Self::LoginRateLimitedFor { wait, .. } => {
                 Some(retry_after_secs(*wait).max(1))

@@ -2,6 +2,7 @@
 //! clients (`/login`, session parameters on every request, `/me`, `/ws`) and asks session-svc
 //! over gRPC about every session. It holds no secrets and no state worth keeping.
 
+pub mod body_limit;
 pub mod config;
 pub mod error;
 pub mod open_sockets;

@@ -1,8 +1,17 @@
 //! The HTTP server loop: hyper with the limits the edge needs, which `axum::serve` does not
 //! expose — a deadline for a request's headers (a slow-loris client that trickles them is
-//! dropped), a cap on their number and total size (431 past it) — plus TCP_NODELAY and the
-//! client address for every connection, and a graceful stop.
-use std::{net::SocketAddr, time::Duration};
+//! dropped; hyper runs the same clock on an idle keep-alive connection, so it is the idle
+//! timeout too), a cap on their number and total size (431 past it), a cap on connections
+//! (503 past it) — plus TCP_NODELAY and the client address for every connection, and a
+//! graceful stop.
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::body::Incoming;
@@ -11,9 +20,15 @@ use hyper_util::{
     server::{conn::auto::Builder, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
+
+use crate::error::ApiError;
 
 /// Limits on what a client may send before the request is routed.
 #[derive(Clone, Copy, Debug)]
@@ -24,6 +39,10 @@ pub struct HttpLimits {
     pub max_headers: usize,
     /// Most bytes of request line and headers together (hyper's floor is 8 KiB).
     pub max_header_bytes: usize,
+    /// Largest request body; a longer one gets 413 before it is read.
+    pub max_body_bytes: usize,
+    /// Connections held at once (WebSockets included); more get 503 and are closed.
+    pub max_connections: usize,
 }
 
 impl Default for HttpLimits {
@@ -32,6 +51,8 @@ impl Default for HttpLimits {
             header_timeout: Duration::from_secs(10),
             max_headers: 64,
             max_header_bytes: 16 * 1024,
+            max_body_bytes: 1024 * 1024,
+            max_connections: 20_000,
         }
     }
 }
@@ -56,6 +77,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -73,6 +95,10 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(turn_away(tcp));
+            continue;
+        };
         let service = app
             .clone()
             .map_request(move |mut request: hyper::Request<Incoming>| {
@@ -82,7 +108,10 @@ pub async fn serve(
                 request
             });
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .serve_connection_with_upgrades(
+                TokioIo::new(Counted { tcp, _slot: slot }),
+                TowerToHyperService::new(service),
+            )
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -93,4 +122,73 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// A connection holding one of the gateway's places; an upgraded WebSocket keeps it, since
+/// the stream moves into the socket's task.
+struct Counted {
+    tcp: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+}
+
+/// Answers a connection over the cap with 503 and closes it. The request is not parsed; its
+/// first bytes are read and dropped after the answer so that closing does not reset the
+/// connection before the client has read the 503.
+async fn turn_away(mut tcp: TcpStream) {
+    let error = ApiError::GatewayFull;
+    let body = error.body().to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tracing::debug!("connection refused: the gateway is at its connection limit");
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tcp.write_all(answer.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while tcp.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    })
+    .await;
 }

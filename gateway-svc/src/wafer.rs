@@ -10,6 +10,10 @@ pub const MAGIC_KEY: &str = "F2C224D4-2BCE-4C64-AF9F-A6D872000D1A";
 pub const ERR_LOGIN_FAILED: &str = "ERR_LOGIN_FAILED";
 pub const ERR_INVALID_SESSION: &str = "ERR_INVALID_SESSION";
 pub const ERR_SESSION_UNAVAILABLE: &str = "ERR_SESSION_UNAVAILABLE";
+/// Not wafer's: a request the gateway refuses whatever its session (body too large, body
+/// never finished). No magic key with these: the session is not at fault.
+pub const ERR_REQUEST_TOO_LARGE: &str = "ERR_REQUEST_TOO_LARGE";
+pub const ERR_BAD_REQUEST: &str = "ERR_BAD_REQUEST";
 
 pub const HEADER_ID: &str = "x-wx-id";
 pub const HEADER_SKEY: &str = "x-wx-skey";

@@ -18,9 +18,11 @@ use wechat_sandbox::{MintRequest, MintedLogin, Sandbox, SandboxConfig};
 
 pub use wechat_sandbox;
 
+pub mod load;
 pub mod mongo;
 pub mod nginx;
 pub mod process;
+pub mod services;
 
 use mongo::MongoServer;
 
@@ -120,6 +122,59 @@ impl Drop for ExtraGateway {
     }
 }
 
+/// The WeChat sandbox served on a fresh port, for one random app.
+pub struct WeChat {
+    pub sandbox: Sandbox,
+    pub addr: SocketAddr,
+    pub app_id: String,
+    pub app_secret: String,
+    shutdown: CancellationToken,
+}
+
+impl WeChat {
+    pub async fn start() -> Self {
+        let app_id = format!("wx{}", random_hex(8));
+        let app_secret = random_hex(16);
+        let sandbox = Sandbox::new(SandboxConfig::single(app_id.clone(), app_secret.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sandbox");
+        let addr = listener.local_addr().expect("sandbox addr");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wechat_sandbox::serve(
+            listener,
+            sandbox.clone(),
+            shutdown.clone(),
+        ));
+        Self {
+            sandbox,
+            addr,
+            app_id,
+            app_secret,
+            shutdown,
+        }
+    }
+
+    /// What session-svc needs to reach this sandbox as its WeChat, as environment variables.
+    pub fn session_svc_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("WEAPP_APP_ID", self.app_id.clone()),
+            ("WEAPP_APP_SECRET", self.app_secret.clone()),
+            ("WEAPP_WECHAT_BASE_URL", format!("http://{}/", self.addr)),
+        ]
+    }
+
+    pub fn mint(&self, request: MintRequest) -> MintedLogin {
+        self.sandbox.mint(request).expect("sandbox mints")
+    }
+}
+
+impl Drop for WeChat {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 /// Adjusts settings before a [`Stack`] starts.
 pub struct StackBuilder {
     store: TestStore,
@@ -179,19 +234,9 @@ impl StackBuilder {
             )
             .with_test_writer()
             .try_init();
-        let app_id = format!("wx{}", random_hex(8));
-        let app_secret = random_hex(16);
-        let sandbox = Sandbox::new(SandboxConfig::single(app_id.clone(), app_secret.clone()));
-        let sandbox_listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind sandbox");
-        let sandbox_addr = sandbox_listener.local_addr().expect("sandbox addr");
-        let sandbox_shutdown = CancellationToken::new();
-        tokio::spawn(wechat_sandbox::serve(
-            sandbox_listener,
-            sandbox.clone(),
-            sandbox_shutdown.clone(),
-        ));
+        let wechat = WeChat::start().await;
+        let (sandbox, sandbox_addr) = (wechat.sandbox.clone(), wechat.addr);
+        let (app_id, app_secret) = (wechat.app_id.clone(), wechat.app_secret.clone());
         let data_dir = tempfile::tempdir().expect("temp data dir");
         let mongo = (self.store == TestStore::Mongo).then(MongoServer::start);
         let store = match &mongo {
@@ -227,7 +272,7 @@ impl StackBuilder {
             app_secret,
             sandbox,
             sandbox_url: format!("http://{sandbox_addr}"),
-            sandbox_shutdown,
+            _wechat: wechat,
             session_settings,
             session: None,
             store: None,
@@ -252,7 +297,7 @@ pub struct Stack {
     pub app_secret: String,
     pub sandbox: Sandbox,
     pub sandbox_url: String,
-    sandbox_shutdown: CancellationToken,
+    _wechat: WeChat,
     session_settings: session_svc::Settings,
     session: Option<Running>,
     store: Option<Arc<dyn SessionStore>>,
@@ -266,7 +311,6 @@ pub struct Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.sandbox_shutdown.cancel();
         for running in [&self.session, &self.gateway].into_iter().flatten() {
             running.shutdown.cancel();
         }

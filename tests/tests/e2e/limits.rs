@@ -1,9 +1,9 @@
-//! What a client may send before its request is routed: header deadline (slow-loris), number
-//! and size of headers.
+//! What a client may send before its request is routed: header deadline (slow-loris), idle
+//! keep-alive connections, number and size of headers, body size, connections per gateway.
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use weapp_tests::Stack;
+use weapp_tests::{Stack, wechat_sandbox::MintRequest};
 
 /// Sends `raw` and returns what the gateway answers before closing, and how long that took.
 async fn exchange(stack: &Stack, raw: &[u8]) -> (String, Duration) {
@@ -68,4 +68,134 @@ async fn too_many_or_too_large_headers_get_431() {
     );
     // A normal request still works.
     assert_eq!(stack.get("/healthz", None).await.status(), 200);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let stack = Stack::builder()
+        .gateway(|g| g.http.header_timeout = Duration::from_millis(500))
+        .start()
+        .await;
+    let mut tcp = tokio::net::TcpStream::connect(stack.gateway_addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Then nothing: the connection is let go once it has idled for the timeout.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle connection was kept open");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413_before_anything_is_spent() {
+    let stack = Stack::builder()
+        .gateway(|g| g.http.max_body_bytes = 1024)
+        .start()
+        .await;
+    let minted = stack.mint(MintRequest::default());
+    let response = stack
+        .http
+        .post(stack.url("/login"))
+        .header("X-WX-Code", &minted.code)
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "ERR_REQUEST_TOO_LARGE", "{body}");
+    assert_eq!(
+        stack.sandbox.code_stats(&minted.code).unwrap().exchanges,
+        0,
+        "the code was spent on a refused request"
+    );
+    // Announced by length or streamed in chunks, on any path: refused before it is read.
+    let (answer, took) = exchange(
+        &stack,
+        b"POST /anything HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let chunk = format!("800\r\n{}\r\n", "y".repeat(0x800));
+    let mut tcp = tokio::net::TcpStream::connect(stack.gateway_addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = tcp.write_all(chunk.as_bytes()).await;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    // Small bodies are fine.
+    let minted = stack.mint(MintRequest::default());
+    let response = stack
+        .http
+        .post(stack.url("/login"))
+        .header("X-WX-Code", &minted.code)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_get_503_and_room_is_made_when_one_closes() {
+    let stack = Stack::builder()
+        .gateway(|g| g.http.max_connections = 3)
+        .start()
+        .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(stack.gateway_addr())
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(tcp);
+    }
+    let (answer, took) = exchange(&stack, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(
+        answer.contains("Retry-After: 1") || answer.contains("retry-after: 1"),
+        "{answer:?}"
+    );
+    assert!(answer.contains("too many connections"), "{answer:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        let (answer, _) = exchange(
+            &stack,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "a closed connection did not free its place");
 }
