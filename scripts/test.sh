@@ -2,7 +2,9 @@
 # The whole test suite, on a fresh machine: installs what the tests need (curl, nginx, wrk,
 # docker-compose and systemd-analyze from apt; nx-27017 from PyPI; the SDK from npm), checks
 # formatting and lints, runs every Rust test (unit, store conformance, end-to-end on both
-# stores, real nginx), checks the deployment files, then starts the local stack exactly as the
+# stores, real nginx, faults injected into the real binaries under load), fuzzes every parser
+# of outside input for a bounded time, checks dependencies with cargo deny, checks the
+# deployment files, then starts the local stack exactly as the
 # README does and drives it with curl and with the unmodified wafer-client-sdk, and finally
 # runs the benchmark harness for a few seconds so it cannot rot.
 # Fails loudly: any failing step fails the run, and nothing is skipped silently.
@@ -48,6 +50,12 @@ cargo test --workspace 2>&1 | tee "$log_dir/cargo-test.log"
 step "end-to-end suite again, on MongoDB (nx-27017)"
 WEAPP_TEST_STORE=mongodb cargo test -p weapp-tests --test e2e -- --skip conformance:: --skip mongo_store:: \
   2>&1 | tee -a "$log_dir/cargo-test.log"
+
+step "cargo fuzz: every target for 20 s from its seed corpus (fuzz/run.sh)"
+fuzz/run.sh 20 2>&1 | tee "$log_dir/fuzz.log"
+
+step "cargo deny: licenses, bans, sources; advisories when the database can be fetched"
+scripts/deny.sh 2>&1 | tee "$log_dir/deny.log"
 
 step "deployment files: docker-compose config, Dockerfile, systemd-analyze verify"
 "$venv/bin/python" tests/deploy/check_deploy.py | tee "$log_dir/deploy.log"
@@ -95,7 +103,8 @@ node_pass=$(awk '/^# pass /{print $3}' "$log_dir/sdk.log")
 node_fail=$(awk '/^# fail /{print $3}' "$log_dir/sdk.log")
 deploy_pass=$(awk '/^deploy: /{print $2}' "$log_dir/deploy.log")
 deploy_fail=$(awk '/^deploy: /{print $4}' "$log_dir/deploy.log")
-passed=$((passed + ${node_pass:-0} + ${deploy_pass:-0} + 2)) # +2: the curl flow, the bench smoke run
+fuzz_pass=$(grep -c ', no crash$' "$log_dir/fuzz.log" || true)
+passed=$((passed + ${node_pass:-0} + ${deploy_pass:-0} + ${fuzz_pass:-0} + 3)) # +3: cargo deny, the curl flow, the bench smoke run
 failed=$((failed + ${node_fail:-0} + ${deploy_fail:-0}))
 if [ "$passed" -lt 2 ]; then echo "no tests ran" >&2; exit 1; fi
 echo

@@ -46,19 +46,17 @@ fn timestamp(ms: UnixMillis) -> prost_types::Timestamp {
     }
 }
 
-impl From<UserInfo> for pb::UserInfo {
-    fn from(u: UserInfo) -> Self {
-        Self {
-            open_id: u.open_id,
-            union_id: u.union_id,
-            nick_name: u.nick_name,
-            gender: u.gender,
-            language: u.language,
-            city: u.city,
-            province: u.province,
-            country: u.country,
-            avatar_url: u.avatar_url,
-        }
+fn user_pb(u: UserInfo) -> pb::UserInfo {
+    pb::UserInfo {
+        open_id: u.open_id,
+        union_id: u.union_id,
+        nick_name: u.nick_name,
+        gender: u.gender,
+        language: u.language,
+        city: u.city,
+        province: u.province,
+        country: u.country,
+        avatar_url: u.avatar_url,
     }
 }
 
@@ -93,7 +91,7 @@ impl SessionService for SessionGrpc {
                 id: credentials.id,
                 skey: credentials.skey,
             }),
-            user: Some(record.user.into()),
+            user: Some(user_pb(record.user)),
             expires_at: Some(timestamp(record.expires_at)),
         }))
     }
@@ -106,7 +104,7 @@ impl SessionService for SessionGrpc {
         let record = self.sessions.validate(&r.id, &r.skey).await?;
         let expires_in = record.expires_at.saturating_sub(now_millis()).max(0);
         Ok(Response::new(ValidateResponse {
-            user: Some(record.user.into()),
+            user: Some(user_pb(record.user)),
             expires_at: Some(timestamp(record.expires_at)),
             created_at: Some(timestamp(record.created_at)),
             expires_in: Some(duration(expires_in)),

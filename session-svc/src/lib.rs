@@ -13,8 +13,10 @@ pub mod revocations;
 pub mod session;
 pub mod startup;
 pub mod store;
-pub mod user_data;
 pub mod wechat;
 
 pub use config::Settings;
 pub use startup::Application;
+
+/// WeChat's user data: parsed and checked in `weapp-wire`, where it is fuzzed.
+pub use weapp_wire::user_data;

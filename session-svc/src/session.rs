@@ -24,31 +24,11 @@ pub fn now_millis() -> UnixMillis {
         .unwrap_or_default()
 }
 
+/// The user behind a session, in WeChat's field names (as `/me` shows it).
+pub use weapp_wire::UserInfo;
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// The user behind a session, in WeChat's field names (as `/me` shows it).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserInfo {
-    pub open_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub union_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nick_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gender: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub language: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub city: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub province: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub country: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub avatar_url: Option<String>,
 }
 
 /// A stored session. Holds the skey only as a hash, and nothing of WeChat's session_key: no

@@ -4,7 +4,6 @@
 use std::{sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use tokio::sync::Semaphore;
 use url::Url;
 
@@ -22,20 +21,7 @@ pub struct WeChatSettings {
     pub max_concurrent: usize,
 }
 
-/// A successful exchange. `session_key` stays inside session-svc.
-pub struct CodeSession {
-    pub open_id: String,
-    pub union_id: Option<String>,
-    pub session_key: SecretString,
-}
-
-impl std::fmt::Debug for CodeSession {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CodeSession")
-            .field("union_id", &self.union_id.is_some())
-            .finish_non_exhaustive()
-    }
-}
+pub use weapp_wire::wechat_answer::{AnswerError, CodeSession, parse_answer};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WeChatError {
@@ -52,6 +38,15 @@ pub enum WeChatError {
     Malformed(String),
 }
 
+impl From<AnswerError> for WeChatError {
+    fn from(e: AnswerError) -> Self {
+        match e {
+            AnswerError::Refused { errcode, errmsg } => Self::Refused { errcode, errmsg },
+            AnswerError::Malformed(why) => Self::Malformed(why),
+        }
+    }
+}
+
 /// WeChat's errcodes that this service treats specially.
 pub mod errcode {
     pub const SYSTEM_BUSY: i64 = -1;
@@ -61,15 +56,6 @@ pub mod errcode {
     pub const CODE_USED: i64 = 40163;
     pub const CODE_BLOCKED: i64 = 40226;
     pub const MINUTE_QUOTA: i64 = 45011;
-}
-
-#[derive(Deserialize)]
-struct Answer {
-    openid: Option<String>,
-    session_key: Option<String>,
-    unionid: Option<String>,
-    errcode: Option<i64>,
-    errmsg: Option<String>,
 }
 
 pub struct WeChatClient {
@@ -148,7 +134,7 @@ impl WeChatClient {
             }
             body.extend_from_slice(&chunk);
         }
-        parse_answer(&body)
+        Ok(parse_answer(&body)?)
     }
 
     fn transport_error(&self, e: reqwest::Error) -> WeChatError {
@@ -158,74 +144,6 @@ impl WeChatClient {
             WeChatError::Malformed(e.without_url().to_string())
         } else {
             WeChatError::Unreachable(e.without_url().to_string())
-        }
-    }
-}
-
-/// Reads a jscode2session answer. WeChat sends `text/plain`, so the body is parsed whatever
-/// its content type says.
-pub fn parse_answer(body: &[u8]) -> Result<CodeSession, WeChatError> {
-    let answer: Answer = serde_json::from_slice(body)
-        .map_err(|e| WeChatError::Malformed(format!("not JSON ({e})")))?;
-    if let Some(errcode) = answer.errcode.filter(|c| *c != 0) {
-        return Err(WeChatError::Refused {
-            errcode,
-            errmsg: answer.errmsg.unwrap_or_default(),
-        });
-    }
-    match (answer.openid, answer.session_key) {
-        (Some(open_id), Some(session_key)) if !open_id.is_empty() && !session_key.is_empty() => {
-            Ok(CodeSession {
-                open_id,
-                union_id: answer.unionid.filter(|u| !u.is_empty()),
-                session_key: SecretString::from(session_key),
-            })
-        }
-        _ => Err(WeChatError::Malformed(
-            "openid or session_key missing".into(),
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_success_and_errors() {
-        let ok = parse_answer(br#"{"openid":"o1","session_key":"a2V5","unionid":"u1"}"#).unwrap();
-        assert_eq!(ok.open_id, "o1");
-        assert_eq!(ok.union_id.as_deref(), Some("u1"));
-        assert_eq!(ok.session_key.expose_secret(), "a2V5");
-        assert!(!format!("{ok:?}").contains("a2V5"));
-
-        let err =
-            parse_answer(br#"{"errcode":40029,"errmsg":"invalid code, rid: 1"}"#).unwrap_err();
-        assert_eq!(
-            err,
-            WeChatError::Refused {
-                errcode: 40029,
-                errmsg: "invalid code, rid: 1".into()
-            }
-        );
-        // errcode 0 with the fields present is a success (WeChat sometimes includes it).
-        assert!(parse_answer(br#"{"errcode":0,"openid":"o","session_key":"k"}"#).is_ok());
-    }
-
-    #[test]
-    fn malformed_answers_are_refused() {
-        for body in [
-            &b"<html>"[..],
-            b"{\"openid\":\"o\",\"sess",
-            b"{}",
-            b"{\"openid\":\"o\"}",
-            b"[]",
-            b"",
-        ] {
-            assert!(
-                matches!(parse_answer(body), Err(WeChatError::Malformed(_))),
-                "{body:?}"
-            );
         }
     }
 }

@@ -280,6 +280,10 @@ async fn bad_input_is_400_and_spends_nothing() {
         "iv",
     )
     .await;
+    let long_code = "a".repeat(200);
+    refused(&stack, with(&[("X-WX-Code", &long_code)]), 400, "malformed").await;
+    let control = stack.http.get(stack.url("/login?X-WX-Code=ab%01cd"));
+    refused(&stack, control, 400, "malformed").await;
     // None of that reached WeChat: the code is still good.
     assert_eq!(stack.sandbox.code_stats(&minted.code).unwrap().exchanges, 0);
     session_from(stack.login_encrypted(&minted).await).await;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
-use crate::session::UserInfo;
+use crate::user::UserInfo;
 
 type Aes128CbcDec = cbc::Decryptor<aes::Aes128>;
 
