@@ -8,7 +8,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/target/tools"
-version=0.19.0
+version=0.20.2
 if ! "$tools/bin/cargo-deny" --version 2>/dev/null | grep -q "$version"; then
   echo "==> installing cargo-deny $version into $tools (a few minutes, once)"
   cargo install --quiet --locked --root "$tools" cargo-deny --version "$version"
@@ -17,9 +17,9 @@ export PATH="$tools/bin:$PATH"
 cd "$root"
 cargo deny --log-level warn check bans licenses sources
 echo "cargo deny: bans, licenses, sources ok"
-if timeout 60 cargo deny --log-level error fetch db >/dev/null 2>&1; then
+if fetch=$(timeout 60 cargo deny --log-level error fetch db 2>&1); then
   cargo deny --log-level warn check advisories
   echo "cargo deny: advisories ok"
 else
-  echo "cargo deny: advisories NOT CHECKED — the RustSec advisory database (github.com) cannot be fetched from this machine"
+  echo "cargo deny: advisories NOT CHECKED — the RustSec advisory database cannot be fetched from this machine: $(printf '%s' "$fetch" | tail -n 1)"
 fi

@@ -86,6 +86,11 @@ impl OpenSockets {
         });
     }
 
+    /// Ids of the sessions with open sockets.
+    pub fn session_ids(&self) -> Vec<String> {
+        self.sessions.iter().map(|e| e.key().clone()).collect()
+    }
+
     /// Sessions with at least one open socket.
     pub fn sessions(&self) -> usize {
         self.sessions.len()

@@ -190,6 +190,9 @@ pub async fn follow_revocations(
             _ = shutdown.cancelled() => return,
             stream = sessions.watch_revocations() => stream,
         };
+        // Revocations may have been missed while there was no stream: once this one has
+        // spoken, the sessions of open sockets are checked again.
+        let mut recheck = true;
         match stream {
             Ok(mut stream) => loop {
                 let next = tokio::select! {
@@ -213,6 +216,13 @@ pub async fn follow_revocations(
                         // After applying the event: "heard" means "up to date".
                         cache.heard();
                         backoff = Duration::from_millis(50);
+                        if std::mem::take(&mut recheck) {
+                            tokio::spawn(recheck_open_sockets(
+                                sockets.clone(),
+                                sessions.clone(),
+                                shutdown.clone(),
+                            ));
+                        }
                     }
                     Ok(Ok(None)) => {
                         tracing::info!("revocation stream ended; session cache emptied");
@@ -238,6 +248,54 @@ pub async fn follow_revocations(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Most ids sent in one CheckSessions call (session-svc takes up to 10,000).
+const CHECK_BATCH: usize = 5_000;
+
+/// Closes the open sockets of sessions that ended while the revocation stream was down. Run
+/// after the stream is back, so later revocations arrive through it; retried a few times if
+/// session-svc cannot answer, and again at the next reconnection in any case.
+async fn recheck_open_sockets(
+    sockets: Arc<OpenSockets>,
+    sessions: SessionClient,
+    shutdown: CancellationToken,
+) {
+    let ids = sockets.session_ids();
+    if ids.is_empty() {
+        return;
+    }
+    let mut closed = 0usize;
+    for batch in ids.chunks(CHECK_BATCH) {
+        let mut attempt = 0;
+        let ended = loop {
+            match sessions.ended_sessions(batch.to_vec()).await {
+                Ok(ended) => break ended,
+                Err(status) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::debug!(code = ?status.code(), "cannot recheck open sockets yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), "open sockets not rechecked after a revocation stream outage");
+                    return;
+                }
+            }
+        };
+        closed += ended.len();
+        for id in ended {
+            sockets.revoke_session(&id);
+        }
+    }
+    if closed > 0 {
+        tracing::info!(
+            closed,
+            "closed sockets of sessions revoked while the revocation stream was down"
+        );
     }
 }
 

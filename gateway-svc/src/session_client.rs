@@ -7,8 +7,8 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use weapp_proto::session::v1::{
-    LoginRequest, LoginResponse, LogoutRequest, Revocation, ValidateRequest, ValidateResponse,
-    WatchRevocationsRequest, session_service_client::SessionServiceClient,
+    CheckSessionsRequest, LoginRequest, LoginResponse, LogoutRequest, Revocation, ValidateRequest,
+    ValidateResponse, WatchRevocationsRequest, session_service_client::SessionServiceClient,
     session_service_server::SERVICE_NAME,
 };
 
@@ -83,6 +83,20 @@ impl SessionClient {
             client.watch_revocations(WatchRevocationsRequest {}).await
         })
         .await
+    }
+
+    /// Which of `session_ids` have ended, asked by id alone (see `CheckSessions`).
+    pub async fn ended_sessions(&self, session_ids: Vec<String>) -> Result<Vec<String>, Status> {
+        let mut client = self.client.clone();
+        // Thousands of ids at once: more than a Validate's deadline, still bounded.
+        let deadline = self.session_timeout.max(Duration::from_secs(5));
+        let request = with_deadline(CheckSessionsRequest { session_ids }, deadline);
+        bounded(
+            deadline,
+            async move { client.check_sessions(request).await },
+        )
+        .await
+        .map(|answer| answer.ended)
     }
 
     /// Whether session-svc reports its session service SERVING (its store answers).

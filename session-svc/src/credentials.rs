@@ -64,12 +64,15 @@ pub fn skey_matches(presented: &str, stored_hash: &str) -> bool {
 /// Whether a client-supplied id/skey pair can be ours at all; anything else is refused without
 /// touching the store.
 pub fn well_formed(id: &str, skey: &str) -> bool {
-    id.len() == ID_LEN
-        && id.bytes().all(|b| b.is_ascii_hexdigit())
+    well_formed_id(id)
         && skey.len() == SKEY_LEN
         && skey
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub fn well_formed_id(id: &str) -> bool {
+    id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A short, non-reversible tag for logs: lets operators correlate lines about one session or

@@ -6,9 +6,10 @@ use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use weapp_proto::session::v1::{
-    self as pb, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RevokeUserRequest,
-    RevokeUserResponse, SessionCredentials, ValidateRequest, ValidateResponse,
-    WatchRevocationsRequest, session_service_server::SessionService,
+    self as pb, CheckSessionsRequest, CheckSessionsResponse, LoginRequest, LoginResponse,
+    LogoutRequest, LogoutResponse, RevokeUserRequest, RevokeUserResponse, SessionCredentials,
+    ValidateRequest, ValidateResponse, WatchRevocationsRequest,
+    session_service_server::SessionService,
 };
 
 use crate::{
@@ -129,6 +130,17 @@ impl SessionService for SessionGrpc {
             .revoke_user(&request.into_inner().open_id)
             .await?;
         Ok(Response::new(RevokeUserResponse { revoked }))
+    }
+
+    async fn check_sessions(
+        &self,
+        request: Request<CheckSessionsRequest>,
+    ) -> Result<Response<CheckSessionsResponse>, Status> {
+        let ended = self
+            .sessions
+            .ended(request.into_inner().session_ids)
+            .await?;
+        Ok(Response::new(CheckSessionsResponse { ended }))
     }
 
     async fn watch_revocations(

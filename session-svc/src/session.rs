@@ -5,6 +5,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -26,6 +27,9 @@ pub fn now_millis() -> UnixMillis {
 
 /// The user behind a session, in WeChat's field names (as `/me` shows it).
 pub use weapp_wire::UserInfo;
+
+/// Most ids one CheckSessions call may ask about.
+pub const MAX_CHECKED_SESSIONS: usize = 10_000;
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -177,6 +181,30 @@ impl SessionManager {
         self.revocations.publish(Revoked::User(open_id.to_owned()));
         tracing::info!(user = %credentials::short_hash(open_id), revoked, "user's sessions revoked");
         Ok(revoked)
+    }
+
+    /// Which of `ids` no longer name a live session. Asked by id alone, for callers that
+    /// hold something open per session and may have missed revocations.
+    pub async fn ended(&self, ids: Vec<String>) -> Result<Vec<String>, SessionError> {
+        if ids.len() > MAX_CHECKED_SESSIONS {
+            return Err(SessionError::InvalidArgument(format!(
+                "at most {MAX_CHECKED_SESSIONS} session ids per call"
+            )));
+        }
+        let now = now_millis();
+        let store = &self.store;
+        let answers: Vec<Option<String>> = futures::stream::iter(ids)
+            .map(|id| async move {
+                if !credentials::well_formed_id(&id) {
+                    return Ok(Some(id));
+                }
+                let live = store.get(&id).await?.is_some_and(|r| !r.is_expired(now));
+                Ok::<_, SessionError>((!live).then_some(id))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        Ok(answers.into_iter().flatten().collect())
     }
 
     async fn authenticate(&self, id: &str, skey: &str) -> Result<SessionRecord, SessionError> {

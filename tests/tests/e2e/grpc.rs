@@ -4,8 +4,8 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use weapp_proto::session::v1::{
-    LoginRequest, LogoutRequest, RevokeUserRequest, ValidateRequest, WatchRevocationsRequest,
-    revocation::Event, session_service_client::SessionServiceClient,
+    CheckSessionsRequest, LoginRequest, LogoutRequest, RevokeUserRequest, ValidateRequest,
+    WatchRevocationsRequest, revocation::Event, session_service_client::SessionServiceClient,
 };
 use weapp_tests::{Stack, wechat_sandbox::MintRequest};
 
@@ -115,6 +115,40 @@ async fn revoke_user_ends_every_session_of_that_user_and_no_other() {
         .await
         .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn check_sessions_names_the_ended_ones_by_id_alone() {
+    let stack = Stack::start().await;
+    let (_, live) = stack.new_session().await;
+    let (_, gone) = stack.new_session().await;
+    assert_eq!(stack.get("/logout", Some(&gone)).await.status(), 200);
+    let unknown = "0".repeat(32);
+    let mut client = SessionServiceClient::new(stack.session_channel().await);
+    let mut ended = client
+        .check_sessions(CheckSessionsRequest {
+            session_ids: vec![
+                live.id.clone(),
+                gone.id.clone(),
+                unknown.clone(),
+                "not an id".into(),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ended;
+    ended.sort();
+    let mut expected = vec![gone.id.clone(), unknown, "not an id".to_owned()];
+    expected.sort();
+    assert_eq!(ended, expected);
+    let too_many = client
+        .check_sessions(CheckSessionsRequest {
+            session_ids: vec![live.id.clone(); 10_001],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument);
 }
 
 #[tokio::test]

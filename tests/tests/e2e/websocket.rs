@@ -343,3 +343,32 @@ async fn one_session_holds_at_most_its_share_of_websockets() {
     let mut ws = third.expect("place released");
     assert!(text(next(&mut ws).await).starts_with("Server: "));
 }
+
+#[tokio::test]
+async fn sockets_of_sessions_that_ended_unannounced_close_when_the_stream_returns() {
+    let mut stack = Stack::start().await;
+    let (_, ended) = stack.new_session().await;
+    let (_, alive) = stack.new_session().await;
+    let mut doomed = connect(&stack, Some(&ended)).await;
+    let mut fine = connect(&stack, Some(&alive)).await;
+    for ws in [&mut doomed, &mut fine] {
+        assert!(text(next(ws).await).starts_with("Server: "));
+    }
+    // The session ends without a revocation on the stream, as when it is revoked while the
+    // gateway's stream is down: nothing tells the gateway, and the socket stays open...
+    assert!(stack.store().remove(&ended.id).await.unwrap());
+    doomed
+        .send(Message::Text("still here".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(next(&mut doomed).await),
+        "Server: Received(still here)"
+    );
+    // ...until the stream comes back after an outage, when open sockets are checked again.
+    stack.stop_session_svc().await;
+    stack.start_session_svc().await;
+    expect_revoked(&mut doomed).await;
+    fine.send(Message::Text("and me".into())).await.unwrap();
+    assert_eq!(text(next(&mut fine).await), "Server: Received(and me)");
+}
