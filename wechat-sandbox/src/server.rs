@@ -1,10 +1,7 @@
 //! HTTP side of the sandbox: WeChat's `jscode2session` and the sandbox-only mint endpoint.
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -160,27 +157,6 @@ pub struct Sandbox {
 struct Inner {
     config: SandboxConfig,
     codes: Mutex<HashMap<String, CodeEntry>>,
-    /// `jscode2session` calls being answered now, and the most there ever were at once: how
-    /// tests see that a client bounds its concurrency towards WeChat.
-    in_flight: AtomicUsize,
-    peak_in_flight: AtomicUsize,
-}
-
-/// Counts one `jscode2session` call as in flight while it lives.
-struct InFlight<'a>(&'a Inner);
-
-impl<'a> InFlight<'a> {
-    fn enter(inner: &'a Inner) -> Self {
-        let now = inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        inner.peak_in_flight.fetch_max(now, Ordering::SeqCst);
-        Self(inner)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,8 +171,6 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 config,
                 codes: Mutex::new(HashMap::new()),
-                in_flight: AtomicUsize::new(0),
-                peak_in_flight: AtomicUsize::new(0),
             }),
         }
     }
@@ -288,11 +262,6 @@ impl Sandbox {
 
     /// The session_key WeChat hands out with `code` (base64), for tests that must check it
     /// never shows up where it should not.
-    /// The most `jscode2session` calls that were ever being answered at the same time.
-    pub fn peak_in_flight(&self) -> usize {
-        self.inner.peak_in_flight.load(Ordering::SeqCst)
-    }
-
     pub fn session_key(&self, code: &str) -> Option<String> {
         self.codes().get(code).map(|e| e.session_key_b64.clone())
     }
@@ -396,7 +365,6 @@ async fn jscode2session(
     State(sandbox): State<Sandbox>,
     Query(q): Query<Code2SessionQuery>,
 ) -> Response {
-    let _in_flight = InFlight::enter(&sandbox.inner);
     let exchange = sandbox.exchange(&q);
     if let Some(delay) = exchange.delay {
         tokio::time::sleep(delay).await;
