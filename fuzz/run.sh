@@ -12,13 +12,10 @@ set -euo pipefail
 
 seconds=${1:-60}
 root=$(cd "$(dirname "$0")/.." && pwd)
-tools="$root/target/tools"
-cargo_fuzz_version=0.13.2
-if ! "$tools/bin/cargo-fuzz" --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
-  echo "==> installing cargo-fuzz $cargo_fuzz_version into $tools"
-  cargo install --quiet --locked --root "$tools" cargo-fuzz --version "$cargo_fuzz_version"
-fi
-export PATH="$tools/bin:$PATH" RUSTC_BOOTSTRAP=1
+# shellcheck source=../scripts/prereqs.sh
+. "$root/scripts/prereqs.sh"
+ensure_cargo_tool "$root" cargo-fuzz 0.13.2
+export RUSTC_BOOTSTRAP=1
 cd "$root/fuzz"
 cargo fuzz build 2>&1 | { grep -Ev "^ *(Compiling|Downloaded|Downloading) " || true; }
 summary=()

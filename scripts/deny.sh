@@ -7,13 +7,9 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-tools="$root/target/tools"
-version=0.20.2
-if ! "$tools/bin/cargo-deny" --version 2>/dev/null | grep -q "$version"; then
-  echo "==> installing cargo-deny $version into $tools (a few minutes, once)"
-  cargo install --quiet --locked --root "$tools" cargo-deny --version "$version"
-fi
-export PATH="$tools/bin:$PATH"
+# shellcheck source=prereqs.sh
+. "$root/scripts/prereqs.sh"
+ensure_cargo_tool "$root" cargo-deny 0.20.2
 cd "$root"
 cargo deny --log-level warn check bans licenses sources
 echo "cargo deny: bans, licenses, sources ok"

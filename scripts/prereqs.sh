@@ -37,3 +37,14 @@ ensure_test_venv() {
   export NX_27017_BIN="$venv/bin/nx-27017"
   "$NX_27017_BIN" --help > /dev/null
 }
+
+# ensure_cargo_tool ROOT CRATE VERSION: the cargo subcommand CRATE at VERSION in
+# ROOT/target/tools (built once, from crates.io), put first on PATH.
+ensure_cargo_tool() {
+  local tools="$1/target/tools"
+  if ! "$tools/bin/$2" --version 2>/dev/null | grep -q " $3\$"; then
+    echo "==> installing $2 $3 into $tools (built from crates.io, once)"
+    cargo install --quiet --locked --root "$tools" "$2" --version "$3"
+  fi
+  export PATH="$tools/bin:$PATH"
+}

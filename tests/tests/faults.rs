@@ -99,6 +99,14 @@ async fn lost(gateway: &ServiceProcess, sessions: &[ClientSession]) -> usize {
     lost
 }
 
+async fn open_websockets(gateway: &ServiceProcess, sessions: &[ClientSession]) -> Vec<Ws> {
+    let mut sockets = Vec::with_capacity(sessions.len());
+    for session in sessions {
+        sockets.push(open_websocket(gateway, session).await);
+    }
+    sockets
+}
+
 async fn open_websocket(gateway: &ServiceProcess, session: &ClientSession) -> Ws {
     let url = format!("ws://{}/ws?{}", gateway.addr(), session.query());
     let (mut ws, _) = connect_async(url).await.expect("upgrade accepted");
@@ -185,6 +193,27 @@ fn assert_all_unavailable(samples: &Samples, from: Duration, to: Duration) {
     }
 }
 
+/// Nothing failed in the last second of the load: the fault is over for every client.
+fn assert_recovered_before(samples: &Samples, end: Duration) {
+    let last_second = end.saturating_sub(Duration::from_secs(1));
+    assert!(
+        samples.between(last_second, end).all(|s| s.is_ok()),
+        "not recovered a second before the end: {}",
+        samples.summary(last_second, end)
+    );
+}
+
+/// Prints what the load saw before, during and after a fault (`FIGURE` lines).
+fn print_windows(fault: &str, samples: &Samples, [began, ended, end]: [Duration; 3]) {
+    for (window, from, to) in [
+        ("before", Duration::ZERO, began),
+        ("outage", began, ended),
+        ("after", ended, end),
+    ] {
+        println!("FIGURE {fault}, {window}: {}", samples.summary(from, to));
+    }
+}
+
 /// Time from `from` until the last failed request: how long the clients saw the fault.
 fn recovery(samples: &Samples, from: Duration) -> Duration {
     samples
@@ -202,10 +231,7 @@ async fn session_svc_killed_under_load_fails_closed_and_loses_no_session() {
     let mut session_svc = ServiceProcess::session_svc(&env);
     let gateway = ServiceProcess::gateway(&gateway_env(&session_svc, &[]));
     let sessions = log_in(&wechat, &gateway, 200).await;
-    let mut sockets = Vec::new();
-    for session in &sessions[..20] {
-        sockets.push(open_websocket(&gateway, session).await);
-    }
+    let mut sockets = open_websockets(&gateway, &sessions[..20]).await;
 
     let load = Load::start(format!("{}/me", gateway.url()), sessions.clone(), 16);
     hold(Duration::from_millis(1500)).await;
@@ -225,28 +251,11 @@ async fn session_svc_killed_under_load_fails_closed_and_loses_no_session() {
     assert_fail_closed(&samples);
     assert_all_unavailable(&samples, killed + REVOCATION_BOUND, restarted);
     let recovered = recovery(&samples, restarted);
-    assert!(
-        samples
-            .between(end - Duration::from_secs(1), end)
-            .all(|s| s.is_ok()),
-        "not recovered a second before the end: {}",
-        samples.summary(end - Duration::from_secs(1), end)
-    );
+    assert_recovered_before(&samples, end);
     echo_on_all(&mut sockets, "after the restart").await;
     assert_eq!(lost(&gateway, &sessions).await, 0, "sessions lost");
 
-    println!(
-        "FIGURE session-svc SIGKILL, before: {}",
-        samples.summary(Duration::ZERO, killed)
-    );
-    println!(
-        "FIGURE session-svc SIGKILL, outage: {}",
-        samples.summary(killed, restarted)
-    );
-    println!(
-        "FIGURE session-svc SIGKILL, after: {}",
-        samples.summary(restarted, end)
-    );
+    print_windows("session-svc SIGKILL", &samples, [killed, restarted, end]);
     println!(
         "FIGURE session-svc SIGKILL: restarted process listening after {start_up:?}; clients \
          served again {recovered:?} after the restart began; 20/20 WebSockets stayed open; \
@@ -274,10 +283,7 @@ async fn the_store_killed_under_load_fails_closed_and_heals_without_a_restart() 
     ));
     let cached = ServiceProcess::gateway(&gateway_env(&session_svc, &[]));
     let sessions = log_in(&wechat, &gateway, 100).await;
-    let mut sockets = Vec::new();
-    for session in &sessions[..10] {
-        sockets.push(open_websocket(&gateway, session).await);
-    }
+    let mut sockets = open_websockets(&gateway, &sessions[..10]).await;
     let http = http();
     let me_on_cached = |session: &ClientSession| {
         http.get(format!("{}/me", cached.url()))
@@ -330,13 +336,7 @@ async fn the_store_killed_under_load_fails_closed_and_heals_without_a_restart() 
     // The driver notices a killed server at the next operation; allow it one deadline.
     assert_all_unavailable(&samples, stopped + SESSION_DEADLINE, resumed);
     let recovered = recovery(&samples, resumed);
-    assert!(
-        samples
-            .between(end - Duration::from_secs(1), end)
-            .all(|s| s.is_ok()),
-        "not recovered a second before the end: {}",
-        samples.summary(end - Duration::from_secs(1), end)
-    );
+    assert_recovered_before(&samples, end);
     assert!(
         session_svc.is_running() && session_svc.pid() == pid,
         "session-svc was not restarted"
@@ -356,18 +356,7 @@ async fn the_store_killed_under_load_fails_closed_and_heals_without_a_restart() 
         .revoked;
     assert_eq!(made, 0, "the refused login made a session");
 
-    println!(
-        "FIGURE MongoDB killed, before: {}",
-        samples.summary(Duration::ZERO, stopped)
-    );
-    println!(
-        "FIGURE MongoDB killed, outage: {}",
-        samples.summary(stopped, resumed)
-    );
-    println!(
-        "FIGURE MongoDB killed, after: {}",
-        samples.summary(resumed, end)
-    );
+    print_windows("MongoDB killed", &samples, [stopped, resumed, end]);
     println!(
         "FIGURE MongoDB killed: nx-27017 listening again after {start_up:?}; clients served again \
          {recovered:?} after it began to restart; session-svc never restarted; 10/10 WebSockets \
@@ -606,10 +595,7 @@ async fn a_gateway_restart_closes_websockets_with_1001_and_clients_resume_their_
     let session_svc = ServiceProcess::session_svc(&env);
     let mut gateway = ServiceProcess::gateway(&gateway_env(&session_svc, &[]));
     let sessions = log_in(&wechat, &gateway, 50).await;
-    let mut sockets = Vec::new();
-    for session in sessions.iter() {
-        sockets.push(open_websocket(&gateway, session).await);
-    }
+    let mut sockets = open_websockets(&gateway, &sessions).await;
     let load = Load::start(format!("{}/me", gateway.url()), sessions.clone(), 8);
     hold(Duration::from_millis(1000)).await;
 
@@ -633,10 +619,7 @@ async fn a_gateway_restart_closes_websockets_with_1001_and_clients_resume_their_
     let restarting = load.now();
     tokio::task::block_in_place(|| gateway.start());
     let began = Instant::now();
-    let mut sockets = Vec::new();
-    for session in sessions.iter() {
-        sockets.push(open_websocket(&gateway, session).await);
-    }
+    let mut sockets = open_websockets(&gateway, &sessions).await;
     let reconnected = began.elapsed();
     echo_on_all(&mut sockets, "after the restart").await;
     hold(Duration::from_millis(1000)).await;
