@@ -45,7 +45,9 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "cargo test (unit, store conformance on both stores, end-to-end on the embedded store)"
-cargo test --workspace 2>&1 | tee "$log_dir/cargo-test.log"
+WEAPP_FAULT_FIGURES="$log_dir/faults.txt" cargo test --workspace 2>&1 | tee "$log_dir/cargo-test.log"
+echo "fault tests, what the clients saw (docs/RELIABILITY.md):"
+sed 's/^/  /' "$log_dir/faults.txt"
 
 step "end-to-end suite again, on MongoDB (nx-27017)"
 WEAPP_TEST_STORE=mongodb cargo test -p weapp-tests --test e2e -- --skip conformance:: --skip mongo_store:: \

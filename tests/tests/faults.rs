@@ -2,7 +2,7 @@
 //! session-svc SIGKILLed, the MongoDB server killed, WeChat slow and failing, the gateway
 //! restarted under connected WebSockets. Each test asserts what every client saw, that no
 //! session was lost, and prints the figures that docs/RELIABILITY.md reports (`FIGURE` lines;
-//! run with `--nocapture` to see them).
+//! run with `--nocapture` to see them, or set `WEAPP_FAULT_FIGURES` to a file).
 //!
 //! The tests run one at a time: each holds the machine busy with its load, and the recovery
 //! times they measure would otherwise measure each other.
@@ -32,6 +32,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 /// The gateway's deadline for asking session-svc, in these tests.
 const SESSION_DEADLINE: Duration = Duration::from_millis(500);
+/// session-svc's MongoDB server-selection timeout, in the store test.
+const STORE_TIMEOUT: Duration = Duration::from_millis(400);
 /// How long the gateway may keep answering from its cache after the revocation stream is
 /// lost (gateway-svc's `REVOCATION_BOUND`).
 const REVOCATION_BOUND: Duration = Duration::from_secs(1);
@@ -203,6 +205,21 @@ fn assert_recovered_before(samples: &Samples, end: Duration) {
     );
 }
 
+/// A figure for docs/RELIABILITY.md: printed (shown with `--nocapture`) and, when
+/// `WEAPP_FAULT_FIGURES` names a file, appended to it (scripts/test.sh prints that file).
+fn figure(line: String) {
+    println!("FIGURE {line}");
+    if let Some(path) = std::env::var_os("WEAPP_FAULT_FIGURES") {
+        use std::io::Write as _;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| writeln!(file, "{line}"));
+        written.expect("the figures file is writable");
+    }
+}
+
 /// Prints what the load saw before, during and after a fault (`FIGURE` lines).
 fn print_windows(fault: &str, samples: &Samples, [began, ended, end]: [Duration; 3]) {
     for (window, from, to) in [
@@ -210,7 +227,7 @@ fn print_windows(fault: &str, samples: &Samples, [began, ended, end]: [Duration;
         ("outage", began, ended),
         ("after", ended, end),
     ] {
-        println!("FIGURE {fault}, {window}: {}", samples.summary(from, to));
+        figure(format!("{fault}, {window}: {}", samples.summary(from, to)));
     }
 }
 
@@ -256,12 +273,12 @@ async fn session_svc_killed_under_load_fails_closed_and_loses_no_session() {
     assert_eq!(lost(&gateway, &sessions).await, 0, "sessions lost");
 
     print_windows("session-svc SIGKILL", &samples, [killed, restarted, end]);
-    println!(
-        "FIGURE session-svc SIGKILL: restarted process listening after {start_up:?}; clients \
+    figure(format!(
+        "session-svc SIGKILL: restarted process listening after {start_up:?}; clients \
          served again {recovered:?} after the restart began; 20/20 WebSockets stayed open; \
          sessions lost: 0 of {}",
         sessions.len()
-    );
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,7 +289,10 @@ async fn the_store_killed_under_load_fails_closed_and_heals_without_a_restart() 
     let mut env = wechat.session_svc_env();
     env.push(("WEAPP_MONGODB_URI", mongo.uri()));
     env.push(("WEAPP_MONGODB_DATABASE", "weapp_faults".into()));
-    env.push(("WEAPP_MONGODB_TIMEOUT", "400ms".into()));
+    env.push((
+        "WEAPP_MONGODB_TIMEOUT",
+        format!("{}ms", STORE_TIMEOUT.as_millis()),
+    ));
     let mut session_svc = ServiceProcess::session_svc(&env);
     let pid = session_svc.pid();
     // Under load every request reaches the store (no cache); a second gateway with the
@@ -333,8 +353,14 @@ async fn the_store_killed_under_load_fails_closed_and_heals_without_a_restart() 
     let samples = load.finish().await;
 
     assert_fail_closed(&samples);
-    // The driver notices a killed server at the next operation; allow it one deadline.
-    assert_all_unavailable(&samples, stopped + SESSION_DEADLINE, resumed);
+    // The driver notices a killed server at the next operation: allow it one deadline. And a
+    // request waits up to the store timeout for the server to come back, so one sent that
+    // long before the restart may rightly be served.
+    assert_all_unavailable(
+        &samples,
+        stopped + SESSION_DEADLINE,
+        resumed.saturating_sub(STORE_TIMEOUT),
+    );
     let recovered = recovery(&samples, resumed);
     assert_recovered_before(&samples, end);
     assert!(
@@ -357,12 +383,12 @@ async fn the_store_killed_under_load_fails_closed_and_heals_without_a_restart() 
     assert_eq!(made, 0, "the refused login made a session");
 
     print_windows("MongoDB killed", &samples, [stopped, resumed, end]);
-    println!(
-        "FIGURE MongoDB killed: nx-27017 listening again after {start_up:?}; clients served again \
+    figure(format!(
+        "MongoDB killed: nx-27017 listening again after {start_up:?}; clients served again \
          {recovered:?} after it began to restart; session-svc never restarted; 10/10 WebSockets \
          stayed open; sessions lost: 0 of {}",
         sessions.len()
-    );
+    ));
 }
 
 /// The most connections to `port` on loopback seen open at once (client side, ESTABLISHED in
@@ -487,9 +513,11 @@ async fn wechat_failing_or_slow_under_load_maps_to_statuses_and_spends_no_code_t
     }
 
     // WeChat slow: every answer comes after session-svc's 1 s budget. 40 logins at once may
-    // hold at most 4 connections to WeChat; the rest give up waiting for one. The connections
-    // are counted from the kernel's table, sampled throughout (the sandbox cannot count them:
-    // it only notices an abandoned request when its delay is over).
+    // have at most 4 requests at WeChat; the rest give up waiting for a slot. Connections are
+    // counted from the kernel's table, sampled throughout (the sandbox cannot count them: it
+    // only notices an abandoned request when its delay is over). A timed-out request frees its
+    // slot at once while its connection is closed a moment later, so up to twice the bound can
+    // be open for that moment; what matters is that 40 logins do not make 40 connections.
     let slow: Vec<_> = (0..40)
         .map(|_| {
             wechat.mint(MintRequest {
@@ -530,8 +558,9 @@ async fn wechat_failing_or_slow_under_load_maps_to_statuses_and_spends_no_code_t
         );
     }
     assert!(
-        (1..=4).contains(&peak),
-        "{peak} connections to WeChat at once; the bound is 4"
+        (1..=8).contains(&peak),
+        "{peak} connections to WeChat at once; the bound is 4 requests (8 connections while \
+         timed-out ones close)"
     );
     let sent_to_wechat = slow
         .iter()
@@ -571,18 +600,18 @@ async fn wechat_failing_or_slow_under_load_maps_to_statuses_and_spends_no_code_t
     }
     assert_eq!(lost(&gateway, &sessions).await, 0, "sessions lost");
 
-    println!(
-        "FIGURE WeChat failing (45011, -1, HTTP 500, malformed, truncated; 10 each at once): \
+    figure(format!(
+        "WeChat failing (45011, -1, HTTP 500, malformed, truncated; 10 each at once): \
          every login got its documented status, each code sent once; /me meanwhile: {}",
         samples.summary(failing_from, failing_to)
-    );
-    println!(
-        "FIGURE WeChat slow (40 logins at once, answers after 3 s, budget 1 s, bound 4): all 504 \
+    ));
+    figure(format!(
+        "WeChat slow (40 logins at once, answers after 3 s, budget 1 s, bound 4): all 504 \
          within {:?}; at most {peak} connections to WeChat at once; {sent_to_wechat} of 40 codes \
          reached WeChat, the rest were never sent; /me meanwhile: {}",
         answers.iter().map(|a| a.2).max().unwrap_or_default(),
         samples.summary(slow_from, slow_to)
-    );
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,12 +669,12 @@ async fn a_gateway_restart_closes_websockets_with_1001_and_clients_resume_their_
     }
     assert_eq!(lost(&gateway, &sessions).await, 0, "sessions lost");
 
-    println!(
-        "FIGURE gateway restart, load: {}",
+    figure(format!(
+        "gateway restart, load: {}",
         samples.summary(Duration::ZERO, end)
-    );
-    println!(
-        "FIGURE gateway restart: SIGTERM to exit {drained:?}, 50/50 WebSockets closed with 1001; \
+    ));
+    figure(format!(
+        "gateway restart: SIGTERM to exit {drained:?}, 50/50 WebSockets closed with 1001; \
          all 50 reconnected with their sessions in {reconnected:?}; sessions lost: 0 of 50"
-    );
+    ));
 }
