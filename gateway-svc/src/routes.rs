@@ -18,7 +18,6 @@ use weapp_common::singleflight::SingleFlight;
 use weapp_proto::session::v1::LoginRequest;
 
 use crate::{
-    body_limit,
     config::Settings,
     error::ApiError,
     open_sockets::OpenSockets,
@@ -88,11 +87,6 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(with_session)
-        // Outermost: a refused body costs no session check and no login.
-        .layer(middleware::from_fn_with_state(
-            state.settings.http,
-            body_limit::limit_body,
-        ))
         .with_state(state)
 }
 

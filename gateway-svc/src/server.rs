@@ -2,7 +2,7 @@
 //! expose — a deadline for a request's headers (a slow-loris client that trickles them is
 //! dropped; hyper runs the same clock on an idle keep-alive connection, so it is the idle
 //! timeout too), a cap on their number and total size (431 past it), a cap on connections
-//! (503 past it) — plus TCP_NODELAY and the client address for every connection, and a
+//! (503 past it), bodies over the limit refused before routing (413, `body_limit.rs`) — plus TCP_NODELAY and the client address for every connection, and a
 //! graceful stop.
 use std::{
     io,
@@ -13,12 +13,11 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, extract::ConnectInfo};
+use axum::{Router, extract::ConnectInfo, response::IntoResponse as _};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder, graceful::GracefulShutdown},
-    service::TowerToHyperService,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
@@ -28,7 +27,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use crate::error::ApiError;
+use crate::{body_limit, error::ApiError};
 
 /// Limits on what a client may send before the request is routed.
 #[derive(Clone, Copy, Debug)]
@@ -99,19 +98,21 @@ pub async fn serve(
             tokio::spawn(turn_away(tcp));
             continue;
         };
-        let service = app
-            .clone()
-            .map_request(move |mut request: hyper::Request<Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(ConnectInfo::<SocketAddr>(peer));
-                request
-            });
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(peer));
+            let app = app.clone();
+            async move {
+                match body_limit::check(request, &limits).await {
+                    Ok(request) => app.oneshot(request).await,
+                    Err(refused) => Ok(refused.into_response()),
+                }
+            }
+        });
         let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(Counted { tcp, _slot: slot }),
-                TowerToHyperService::new(service),
-            )
+            .serve_connection_with_upgrades(TokioIo::new(Counted { tcp, _slot: slot }), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
