@@ -2,8 +2,8 @@
 //! expose — a deadline for a request's headers (a slow-loris client that trickles them is
 //! dropped; hyper runs the same clock on an idle keep-alive connection, so it is the idle
 //! timeout too), a cap on their number and total size (431 past it), a cap on connections
-//! (503 past it), bodies over the limit refused before routing (413, `body_limit.rs`) — plus TCP_NODELAY and the client address for every connection, and a
-//! graceful stop.
+//! (503 past it), bodies over the limit refused before routing (413, `body_limit.rs`) — plus
+//! TCP_NODELAY and the client address for every connection, and a graceful stop.
 use std::{
     io,
     net::SocketAddr,
