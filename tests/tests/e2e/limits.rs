@@ -21,6 +21,20 @@ async fn exchange(stack: &Stack, raw: &[u8]) -> (String, Duration) {
     )
 }
 
+/// A connection that has had one request answered and is kept alive.
+async fn kept_alive(stack: &Stack) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(stack.gateway_addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tcp
+}
+
 #[tokio::test]
 async fn a_client_that_trickles_its_headers_is_dropped_at_the_deadline() {
     let stack = Stack::builder()
@@ -76,15 +90,7 @@ async fn an_idle_keep_alive_connection_is_closed() {
         .gateway(|g| g.http.header_timeout = Duration::from_millis(500))
         .start()
         .await;
-    let mut tcp = tokio::net::TcpStream::connect(stack.gateway_addr())
-        .await
-        .unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tcp.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut tcp = kept_alive(&stack).await;
     // Then nothing: the connection is let go once it has idled for the timeout.
     let started = Instant::now();
     let mut rest = Vec::new();
@@ -164,16 +170,7 @@ async fn connections_beyond_the_cap_get_503_and_room_is_made_when_one_closes() {
         .await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut tcp = tokio::net::TcpStream::connect(stack.gateway_addr())
-            .await
-            .unwrap();
-        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = vec![0u8; 1024];
-        let n = tcp.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-        held.push(tcp);
+        held.push(kept_alive(&stack).await);
     }
     let (answer, took) = exchange(&stack, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
@@ -198,4 +195,20 @@ async fn connections_beyond_the_cap_get_503_and_room_is_made_when_one_closes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(served, "a closed connection did not free its place");
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_never_ends_gets_408_at_the_deadline() {
+    let stack = Stack::builder()
+        .gateway(|g| g.http.header_timeout = Duration::from_millis(500))
+        .start()
+        .await;
+    let (answer, took) = exchange(
+        &stack,
+        b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("ERR_BAD_REQUEST"), "{answer:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
 }
