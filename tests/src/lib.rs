@@ -23,6 +23,7 @@ pub mod mongo;
 pub mod nginx;
 pub mod process;
 pub mod services;
+pub mod ws;
 
 use mongo::MongoServer;
 

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{SinkExt as _, StreamExt as _, future::join_all};
+use futures::{SinkExt as _, future::join_all};
 use tokio::sync::Mutex;
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async,
@@ -26,6 +26,7 @@ use weapp_tests::{
     services::ServiceProcess,
     session_from,
     wechat_sandbox::{Fault, MintRequest},
+    ws::{next_frame, next_text},
 };
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -117,26 +118,6 @@ async fn open_websocket(gateway: &ServiceProcess, session: &ClientSession) -> Ws
     ws
 }
 
-async fn next_frame(ws: &mut Ws) -> Message {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a frame within 5 s")
-            .expect("the socket is open")
-            .expect("a valid frame");
-        if !matches!(frame, Message::Ping(_) | Message::Pong(_)) {
-            return frame;
-        }
-    }
-}
-
-async fn next_text(ws: &mut Ws) -> String {
-    match next_frame(ws).await {
-        Message::Text(t) => t.to_string(),
-        other => panic!("expected text, got {other:?}"),
-    }
-}
-
 /// Every socket echoes one message: it is open and its connection task is alive.
 async fn echo_on_all(sockets: &mut [Ws], round: &str) {
     join_all(sockets.iter_mut().enumerate().map(|(i, ws)| async move {
@@ -147,6 +128,13 @@ async fn echo_on_all(sockets: &mut [Ws], round: &str) {
         assert_eq!(next_text(ws).await, format!("Server: Received({message})"));
     }))
     .await;
+}
+
+/// How long `blocking` (a process start, say) takes; the load's tasks go on meanwhile.
+fn timed(blocking: impl FnOnce()) -> Duration {
+    let started = Instant::now();
+    tokio::task::block_in_place(blocking);
+    started.elapsed()
 }
 
 /// Sleeps without blocking the load's tasks.
@@ -258,9 +246,7 @@ async fn session_svc_killed_under_load_fails_closed_and_loses_no_session() {
     echo_on_all(&mut sockets, "during the outage").await;
     hold(Duration::from_millis(1000)).await;
     let restarted = load.now();
-    let started = Instant::now();
-    tokio::task::block_in_place(|| session_svc.start());
-    let start_up = started.elapsed();
+    let start_up = timed(|| session_svc.start());
     hold(Duration::from_millis(3000)).await;
     let end = load.now();
     let samples = load.finish().await;
@@ -345,9 +331,7 @@ async fn the_store_killed_under_load_fails_closed_and_heals_without_a_restart() 
     echo_on_all(&mut sockets, "during the outage").await;
     hold(Duration::from_millis(1000)).await;
     let resumed = load.now();
-    let started = Instant::now();
-    tokio::task::block_in_place(|| mongo.resume());
-    let start_up = started.elapsed();
+    let start_up = timed(|| mongo.resume());
     hold(Duration::from_millis(4000)).await;
     let end = load.now();
     let samples = load.finish().await;

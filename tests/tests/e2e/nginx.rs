@@ -2,28 +2,9 @@
 //! through to session-svc, as a mini-program reaches a production deployment.
 use std::time::Duration;
 
-use futures::{SinkExt as _, StreamExt as _};
+use futures::SinkExt as _;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
-use weapp_tests::{MAGIC_KEY, Stack, nginx::Nginx, wechat_sandbox::MintRequest};
-
-/// The next text frame, skipping keep-alive traffic.
-async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a frame within 5 s")
-            .expect("stream open")
-            .expect("valid frame");
-        match frame {
-            Message::Text(t) => return t.to_string(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("{other:?}"),
-        }
-    }
-}
+use weapp_tests::{MAGIC_KEY, Stack, nginx::Nginx, wechat_sandbox::MintRequest, ws::next_text};
 
 async fn wss_greeting_and_echo(nginx: &Nginx, query: &str) {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", nginx.https_port))

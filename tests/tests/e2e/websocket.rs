@@ -6,7 +6,11 @@ use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async,
     tungstenite::{Message, client::IntoClientRequest as _, protocol::frame::coding::CloseCode},
 };
-use weapp_tests::{ClientSession, MAGIC_KEY, Stack, wechat_sandbox::MintRequest};
+use weapp_tests::{
+    ClientSession, MAGIC_KEY, Stack,
+    wechat_sandbox::MintRequest,
+    ws::{next_frame, text},
+};
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -16,27 +20,6 @@ async fn connect(stack: &Stack, session: Option<&ClientSession>) -> Ws {
         None => stack.ws_url("/ws"),
     };
     connect_async(url).await.expect("upgrade accepted").0
-}
-
-/// Next data or close frame, skipping keep-alive traffic.
-async fn next(ws: &mut Ws) -> Message {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a frame within 5 s")
-            .expect("stream open")
-            .expect("valid frame");
-        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
-            return message;
-        }
-    }
-}
-
-fn text(message: Message) -> String {
-    match message {
-        Message::Text(t) => t.to_string(),
-        other => panic!("expected text, got {other:?}"),
-    }
 }
 
 fn close_code(message: Message) -> CloseCode {
@@ -51,7 +34,10 @@ async fn greets_by_nickname_and_echoes_100_messages_in_order() {
     let stack = Stack::start().await;
     let (_, session) = stack.new_session().await;
     let mut ws = connect(&stack, Some(&session)).await;
-    assert_eq!(text(next(&mut ws).await), "Server: 恭喜，Sandbox User");
+    assert_eq!(
+        text(next_frame(&mut ws).await),
+        "Server: 恭喜，Sandbox User"
+    );
     for i in 0..100 {
         ws.send(Message::Text(format!("message {i}").into()))
             .await
@@ -59,7 +45,7 @@ async fn greets_by_nickname_and_echoes_100_messages_in_order() {
     }
     for i in 0..100 {
         assert_eq!(
-            text(next(&mut ws).await),
+            text(next_frame(&mut ws).await),
             format!("Server: Received(message {i})")
         );
     }
@@ -75,7 +61,7 @@ async fn greets_by_openid_after_a_code_only_login_and_accepts_headers() {
     request.headers_mut().extend(session.headers());
     let (mut ws, _) = connect_async(request).await.unwrap();
     assert_eq!(
-        text(next(&mut ws).await),
+        text(next_frame(&mut ws).await),
         format!("Server: 恭喜，{}", minted.openid)
     );
 }
@@ -90,10 +76,11 @@ async fn without_a_valid_session_one_error_frame_then_policy_close() {
     };
     for who in [None, Some(&wrong)] {
         let mut ws = connect(&stack, who).await;
-        let body: serde_json::Value = serde_json::from_str(&text(next(&mut ws).await)).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&text(next_frame(&mut ws).await)).unwrap();
         assert_eq!(body[MAGIC_KEY], 1);
         assert_eq!(body["error"], "ERR_INVALID_SESSION");
-        assert_eq!(close_code(next(&mut ws).await), CloseCode::Policy);
+        assert_eq!(close_code(next_frame(&mut ws).await), CloseCode::Policy);
     }
 }
 
@@ -120,15 +107,21 @@ async fn two_users_at_once_have_their_own_conversations() {
         connect(&stack, Some(&alice)).await,
         connect(&stack, Some(&bob)).await,
     );
-    assert_eq!(text(next(&mut a).await), "Server: 恭喜，Alice");
-    assert_eq!(text(next(&mut b).await), "Server: 恭喜，Bob");
+    assert_eq!(text(next_frame(&mut a).await), "Server: 恭喜，Alice");
+    assert_eq!(text(next_frame(&mut b).await), "Server: 恭喜，Bob");
     for i in 0..20 {
         a.send(Message::Text(format!("a{i}").into())).await.unwrap();
         b.send(Message::Text(format!("b{i}").into())).await.unwrap();
     }
     for i in 0..20 {
-        assert_eq!(text(next(&mut a).await), format!("Server: Received(a{i})"));
-        assert_eq!(text(next(&mut b).await), format!("Server: Received(b{i})"));
+        assert_eq!(
+            text(next_frame(&mut a).await),
+            format!("Server: Received(a{i})")
+        );
+        assert_eq!(
+            text(next_frame(&mut b).await),
+            format!("Server: Received(b{i})")
+        );
     }
 }
 
@@ -140,18 +133,18 @@ async fn an_oversized_message_closes_with_1009() {
         .await;
     let (_, session) = stack.new_session().await;
     let mut ws = connect(&stack, Some(&session)).await;
-    next(&mut ws).await;
+    next_frame(&mut ws).await;
     ws.send(Message::Text("x".repeat(1000).into()))
         .await
         .unwrap();
     assert_eq!(
-        text(next(&mut ws).await).len(),
+        text(next_frame(&mut ws).await).len(),
         "Server: Received()".len() + 1000
     );
     ws.send(Message::Text("x".repeat(4096).into()))
         .await
         .unwrap();
-    assert_eq!(close_code(next(&mut ws).await), CloseCode::Size);
+    assert_eq!(close_code(next_frame(&mut ws).await), CloseCode::Size);
 }
 
 #[tokio::test]
@@ -165,7 +158,7 @@ async fn a_client_that_never_answers_pings_is_closed() {
         .await;
     let (_, session) = stack.new_session().await;
     let mut ws = connect(&stack, Some(&session)).await;
-    next(&mut ws).await;
+    next_frame(&mut ws).await;
     // Not reading means tungstenite sends no pongs: the server must give up on us.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut saw_ping = false;
@@ -191,7 +184,7 @@ async fn a_client_that_answers_pings_stays_connected() {
         .await;
     let (_, session) = stack.new_session().await;
     let mut ws = connect(&stack, Some(&session)).await;
-    next(&mut ws).await;
+    next_frame(&mut ws).await;
     // Reading lets tungstenite answer the pings; a second later we are still talking.
     let until = tokio::time::Instant::now() + Duration::from_millis(1000);
     let mut pings = 0;
@@ -201,7 +194,10 @@ async fn a_client_that_answers_pings_stays_connected() {
     }
     assert!(pings >= 3, "{pings} pings");
     ws.send(Message::Text("still here".into())).await.unwrap();
-    assert_eq!(text(next(&mut ws).await), "Server: Received(still here)");
+    assert_eq!(
+        text(next_frame(&mut ws).await),
+        "Server: Received(still here)"
+    );
 }
 
 #[tokio::test]
@@ -212,7 +208,7 @@ async fn connections_beyond_the_cap_are_refused() {
         .await;
     let (_, session) = stack.new_session().await;
     let mut first = connect(&stack, Some(&session)).await;
-    next(&mut first).await;
+    next_frame(&mut first).await;
     let url = stack.ws_url(&format!("/ws?{}", session.query()));
     match connect_async(url).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -232,14 +228,14 @@ async fn connections_beyond_the_cap_are_refused() {
         }
     }
     let mut ws = retried.expect("slot released");
-    assert!(text(next(&mut ws).await).starts_with("Server: 恭喜"));
+    assert!(text(next_frame(&mut ws).await).starts_with("Server: 恭喜"));
 }
 
 /// The session was revoked: the socket gets the invalid-session body, then a policy close.
 async fn expect_revoked(ws: &mut Ws) {
-    let body: serde_json::Value = serde_json::from_str(&text(next(ws).await)).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text(next_frame(ws).await)).unwrap();
     assert_eq!(body["error"], "ERR_INVALID_SESSION", "{body}");
-    assert_eq!(close_code(next(ws).await), CloseCode::Policy);
+    assert_eq!(close_code(next_frame(ws).await), CloseCode::Policy);
 }
 
 #[tokio::test]
@@ -253,7 +249,7 @@ async fn a_logout_closes_that_sessions_websockets_on_every_gateway_and_no_others
     let mut there = connect_async(url).await.expect("upgrade accepted").0;
     let mut unrelated = connect(&stack, Some(&bystander)).await;
     for ws in [&mut here, &mut there, &mut unrelated] {
-        assert!(text(next(ws).await).starts_with("Server: "));
+        assert!(text(next_frame(ws).await).starts_with("Server: "));
     }
 
     assert_eq!(stack.get("/logout", Some(&session)).await.status(), 200);
@@ -271,7 +267,7 @@ async fn a_logout_closes_that_sessions_websockets_on_every_gateway_and_no_others
         .await
         .unwrap();
     assert_eq!(
-        text(next(&mut unrelated).await),
+        text(next_frame(&mut unrelated).await),
         "Server: Received(still here)"
     );
 }
@@ -291,7 +287,7 @@ async fn revoking_a_user_closes_the_websockets_of_all_their_sessions() {
         });
         let session = weapp_tests::session_from(stack.login_encrypted(&minted).await).await;
         let mut ws = connect(&stack, Some(&session)).await;
-        assert!(text(next(&mut ws).await).starts_with("Server: "));
+        assert!(text(next_frame(&mut ws).await).starts_with("Server: "));
         sockets.push(ws);
     }
     let mut client = SessionServiceClient::new(stack.session_channel().await);
@@ -316,8 +312,8 @@ async fn one_session_holds_at_most_its_share_of_websockets() {
     let (_, other) = stack.new_session().await;
     let mut first = connect(&stack, Some(&session)).await;
     let mut second = connect(&stack, Some(&session)).await;
-    next(&mut first).await;
-    next(&mut second).await;
+    next_frame(&mut first).await;
+    next_frame(&mut second).await;
     let url = stack.ws_url(&format!("/ws?{}", session.query()));
     match connect_async(url.clone()).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -328,7 +324,7 @@ async fn one_session_holds_at_most_its_share_of_websockets() {
     }
     // Other sessions are not affected, and the session keeps working over HTTP.
     let mut unrelated = connect(&stack, Some(&other)).await;
-    assert!(text(next(&mut unrelated).await).starts_with("Server: "));
+    assert!(text(next_frame(&mut unrelated).await).starts_with("Server: "));
     assert_eq!(stack.get("/me", Some(&session)).await.status(), 200);
     // A closed connection gives its place back.
     first.close(None).await.unwrap();
@@ -341,7 +337,7 @@ async fn one_session_holds_at_most_its_share_of_websockets() {
         }
     }
     let mut ws = third.expect("place released");
-    assert!(text(next(&mut ws).await).starts_with("Server: "));
+    assert!(text(next_frame(&mut ws).await).starts_with("Server: "));
 }
 
 #[tokio::test]
@@ -352,7 +348,7 @@ async fn sockets_of_sessions_that_ended_unannounced_close_when_the_stream_return
     let mut doomed = connect(&stack, Some(&ended)).await;
     let mut fine = connect(&stack, Some(&alive)).await;
     for ws in [&mut doomed, &mut fine] {
-        assert!(text(next(ws).await).starts_with("Server: "));
+        assert!(text(next_frame(ws).await).starts_with("Server: "));
     }
     // The session ends without a revocation on the stream, as when it is revoked while the
     // gateway's stream is down: nothing tells the gateway, and the socket stays open...
@@ -362,7 +358,7 @@ async fn sockets_of_sessions_that_ended_unannounced_close_when_the_stream_return
         .await
         .unwrap();
     assert_eq!(
-        text(next(&mut doomed).await),
+        text(next_frame(&mut doomed).await),
         "Server: Received(still here)"
     );
     // ...until the stream comes back after an outage, when open sockets are checked again.
@@ -370,5 +366,8 @@ async fn sockets_of_sessions_that_ended_unannounced_close_when_the_stream_return
     stack.start_session_svc().await;
     expect_revoked(&mut doomed).await;
     fine.send(Message::Text("and me".into())).await.unwrap();
-    assert_eq!(text(next(&mut fine).await), "Server: Received(and me)");
+    assert_eq!(
+        text(next_frame(&mut fine).await),
+        "Server: Received(and me)"
+    );
 }
