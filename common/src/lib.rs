@@ -1,10 +1,30 @@
-//! Process plumbing shared by the weapp binaries, and the one concurrency helper both
-//! services use.
+//! Process plumbing shared by the weapp binaries (configuration, logging, listening,
+//! shutdown, exit statuses), and the one concurrency helper both services use.
+pub mod config;
 pub mod singleflight;
 
-use std::io::IsTerminal as _;
+use std::{io::IsTerminal as _, net::SocketAddr};
 
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub use config::Command;
+
+/// A listen address that could not be taken.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Binds `addr` (port 0 picks a free port) and says where it listens.
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
+    let error = |source| BindError { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let local = listener.local_addr().map_err(error)?;
+    Ok((listener, local))
+}
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); `WEAPP_LOG_FORMAT=json` for
 /// machine-readable lines.
@@ -63,27 +83,15 @@ pub fn probe_exit(outcome: Result<(), String>) -> std::process::ExitCode {
     }
 }
 
-/// Runs a service until SIGTERM/Ctrl-C: exit status 2 for a configuration error (nothing
-/// started), 1 when the service failed, 0 after a clean shutdown.
-pub async fn serve<S, C, E, F, Fut>(
-    name: &str,
-    settings: Result<S, C>,
-    run: F,
-) -> std::process::ExitCode
+/// Runs a service until SIGTERM/Ctrl-C: exit status 1 when it failed, 0 after a clean
+/// shutdown. (Configuration errors never get here: clap reports them and exits with 2.)
+pub async fn serve<E, F, Fut>(name: &str, run: F) -> std::process::ExitCode
 where
-    C: std::fmt::Display,
     E: std::fmt::Display,
-    F: FnOnce(S, CancellationToken) -> Fut,
+    F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
 {
-    let settings = match settings {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{name} configuration: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    match run(settings, shutdown_on_signal()).await {
+    match run(shutdown_on_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{name} failed: {e}");

@@ -49,18 +49,18 @@ fuzz_target!(|data: &[u8]| {
                 "PKCS#7 removes 1 to 16 bytes"
             );
             if let Ok(user) = parse_decrypted(&plaintext, &expected) {
-                assert_eq!(user.open_id, OPEN_ID);
+                assert_eq!(user.open_id(), OPEN_ID);
             }
         }
     }
     if let Ok(mut user) = parse_decrypted(plaintext.as_bytes(), &expected) {
-        assert_eq!(user.open_id, OPEN_ID);
+        assert_eq!(user.open_id(), OPEN_ID);
         if precheck_signature(&raw_data, &signature).is_ok()
             && verify_signature(&raw_data, &session_key, &signature).is_ok()
         {
             let _ = merge_raw_profile(&mut user, &raw_data);
             assert_eq!(
-                user.open_id, OPEN_ID,
+                user.open_id(), OPEN_ID,
                 "rawData cannot change who the user is"
             );
         }

@@ -11,7 +11,7 @@ use axum::{
 use futures::StreamExt as _;
 use hyper::body::Incoming;
 
-use crate::{error::ApiError, server::HttpLimits};
+use crate::{config::HttpLimits, error::ApiError};
 
 /// Lets `request` through, with an announced body of at most the limit (left for the route
 /// to ignore) or none at all (a chunked body drained and replaced by an empty one), or says

@@ -17,6 +17,11 @@ use crate::wafer;
 pub enum ApiError {
     #[error("{message}")]
     LoginFailed { status: StatusCode, message: String },
+    #[error("login failed: the X-WX-Code header is missing")]
+    MissingCode,
+    /// session-svc answered, but not with what its contract promises.
+    #[error("login failed: {0}")]
+    BadAnswer(&'static str),
     #[error("{0}")]
     InvalidSession(String),
     #[error("{0}")]
@@ -37,6 +42,9 @@ pub enum ApiError {
     BadBody,
     #[error("too many connections on this gateway; retry shortly")]
     GatewayFull,
+    /// `/readyz`: session-svc is not serving.
+    #[error("{0}")]
+    NotReady(String),
 }
 
 fn retry_after_secs(wait: Duration) -> u64 {
@@ -50,7 +58,7 @@ impl ApiError {
         if status.code() == Code::ResourceExhausted {
             if let Some(seconds) = status
                 .metadata()
-                .get("retry-after")
+                .get(weapp_proto::metadata::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
             {
@@ -93,13 +101,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::LoginFailed { status, .. } => *status,
+            Self::MissingCode => StatusCode::BAD_REQUEST,
+            Self::BadAnswer(_) => StatusCode::BAD_GATEWAY,
             Self::LoginRateLimited(_)
             | Self::LoginRateLimitedFor { .. }
             | Self::TooManySessionSockets(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidSession(_) => StatusCode::UNAUTHORIZED,
-            Self::SessionUnavailable(_) | Self::TooManyConnections | Self::GatewayFull => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::SessionUnavailable(_)
+            | Self::TooManyConnections
+            | Self::GatewayFull
+            | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BadBody => StatusCode::BAD_REQUEST,
@@ -111,6 +122,8 @@ impl ApiError {
         let message = self.to_string();
         match self {
             Self::LoginFailed { .. }
+            | Self::MissingCode
+            | Self::BadAnswer(_)
             | Self::LoginRateLimited(_)
             | Self::LoginRateLimitedFor { .. } => {
                 wafer::error_body(wafer::ERR_LOGIN_FAILED, &message)
@@ -128,6 +141,7 @@ impl ApiError {
             Self::BodyTimeout | Self::BadBody => {
                 json!({ "error": wafer::ERR_BAD_REQUEST, "message": message })
             }
+            Self::NotReady(reason) => json!({ "status": "not ready", "reason": reason }),
         }
     }
 }

@@ -5,14 +5,19 @@
 pub mod body_limit;
 pub mod config;
 pub mod error;
+pub mod legacy_upgrade;
 pub mod open_sockets;
 pub mod probe;
 pub mod rate_limit;
+pub mod resolver;
+pub mod revocation_follower;
 pub mod routes;
 pub mod server;
 pub mod session_cache;
 pub mod session_client;
 pub mod startup;
+pub mod state;
+pub mod user;
 pub mod wafer;
 pub mod ws;
 

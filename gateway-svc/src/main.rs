@@ -1,20 +1,15 @@
-use clap::Parser as _;
-use gateway_svc::{
-    Application,
-    config::{Cli, Command},
-};
+use gateway_svc::{Application, config::Cli};
+use weapp_common::Command;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     weapp_common::init_tracing();
-    let cli = Cli::parse();
+    let cli = Cli::parse_env();
     if let Some(Command::Healthcheck) = cli.command {
-        return weapp_common::probe_exit(gateway_svc::probe::check(cli.listen).await);
+        return weapp_common::probe_exit(gateway_svc::probe::check(cli.settings.listen).await);
     }
-    weapp_common::serve(
-        "gateway-svc",
-        cli.into_settings(),
-        |settings, shutdown| async move { Application::build(settings).await?.run(shutdown).await },
-    )
+    weapp_common::serve("gateway-svc", |shutdown| async move {
+        Application::build(cli.settings).await?.run(shutdown).await
+    })
     .await
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::wafer::User;
+use crate::user::User;
 
 struct Watched {
     /// Cancelled when the session is revoked; a child of the shutdown token, so it also fires
@@ -78,7 +78,7 @@ impl OpenSockets {
 
     pub fn revoke_user(&self, open_id: &str) {
         self.sessions.retain(|_, watched| {
-            let keep = watched.user.info.open_id != open_id;
+            let keep = watched.user.info.open_id() != open_id;
             if !keep {
                 watched.revoked.cancel();
             }
@@ -99,15 +99,12 @@ impl OpenSockets {
 
 #[cfg(test)]
 mod tests {
-    use weapp_proto::session::v1::UserInfo;
+    use weapp_wire::UserInfo;
 
     use super::*;
 
     fn user(open_id: &str) -> Arc<User> {
-        Arc::new(User::new(UserInfo {
-            open_id: open_id.into(),
-            ..Default::default()
-        }))
+        Arc::new(User::new(UserInfo::code_only(open_id, None)))
     }
 
     #[test]

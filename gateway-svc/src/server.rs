@@ -3,12 +3,17 @@
 //! dropped; hyper runs the same clock on an idle keep-alive connection, so it is the idle
 //! timeout too), a cap on their number and total size (431 past it), a cap on connections
 //! (503 past it), bodies over the limit refused before routing (413, `body_limit.rs`) — plus
-//! TCP_NODELAY and the client address for every connection, and a graceful stop.
+//! TCP_NODELAY and the client address for every connection, WebSocket upgrades from proxies
+//! that speak HTTP/1.0 upstream (`legacy_upgrade.rs`), and a graceful stop.
 use std::{
+    convert::Infallible,
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -20,41 +25,19 @@ use hyper_util::{
     server::{conn::auto::Builder, graceful::GracefulShutdown},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use crate::{body_limit, error::ApiError};
-
-/// Limits on what a client may send before the request is routed.
-#[derive(Clone, Copy, Debug)]
-pub struct HttpLimits {
-    /// Time a client has to send a request's headers, from its first byte.
-    pub header_timeout: Duration,
-    /// Most header lines in a request.
-    pub max_headers: usize,
-    /// Most bytes of request line and headers together (hyper's floor is 8 KiB).
-    pub max_header_bytes: usize,
-    /// Largest request body; a longer one gets 413 before it is read.
-    pub max_body_bytes: usize,
-    /// Connections held at once (WebSockets included); more get 503 and are closed.
-    pub max_connections: usize,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            header_timeout: Duration::from_secs(10),
-            max_headers: 64,
-            max_header_bytes: 16 * 1024,
-            max_body_bytes: 1024 * 1024,
-            max_connections: 20_000,
-        }
-    }
-}
+use crate::{
+    body_limit,
+    config::HttpLimits,
+    error::ApiError,
+    legacy_upgrade::{self, FirstRequest},
+};
 
 /// Serves `app` on `listener` until `shutdown`, then stops accepting and waits for the
 /// requests in flight (upgraded WebSockets are the router's to close).
@@ -77,6 +60,8 @@ pub async fn serve(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Whether the HTTP/1.0 upgrade advice was logged: once per gateway is enough.
+    let told = Arc::new(AtomicBool::new(false));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -111,12 +96,31 @@ pub async fn serve(
                 }
             }
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(Counted { tcp, _slot: slot }), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher, told) = (builder.clone(), graceful.watcher(), told.clone());
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let counted = Counted { tcp, _slot: slot };
+            let first = legacy_upgrade::first_request(counted, limits.max_header_bytes.max(8192));
+            // The same deadline hyper applies to the headers: a client that sends nothing
+            // is dropped here as it would be there, and at once when the gateway stops.
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                first = tokio::time::timeout(limits.header_timeout, first) => first,
+            };
+            let Ok(Ok((io, outcome))) = first else {
+                return;
+            };
+            if outcome == FirstRequest::UpgradedToHttp11 && !told.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "a WebSocket upgrade arrived as HTTP/1.0 (upgraded anyway): the proxy in \
+                     front of this gateway should say `proxy_http_version 1.1;` where it sets \
+                     the Upgrade and Connection headers"
+                );
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -172,24 +176,15 @@ impl AsyncWrite for Counted {
     }
 }
 
-/// Answers a connection over the cap with 503 and closes it. The request is not parsed; its
-/// first bytes are read and dropped after the answer so that closing does not reset the
-/// connection before the client has read the 503.
-async fn turn_away(mut tcp: TcpStream) {
-    let error = ApiError::GatewayFull;
-    let body = error.body().to_string();
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         retry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
+/// Answers a connection over the cap with 503 (the gateway's one error mapping, as for any
+/// request) and closes it.
+async fn turn_away(tcp: TcpStream) {
     tracing::debug!("connection refused: the gateway is at its connection limit");
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        tcp.write_all(answer.as_bytes()).await?;
-        tcp.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        while tcp.read(&mut sink).await? > 0 {}
-        io::Result::Ok(())
-    })
-    .await;
+    let answer = hyper::service::service_fn(|_| async {
+        Ok::<_, Infallible>(ApiError::GatewayFull.into_response())
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(tcp), answer);
+    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
 }

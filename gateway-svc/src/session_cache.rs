@@ -5,29 +5,29 @@
 //!   idle time (`expires_in` as session-svc measured it, counted from before the call was
 //!   sent), whichever is shorter. Sliding renewal keeps working: a session in use goes back to
 //!   session-svc, which renews it, while it still has half its idle time left.
-//! * Revocations arrive on session-svc's `WatchRevocations` stream and evict at once. The cache
-//!   is only consulted while that stream is open and has been heard from within
-//!   [`REVOCATION_BOUND`]; a silent or broken stream empties it. A logout is therefore effective
-//!   on every gateway within the bound (in practice within milliseconds).
+//! * Revocations (followed in `revocation_follower.rs`) evict at once. The cache is only
+//!   consulted while that stream is open and has been heard from within [`REVOCATION_BOUND`];
+//!   a silent or broken stream empties it. A logout is therefore effective on every gateway
+//!   within the bound (in practice within milliseconds).
 //! * An answer that was in flight while a revocation arrived is not cached (the epoch check
-//!   below), so a Validate that raced a Logout cannot bring the session back.
+//!   in [`SessionCache::insert`]), so a Validate that raced a Logout cannot bring the session
+//!   back.
+//! * Bounded: past its capacity the least recently used entries are evicted, so a surge of
+//!   new sessions replaces old entries instead of turning the cache off.
 //! * Only a hash of the skey is kept, compared in constant time.
 use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use dashmap::DashMap;
+use moka::{policy::EvictionPolicy, sync::Cache};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use weapp_proto::session::v1::revocation::Event;
 
-use crate::{open_sockets::OpenSockets, session_client::SessionClient, wafer::User};
+use crate::user::User;
 
 /// Longest time a revocation can take to reach this gateway's cache: past this much silence
 /// from session-svc's revocation stream, the cache is not used.
@@ -38,13 +38,27 @@ const NEVER: u64 = u64::MAX;
 struct Entry {
     skey_hash: [u8; 32],
     user: Arc<User>,
-    until: Instant,
+    /// How long the entry may live from its insertion.
+    lifetime: Duration,
+}
+
+/// Each entry's own lifetime (moka's per-entry expiry).
+struct EntryLifetime;
+
+impl moka::Expiry<String, Arc<Entry>> for EntryLifetime {
+    fn expire_after_create(
+        &self,
+        _id: &String,
+        entry: &Arc<Entry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(entry.lifetime)
+    }
 }
 
 pub struct SessionCache {
-    entries: DashMap<String, Entry>,
+    entries: Cache<String, Arc<Entry>>,
     ttl: Duration,
-    capacity: usize,
     /// Bumped by every revocation and every reset; answers fetched across a bump are not cached.
     epoch: AtomicU64,
     /// Milliseconds after `origin` when the revocation stream last spoke, or NEVER.
@@ -64,19 +78,25 @@ fn hash(skey: &str) -> [u8; 32] {
 }
 
 impl SessionCache {
-    pub fn new(ttl: Duration, capacity: usize) -> Self {
+    /// A cache of at most `capacity` sessions, each kept at most `ttl`; either at zero turns
+    /// it off.
+    pub fn new(ttl: Duration, capacity: u64) -> Self {
+        let ttl = if capacity == 0 { Duration::ZERO } else { ttl };
         Self {
-            entries: DashMap::new(),
+            entries: Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
+                .expire_after(EntryLifetime)
+                .build(),
             ttl,
-            capacity,
             epoch: AtomicU64::new(0),
             last_heard: AtomicU64::new(NEVER),
             origin: Instant::now(),
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        !self.ttl.is_zero() && self.capacity > 0
+    fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
     }
 
     fn elapsed_ms(&self) -> u64 {
@@ -97,9 +117,6 @@ impl SessionCache {
             return None;
         }
         let entry = self.entries.get(id)?;
-        if entry.until <= Instant::now() {
-            return None;
-        }
         bool::from(entry.skey_hash.ct_eq(&hash(skey))).then(|| entry.user.clone())
     }
 
@@ -119,195 +136,65 @@ impl SessionCache {
         user: Arc<User>,
         expires_in: Duration,
     ) {
-        if !self.enabled() || !self.live() || self.entries.len() >= self.capacity {
+        if !self.enabled() || !self.live() || self.epoch.load(Ordering::SeqCst) != ticket.epoch {
             return;
         }
         let until = ticket.started + self.ttl.min(expires_in / 2);
-        if until <= Instant::now() {
+        let lifetime = until.saturating_duration_since(Instant::now());
+        if lifetime.is_zero() {
             return;
         }
-        // The epoch is checked under the entry's shard lock, which eviction also takes: either
-        // the revocation is seen here, or its eviction runs after this insert.
-        let slot = self.entries.entry(id.to_owned());
-        if self.epoch.load(Ordering::SeqCst) != ticket.epoch {
-            return;
-        }
-        slot.insert(Entry {
+        let entry = Arc::new(Entry {
             skey_hash: hash(skey),
             user,
-            until,
+            lifetime,
         });
+        self.entries.insert(id.to_owned(), entry);
+        // A revocation bumps the epoch before it evicts. If it bumped after the check above,
+        // either its eviction comes after this insert (and removes it), or it came before and
+        // the epoch read here shows it: both ways the answer does not survive.
+        if self.epoch.load(Ordering::SeqCst) != ticket.epoch {
+            self.entries.invalidate(id);
+        }
     }
 
     pub fn revoke_session(&self, id: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.remove(id);
+        self.entries.invalidate(id);
     }
 
     pub fn revoke_user(&self, open_id: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.retain(|_, e| e.user.info.open_id != open_id);
+        // Rare (bans, "log out everywhere"), so a scan is fine; an index by user would cost
+        // every insert instead.
+        for (id, entry) in &self.entries {
+            if entry.user.info.open_id() == open_id {
+                self.entries.invalidate(id.as_str());
+            }
+        }
     }
 
-    fn heard(&self) {
+    /// The revocation stream spoke: everything revoked until now has been applied.
+    pub fn heard(&self) {
         self.last_heard.store(self.elapsed_ms(), Ordering::SeqCst);
     }
 
     /// Forgets everything: the stream broke, so revocations may have been missed.
-    fn reset(&self) {
+    pub fn reset(&self) {
         self.last_heard.store(NEVER, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.clear();
-    }
-
-    fn sweep(&self) {
-        let now = Instant::now();
-        self.entries.retain(|_, e| e.until > now);
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-/// Follows session-svc's revocation stream for as long as the gateway runs, reconnecting with
-/// a short backoff: each revocation evicts the session from the cache and closes its open
-/// WebSockets. Also sweeps expired entries so the cache does not fill up with them.
-pub async fn follow_revocations(
-    cache: Arc<SessionCache>,
-    sockets: Arc<OpenSockets>,
-    sessions: SessionClient,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(50);
-    let mut sweep = tokio::time::interval(cache.ttl.max(Duration::from_secs(1)));
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            stream = sessions.watch_revocations() => stream,
-        };
-        // Revocations may have been missed while there was no stream: once this one has
-        // spoken, the sessions of open sockets are checked again.
-        let mut recheck = true;
-        match stream {
-            Ok(mut stream) => loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = sweep.tick() => { cache.sweep(); continue; }
-                    next = tokio::time::timeout(REVOCATION_BOUND, stream.message()) => next,
-                };
-                match next {
-                    Ok(Ok(Some(revocation))) => {
-                        match revocation.event {
-                            Some(Event::SessionId(id)) => {
-                                cache.revoke_session(&id);
-                                sockets.revoke_session(&id);
-                            }
-                            Some(Event::OpenId(open_id)) => {
-                                cache.revoke_user(&open_id);
-                                sockets.revoke_user(&open_id);
-                            }
-                            Some(Event::Heartbeat(_)) | None => {}
-                        }
-                        // After applying the event: "heard" means "up to date".
-                        cache.heard();
-                        backoff = Duration::from_millis(50);
-                        if std::mem::take(&mut recheck) {
-                            tokio::spawn(recheck_open_sockets(
-                                sockets.clone(),
-                                sessions.clone(),
-                                shutdown.clone(),
-                            ));
-                        }
-                    }
-                    Ok(Ok(None)) => {
-                        tracing::info!("revocation stream ended; session cache emptied");
-                        break;
-                    }
-                    Ok(Err(status)) => {
-                        tracing::warn!(code = ?status.code(), message = status.message(), "revocation stream failed; session cache emptied");
-                        break;
-                    }
-                    Err(_) => {
-                        tracing::warn!("revocation stream silent; session cache emptied");
-                        break;
-                    }
-                }
-            },
-            Err(status) => {
-                tracing::debug!(code = ?status.code(), "cannot open the revocation stream yet");
-            }
-        }
-        cache.reset();
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// Most ids sent in one CheckSessions call (session-svc takes up to 10,000).
-const CHECK_BATCH: usize = 5_000;
-
-/// Closes the open sockets of sessions that ended while the revocation stream was down. Run
-/// after the stream is back, so later revocations arrive through it; retried a few times if
-/// session-svc cannot answer, and again at the next reconnection in any case.
-async fn recheck_open_sockets(
-    sockets: Arc<OpenSockets>,
-    sessions: SessionClient,
-    shutdown: CancellationToken,
-) {
-    let ids = sockets.session_ids();
-    if ids.is_empty() {
-        return;
-    }
-    let mut closed = 0usize;
-    for batch in ids.chunks(CHECK_BATCH) {
-        let mut attempt = 0;
-        let ended = loop {
-            match sessions.ended_sessions(batch.to_vec()).await {
-                Ok(ended) => break ended,
-                Err(status) if attempt < 3 => {
-                    attempt += 1;
-                    tracing::debug!(code = ?status.code(), "cannot recheck open sockets yet");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-                Err(status) => {
-                    tracing::warn!(code = ?status.code(), "open sockets not rechecked after a revocation stream outage");
-                    return;
-                }
-            }
-        };
-        closed += ended.len();
-        for id in ended {
-            sockets.revoke_session(&id);
-        }
-    }
-    if closed > 0 {
-        tracing::info!(
-            closed,
-            "closed sockets of sessions revoked while the revocation stream was down"
-        );
+        self.entries.invalidate_all();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use weapp_wire::UserInfo;
+
     use super::*;
 
     fn user(open_id: &str) -> Arc<User> {
-        Arc::new(User::new(weapp_proto::session::v1::UserInfo {
-            open_id: open_id.into(),
-            ..Default::default()
-        }))
+        Arc::new(User::new(UserInfo::code_only(open_id, None)))
     }
 
     /// Caches a session of `open_id` with a fresh ticket.
@@ -334,13 +221,17 @@ mod tests {
     fn nothing_is_used_or_cached_without_a_live_revocation_stream() {
         let cache = SessionCache::new(Duration::from_secs(30), 100);
         put(&cache, "id", "skey", "o", Duration::from_secs(60));
-        assert!(cache.is_empty());
         cache.heard();
+        assert!(
+            cache.get("id", "skey").is_none(),
+            "not cached while not live"
+        );
         put(&cache, "id", "skey", "o", Duration::from_secs(60));
         assert!(cache.get("id", "skey").is_some());
         cache.reset();
         assert!(cache.get("id", "skey").is_none());
-        assert!(cache.is_empty());
+        cache.heard();
+        assert!(cache.get("id", "skey").is_none(), "a reset forgets");
     }
 
     #[test]
@@ -361,7 +252,9 @@ mod tests {
         cache.revoke_session("c");
         assert!(cache.get("c", "k").is_none());
         cache.revoke_user("o1");
-        assert!(cache.is_empty());
+        for id in ["a", "b", "c"] {
+            assert!(cache.get(id, "k").is_none(), "{id}");
+        }
     }
 
     // Real time, with wide margins: tokio's paused clock would need its test-util feature, and
@@ -396,11 +289,29 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_takes_no_more() {
-        let cache = SessionCache::new(Duration::from_secs(30), 1);
+    fn a_full_cache_evicts_old_sessions_for_new_ones() {
+        let cache = SessionCache::new(Duration::from_secs(30), 10);
         cache.heard();
-        put(&cache, "a", "k", "o", Duration::from_secs(60));
-        put(&cache, "b", "k", "o", Duration::from_secs(60));
-        assert_eq!(cache.len(), 1);
+        for i in 0..100 {
+            put(&cache, &format!("s{i}"), "k", "o", Duration::from_secs(60));
+            cache.entries.run_pending_tasks();
+        }
+        assert!(cache.entries.entry_count() <= 10);
+        assert!(
+            cache.get("s99", "k").is_some(),
+            "the newest session is cached: a surge does not turn the cache off"
+        );
+    }
+
+    #[test]
+    fn a_zero_ttl_or_capacity_turns_the_cache_off() {
+        for cache in [
+            SessionCache::new(Duration::ZERO, 10),
+            SessionCache::new(Duration::from_secs(30), 0),
+        ] {
+            cache.heard();
+            put(&cache, "id", "k", "o", Duration::from_secs(60));
+            assert!(cache.get("id", "k").is_none());
+        }
     }
 }

@@ -7,16 +7,16 @@ use axum::{Router, extract::Request};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::trace::TraceLayer;
-use weapp_common::singleflight::SingleFlight;
 
 use crate::{
     config::Settings,
     open_sockets::OpenSockets,
     rate_limit::LoginLimiter,
-    routes::{self, AppState, Shared},
-    server,
-    session_cache::{self, SessionCache},
+    resolver::SessionResolver,
+    revocation_follower, routes, server,
+    session_cache::SessionCache,
     session_client::SessionClient,
+    state::{AppState, Shared},
 };
 
 /// How long shutdown waits for WebSocket close frames to go out.
@@ -24,11 +24,8 @@ const WS_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] weapp_common::BindError),
     #[error("{0}")]
     SessionSvc(String),
 }
@@ -48,14 +45,7 @@ impl Application {
             settings.login_timeout,
         )
         .map_err(StartupError::SessionSvc)?;
-        let bind_error = |source| StartupError::Bind {
-            addr: settings.listen,
-            source,
-        };
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let (listener, local_addr) = weapp_common::bind(settings.listen).await?;
         Ok(Self {
             listener,
             local_addr,
@@ -75,16 +65,15 @@ impl Application {
             self.settings.cache.capacity,
         ));
         let sockets = Arc::new(OpenSockets::default());
-        let revocations = tokio::spawn(session_cache::follow_revocations(
+        let revocations = tokio::spawn(revocation_follower::follow(
             cache.clone(),
             sockets.clone(),
             self.sessions.clone(),
             shutdown.clone(),
         ));
         let state = AppState::from(Shared {
-            cache,
+            resolver: SessionResolver::new(cache, self.sessions.clone()),
             sockets,
-            validations: SingleFlight::default(),
             login_limiter: LoginLimiter::new(
                 self.settings.login_rate_per_address,
                 self.settings.trusted_proxies.clone(),

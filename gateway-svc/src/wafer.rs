@@ -1,7 +1,7 @@
 //! The wafer protocol as `wafer-client-sdk` speaks it: parameter names, the magic key, and the
 //! shape of every body the session layer produces. Nothing here does I/O.
-use serde_json::{Map, Value, json};
-use weapp_proto::session::v1::UserInfo;
+use serde_json::{Value, json};
+use weapp_wire::UserInfo;
 
 /// Present in every body produced by the session layer; the client SDK keys on it.
 pub const MAGIC_KEY: &str = "F2C224D4-2BCE-4C64-AF9F-A6D872000D1A";
@@ -30,54 +30,14 @@ pub fn login_body(id: &str, skey: &str, user: Option<&UserInfo>) -> Value {
     let mut body = json!({ MAGIC_KEY: 1, "session": { "id": id, "skey": skey } });
     if let Some(user) = user {
         // An addition to wafer's body: the SDK ignores it, newer clients save a round trip.
-        body["userInfo"] = user_json(user);
+        body["userInfo"] = Value::Object(user.fields().clone());
     }
     body
 }
 
-/// A resolved session's user, with its `/me` body rendered once (a cached session answers
-/// `/me` without building JSON again).
-#[derive(Debug)]
-pub struct User {
-    pub info: UserInfo,
-    pub me_body: axum::body::Bytes,
-}
-
-impl User {
-    pub fn new(info: UserInfo) -> Self {
-        let me_body = user_json(&info).to_string().into();
-        Self { info, me_body }
-    }
-}
-
-/// The user in WeChat's field names, as wafer's `req.session.userInfo` had them.
-pub fn user_json(user: &UserInfo) -> Value {
-    let mut map = Map::new();
-    map.insert("openId".into(), json!(user.open_id));
-    let optional = [
-        ("unionId", user.union_id.as_ref().map(|v| json!(v))),
-        ("nickName", user.nick_name.as_ref().map(|v| json!(v))),
-        ("gender", user.gender.map(|v| json!(v))),
-        ("language", user.language.as_ref().map(|v| json!(v))),
-        ("city", user.city.as_ref().map(|v| json!(v))),
-        ("province", user.province.as_ref().map(|v| json!(v))),
-        ("country", user.country.as_ref().map(|v| json!(v))),
-        ("avatarUrl", user.avatar_url.as_ref().map(|v| json!(v))),
-    ];
-    for (key, value) in optional {
-        if let Some(value) = value {
-            map.insert(key.into(), value);
-        }
-    }
-    Value::Object(map)
-}
-
-/// What the WebSocket greeting calls the user: the nickname, else the openId.
-pub fn display_name(user: &UserInfo) -> &str {
-    user.nick_name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .unwrap_or(&user.open_id)
+/// `/logout`'s answer; the magic key makes the SDK drop its copy of the session.
+pub fn logout_body() -> Value {
+    json!({ MAGIC_KEY: 1, "logout": true })
 }
 
 #[cfg(test)]
@@ -92,24 +52,9 @@ mod tests {
     }
 
     #[test]
-    fn user_json_uses_wechat_names_and_omits_absent_fields() {
-        let user = UserInfo {
-            open_id: "o".into(),
-            nick_name: Some("N".into()),
-            gender: Some(1),
-            ..Default::default()
-        };
-        assert_eq!(
-            user_json(&user),
-            json!({"openId": "o", "nickName": "N", "gender": 1})
-        );
-        assert_eq!(display_name(&user), "N");
-        assert_eq!(
-            display_name(&UserInfo {
-                open_id: "o".into(),
-                ..Default::default()
-            }),
-            "o"
-        );
+    fn the_login_body_carries_the_whole_user() {
+        let user = UserInfo::code_only("o", Some("u"));
+        let body = login_body("i", "s", Some(&user));
+        assert_eq!(body["userInfo"], json!({"openId": "o", "unionId": "u"}));
     }
 }

@@ -16,11 +16,7 @@ use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::WsSettings,
-    error::ApiError,
-    open_sockets::Registration,
-    routes::{AppState, resolve},
-    wafer::{self, User},
+    config::WsSettings, error::ApiError, open_sockets::Registration, state::AppState, user::User,
 };
 
 /// Initial read buffer of a WebSocket (it grows for bigger messages).
@@ -40,7 +36,7 @@ pub async fn upgrade(
     };
     // Only the user and a place among the open sockets are kept: a WebSocket has no use for
     // the skey once it is open.
-    let resolution = match resolve(&state, &headers, &uri).await {
+    let resolution = match state.resolver.resolve(&headers, uri.query()).await {
         Ok(Some(session)) => {
             let max = state.settings.ws.max_per_session;
             let Some(registration) =
@@ -142,7 +138,7 @@ async fn serve(
     ended: &CancellationToken,
     shutdown: &CancellationToken,
 ) {
-    let greeting = format!("Server: 恭喜，{}", wafer::display_name(&user.info));
+    let greeting = format!("Server: 恭喜，{}", user.info.display_name());
     if socket.send(Message::Text(greeting.into())).await.is_err() {
         return;
     }

@@ -1,4 +1,6 @@
-//! Generated code for the `weapp.session.v1` gRPC package (see `weapp/session/v1/session.proto`).
+//! Generated code for the `weapp.session.v1` gRPC package (see `weapp/session/v1/session.proto`),
+//! the conversions between its messages and weapp's own types, and the metadata keys both
+//! sides of the link read.
 
 pub mod session {
     pub mod v1 {
@@ -6,5 +8,15 @@ pub mod session {
     }
 }
 
+mod user;
+
 /// Encoded `FileDescriptorSet` of every weapp proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("weapp_descriptor");
+
+/// Metadata keys on statuses from session-svc.
+pub mod metadata {
+    /// Seconds until a RESOURCE_EXHAUSTED caller may try again.
+    pub const RETRY_AFTER: &str = "retry-after";
+    /// WeChat's errcode, on statuses caused by a WeChat refusal.
+    pub const WECHAT_ERRCODE: &str = "wechat-errcode";
+}

@@ -7,8 +7,9 @@ use crate::{
     wechat::{WeChatError, errcode},
 };
 
-/// Metadata key carrying WeChat's errcode on statuses caused by a WeChat refusal.
-pub const WECHAT_ERRCODE_KEY: &str = "wechat-errcode";
+pub use weapp_proto::metadata::{
+    RETRY_AFTER as RETRY_AFTER_KEY, WECHAT_ERRCODE as WECHAT_ERRCODE_KEY,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -27,9 +28,6 @@ pub enum SessionError {
     #[error("internal error: {0}")]
     Internal(String),
 }
-
-/// Metadata key: seconds until a RESOURCE_EXHAUSTED caller may try again.
-pub const RETRY_AFTER_KEY: &str = "retry-after";
 
 fn wechat_code(e: &WeChatError) -> Code {
     match e {
@@ -73,7 +71,8 @@ impl From<SessionError> for Status {
                 status
             }
             SessionError::Store(StoreError::Unavailable(_)) => Status::unavailable(message),
-            SessionError::Store(StoreError::Corrupt(_)) | SessionError::Internal(_) => {
+            SessionError::Store(StoreError::Corrupt(_) | StoreError::Misconfigured(_))
+            | SessionError::Internal(_) => {
                 tracing::error!(error = %message, "internal error");
                 Status::internal("internal error")
             }

@@ -14,8 +14,9 @@ use weapp_proto::session::v1::{
 
 use crate::{
     login::{LoginInput, LoginService},
+    record::{UnixMillis, now_millis},
     revocations::RevocationStream,
-    session::{SessionManager, UnixMillis, UserInfo, now_millis},
+    session::SessionManager,
 };
 
 pub struct SessionGrpc {
@@ -44,20 +45,6 @@ fn timestamp(ms: UnixMillis) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-fn user_pb(u: UserInfo) -> pb::UserInfo {
-    pb::UserInfo {
-        open_id: u.open_id,
-        union_id: u.union_id,
-        nick_name: u.nick_name,
-        gender: u.gender,
-        language: u.language,
-        city: u.city,
-        province: u.province,
-        country: u.country,
-        avatar_url: u.avatar_url,
     }
 }
 
@@ -92,7 +79,7 @@ impl SessionService for SessionGrpc {
                 id: credentials.id,
                 skey: credentials.skey,
             }),
-            user: Some(user_pb(record.user)),
+            user: Some(pb::UserInfo::from(&record.user)),
             expires_at: Some(timestamp(record.expires_at)),
         }))
     }
@@ -105,7 +92,7 @@ impl SessionService for SessionGrpc {
         let record = self.sessions.validate(&r.id, &r.skey).await?;
         let expires_in = record.expires_at.saturating_sub(now_millis()).max(0);
         Ok(Response::new(ValidateResponse {
-            user: Some(user_pb(record.user)),
+            user: Some(pb::UserInfo::from(&record.user)),
             expires_at: Some(timestamp(record.expires_at)),
             created_at: Some(timestamp(record.created_at)),
             expires_in: Some(duration(expires_in)),

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod health;
 pub mod login;
 pub mod probe;
+pub mod record;
 pub mod revocations;
 pub mod session;
 pub mod startup;

@@ -13,12 +13,13 @@ use governor::{
 };
 
 use secrecy::ExposeSecret;
-use weapp_common::singleflight::SingleFlight;
+use weapp_common::{config::duration, singleflight::SingleFlight};
 
 use crate::{
     credentials::{Credentials, short_hash},
     error::SessionError,
-    session::{SessionManager, SessionRecord, UserInfo},
+    record::{SessionRecord, UserInfo},
+    session::SessionManager,
     user_data::{self, Expected},
     wechat::{CodeSession, WeChatClient, WeChatError},
 };
@@ -26,21 +27,29 @@ use crate::{
 /// Longest login code accepted (WeChat's are 32 characters).
 const MAX_CODE_LEN: usize = 128;
 
-#[derive(Clone, Copy, Debug)]
+/// What a login must satisfy beyond WeChat's word.
+#[derive(clap::Args, Clone, Copy, Debug)]
 pub struct LoginPolicy {
-    /// How far from now the encrypted data's watermark timestamp may be.
+    /// Encrypted user data whose watermark is further than this from now is refused.
+    #[arg(id = "login_max_data_age", long = "login-max-data-age", env = "WEAPP_LOGIN_MAX_DATA_AGE", default_value = "10m", value_parser = duration)]
     pub max_data_age: Duration,
-    /// Sessions one user (openId) may create a minute (0: no limit). A client stuck in a
-    /// login loop, or a stolen account being farmed, stops filling the store.
+
+    /// Sessions one user (openId) may create a minute; more logins get RESOURCE_EXHAUSTED
+    /// (0: no limit). A client stuck in a login loop, or a stolen account being farmed, stops
+    /// filling the store.
+    #[arg(
+        id = "login_rate_per_user",
+        long = "login-rate-per-user",
+        env = "WEAPP_LOGIN_RATE_PER_USER",
+        default_value_t = 20
+    )]
     pub max_per_user_per_minute: u32,
 }
 
 impl Default for LoginPolicy {
+    /// The defaults written on the arguments above.
     fn default() -> Self {
-        Self {
-            max_data_age: Duration::from_secs(600),
-            max_per_user_per_minute: 20,
-        }
+        weapp_common::config::defaults()
     }
 }
 
@@ -160,11 +169,7 @@ impl LoginService {
                     },
                 )?
             }
-            None => UserInfo {
-                open_id: exchanged.open_id.clone(),
-                union_id: exchanged.union_id.clone(),
-                ..UserInfo::default()
-            },
+            None => UserInfo::code_only(&exchanged.open_id, exchanged.union_id.as_deref()),
         };
         if let Some((raw, sig)) = signed {
             user_data::verify_signature(raw, session_key, sig)?;
@@ -174,7 +179,7 @@ impl LoginService {
         let (credentials, record) = self.sessions.create(user).await?;
         tracing::info!(
             session = %short_hash(&record.id),
-            user = %short_hash(&record.user.open_id),
+            user = %short_hash(record.user.open_id()),
             "login succeeded"
         );
         Ok((credentials, record))

@@ -1,32 +1,17 @@
 //! Sessions: what a session is, how long it lives, and the create/validate/logout life cycle on
 //! top of whichever store is configured.
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use serde::{Deserialize, Serialize};
+use weapp_common::config::duration;
 
 use crate::{
     credentials::{self, Credentials},
     error::SessionError,
+    record::{SessionRecord, UserInfo, now_millis},
     revocations::{RevocationFeed, Revoked},
     store::SessionStore,
 };
-
-/// Milliseconds since the Unix epoch: the one time unit of stored sessions.
-pub type UnixMillis = i64;
-
-pub fn now_millis() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
-/// The user behind a session, in WeChat's field names (as `/me` shows it).
-pub use weapp_wire::UserInfo;
 
 /// Most ids one CheckSessions call may ask about.
 pub const MAX_CHECKED_SESSIONS: usize = 10_000;
@@ -35,47 +20,27 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// A stored session. Holds the skey only as a hash, and nothing of WeChat's session_key: no
-/// feature needs it after login, so the safest copy is none.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionRecord {
-    pub id: String,
-    pub skey_hash: String,
-    pub user: UserInfo,
-    pub created_at: UnixMillis,
-    pub last_seen_at: UnixMillis,
-    /// Idle expiry, never past `max_expires_at`: the session is dead from this instant on.
-    pub expires_at: UnixMillis,
-    /// Absolute end of life, whatever the use.
-    pub max_expires_at: UnixMillis,
-}
-
-impl SessionRecord {
-    pub fn is_expired(&self, now: UnixMillis) -> bool {
-        now >= self.expires_at
-    }
-}
-
 /// How long sessions live.
-#[derive(Clone, Copy, Debug)]
+#[derive(clap::Args, Clone, Copy, Debug)]
 pub struct SessionPolicy {
-    /// Unused this long, a session expires; each use pushes the expiry out again.
+    /// A session unused this long expires; each use pushes the expiry out again.
+    #[arg(id = "session_idle_ttl", long = "session-idle-ttl", env = "WEAPP_SESSION_IDLE_TTL", default_value = "2h", value_parser = duration)]
     pub idle_ttl: Duration,
-    /// Hard limit on a session's life.
+
+    /// No session lives longer than this, used or not.
+    #[arg(id = "session_max_age", long = "session-max-age", env = "WEAPP_SESSION_MAX_AGE", default_value = "7d", value_parser = duration)]
     pub max_age: Duration,
+
     /// Renewal is written at most this often, so a busy session does not turn every request
     /// into a store write. The idle expiry may therefore be up to this much early.
+    #[arg(id = "session_renew_after", long = "session-renew-after", env = "WEAPP_SESSION_RENEW_AFTER", default_value = "1m", value_parser = duration)]
     pub renew_after: Duration,
 }
 
 impl Default for SessionPolicy {
+    /// The defaults written on the arguments above.
     fn default() -> Self {
-        Self {
-            idle_ttl: Duration::from_secs(2 * 3600),
-            max_age: Duration::from_secs(7 * 86400),
-            renew_after: Duration::from_secs(60),
-        }
+        weapp_common::config::defaults()
     }
 }
 

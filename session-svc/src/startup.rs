@@ -8,26 +8,24 @@ use tonic::transport::{Server, server::TcpIncoming};
 use weapp_proto::session::v1::session_service_server::SessionServiceServer;
 
 use crate::{
-    config::{Settings, StoreSettings},
+    config::Settings,
     grpc::SessionGrpc,
     health::StoreWatch,
     login::LoginService,
-    session::{SessionManager, now_millis},
+    record::now_millis,
+    session::SessionManager,
     store::{EmbeddedStore, MongoStore, SessionStore, StoreError},
-    wechat::{WeChatClient, WeChatError},
+    wechat::{SetupError, WeChatClient},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] weapp_common::BindError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("WeChat client: {0}")]
-    WeChat(#[from] WeChatError),
+    WeChat(#[from] SetupError),
     #[error("reflection service: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -44,25 +42,15 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let store: Arc<dyn SessionStore> = match &settings.store {
-            StoreSettings::Embedded { data_dir } => Arc::new(EmbeddedStore::open(data_dir)?),
-            StoreSettings::Mongo(mongo) => Arc::new(MongoStore::connect(mongo).await?),
+        let store: Arc<dyn SessionStore> = match settings.store.mongo.uri() {
+            None => Arc::new(EmbeddedStore::open(&settings.store.data_dir)?),
+            Some(_) => Arc::new(MongoStore::connect(&settings.store.mongo).await?),
         };
         tracing::info!(store = %store.describe(), "session store configured");
         let wechat = Arc::new(WeChatClient::new(&settings.wechat)?);
         let sessions = Arc::new(SessionManager::new(store.clone(), settings.sessions));
         let login = Arc::new(LoginService::new(wechat, sessions.clone(), settings.login));
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| StartupError::Bind {
-                    addr: settings.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| StartupError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
+        let (listener, local_addr) = weapp_common::bind(settings.listen).await?;
         Ok(Self {
             listener,
             local_addr,

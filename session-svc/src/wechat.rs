@@ -6,19 +6,85 @@ use std::{sync::Arc, time::Duration};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 use url::Url;
+use weapp_common::config::{duration, positive, secret, secret_file};
 
 /// Largest answer read from WeChat; a real one is under 200 bytes.
 const MAX_BODY: usize = 64 * 1024;
 
-#[derive(Clone, Debug)]
+/// Who we are to WeChat, and how its API is called.
+#[derive(clap::Args, Clone, Debug)]
 pub struct WeChatSettings {
+    /// The mini-program's AppId.
+    #[arg(long, env = "WEAPP_APP_ID", required = true)]
+    pub app_id: Option<String>,
+
+    /// The mini-program's AppSecret. Environment only (a flag would show in `ps`); prefer
+    /// WEAPP_APP_SECRET_FILE.
+    #[arg(long, env = "WEAPP_APP_SECRET", hide = true, value_parser = secret, conflicts_with = "app_secret_file")]
+    pub app_secret: Option<SecretString>,
+
+    /// File holding the AppSecret (or WEAPP_APP_SECRET in the environment).
+    #[arg(long, env = "WEAPP_APP_SECRET_FILE", value_parser = secret_file)]
+    pub app_secret_file: Option<SecretString>,
+
+    /// Base URL of WeChat's API (the sandbox's URL for local runs).
+    #[arg(id = "wechat_base_url", long = "wechat-base-url", env = "WEAPP_WECHAT_BASE_URL", default_value = "https://api.weixin.qq.com", value_parser = base_url)]
     pub base_url: Url,
-    pub app_id: String,
-    pub app_secret: SecretString,
-    /// Whole-call budget for one exchange, including waiting for a concurrency slot.
+
+    /// Whole-call budget for one code exchange, waiting for a slot included.
+    #[arg(id = "wechat_timeout", long = "wechat-timeout", env = "WEAPP_WECHAT_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub timeout: Duration,
-    /// Exchanges in flight at once, so a slow WeChat cannot pile up connections.
+
+    /// Exchanges in flight at once (a slow WeChat cannot pile up connections); further logins
+    /// wait within the timeout.
+    #[arg(id = "wechat_max_concurrent", long = "wechat-max-concurrent", env = "WEAPP_WECHAT_MAX_CONCURRENT", default_value = "64", value_parser = positive)]
     pub max_concurrent: usize,
+}
+
+impl WeChatSettings {
+    /// The AppId, checked present and non-empty at start-up.
+    pub fn app_id(&self) -> &str {
+        self.app_id.as_deref().unwrap_or_default().trim()
+    }
+
+    /// The AppSecret from whichever of its two sources was set.
+    pub fn app_secret(&self) -> Option<&SecretString> {
+        self.app_secret.as_ref().or(self.app_secret_file.as_ref())
+    }
+
+    /// What clap cannot check alone.
+    pub fn check(&self) -> Result<(), String> {
+        if self.app_id().is_empty() {
+            return Err("WEAPP_APP_ID is empty".into());
+        }
+        match self.app_secret() {
+            Some(s) if !s.expose_secret().is_empty() => Ok(()),
+            Some(_) => Err("WEAPP_APP_SECRET is empty".into()),
+            None => Err(
+                "the AppSecret is missing: set WEAPP_APP_SECRET_FILE (or WEAPP_APP_SECRET)".into(),
+            ),
+        }
+    }
+}
+
+/// An http(s) URL that API paths can be joined to.
+fn base_url(value: &str) -> Result<Url, String> {
+    let url = Url::parse(value).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    Ok(url)
+}
+
+/// Why the WeChat client could not be set up (at start-up, never per request).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("WeChat's API paths cannot be joined to the base URL: {0}")]
+    BaseUrl(url::ParseError),
+    #[error("the HTTP client cannot be built: {0}")]
+    Http(String),
+    #[error("{0}")]
+    Settings(String),
 }
 
 pub use weapp_wire::wechat_answer::{AnswerError, CodeSession, parse_answer};
@@ -47,14 +113,11 @@ impl From<AnswerError> for WeChatError {
     }
 }
 
-/// WeChat's errcodes that this service treats specially.
+/// WeChat's errcodes that this service treats specially (the rest are refusals of the code).
 pub mod errcode {
     pub const SYSTEM_BUSY: i64 = -1;
     pub const INVALID_APPSECRET: i64 = 40125;
     pub const INVALID_APPID: i64 = 40013;
-    pub const INVALID_CODE: i64 = 40029;
-    pub const CODE_USED: i64 = 40163;
-    pub const CODE_BLOCKED: i64 = 40226;
     pub const MINUTE_QUOTA: i64 = 45011;
 }
 
@@ -68,22 +131,27 @@ pub struct WeChatClient {
 }
 
 impl WeChatClient {
-    pub fn new(settings: &WeChatSettings) -> Result<Self, WeChatError> {
+    pub fn new(settings: &WeChatSettings) -> Result<Self, SetupError> {
+        settings.check().map_err(SetupError::Settings)?;
+        let app_secret = settings
+            .app_secret()
+            .cloned()
+            .ok_or_else(|| SetupError::Settings("the AppSecret is missing".into()))?;
         let endpoint = settings
             .base_url
             .join("sns/jscode2session")
-            .map_err(|e| WeChatError::Malformed(format!("bad WeChat base URL: {e}")))?;
+            .map_err(SetupError::BaseUrl)?;
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(3)))
             .pool_max_idle_per_host(settings.max_concurrent)
             .build()
-            .map_err(|e| WeChatError::Unreachable(e.without_url().to_string()))?;
+            .map_err(|e| SetupError::Http(e.without_url().to_string()))?;
         Ok(Self {
             http,
             endpoint,
-            app_id: settings.app_id.clone(),
-            app_secret: settings.app_secret.clone(),
+            app_id: settings.app_id().to_owned(),
+            app_secret,
             timeout: settings.timeout,
             slots: Arc::new(Semaphore::new(settings.max_concurrent)),
         })

@@ -10,10 +10,10 @@ use std::{
     time::Duration,
 };
 
-use crate::process::{free_port, wait_until_listening};
+use crate::{ports::Port, process::wait_until_listening};
 
 pub struct MongoServer {
-    port: u16,
+    port: Port,
     data_dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -44,7 +44,7 @@ impl MongoServer {
     /// Starts a fresh, empty server.
     pub fn start() -> Self {
         let mut server = Self {
-            port: free_port(),
+            port: Port::reserve(),
             data_dir: tempfile::tempdir().expect("temp dir"),
             child: None,
         };
@@ -53,11 +53,11 @@ impl MongoServer {
     }
 
     pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}", self.port)
+        format!("mongodb://127.0.0.1:{}", self.port.number())
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.port.number()
     }
 
     /// Starts the server again on the same port and data after [`Self::stop`].
@@ -69,7 +69,7 @@ impl MongoServer {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--port")
-            .arg(self.port.to_string())
+            .arg(self.port.number().to_string())
             .arg("--log-file")
             .arg(dir.join("nx.log"))
             .arg("--pid-file")
@@ -83,7 +83,7 @@ impl MongoServer {
         wait_until_listening(
             "nx-27017",
             &mut child,
-            self.port,
+            self.port.number(),
             Duration::from_secs(20),
             || std::fs::read_to_string(&log).unwrap_or_default(),
         );

@@ -1,9 +1,15 @@
-//! Real nginx in front of test gateways, configured with the shipped `deploy/nginx/` files —
-//! changed only where a deployment changes them: certificate paths, upstream addresses, and
-//! (since tests cannot own ports 80/443 or /var/log) the listen ports and the log directory. The certificate is a throw-away
-//! self-signed one made at run time; no key is ever committed.
+//! Real nginx in front of test gateways, with one of two sites:
 //!
-//! nginx is found through `NGINX_BIN`, then `/usr/sbin/nginx`; `scripts/test.sh` installs it.
+//! * [`Site::Shipped`]: the shipped `deploy/nginx/` files — changed only where a deployment
+//!   changes them: certificate paths, upstream addresses, and (since tests cannot own ports
+//!   80/443 or /var/log) the listen ports and the log directory;
+//! * [`Site::Tutorial`]: the wafer tutorial's own `ssl.conf` (`tests/nginx/tutorial-ssl.conf`),
+//!   changed only in certificate file names, listen port and upstream port — what a team that
+//!   swaps its Node app for weapp keeps running in front of it.
+//!
+//! The certificate is a throw-away self-signed one made at run time; no key is ever
+//! committed. nginx is found through `NGINX_BIN`, then `/usr/sbin/nginx`; `scripts/test.sh`
+//! installs it.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -12,13 +18,22 @@ use std::{
     time::Duration,
 };
 
-use crate::process::{free_port, wait_until_listening};
+use crate::{ports::Port, process::wait_until_listening};
 
 const SHIPPED_CERT_DIR: &str = "/etc/nginx/tls/weapp.example.com/";
 
+/// Which site nginx serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    Shipped,
+    Tutorial,
+}
+
 pub struct Nginx {
     pub https_port: u16,
+    /// The plain-HTTP port (the shipped site's redirect; unused by the tutorial's site).
     pub http_port: u16,
+    _ports: [Port; 2],
     /// The self-signed certificate (PEM) clients must trust.
     pub certificate_pem: String,
     dir: tempfile::TempDir,
@@ -46,50 +61,25 @@ fn shipped(name: &str) -> String {
 impl Nginx {
     /// Starts nginx with the shipped site, its upstream pointing at `gateways`.
     pub fn start(gateways: &[SocketAddr]) -> Self {
+        Self::with_site(Site::Shipped, gateways)
+    }
+
+    /// Starts nginx with `site` in front of `gateways` (the tutorial's site takes the first).
+    pub fn with_site(site: Site, gateways: &[SocketAddr]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         let certified =
             rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
         let certificate_pem = certified.cert.pem();
-        std::fs::write(root.join("fullchain.pem"), &certificate_pem).expect("write cert");
-        std::fs::write(
-            root.join("privkey.pem"),
-            certified.signing_key.serialize_pem(),
-        )
-        .expect("write key");
-
-        let (https_port, http_port) = (free_port(), free_port());
-        let site = shipped("weapp.conf")
-            .replace(SHIPPED_CERT_DIR, &format!("{}/", root.display()))
-            .replace("/var/log/nginx/", &format!("{}/", root.display()))
-            .replace("listen 443 ", &format!("listen 127.0.0.1:{https_port} "))
-            .replace("listen [::]:443 ", &format!("listen [::1]:{https_port} "))
-            .replace("listen 80;", &format!("listen 127.0.0.1:{http_port};"))
-            .replace("listen [::]:80;", &format!("listen [::1]:{http_port};"));
-        assert!(
-            !site.contains(SHIPPED_CERT_DIR),
-            "every certificate path was replaced"
-        );
-        std::fs::write(root.join("weapp.conf"), site).expect("write site");
-
-        let servers: String = gateways
-            .iter()
-            .map(|g| format!("    server {g} max_fails=3 fail_timeout=10s;\n"))
-            .collect();
-        let upstream = shipped("weapp-upstream.conf");
-        let upstream: String = upstream
-            .lines()
-            .filter(|line| !line.trim_start().starts_with("server "))
-            .map(|line| {
-                if line.trim_start().starts_with("least_conn;") {
-                    format!("{line}\n{servers}")
-                } else {
-                    format!("{line}\n")
-                }
-            })
-            .collect();
-        assert!(upstream.contains(&gateways[0].to_string()));
-        std::fs::write(root.join("weapp-upstream.conf"), upstream).expect("write upstream");
+        let (cert, key) = (root.join("fullchain.pem"), root.join("privkey.pem"));
+        std::fs::write(&cert, &certificate_pem).expect("write cert");
+        std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+        let ports = [Port::reserve(), Port::reserve()];
+        let (https_port, http_port) = (ports[0].number(), ports[1].number());
+        let includes = match site {
+            Site::Shipped => shipped_site(root, gateways, https_port, http_port),
+            Site::Tutorial => tutorial_site(root, gateways[0], https_port),
+        };
 
         for temp in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
             std::fs::create_dir_all(root.join("tmp").join(temp)).expect("temp dirs");
@@ -101,8 +91,7 @@ impl Nginx {
             "{user}\nworker_processes 1;\ndaemon off;\npid {r}/nginx.pid;\nerror_log {r}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log {r}/access.log;\n  client_body_temp_path {r}/tmp/body;\n  proxy_temp_path {r}/tmp/proxy;\n  \
-             fastcgi_temp_path {r}/tmp/fastcgi;\n  uwsgi_temp_path {r}/tmp/uwsgi;\n  scgi_temp_path {r}/tmp/scgi;\n  \
-             include {r}/weapp-upstream.conf;\n  include {r}/weapp.conf;\n}}\n"
+             fastcgi_temp_path {r}/tmp/fastcgi;\n  uwsgi_temp_path {r}/tmp/uwsgi;\n  scgi_temp_path {r}/tmp/scgi;\n{includes}}}\n"
         );
         std::fs::write(root.join("nginx.conf"), main).expect("write nginx.conf");
 
@@ -116,7 +105,7 @@ impl Nginx {
             .expect("nginx -t runs");
         assert!(
             test.status.success(),
-            "nginx -t rejected the shipped config: {}",
+            "nginx -t rejected the {site:?} config: {}",
             String::from_utf8_lossy(&test.stderr)
         );
         let mut child = Command::new(binary())
@@ -140,6 +129,7 @@ impl Nginx {
         Self {
             https_port,
             http_port,
+            _ports: ports,
             certificate_pem,
             dir,
             child,
@@ -192,6 +182,87 @@ impl Nginx {
         .with_no_client_auth();
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
+}
+
+/// The shipped site and upstream files, as a deployment adapts them; the `include` lines.
+fn shipped_site(root: &Path, gateways: &[SocketAddr], https_port: u16, http_port: u16) -> String {
+    let site = shipped("weapp.conf")
+        .replace(SHIPPED_CERT_DIR, &format!("{}/", root.display()))
+        .replace("/var/log/nginx/", &format!("{}/", root.display()))
+        .replace("listen 443 ", &format!("listen 127.0.0.1:{https_port} "))
+        .replace("listen [::]:443 ", &format!("listen [::1]:{https_port} "))
+        .replace("listen 80;", &format!("listen 127.0.0.1:{http_port};"))
+        .replace("listen [::]:80;", &format!("listen [::1]:{http_port};"));
+    assert!(
+        !site.contains(SHIPPED_CERT_DIR),
+        "every certificate path was replaced"
+    );
+    std::fs::write(root.join("weapp.conf"), site).expect("write site");
+
+    let servers: String = gateways
+        .iter()
+        .map(|g| format!("    server {g} max_fails=3 fail_timeout=10s;\n"))
+        .collect();
+    let upstream: String = shipped("weapp-upstream.conf")
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("server "))
+        .map(|line| {
+            if line.trim_start().starts_with("least_conn;") {
+                format!("{line}\n{servers}")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert!(upstream.contains(&gateways[0].to_string()));
+    std::fs::write(root.join("weapp-upstream.conf"), upstream).expect("write upstream");
+    let r = root.display();
+    format!("  include {r}/weapp-upstream.conf;\n  include {r}/weapp.conf;\n")
+}
+
+/// The tutorial's `ssl.conf`, changed only in certificate names, listen port and upstream
+/// port. nginx 1.25.1 removed its `ssl on;`: there (only) the same thing is said the new way.
+fn tutorial_site(root: &Path, gateway: SocketAddr, https_port: u16) -> String {
+    let original = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/tutorial-ssl.conf"),
+    )
+    .expect("tests/nginx/tutorial-ssl.conf");
+    let r = root.display();
+    let mut site = original
+        .replace("1_www.example.com.crt", &format!("{r}/fullchain.pem"))
+        .replace("2_www.example.com.key", &format!("{r}/privkey.pem"))
+        .replace("listen 443;", &format!("listen 127.0.0.1:{https_port};"))
+        .replace("http://127.0.0.1:8765", &format!("http://{gateway}"));
+    assert!(
+        site.contains(&format!("http://{gateway}")) && site.contains("fullchain.pem"),
+        "the tutorial's config changed shape"
+    );
+    if !supports_ssl_on() {
+        site = site.replace("        ssl on;\n", "").replace(
+            &format!("listen 127.0.0.1:{https_port};"),
+            &format!("listen 127.0.0.1:{https_port} ssl;"),
+        );
+    }
+    std::fs::write(root.join("tutorial-ssl.conf"), site).expect("write site");
+    format!("  include {r}/tutorial-ssl.conf;\n")
+}
+
+/// Whether this nginx still has the `ssl on;` directive (removed in 1.25.1).
+fn supports_ssl_on() -> bool {
+    let output = Command::new(binary())
+        .arg("-v")
+        .output()
+        .expect("nginx -v runs");
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    let version: Vec<u32> = text
+        .split('/')
+        .nth(1)
+        .unwrap_or_default()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .take(3)
+        .collect();
+    version < vec![1, 25, 1]
 }
 
 fn is_root() -> bool {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::process::{free_port, wait_until_listening};
+use crate::{ports::Port, process::wait_until_listening};
 
 /// Where the binaries of this build live: `<target>/<profile>/`, beside the `deps/` folder
 /// that holds the running test.
@@ -56,7 +56,7 @@ pub struct ServiceProcess {
     name: &'static str,
     program: PathBuf,
     env: BTreeMap<String, String>,
-    port: u16,
+    port: Port,
     log: tempfile::NamedTempFile,
     child: Option<Child>,
 }
@@ -73,12 +73,12 @@ impl ServiceProcess {
     }
 
     fn new(name: &'static str, listen_var: &str, env: &[(&str, String)]) -> Self {
-        let port = free_port();
+        let port = Port::reserve();
         let mut vars: BTreeMap<String, String> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
-        vars.insert(listen_var.to_owned(), format!("127.0.0.1:{port}"));
+        vars.insert(listen_var.to_owned(), port.addr().to_string());
         vars.entry("RUST_LOG".into())
             .or_insert_with(|| "info".into());
         let mut service = Self {
@@ -94,7 +94,7 @@ impl ServiceProcess {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        self.port.addr()
     }
 
     pub fn url(&self) -> String {
@@ -127,7 +127,7 @@ impl ServiceProcess {
         wait_until_listening(
             self.name,
             &mut child,
-            self.port,
+            self.port.number(),
             Duration::from_secs(30),
             || self.log(),
         );

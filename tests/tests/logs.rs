@@ -122,14 +122,22 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     // reports the store unreachable, and retries, all of it logged.
     let mongo_password = "pw-7c1d0e55a9";
     secrets.push(("MongoDB password", mongo_password.to_owned()));
-    let mut settings = stack.session_settings();
-    settings.listen = "127.0.0.1:0".parse().unwrap();
-    settings.store = session_svc::config::StoreSettings::Mongo(session_svc::store::MongoSettings {
-        uri: format!("mongodb://weapp:{mongo_password}@127.0.0.1:9/weapp").into(),
-        password: None,
-        database: None,
-        timeout: Duration::from_millis(200),
-    });
+    let uri_file = stack.data_dir.path().join("unreachable_mongodb_uri");
+    std::fs::write(
+        &uri_file,
+        format!("mongodb://weapp:{mongo_password}@127.0.0.1:9/weapp"),
+    )
+    .unwrap();
+    let mut args = stack.session_args();
+    args.extend([
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--mongodb-uri-file".into(),
+        uri_file.display().to_string(),
+        "--mongodb-timeout".into(),
+        "200ms".into(),
+    ]);
+    let settings = session_svc::Settings::parse_from(args).unwrap();
     let app = session_svc::Application::build(settings).await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(app.run(shutdown.clone()));

@@ -111,6 +111,9 @@ pub struct MintRequest {
     pub fault: Option<Fault>,
     /// Delay the answer to the exchange of this code, in milliseconds.
     pub delay_ms: Option<u64>,
+    /// More fields for the encrypted user data, as WeChat adds them over time (they win over
+    /// the profile's; the ids and the watermark are always the sandbox's).
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// What `POST /sandbox/mint` answers: everything a mini-program holds after `wx.login()` and
@@ -126,6 +129,9 @@ pub struct MintedLogin {
     pub raw_data: String,
     pub signature: String,
     pub profile: Profile,
+    /// What `encryptedData` decrypts to: the user object wafer kept as
+    /// `req.session.userInfo`, and so what `/me` must answer.
+    pub decrypted: serde_json::Value,
 }
 
 /// How often a code was presented to `jscode2session`.
@@ -209,6 +215,9 @@ impl Sandbox {
             .map(|d| d.as_secs() as i64)
             .unwrap_or_default();
         let mut user = serde_json::to_value(&profile).unwrap_or_else(|_| json!({}));
+        if let (Some(fields), Some(extra)) = (user.as_object_mut(), &req.extra) {
+            fields.extend(extra.clone());
+        }
         user["openId"] = json!(openid);
         if let Some(unionid) = &req.unionid {
             user["unionId"] = json!(unionid);
@@ -249,6 +258,7 @@ impl Sandbox {
             raw_data,
             signature,
             profile,
+            decrypted: user,
         })
     }
 

@@ -10,6 +10,7 @@ use base64::{
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
 use serde::Deserialize;
+use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
@@ -127,39 +128,11 @@ struct Watermark {
     timestamp: i64,
 }
 
-/// The profile fields WeChat puts in both the encrypted data and rawData.
+/// The parts of the decrypted data that are checked; the object itself is kept whole.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Profile {
-    nick_name: Option<String>,
-    gender: Option<i32>,
-    language: Option<String>,
-    city: Option<String>,
-    province: Option<String>,
-    country: Option<String>,
-    avatar_url: Option<String>,
-}
-
-impl Profile {
-    /// Fills the fields `user` does not have yet.
-    fn fill(self, user: &mut UserInfo) {
-        user.nick_name = user.nick_name.take().or(self.nick_name);
-        user.gender = user.gender.or(self.gender);
-        user.language = user.language.take().or(self.language);
-        user.city = user.city.take().or(self.city);
-        user.province = user.province.take().or(self.province);
-        user.country = user.country.take().or(self.country);
-        user.avatar_url = user.avatar_url.take().or(self.avatar_url);
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Decrypted {
+struct Checked {
     open_id: Option<String>,
-    union_id: Option<String>,
-    #[serde(flatten)]
-    profile: Profile,
     watermark: Watermark,
 }
 
@@ -173,12 +146,15 @@ pub struct Expected<'a> {
 }
 
 /// Reads decrypted user data, checking its watermark (appid and freshness) and that it is
-/// about the user the code belongs to.
+/// about the user the code belongs to. The user is the whole object, as wafer kept it.
 pub fn parse_decrypted(
     plaintext: &[u8],
     expected: &Expected<'_>,
 ) -> Result<UserInfo, UserDataError> {
-    let data: Decrypted = serde_json::from_slice(plaintext).map_err(|_| UserDataError::NotJson)?;
+    let payload: Map<String, Value> =
+        serde_json::from_slice(plaintext).map_err(|_| UserDataError::NotJson)?;
+    let data = Checked::deserialize(&Value::Object(payload.clone()))
+        .map_err(|_| UserDataError::NotJson)?;
     if !bool::from(
         data.watermark
             .appid
@@ -198,13 +174,11 @@ pub fn parse_decrypted(
     {
         return Err(UserDataError::OpenIdMismatch);
     }
-    let mut user = UserInfo {
-        open_id: expected.open_id.to_owned(),
-        union_id: expected.union_id.map(str::to_owned).or(data.union_id),
-        ..UserInfo::default()
-    };
-    data.profile.fill(&mut user);
-    Ok(user)
+    Ok(UserInfo::from_payload(
+        payload,
+        expected.open_id,
+        expected.union_id,
+    ))
 }
 
 /// Checks `signature == sha1(rawData + session_key)` in constant time.
@@ -227,8 +201,9 @@ pub fn verify_signature(
 
 /// Fills profile fields from a verified rawData where the encrypted data did not provide them.
 pub fn merge_raw_profile(user: &mut UserInfo, raw_data: &str) -> Result<(), UserDataError> {
-    let raw: Profile = serde_json::from_str(raw_data).map_err(|_| UserDataError::RawDataNotJson)?;
-    raw.fill(user);
+    let raw: Map<String, Value> =
+        serde_json::from_str(raw_data).map_err(|_| UserDataError::RawDataNotJson)?;
+    user.fill_profile(&raw);
     Ok(())
 }
 
@@ -280,8 +255,9 @@ mod tests {
         let key = STANDARD.encode(KEY);
         let plain = decrypt(&key, &ct, &IV).unwrap();
         let user = parse_decrypted(&plain, &expected(1100)).unwrap();
-        assert_eq!(user.nick_name.as_deref(), Some("N"));
-        assert_eq!(user.gender, Some(2));
+        assert_eq!(user.nick_name(), Some("N"));
+        assert_eq!(user.integer("gender"), Some(2));
+        assert_eq!(user.fields()["watermark"]["appid"], "wxapp");
         assert_eq!(
             parse_decrypted(&plain, &expected(1000 + 601)),
             Err(UserDataError::Stale(600))

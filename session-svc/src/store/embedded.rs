@@ -16,7 +16,7 @@ use redb::{
 };
 
 use super::{SessionStore, StoreError};
-use crate::session::{SessionRecord, UnixMillis};
+use crate::record::{SessionRecord, UnixMillis};
 
 /// id → the session record as JSON (readable with any redb tool).
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -163,7 +163,7 @@ fn insert_batch(db: &Database, batch: &[PendingInsert]) -> Result<(), StoreError
             let id = record.id.as_str();
             sessions.insert(id, bytes.as_slice()).map_err(unavailable)?;
             by_open_id
-                .insert(record.user.open_id.as_str(), id)
+                .insert(record.user.open_id(), id)
                 .map_err(unavailable)?;
             by_expiry
                 .insert((record.expires_at, id), ())
@@ -183,7 +183,7 @@ fn remove_in(txn: &WriteTransaction, id: &str) -> Result<Option<SessionRecord>, 
     drop(bytes);
     txn.open_multimap_table(BY_OPEN_ID)
         .map_err(unavailable)?
-        .remove(record.user.open_id.as_str(), id)
+        .remove(record.user.open_id(), id)
         .map_err(unavailable)?;
     txn.open_table(BY_EXPIRY)
         .map_err(unavailable)?

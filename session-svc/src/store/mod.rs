@@ -8,7 +8,7 @@ pub use mongo::{MongoSettings, MongoStore};
 
 use async_trait::async_trait;
 
-use crate::session::{SessionRecord, UnixMillis};
+use crate::record::{SessionRecord, UnixMillis};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -18,6 +18,9 @@ pub enum StoreError {
     /// A stored record could not be read back.
     #[error("session store holds an unreadable record: {0}")]
     Corrupt(String),
+    /// The store's settings are wrong (found when it is opened, never later).
+    #[error("session store configuration: {0}")]
+    Misconfigured(String),
 }
 
 #[async_trait]

@@ -20,24 +20,63 @@ use mongodb::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use weapp_common::config::{duration, secret, secret_file};
 
 use super::{SessionStore, StoreError};
-use crate::session::{SessionRecord, UnixMillis, UserInfo};
+use crate::record::{SessionRecord, UnixMillis, UserInfo};
 
 const COLLECTION: &str = "sessions";
 const TTL_INDEX: &str = "expiresAt_ttl";
 const OPEN_ID_INDEX: &str = "openId_1";
 
-/// How to reach MongoDB. The URI is a secret: it usually holds the password.
-#[derive(Clone, Debug)]
+/// How to reach MongoDB, when sessions go there. The URI is a secret: it usually holds the
+/// password.
+#[derive(clap::Args, Clone, Debug)]
 pub struct MongoSettings {
-    pub uri: SecretString,
-    /// Replaces the URI's password, for passwords kept in a file.
+    /// MongoDB URI (mongodb:// or mongodb+srv://): sessions go to MongoDB when set.
+    /// Environment only (a flag would show in `ps`); or WEAPP_MONGODB_URI_FILE.
+    #[arg(long, env = "WEAPP_MONGODB_URI", hide = true, value_parser = secret, conflicts_with = "mongodb_uri_file")]
+    pub mongodb_uri: Option<SecretString>,
+
+    /// File holding the MongoDB URI (or WEAPP_MONGODB_URI in the environment).
+    #[arg(long, env = "WEAPP_MONGODB_URI_FILE", value_parser = secret_file)]
+    pub mongodb_uri_file: Option<SecretString>,
+
+    /// File holding the password of the URI's user (keeps it out of the URI).
+    #[arg(id = "mongodb_password_file", long = "mongodb-password-file", env = "WEAPP_MONGODB_PASSWORD_FILE", value_parser = secret_file)]
     pub password: Option<SecretString>,
-    /// Database name; default: the URI's path, else `weapp`.
+
+    /// Database of the `sessions` collection (default: the URI's, else "weapp").
+    #[arg(
+        id = "mongodb_database",
+        long = "mongodb-database",
+        env = "WEAPP_MONGODB_DATABASE"
+    )]
     pub database: Option<String>,
-    /// How long an operation waits for a reachable server before failing with UNAVAILABLE.
+
+    /// Server-selection timeout: a MongoDB outage becomes UNAVAILABLE this fast.
+    #[arg(id = "mongodb_timeout", long = "mongodb-timeout", env = "WEAPP_MONGODB_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub timeout: Duration,
+}
+
+impl MongoSettings {
+    /// The URI from whichever of its two sources was set; none means the embedded store.
+    pub fn uri(&self) -> Option<&SecretString> {
+        self.mongodb_uri.as_ref().or(self.mongodb_uri_file.as_ref())
+    }
+
+    /// What clap cannot check alone.
+    pub fn check(&self) -> Result<(), String> {
+        match self.uri().map(|u| u.expose_secret()) {
+            None if self.password.is_some() => {
+                Err("WEAPP_MONGODB_PASSWORD_FILE is set but no MongoDB URI".into())
+            }
+            Some(uri) if !uri.starts_with("mongodb://") && !uri.starts_with("mongodb+srv://") => {
+                Err("the MongoDB URI must start with mongodb:// or mongodb+srv://".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,8 +100,8 @@ impl From<&SessionRecord> for SessionDoc {
         Self {
             id: r.id.clone(),
             skey_hash: r.skey_hash.clone(),
-            open_id: r.user.open_id.clone(),
-            union_id: r.user.union_id.clone(),
+            open_id: r.user.open_id().to_owned(),
+            union_id: r.user.union_id().map(str::to_owned),
             user_info: r.user.clone(),
             created_at: DateTime::from_millis(r.created_at),
             last_seen_at: DateTime::from_millis(r.last_seen_at),
@@ -74,14 +113,11 @@ impl From<&SessionRecord> for SessionDoc {
 
 impl From<SessionDoc> for SessionRecord {
     fn from(d: SessionDoc) -> Self {
-        let mut user = d.user_info;
-        // The top-level fields are the indexed truth.
-        user.open_id = d.open_id;
-        user.union_id = d.union_id.or(user.union_id);
+        // The top-level openId and unionId are copies of the user's, for the index.
         Self {
             id: d.id,
             skey_hash: d.skey_hash,
-            user,
+            user: d.user_info,
             created_at: d.created_at.timestamp_millis(),
             last_seen_at: d.last_seen_at.timestamp_millis(),
             expires_at: d.expires_at.timestamp_millis(),
@@ -120,9 +156,12 @@ impl MongoStore {
     /// Prepares a client. Nothing is contacted yet: the driver connects on first use and
     /// reconnects by itself, so session-svc starts (and recovers) without MongoDB being up.
     pub async fn connect(settings: &MongoSettings) -> Result<Self, StoreError> {
-        let uri = settings.uri.expose_secret();
+        let uri = settings
+            .uri()
+            .ok_or_else(|| StoreError::Misconfigured("no MongoDB URI".into()))?
+            .expose_secret();
         let mut options = ClientOptions::parse(uri).await.map_err(|e| {
-            StoreError::Unavailable(format!(
+            StoreError::Misconfigured(format!(
                 "invalid MongoDB URI: {}",
                 redact(uri, &e.to_string())
             ))
@@ -130,7 +169,7 @@ impl MongoStore {
         if let Some(password) = &settings.password {
             let credential = options.credential.get_or_insert_with(Default::default);
             if credential.username.is_none() {
-                return Err(StoreError::Unavailable(
+                return Err(StoreError::Misconfigured(
                     "a MongoDB password file needs a user name in the URI (mongodb://user@host/db)"
                         .into(),
                 ));
@@ -294,12 +333,9 @@ mod tests {
         let record = SessionRecord {
             id: "a".repeat(32),
             skey_hash: "b".repeat(64),
-            user: UserInfo {
-                open_id: "o1".into(),
-                union_id: Some("u1".into()),
-                nick_name: Some("N".into()),
-                ..Default::default()
-            },
+            user: serde_json::from_value(serde_json::json!({"openId": "o1", "unionId": "u1",
+                "nickName": "N", "gender": 1, "watermark": {"appid": "wx1", "timestamp": 2}}))
+            .unwrap(),
             created_at: 1_700_000_000_000,
             last_seen_at: 1_700_000_000_500,
             expires_at: 1_700_000_100_000,

@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use gateway_svc::session_cache::REVOCATION_BOUND;
-use session_svc::session::SessionPolicy;
 use weapp_proto::session::v1::{RevokeUserRequest, session_service_client::SessionServiceClient};
 use weapp_tests::{ClientSession, Stack};
 
@@ -131,13 +130,16 @@ async fn without_session_svc_the_cache_is_not_used() {
 async fn a_cached_session_is_never_served_past_its_expiry() {
     let max_age = Duration::from_millis(1500);
     let stack = Stack::builder()
-        .sessions(SessionPolicy {
-            idle_ttl: max_age,
-            max_age,
-            renew_after: Duration::from_millis(50),
-        })
+        .session_args([
+            "--session-idle-ttl",
+            "1500ms",
+            "--session-max-age",
+            "1500ms",
+            "--session-renew-after",
+            "50ms",
+        ])
         // A TTL far beyond the session's life: only the session's own end can end entries.
-        .gateway(|settings| settings.cache.ttl = Duration::from_secs(3600))
+        .gateway_args(["--session-cache-ttl", "1h"])
         .start()
         .await;
     let (_, session) = stack.new_session().await;

@@ -6,7 +6,8 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use secrecy::SecretString;
 use session_svc::{
     error::SessionError,
-    session::{SessionManager, SessionPolicy, SessionRecord, UserInfo, now_millis},
+    record::{SessionRecord, UserInfo, now_millis},
+    session::{SessionManager, SessionPolicy},
     store::{EmbeddedStore, MongoSettings, MongoStore, SessionStore},
 };
 use weapp_tests::mongo::MongoServer;
@@ -31,7 +32,8 @@ impl Harness {
             Self::Embedded(dir) => Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
             Self::Mongo(server, database) => {
                 let store = MongoStore::connect(&MongoSettings {
-                    uri: SecretString::from(server.uri()),
+                    mongodb_uri: Some(SecretString::from(server.uri())),
+                    mongodb_uri_file: None,
                     password: None,
                     database: Some(database.clone()),
                     timeout: Duration::from_secs(2),
@@ -46,13 +48,14 @@ impl Harness {
 }
 
 fn user(open_id: &str) -> UserInfo {
-    UserInfo {
-        open_id: open_id.into(),
-        union_id: Some(format!("union-{open_id}")),
-        nick_name: Some("测试".into()),
-        gender: Some(2),
-        ..Default::default()
-    }
+    serde_json::from_value(serde_json::json!({
+        "openId": open_id,
+        "unionId": format!("union-{open_id}"),
+        "nickName": "测试",
+        "gender": 2,
+        "watermark": {"appid": "wx0123456789abcdef", "timestamp": 1_700_000_000},
+    }))
+    .expect("a user object")
 }
 
 fn record(id: &str, open_id: &str, expires_in_ms: i64) -> SessionRecord {
@@ -214,7 +217,7 @@ async fn concurrent_logins_of_one_user(h: Harness) {
                 .await
                 .unwrap()
                 .user
-                .open_id,
+                .open_id(),
             "busy-user"
         );
     }

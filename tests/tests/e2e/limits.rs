@@ -38,7 +38,7 @@ async fn kept_alive(stack: &Stack) -> tokio::net::TcpStream {
 #[tokio::test]
 async fn a_client_that_trickles_its_headers_is_dropped_at_the_deadline() {
     let stack = Stack::builder()
-        .gateway(|g| g.http.header_timeout = Duration::from_millis(500))
+        .gateway_args(["--http-header-timeout", "500ms"])
         .start()
         .await;
     let (answer, took) = exchange(&stack, b"GET /me HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
@@ -54,10 +54,12 @@ async fn a_client_that_trickles_its_headers_is_dropped_at_the_deadline() {
 #[tokio::test]
 async fn too_many_or_too_large_headers_get_431() {
     let stack = Stack::builder()
-        .gateway(|g| {
-            g.http.max_headers = 16;
-            g.http.max_header_bytes = 8192;
-        })
+        .gateway_args([
+            "--http-max-headers",
+            "16",
+            "--http-max-header-bytes",
+            "8192",
+        ])
         .start()
         .await;
     let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
@@ -87,7 +89,7 @@ async fn too_many_or_too_large_headers_get_431() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
     let stack = Stack::builder()
-        .gateway(|g| g.http.header_timeout = Duration::from_millis(500))
+        .gateway_args(["--http-header-timeout", "500ms"])
         .start()
         .await;
     let mut tcp = kept_alive(&stack).await;
@@ -106,7 +108,7 @@ async fn an_idle_keep_alive_connection_is_closed() {
 #[tokio::test]
 async fn a_body_over_the_limit_gets_413_before_anything_is_spent() {
     let stack = Stack::builder()
-        .gateway(|g| g.http.max_body_bytes = 1024)
+        .gateway_args(["--http-max-body-bytes", "1024"])
         .start()
         .await;
     let minted = stack.mint(MintRequest::default());
@@ -165,7 +167,7 @@ async fn a_body_over_the_limit_gets_413_before_anything_is_spent() {
 #[tokio::test]
 async fn connections_beyond_the_cap_get_503_and_room_is_made_when_one_closes() {
     let stack = Stack::builder()
-        .gateway(|g| g.http.max_connections = 3)
+        .gateway_args(["--http-max-connections", "3"])
         .start()
         .await;
     let mut held = Vec::new();
@@ -200,7 +202,7 @@ async fn connections_beyond_the_cap_get_503_and_room_is_made_when_one_closes() {
 #[tokio::test]
 async fn a_chunked_body_that_never_ends_gets_408_at_the_deadline() {
     let stack = Stack::builder()
-        .gateway(|g| g.http.header_timeout = Duration::from_millis(500))
+        .gateway_args(["--http-header-timeout", "500ms"])
         .start()
         .await;
     let (answer, took) = exchange(

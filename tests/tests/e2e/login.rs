@@ -1,6 +1,4 @@
 //! `/login`: both SDK flows, WeChat's refusals, bad input, and the one-exchange-per-code rule.
-use std::time::Duration;
-
 use weapp_tests::{
     MAGIC_KEY, Stack, json, session_from,
     wechat_sandbox::{Fault, MintRequest, Profile},
@@ -44,11 +42,12 @@ async fn encrypted_data_login_gives_the_decrypted_profile() {
         skey: body["session"]["skey"].as_str().unwrap().into(),
     };
     let (_, me) = json(stack.get("/me", Some(&session)).await).await;
+    // What wafer kept as req.session.userInfo: the decrypted object whole, watermark included.
+    assert_eq!(me, minted.decrypted);
     assert_eq!(me["openId"], minted.openid.as_str());
     assert_eq!(me["nickName"], "小程序用户");
     assert_eq!(me["gender"], 2);
-    assert_eq!(me["city"], "Guangzhou");
-    assert!(me.get("watermark").is_none());
+    assert_eq!(me["watermark"]["appid"], stack.app_id.as_str());
 }
 
 #[tokio::test]
@@ -175,7 +174,7 @@ async fn wechat_refusals_are_401_with_the_errcode() {
 #[tokio::test]
 async fn wechat_trouble_maps_to_honest_upstream_statuses() {
     let stack = Stack::builder()
-        .wechat_timeout(Duration::from_millis(500))
+        .session_args(["--wechat-timeout", "500ms"])
         .start()
         .await;
     let cases = [
@@ -407,7 +406,7 @@ async fn the_sandbox_mint_endpoint_serves_the_readme_flow() {
 #[tokio::test]
 async fn a_login_flood_from_one_address_is_refused_before_wechat_is_asked() {
     let stack = Stack::builder()
-        .gateway(|settings| settings.login_rate_per_address = 3)
+        .gateway_args(["--login-rate-per-address", "3"])
         .start()
         .await;
     let login_from = |address: &'static str, code: String| {
@@ -449,10 +448,7 @@ async fn a_login_flood_from_one_address_is_refused_before_wechat_is_asked() {
 #[tokio::test]
 async fn one_user_creating_sessions_in_a_loop_is_slowed_down() {
     let stack = Stack::builder()
-        .login_policy(session_svc::login::LoginPolicy {
-            max_per_user_per_minute: 2,
-            ..Default::default()
-        })
+        .session_args(["--login-rate-per-user", "2"])
         .start()
         .await;
     let as_user = |openid: &str| {

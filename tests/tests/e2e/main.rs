@@ -1,5 +1,5 @@
 //! End-to-end suite: one test binary, every test on its own stack (sandbox + session-svc +
-//! gateway-svc on port 0).
+//! gateway-svc in-process, each on a reserved port).
 mod cache;
 mod conformance;
 mod grpc;
@@ -10,4 +10,5 @@ mod mongo_store;
 mod nginx;
 mod resilience;
 mod sessions;
+mod wafer_fidelity;
 mod websocket;

@@ -4,7 +4,13 @@ use std::time::Duration;
 
 use futures::SinkExt as _;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
-use weapp_tests::{MAGIC_KEY, Stack, nginx::Nginx, wechat_sandbox::MintRequest, ws::next_text};
+use weapp_tests::{
+    MAGIC_KEY, Stack,
+    nginx::{Nginx, Site},
+    session_from,
+    wechat_sandbox::MintRequest,
+    ws::next_text,
+};
 
 async fn wss_greeting_and_echo(nginx: &Nginx, query: &str) {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", nginx.https_port))
@@ -147,5 +153,38 @@ async fn only_tls_1_2_and_1_3_are_offered() {
             .connect(name, tcp)
             .await
             .unwrap_or_else(|e| panic!("{version:?}: {e}"));
+    }
+}
+
+/// The tutorial's own nginx config, unchanged but for certificate, listen and upstream: it
+/// sends WebSocket upgrades upstream as HTTP/1.0, which Node accepted. A team that swaps its
+/// Node app for weapp behind it keeps its logins, its exact `/me` and its WebSockets.
+#[tokio::test]
+async fn the_tutorials_own_nginx_config_works_unchanged_wss_included() {
+    let stack = Stack::start().await;
+    let nginx = Nginx::with_site(Site::Tutorial, &[stack.gateway_addr()]);
+    let https = nginx.https_client();
+    let minted = stack.mint(MintRequest::default());
+    let login = https
+        .get(nginx.https_url("/login"))
+        .header("X-WX-Code", &minted.code)
+        .header("X-WX-Encrypted-Data", &minted.encrypted_data)
+        .header("X-WX-IV", &minted.iv)
+        .send()
+        .await
+        .unwrap();
+    let session = session_from(login).await;
+    let me = https
+        .get(nginx.https_url("/me"))
+        .headers(session.headers())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200, "{}", nginx.error_log());
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(me, minted.decrypted);
+
+    for _ in 0..2 {
+        wss_greeting_and_echo(&nginx, &session.query()).await;
     }
 }

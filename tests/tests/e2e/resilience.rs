@@ -67,11 +67,15 @@ async fn a_silent_session_svc_is_cut_off_at_the_deadline() {
     });
     let stack = Stack::start().await;
     let (_, session) = stack.new_session().await;
-    let mut settings = gateway_svc::Settings::new(
-        "127.0.0.1:0".parse().unwrap(),
+    let settings = gateway_svc::Settings::parse_from([
+        "--listen".to_owned(),
+        "127.0.0.1:0".into(),
+        "--session-svc-url".into(),
         format!("http://{silent_addr}"),
-    );
-    settings.session_timeout = Duration::from_millis(300);
+        "--session-timeout".into(),
+        "300ms".into(),
+    ])
+    .unwrap();
     let gateway = gateway_svc::Application::build(settings).await.unwrap();
     let url = format!("http://{}/me", gateway.local_addr());
     let shutdown = tokio_util::sync::CancellationToken::new();

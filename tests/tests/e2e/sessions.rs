@@ -1,7 +1,6 @@
 //! Session resolution on every request: valid, absent, wrong, expired, revoked, restarted.
 use std::time::Duration;
 
-use session_svc::session::SessionPolicy;
 use weapp_tests::{ClientSession, MAGIC_KEY, Stack, json};
 
 async fn expect_invalid(response: reqwest::Response) {
@@ -191,11 +190,14 @@ async fn sessions_survive_a_session_svc_restart() {
 #[tokio::test]
 async fn idle_sessions_expire_and_use_renews_them() {
     let stack = Stack::builder()
-        .sessions(SessionPolicy {
-            idle_ttl: Duration::from_millis(1200),
-            max_age: Duration::from_secs(60),
-            renew_after: Duration::from_millis(100),
-        })
+        .session_args([
+            "--session-idle-ttl",
+            "1200ms",
+            "--session-max-age",
+            "60s",
+            "--session-renew-after",
+            "100ms",
+        ])
         .start()
         .await;
     let (_, idle) = stack.new_session().await;
@@ -212,11 +214,14 @@ async fn idle_sessions_expire_and_use_renews_them() {
 async fn the_absolute_lifetime_ends_even_a_busy_session() {
     let max_age = Duration::from_millis(2500);
     let stack = Stack::builder()
-        .sessions(SessionPolicy {
-            idle_ttl: Duration::from_millis(1500),
-            max_age,
-            renew_after: Duration::from_millis(50),
-        })
+        .session_args([
+            "--session-idle-ttl",
+            "1500ms",
+            "--session-max-age",
+            "2500ms",
+            "--session-renew-after",
+            "50ms",
+        ])
         .start()
         .await;
     // Measured from before the login, so the session is never younger than we think.

@@ -128,7 +128,7 @@ async fn two_users_at_once_have_their_own_conversations() {
 #[tokio::test]
 async fn an_oversized_message_closes_with_1009() {
     let stack = Stack::builder()
-        .gateway(|g| g.ws.max_message_size = 1024)
+        .gateway_args(["--ws-max-message-bytes", "1024"])
         .start()
         .await;
     let (_, session) = stack.new_session().await;
@@ -150,10 +150,7 @@ async fn an_oversized_message_closes_with_1009() {
 #[tokio::test]
 async fn a_client_that_never_answers_pings_is_closed() {
     let stack = Stack::builder()
-        .gateway(|g| {
-            g.ws.ping_interval = Duration::from_millis(200);
-            g.ws.pong_timeout = Duration::from_millis(300);
-        })
+        .gateway_args(["--ws-ping-interval", "200ms", "--ws-pong-timeout", "300ms"])
         .start()
         .await;
     let (_, session) = stack.new_session().await;
@@ -176,10 +173,7 @@ async fn a_client_that_never_answers_pings_is_closed() {
 #[tokio::test]
 async fn a_client_that_answers_pings_stays_connected() {
     let stack = Stack::builder()
-        .gateway(|g| {
-            g.ws.ping_interval = Duration::from_millis(100);
-            g.ws.pong_timeout = Duration::from_millis(200);
-        })
+        .gateway_args(["--ws-ping-interval", "100ms", "--ws-pong-timeout", "200ms"])
         .start()
         .await;
     let (_, session) = stack.new_session().await;
@@ -203,7 +197,7 @@ async fn a_client_that_answers_pings_stays_connected() {
 #[tokio::test]
 async fn connections_beyond_the_cap_are_refused() {
     let stack = Stack::builder()
-        .gateway(|g| g.ws.max_connections = 1)
+        .gateway_args(["--ws-max-connections", "1"])
         .start()
         .await;
     let (_, session) = stack.new_session().await;
@@ -305,7 +299,7 @@ async fn revoking_a_user_closes_the_websockets_of_all_their_sessions() {
 #[tokio::test]
 async fn one_session_holds_at_most_its_share_of_websockets() {
     let stack = Stack::builder()
-        .gateway(|g| g.ws.max_per_session = 2)
+        .gateway_args(["--ws-max-per-session", "2"])
         .start()
         .await;
     let (_, session) = stack.new_session().await;

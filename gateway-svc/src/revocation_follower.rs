@@ -1,0 +1,133 @@
+//! The gateway's side of session-svc's revocation feed (`revocations.rs` there): follows
+//! `WatchRevocations` for as long as the gateway runs, reconnecting with a short backoff.
+//! Each revocation evicts the session from the cache and closes its open WebSockets; a broken
+//! or silent stream empties the cache, and once a new stream has spoken, the sessions of open
+//! WebSockets are checked again (revocations may have been missed meanwhile).
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+use weapp_proto::session::v1::revocation::Event;
+
+use crate::{
+    open_sockets::OpenSockets,
+    session_cache::{REVOCATION_BOUND, SessionCache},
+    session_client::SessionClient,
+};
+
+/// Most ids sent in one CheckSessions call (session-svc takes up to 10,000).
+const CHECK_BATCH: usize = 5_000;
+
+pub async fn follow(
+    cache: Arc<SessionCache>,
+    sockets: Arc<OpenSockets>,
+    client: SessionClient,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            stream = client.watch_revocations() => stream,
+        };
+        let mut recheck = true;
+        match stream {
+            Ok(mut stream) => loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = tokio::time::timeout(REVOCATION_BOUND, stream.message()) => next,
+                };
+                match next {
+                    Ok(Ok(Some(revocation))) => {
+                        match revocation.event {
+                            Some(Event::SessionId(id)) => {
+                                cache.revoke_session(&id);
+                                sockets.revoke_session(&id);
+                            }
+                            Some(Event::OpenId(open_id)) => {
+                                cache.revoke_user(&open_id);
+                                sockets.revoke_user(&open_id);
+                            }
+                            Some(Event::Heartbeat(_)) | None => {}
+                        }
+                        // After applying the event: "heard" means "up to date".
+                        cache.heard();
+                        backoff = Duration::from_millis(50);
+                        if std::mem::take(&mut recheck) {
+                            tokio::spawn(recheck_open_sockets(
+                                sockets.clone(),
+                                client.clone(),
+                                shutdown.clone(),
+                            ));
+                        }
+                    }
+                    Ok(Ok(None)) => {
+                        tracing::info!("revocation stream ended; session cache emptied");
+                        break;
+                    }
+                    Ok(Err(status)) => {
+                        tracing::warn!(code = ?status.code(), message = status.message(), "revocation stream failed; session cache emptied");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!("revocation stream silent; session cache emptied");
+                        break;
+                    }
+                }
+            },
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), "cannot open the revocation stream yet");
+            }
+        }
+        cache.reset();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Closes the open sockets of sessions that ended while the revocation stream was down. Run
+/// after the stream is back, so later revocations arrive through it; retried a few times if
+/// session-svc cannot answer, and again at the next reconnection in any case.
+async fn recheck_open_sockets(
+    sockets: Arc<OpenSockets>,
+    client: SessionClient,
+    shutdown: CancellationToken,
+) {
+    let ids = sockets.session_ids();
+    if ids.is_empty() {
+        return;
+    }
+    let mut closed = 0usize;
+    for batch in ids.chunks(CHECK_BATCH) {
+        let mut attempt = 0;
+        let ended = loop {
+            match client.ended_sessions(batch.to_vec()).await {
+                Ok(ended) => break ended,
+                Err(status) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::debug!(code = ?status.code(), "cannot recheck open sockets yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), "open sockets not rechecked after a revocation stream outage");
+                    return;
+                }
+            }
+        };
+        closed += ended.len();
+        for id in ended {
+            sockets.revoke_session(&id);
+        }
+    }
+    if closed > 0 {
+        tracing::info!(
+            closed,
+            "closed sockets of sessions revoked while the revocation stream was down"
+        );
+    }
+}

@@ -1,0 +1,44 @@
+//! What every handler shares. Cloned per request by axum, hence one Arc.
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Settings, open_sockets::OpenSockets, rate_limit::LoginLimiter,
+    resolver::SessionResolver, session_client::SessionClient,
+};
+
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
+    /// Every request's session goes through it.
+    pub resolver: SessionResolver,
+    /// session-svc, for what is not session resolution (login, readiness).
+    pub sessions: SessionClient,
+    /// Logins per client address.
+    pub login_limiter: LoginLimiter,
+    /// Open WebSockets by session, to close them when their session is revoked.
+    pub sockets: Arc<OpenSockets>,
+    pub settings: Arc<Settings>,
+    /// One permit per open WebSocket.
+    pub ws_slots: Arc<Semaphore>,
+    /// WebSocket sessions, so shutdown can wait for their close frames to go out.
+    pub ws_tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,83 @@
+//! A resolved session's user, as the gateway keeps it: the user object from session-svc and
+//! its `/me` body, rendered once (a cached session answers `/me` without building JSON).
+use axum::body::Bytes;
+use weapp_proto::session::v1 as pb;
+use weapp_wire::{UserInfo, user::MissingOpenId};
+
+#[derive(Debug)]
+pub struct User {
+    pub info: UserInfo,
+    pub me_body: Bytes,
+}
+
+impl User {
+    pub fn new(info: UserInfo) -> Self {
+        let me_body = info.to_json().into();
+        Self { info, me_body }
+    }
+}
+
+impl TryFrom<&pb::UserInfo> for User {
+    type Error = MissingOpenId;
+
+    fn try_from(user: &pb::UserInfo) -> Result<Self, MissingOpenId> {
+        UserInfo::try_from(user).map(Self::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+    use weapp_wire::user_data::{Expected, parse_decrypted};
+
+    use super::*;
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Every field of a decrypted payload reaches `/me` unchanged, through the one path
+        /// the services use: checked by session-svc, sent over gRPC, rendered by the gateway.
+        #[test]
+        fn every_field_of_the_decrypted_payload_reaches_me_unchanged(
+            fields in prop::collection::btree_map("[a-zA-Z_]{1,10}", any_json(), 0..8),
+            union_id in proptest::option::of("[a-z0-9]{4,8}"),
+        ) {
+            let mut payload: Map<String, Value> = fields.into_iter().collect();
+            payload.insert("openId".into(), json!("o-user"));
+            payload.insert("watermark".into(), json!({"appid": "wxapp", "timestamp": 1000}));
+            if let Some(union_id) = &union_id {
+                payload.insert("unionId".into(), json!(union_id));
+            }
+            let plaintext = serde_json::to_vec(&payload).unwrap();
+            let user = parse_decrypted(&plaintext, &Expected {
+                app_id: "wxapp",
+                open_id: "o-user",
+                union_id: union_id.as_deref(),
+                now_secs: 1000,
+                max_age: Duration::from_secs(600),
+            }).unwrap();
+            let wire = pb::UserInfo::from(&user);
+            let gateway_user = User::try_from(&wire).unwrap();
+            let me: Value = serde_json::from_slice(&gateway_user.me_body).unwrap();
+            prop_assert_eq!(me, Value::Object(payload));
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The whole system in one test process: the WeChat sandbox, session-svc and gateway-svc, each
+//! started through its library and reached over real sockets (HTTP, gRPC over TCP,
+//! WebSocket). Both services are configured through the very parser their binaries use, from
+//! flags, so a wrong default in a shipped binary fails the tests too. Each listens on a
+//! reserved port ([`Port`]), so a service stopped and started again gets its port back.
+use std::{net::SocketAddr, sync::Arc};
+
+use session_svc::store::SessionStore;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wechat_sandbox::{MintRequest, MintedLogin, Sandbox};
+
+use crate::{
+    ClientSession, TestStore, client::WaferClient, mongo::MongoServer, ports::Port, session_from,
+    store_door::StoreDoor, wechat::WeChat, wechat::random_hex,
+};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Service {
+    Gateway,
+    SessionSvc,
+}
+
+struct Running {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("service task panicked");
+    }
+}
+
+async fn run_gateway(args: Vec<String>) -> Running {
+    let settings = gateway_svc::Settings::parse_from(args).expect("gateway settings parse");
+    let app = gateway_svc::Application::build(settings)
+        .await
+        .expect("gateway builds");
+    let addr = app.local_addr();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { app.run(token).await.expect("gateway runs") });
+    Running {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+/// Another gateway in front of the same session-svc (as behind nginx's upstream); it stops
+/// when dropped.
+pub struct ExtraGateway {
+    running: Option<Running>,
+    pub addr: SocketAddr,
+}
+
+impl ExtraGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+}
+
+impl Drop for ExtraGateway {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.shutdown.cancel();
+        }
+    }
+}
+
+/// Settings for a [`Stack`], as flags on top of what the stack itself sets.
+pub struct StackBuilder {
+    store: TestStore,
+    session_args: Vec<String>,
+    gateway_args: Vec<String>,
+}
+
+impl Default for StackBuilder {
+    fn default() -> Self {
+        Self {
+            store: TestStore::from_env(),
+            session_args: Vec::new(),
+            gateway_args: Vec::new(),
+        }
+    }
+}
+
+fn strings<I: IntoIterator<Item = S>, S: Into<String>>(args: I) -> Vec<String> {
+    args.into_iter().map(Into::into).collect()
+}
+
+impl StackBuilder {
+    pub fn store(mut self, store: TestStore) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// More session-svc flags, e.g. `["--session-idle-ttl", "2s"]`.
+    pub fn session_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.session_args.extend(strings(args));
+        self
+    }
+
+    /// More gateway-svc flags, e.g. `["--ws-max-connections", "1"]`.
+    pub fn gateway_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.gateway_args.extend(strings(args));
+        self
+    }
+
+    pub async fn start(self) -> Stack {
+        // Service logs go to the test's captured output (shown when it fails); RUST_LOG filters.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_test_writer()
+            .try_init();
+        let wechat = WeChat::start().await;
+        let data_dir = tempfile::tempdir().expect("temp data dir");
+        let secret_file = data_dir.path().join("app_secret");
+        std::fs::write(&secret_file, &wechat.app_secret).expect("write the AppSecret file");
+        let (session_port, gateway_port) = (Port::reserve(), Port::reserve());
+        let mut session_args = strings([
+            "--listen".to_owned(),
+            session_port.addr().to_string(),
+            "--app-id".into(),
+            wechat.app_id.clone(),
+            "--app-secret-file".into(),
+            secret_file.display().to_string(),
+            "--wechat-base-url".into(),
+            wechat.base_url(),
+            "--wechat-timeout".into(),
+            "2s".into(),
+            "--wechat-max-concurrent".into(),
+            "16".into(),
+            "--data-dir".into(),
+            data_dir.path().join("store").display().to_string(),
+        ]);
+        let mongo = (self.store == TestStore::Mongo).then(MongoServer::start);
+        if let Some(server) = &mongo {
+            let uri_file = data_dir.path().join("mongodb_uri");
+            std::fs::write(&uri_file, server.uri()).expect("write the MongoDB URI file");
+            session_args.extend(strings([
+                "--mongodb-uri-file".to_owned(),
+                uri_file.display().to_string(),
+                "--mongodb-database".into(),
+                format!("weapp_test_{}", random_hex(4)),
+                "--mongodb-timeout".into(),
+                "500ms".into(),
+            ]));
+        }
+        session_args.extend(self.session_args);
+        let mut gateway_args = strings([
+            "--listen".to_owned(),
+            gateway_port.addr().to_string(),
+            "--session-svc-url".into(),
+            format!("http://{}", session_port.addr()),
+        ]);
+        gateway_args.extend(self.gateway_args);
+        let client = WaferClient::new(format!("http://{}", gateway_port.addr()));
+        let mut stack = Stack {
+            app_id: wechat.app_id.clone(),
+            app_secret: wechat.app_secret.clone(),
+            sandbox: wechat.sandbox.clone(),
+            sandbox_url: format!("http://{}", wechat.addr),
+            _wechat: wechat,
+            session_args,
+            gateway_args,
+            session_port,
+            gateway_port,
+            session: None,
+            store: None,
+            gateway: None,
+            mongo,
+            data_dir,
+            http: client.http.clone(),
+            client,
+        };
+        stack.start_session_svc().await;
+        stack.start_gateway().await;
+        stack
+    }
+}
+
+pub struct Stack {
+    pub app_id: String,
+    pub app_secret: String,
+    pub sandbox: Sandbox,
+    pub sandbox_url: String,
+    _wechat: WeChat,
+    session_args: Vec<String>,
+    gateway_args: Vec<String>,
+    session_port: Port,
+    gateway_port: Port,
+    session: Option<Running>,
+    store: Option<StoreDoor>,
+    gateway: Option<Running>,
+    mongo: Option<MongoServer>,
+    pub data_dir: tempfile::TempDir,
+    /// The wafer client, pointed at the stack's gateway.
+    pub client: WaferClient,
+    pub http: reqwest::Client,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for running in [&self.session, &self.gateway].into_iter().flatten() {
+            running.shutdown.cancel();
+        }
+    }
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        StackBuilder::default().start().await
+    }
+
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    /// The flags the stack's session-svc runs with: parse them (with more after them, which
+    /// win) to start a variant of it.
+    pub fn session_args(&self) -> Vec<String> {
+        self.session_args.clone()
+    }
+
+    /// Starts session-svc, on its port and its data, the first time or after a stop.
+    pub async fn start_session_svc(&mut self) {
+        assert!(self.session.is_none(), "session-svc already running");
+        let settings = session_svc::Settings::parse_from(&self.session_args)
+            .expect("session-svc settings parse");
+        let app = session_svc::Application::build(settings)
+            .await
+            .expect("session-svc builds");
+        let addr = app.local_addr();
+        self.store = Some(StoreDoor::new(app.store()));
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { app.run(token).await.expect("session-svc runs") });
+        self.session = Some(Running {
+            addr,
+            shutdown,
+            task,
+        });
+    }
+
+    /// Stops session-svc and waits until it has let go of its store.
+    pub async fn stop_session_svc(&mut self) {
+        self.store = None;
+        if let Some(running) = self.session.take() {
+            running.stop().await;
+        }
+    }
+
+    pub async fn start_gateway(&mut self) {
+        assert!(self.gateway.is_none(), "gateway already running");
+        self.gateway = Some(run_gateway(self.gateway_args.clone()).await);
+    }
+
+    pub async fn stop_gateway(&mut self) {
+        if let Some(running) = self.gateway.take() {
+            running.stop().await;
+        }
+    }
+
+    /// One more gateway, configured like the stack's own, on a port of its own.
+    pub async fn extra_gateway(&self) -> ExtraGateway {
+        let mut args = self.gateway_args.clone();
+        args.extend(strings(["--listen", "127.0.0.1:0"]));
+        let running = run_gateway(args).await;
+        ExtraGateway {
+            addr: running.addr,
+            running: Some(running),
+        }
+    }
+
+    /// Signals shutdown (as SIGTERM does) without waiting for it; `stop_*` then waits.
+    pub fn begin_shutdown(&self, service: Service) {
+        let running = match service {
+            Service::Gateway => &self.gateway,
+            Service::SessionSvc => &self.session,
+        };
+        running
+            .as_ref()
+            .expect("service is running")
+            .shutdown
+            .cancel();
+    }
+
+    /// The MongoDB server behind a Mongo-backed stack.
+    pub fn mongo(&mut self) -> &mut MongoServer {
+        self.mongo
+            .as_mut()
+            .expect("this stack uses the embedded store")
+    }
+
+    /// The MongoDB URI and database of a Mongo-backed stack.
+    pub fn mongo_database(&self) -> (String, String) {
+        let uri = self
+            .mongo
+            .as_ref()
+            .expect("this stack uses the embedded store")
+            .uri();
+        let database = self
+            .session_args
+            .windows(2)
+            .find(|pair| pair[0] == "--mongodb-database")
+            .map(|pair| pair[1].clone())
+            .unwrap_or_default();
+        (uri, database)
+    }
+
+    pub fn session_svc_addr(&self) -> SocketAddr {
+        self.session
+            .as_ref()
+            .map(|s| s.addr)
+            .unwrap_or(self.session_port.addr())
+    }
+
+    pub fn session_svc_url(&self) -> String {
+        format!("http://{}", self.session_svc_addr())
+    }
+
+    /// A fresh gRPC connection to session-svc, as another backend would open one.
+    pub async fn session_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.session_svc_url())
+            .expect("session-svc URL")
+            .connect()
+            .await
+            .expect("session-svc accepts gRPC connections")
+    }
+
+    pub fn gateway_addr(&self) -> SocketAddr {
+        self.gateway
+            .as_ref()
+            .map(|g| g.addr)
+            .unwrap_or(self.gateway_port.addr())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.client.url(path)
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{path_and_query}", self.gateway_addr())
+    }
+
+    /// session-svc's store, to look at or change behind session-svc's back.
+    pub fn store(&self) -> Arc<dyn SessionStore> {
+        self.store_door().store()
+    }
+
+    fn store_door(&self) -> &StoreDoor {
+        self.store.as_ref().expect("session-svc is running")
+    }
+
+    /// Sessions in session-svc's store right now.
+    pub async fn session_count(&self) -> u64 {
+        self.store_door().count().await
+    }
+
+    pub fn mint(&self, request: MintRequest) -> MintedLogin {
+        self.sandbox.mint(request).expect("sandbox mints")
+    }
+
+    pub async fn login_code_only(&self, code: &str) -> reqwest::Response {
+        self.client.login_code_only(code).await
+    }
+
+    pub async fn login_encrypted(&self, minted: &MintedLogin) -> reqwest::Response {
+        self.client.login_encrypted(minted).await
+    }
+
+    /// Logs a new sandbox user in, with encrypted user data, and returns the session.
+    pub async fn new_session(&self) -> (MintedLogin, ClientSession) {
+        let minted = self.mint(MintRequest::default());
+        let session = session_from(self.login_encrypted(&minted).await).await;
+        (minted, session)
+    }
+
+    pub async fn get(&self, path: &str, session: Option<&ClientSession>) -> reqwest::Response {
+        self.client.get(path, session).await
+    }
+}
