@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need (curl, nginx, wrk,
-# docker-compose and systemd-analyze from apt; nx-27017 from PyPI; the SDK from npm), checks
-# formatting and lints, runs every Rust test (unit, store conformance, end-to-end on both
+# docker-compose and systemd-analyze from apt; nx-27017 from PyPI; the SDK from npm;
+# cargo-machete, cargo-deny and cargo-fuzz from crates.io), checks formatting, lints and unused
+# dependencies, runs every Rust test (unit, store conformance, end-to-end on both
 # stores, real nginx, faults injected into the real binaries under load), fuzzes every parser
 # of outside input for a bounded time, checks dependencies with cargo deny, checks the
 # deployment files, then starts the local stack exactly as the
@@ -14,7 +15,13 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 log_dir=$(mktemp -d)
 stack_pid=
+front_pids=()
 cleanup() {
+  if [ "${#front_pids[@]}" -gt 0 ]; then
+    kill -TERM "${front_pids[@]}" 2>/dev/null || true
+    wait "${front_pids[@]}" 2>/dev/null || true
+    front_pids=()
+  fi
   if [ -n "$stack_pid" ]; then
     kill -TERM "$stack_pid" 2>/dev/null || true
     wait "$stack_pid" 2>/dev/null || true
@@ -43,6 +50,10 @@ cargo fmt --all -- --check
 
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo machete: no unused dependency"
+ensure_cargo_tool "$root" cargo-machete 0.9.2
+cargo machete
 
 step "cargo test (unit, store conformance on both stores, end-to-end on the embedded store)"
 WEAPP_FAULT_FIGURES="$log_dir/faults.txt" cargo test --workspace 2>&1 | tee "$log_dir/cargo-test.log"
@@ -87,9 +98,24 @@ skey=$(printf '%s' "$login" | python3 -c 'import json,sys; print(json.load(sys.s
 me=$(curl -fsS -H "X-WX-Id: $id" -H "X-WX-Skey: $skey" "$gw/me")
 printf '%s' "$me" | python3 -c 'import json,sys; me=json.load(sys.stdin); assert me["nickName"]=="Sandbox User", me; print("curl flow: /me answers", me["openId"])'
 
-step "wafer-client-sdk (unmodified) against the running stack"
+step "wafer-client-sdk (unmodified) against the running stack: directly"
 WEAPP_GATEWAY_URL=$gw WEAPP_SANDBOX_URL=$sb \
   node --test tests/sdk-compat/ 2>&1 | tee "$log_dir/sdk.log"
+
+# The same SDK run through real nginx: the shipped site, and the tutorial's own ssl.conf
+# unchanged (it proxies WebSocket upgrades as HTTP/1.0), as a team that migrates keeps it.
+cargo build --quiet -p weapp-tests --bin nginx-front
+for site in shipped tutorial; do
+  step "wafer-client-sdk (unmodified) through nginx with the $site site"
+  "${CARGO_TARGET_DIR:-$root/target}/debug/nginx-front" --site "$site" \
+    --gateway "127.0.0.1:$gw_port" --cert-out "$log_dir/nginx-$site.pem" \
+    > "$log_dir/nginx-$site.url" 2> "$log_dir/nginx-$site.log" &
+  front_pids+=($!)
+  for _ in $(seq 1 100); do [ -s "$log_dir/nginx-$site.url" ] && break; sleep 0.1; done
+  [ -s "$log_dir/nginx-$site.url" ] || { cat "$log_dir/nginx-$site.log"; echo "nginx ($site) did not start" >&2; exit 1; }
+  NODE_EXTRA_CA_CERTS="$log_dir/nginx-$site.pem" WEAPP_GATEWAY_URL=$(cat "$log_dir/nginx-$site.url") \
+    WEAPP_SANDBOX_URL=$sb node --test tests/sdk-compat/ 2>&1 | tee -a "$log_dir/sdk.log"
+done
 
 cleanup
 stack_pid=
@@ -101,8 +127,8 @@ tail -n 3 "$log_dir/bench.log"
 # One closing line for the whole suite.
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log_dir/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log_dir/cargo-test.log" | awk '{s+=$1} END {print s+0}')
-node_pass=$(awk '/^# pass /{print $3}' "$log_dir/sdk.log")
-node_fail=$(awk '/^# fail /{print $3}' "$log_dir/sdk.log")
+node_pass=$(awk '/^# pass /{s+=$3} END {print s+0}' "$log_dir/sdk.log")
+node_fail=$(awk '/^# fail /{s+=$3} END {print s+0}' "$log_dir/sdk.log")
 deploy_pass=$(awk '/^deploy: /{print $2}' "$log_dir/deploy.log")
 deploy_fail=$(awk '/^deploy: /{print $4}' "$log_dir/deploy.log")
 fuzz_pass=$(grep -c ', no crash$' "$log_dir/fuzz.log" || true)

@@ -89,7 +89,7 @@ pub async fn serve<E, F, Fut>(name: &str, run: F) -> std::process::ExitCode
 where
     E: std::fmt::Display,
     F: FnOnce(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), E>>,
+    Fut: Future<Output = Result<(), E>>,
 {
     match run(shutdown_on_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -263,7 +263,7 @@ mod tests {
     fn entries_end_at_half_the_session_or_the_ttl_whichever_is_first() {
         let cache = SessionCache::new(Duration::from_secs(1), 100);
         cache.heard();
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         // Half of 200 ms: gone after 100 ms. The TTL (1 s) ends the other one.
         put(&cache, "short", "k", "o", Duration::from_millis(200));
         put(&cache, "long", "k", "o", Duration::from_secs(3600));

@@ -2,6 +2,8 @@
 //! the conversions between its messages and weapp's own types, and the metadata keys both
 //! sides of the link read.
 
+// Generated code, written as tonic writes it.
+#[allow(unused_qualifications, clippy::unwrap_used, clippy::expect_used)]
 pub mod session {
     pub mod v1 {
         tonic::include_proto!("weapp.session.v1");

@@ -1,5 +1,8 @@
 // wafer-client-sdk 0.8.4, unmodified, against a running weapp stack (gateway + session-svc +
-// WeChat sandbox as separate processes). Needs WEAPP_GATEWAY_URL and WEAPP_SANDBOX_URL.
+// WeChat sandbox as separate processes). Needs WEAPP_GATEWAY_URL and WEAPP_SANDBOX_URL; the
+// gateway URL may be nginx in front of it (https, with NODE_EXTRA_CA_CERTS trusting its
+// certificate): scripts/test.sh runs this directly, through the shipped nginx site and
+// through the tutorial's own ssl.conf.
 'use strict';
 
 const test = require('node:test');
@@ -40,8 +43,11 @@ test('login then /me through the SDK', async () => {
 
   const [response] = await promisify(sdk.request, { url: `${gatewayUrl}/me`, login: true });
   assert.equal(response.statusCode, 200);
+  // Exactly what wafer kept as req.session.userInfo: the decrypted object, watermark included.
+  assert.deepEqual(response.data, shim.state.lastMinted.decrypted);
   assert.equal(response.data.openId, shim.state.lastMinted.openid);
   assert.equal(response.data.nickName, 'SDK 用户');
+  assert.equal(typeof response.data.watermark.timestamp, 'number');
   const me = shim.state.requests.at(-1);
   assert.equal(me.header['X-WX-Id'], stored.id, 'the SDK sent its session headers');
   assert.equal(shim.state.mints, 1, 'no second login while the session is good');
@@ -55,7 +61,7 @@ test('a stale session gets ERR_INVALID_SESSION, and the SDK re-logs-in and retri
 
   const [response] = await promisify(sdk.request, { url: `${gatewayUrl}/me`, login: true });
   assert.equal(response.statusCode, 200);
-  assert.equal(response.data.openId, shim.state.lastMinted.openid);
+  assert.deepEqual(response.data, shim.state.lastMinted.decrypted);
   assert.equal(shim.state.mints, 2, 'exactly one re-login');
   const fresh = shim.storage.get(SESSION_KEY);
   assert.notEqual(fresh.skey, stale.skey);
@@ -79,4 +85,14 @@ test('a refused login reaches the SDK as a login failure with WeChat\'s errcode'
     return true;
   });
   assert.equal(shim.storage.has(SESSION_KEY), false);
+});
+
+test('/me answers any method and any path under it, as express mounted it', async () => {
+  const { sdk, shim } = freshSdk();
+  await promisify(sdk.login);
+  for (const [method, path] of [['POST', '/me'], ['PUT', '/me/profile'], ['GET', '/me/']]) {
+    const [response] = await promisify(sdk.request, { url: `${gatewayUrl}${path}`, method, login: true });
+    assert.equal(response.statusCode, 200, `${method} ${path}`);
+    assert.deepEqual(response.data, shim.state.lastMinted.decrypted, `${method} ${path}`);
+  }
 });

@@ -8,6 +8,7 @@ mod limits;
 mod login;
 mod mongo_store;
 mod nginx;
+mod readme;
 mod resilience;
 mod sessions;
 mod wafer_fidelity;
