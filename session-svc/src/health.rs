@@ -10,6 +10,9 @@ use weapp_proto::session::v1::session_service_server::SERVICE_NAME;
 
 use crate::store::SessionStore;
 
+/// How long the start-up count of stored sessions may take before it is skipped.
+const COUNT_WAIT: Duration = Duration::from_millis(500);
+
 /// Longest wait between two attempts while the store is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
@@ -36,7 +39,15 @@ impl StoreWatch {
             if !*prepared {
                 self.store.prepare().await?;
                 *prepared = true;
-                tracing::info!(store = %self.store.describe(), "session store ready");
+                // How many sessions survived the restart: the first thing an operator wants
+                // to know after one. Best effort and bounded: a large collection may take
+                // longer to count than readiness should wait.
+                match tokio::time::timeout(COUNT_WAIT, self.store.count()).await {
+                    Ok(Ok(sessions)) => {
+                        tracing::info!(store = %self.store.describe(), sessions, "session store ready");
+                    }
+                    _ => tracing::info!(store = %self.store.describe(), "session store ready"),
+                }
                 Ok(())
             } else {
                 self.store.ping().await

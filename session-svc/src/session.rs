@@ -75,10 +75,6 @@ impl SessionManager {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.store
-    }
-
     /// Logouts and user revocations, for caches of Validate answers.
     pub fn revocations(&self) -> &RevocationFeed {
         &self.revocations

@@ -46,7 +46,7 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn remove_by_open_id(&self, open_id: &str) -> Result<u64, StoreError>;
     /// Deletes sessions whose expiry is at or before `now`; how many.
     async fn purge_expired(&self, now: UnixMillis) -> Result<u64, StoreError>;
-    /// Sessions stored, expired ones not yet swept included.
+    /// Sessions stored, expired ones not yet swept included (logged when the store is ready).
     async fn count(&self) -> Result<u64, StoreError>;
     /// Cheap reachability check, for health reporting.
     async fn ping(&self) -> Result<(), StoreError>;
