@@ -44,7 +44,8 @@ ensure_test_venv() {
 # (cargo-deny: under 1 min against 3–4 min on 2 cores).
 ensure_cargo_tool() {
   local tools="$1/target/tools"
-  if ! "$tools/bin/$2" --version 2>/dev/null | grep -q " $3\$"; then
+  # "cargo-deny 0.20.2", "cargo-fuzz 0.13.2", or just "0.9.2" (cargo-machete).
+  if ! "$tools/bin/$2" --version 2>/dev/null | grep -qE "(^| )$3\$"; then
     echo "==> installing $2 $3 into $tools (built from crates.io, once)"
     cargo install --quiet --debug --locked --root "$tools" "$2" --version "$3"
   fi

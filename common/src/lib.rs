@@ -72,6 +72,16 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// Where a `healthcheck` subcommand finds the service listening on `listen`: an unspecified
+/// address (0.0.0.0, ::) means this host.
+pub fn probe_target(listen: SocketAddr) -> SocketAddr {
+    let mut target = listen;
+    if target.ip().is_unspecified() {
+        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    target
+}
+
 /// Exit status of a `healthcheck` subcommand.
 pub fn probe_exit(outcome: Result<(), String>) -> std::process::ExitCode {
     match outcome {

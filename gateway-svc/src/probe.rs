@@ -3,10 +3,7 @@ use std::{net::SocketAddr, time::Duration};
 
 /// Checks the gateway listening on `listen` (an unspecified address means this host).
 pub async fn check(listen: SocketAddr) -> Result<(), String> {
-    let mut target = listen;
-    if target.ip().is_unspecified() {
-        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let target = weapp_common::probe_target(listen);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()

@@ -8,10 +8,7 @@ use weapp_proto::session::v1::session_service_server::SERVICE_NAME;
 
 /// Checks the service listening on `listen` (an unspecified address means this host).
 pub async fn check(listen: SocketAddr) -> Result<(), String> {
-    let mut target = listen;
-    if target.ip().is_unspecified() {
-        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let target = weapp_common::probe_target(listen);
     let probe = async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
             .map_err(|e| e.to_string())?

@@ -2,9 +2,9 @@
 //! port, and a port picked by binding, closing and hoping can be taken in between — by
 //! another test's server, or by any outgoing connection as its local port. A [`Port`] holds
 //! its port for as long as it lives with a socket that is bound but never listens, with
-//! `SO_REUSEADDR`: Linux then lets a server (which sets `SO_REUSEADDR` too, as tokio, nginx
-//! and nx-27017 all do) bind and listen on it, refuses every other bind, and never picks it
-//! as an outgoing connection's local port. While no server listens, connections to it are
+//! `SO_REUSEADDR`: Linux then lets a server (which sets `SO_REUSEADDR` too, as Rust's std,
+//! tokio, nginx and nx-27017 all do) bind and listen on it, refuses binds without the option,
+//! and never picks it as an outgoing connection's local port or for a bind to port 0. While no server listens, connections to it are
 //! refused at once, as they would be on a free port.
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -51,9 +51,12 @@ mod tests {
     fn a_server_can_listen_on_a_reserved_port_again_and_again_and_nobody_else_can_bind_it() {
         let port = Port::reserve();
         for _ in 0..2 {
-            let server = std::net::TcpListener::bind(port.addr());
-            // std's bind does not set SO_REUSEADDR; tokio's does, as servers do.
-            assert!(server.is_err(), "a plain bind must be refused");
+            // A socket without SO_REUSEADDR (as an outgoing connection's autobind behaves).
+            let plain = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            assert!(
+                plain.bind(&port.addr().into()).is_err(),
+                "a bind without SO_REUSEADDR must be refused"
+            );
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .build()
