@@ -156,7 +156,8 @@ fn describe(code: Code) -> &'static str {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status().is_server_error() {
+        // A not-ready answer is a probe's business, asked every few seconds: not a failure.
+        if self.status().is_server_error() && !matches!(self, Self::NotReady(_)) {
             tracing::warn!(status = self.status().as_u16(), error = %self, "request failed");
         }
         let mut response = (self.status(), Json(self.body())).into_response();

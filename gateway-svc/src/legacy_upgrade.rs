@@ -28,24 +28,28 @@ pub enum FirstRequest {
 }
 
 /// A connection whose first bytes were read ahead: hyper is given those first, then the rest.
-pub struct Prefixed<IO> {
+/// It also carries what must live exactly as long as the connection (`keep`: the server's
+/// connection permit), an upgraded WebSocket included, since hyper moves the IO into it.
+pub struct Prefixed<IO, K> {
     prefix: Vec<u8>,
     read: usize,
     io: IO,
+    _keep: K,
 }
 
 /// Reads the start of `io`'s first request (up to the end of its request line, or of its
 /// head for an HTTP/1.0 request, at most `max_head` bytes) and decides what to pass on.
-pub async fn first_request<IO: AsyncRead + Unpin>(
+pub async fn first_request<IO: AsyncRead + Unpin, K>(
     mut io: IO,
+    keep: K,
     max_head: usize,
-) -> io::Result<(Prefixed<IO>, FirstRequest)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 2048];
+) -> io::Result<(Prefixed<IO, K>, FirstRequest)> {
+    // On the heap, not in this future: the future's size is every connection task's size.
+    let mut buf = Vec::with_capacity(2048);
     let mut line_end = None;
     let outcome = loop {
-        let n = io.read(&mut chunk).await?;
-        buf.extend_from_slice(&chunk[..n]);
+        buf.reserve(2048);
+        let n = io.read_buf(&mut buf).await?;
         if line_end.is_none() {
             line_end = find(&buf, b"\r\n");
         }
@@ -75,6 +79,7 @@ pub async fn first_request<IO: AsyncRead + Unpin>(
             prefix: buf,
             read: 0,
             io,
+            _keep: keep,
         },
         outcome,
     ))
@@ -109,7 +114,7 @@ fn asks_for_websocket(head: &[u8]) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+impl<IO: AsyncRead + Unpin, K: Unpin> AsyncRead for Prefixed<IO, K> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -131,7 +136,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+impl<IO: AsyncWrite + Unpin, K: Unpin> AsyncWrite for Prefixed<IO, K> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -170,7 +175,7 @@ mod tests {
     async fn pass(request: &str) -> (String, FirstRequest) {
         // Delivered in small pieces, as a slow client or proxy may send it.
         let mut builder = tokio_test_io(request.as_bytes());
-        let (mut prefixed, outcome) = first_request(&mut builder, 16 * 1024).await.unwrap();
+        let (mut prefixed, outcome) = first_request(&mut builder, (), 16 * 1024).await.unwrap();
         let mut seen = Vec::new();
         prefixed.read_to_end(&mut seen).await.unwrap();
         (String::from_utf8(seen).unwrap(), outcome)

@@ -7,14 +7,11 @@
 //! that speak HTTP/1.0 upstream (`legacy_upgrade.rs`), and a graceful stop.
 use std::{
     convert::Infallible,
-    io,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -25,9 +22,8 @@ use hyper_util::{
     server::{conn::auto::Builder, graceful::GracefulShutdown},
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::Semaphore,
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -99,8 +95,8 @@ pub async fn serve(
         let (builder, watcher, told) = (builder.clone(), graceful.watcher(), told.clone());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let counted = Counted { tcp, _slot: slot };
-            let first = legacy_upgrade::first_request(counted, limits.max_header_bytes.max(8192));
+            // The slot travels with the connection: an upgraded WebSocket keeps it too.
+            let first = legacy_upgrade::first_request(tcp, slot, limits.max_header_bytes.max(8192));
             // The same deadline hyper applies to the headers: a client that sends nothing
             // is dropped here as it would be there, and at once when the gateway stops.
             let first = tokio::select! {
@@ -127,53 +123,6 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
-}
-
-/// A connection holding one of the gateway's places; an upgraded WebSocket keeps it, since
-/// the stream moves into the socket's task.
-struct Counted {
-    tcp: TcpStream,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
-    }
 }
 
 /// Answers a connection over the cap with 503 (the gateway's one error mapping, as for any

@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{ports::Port, process::wait_until_listening};
+use crate::{client::WaferClient, ports::Port, process::wait_until_listening};
 
 const SHIPPED_CERT_DIR: &str = "/etc/nginx/tls/weapp.example.com/";
 
@@ -164,6 +164,14 @@ impl Nginx {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("https client")
+    }
+
+    /// A wafer client of the gateway through this nginx, over HTTPS.
+    pub fn wafer_client(&self) -> WaferClient {
+        WaferClient {
+            http: self.https_client(),
+            base: format!("https://localhost:{}", self.https_port),
+        }
     }
 
     /// A rustls connector that trusts this nginx's certificate, for WSS.

@@ -59,14 +59,7 @@ async fn https_and_wss_through_the_shipped_nginx_config_to_two_gateways() {
 
     // Login and /me over HTTPS, as the client SDK sends them.
     let minted = stack.mint(MintRequest::default());
-    let login = https
-        .get(nginx.https_url("/login"))
-        .header("X-WX-Code", &minted.code)
-        .header("X-WX-Encrypted-Data", &minted.encrypted_data)
-        .header("X-WX-IV", &minted.iv)
-        .send()
-        .await
-        .unwrap();
+    let login = nginx.wafer_client().login_encrypted(&minted).await;
     assert_eq!(login.status(), 200, "{}", nginx.error_log());
     let hsts = login.headers().get("strict-transport-security").cloned();
     assert!(
@@ -163,23 +156,10 @@ async fn only_tls_1_2_and_1_3_are_offered() {
 async fn the_tutorials_own_nginx_config_works_unchanged_wss_included() {
     let stack = Stack::start().await;
     let nginx = Nginx::with_site(Site::Tutorial, &[stack.gateway_addr()]);
-    let https = nginx.https_client();
+    let client = nginx.wafer_client();
     let minted = stack.mint(MintRequest::default());
-    let login = https
-        .get(nginx.https_url("/login"))
-        .header("X-WX-Code", &minted.code)
-        .header("X-WX-Encrypted-Data", &minted.encrypted_data)
-        .header("X-WX-IV", &minted.iv)
-        .send()
-        .await
-        .unwrap();
-    let session = session_from(login).await;
-    let me = https
-        .get(nginx.https_url("/me"))
-        .headers(session.headers())
-        .send()
-        .await
-        .unwrap();
+    let session = session_from(client.login_encrypted(&minted).await).await;
+    let me = client.get("/me", Some(&session)).await;
     assert_eq!(me.status(), 200, "{}", nginx.error_log());
     let me: serde_json::Value = me.json().await.unwrap();
     assert_eq!(me, minted.decrypted);
