@@ -78,7 +78,7 @@ impl OpenSockets {
 
     pub fn revoke_user(&self, open_id: &str) {
         self.sessions.retain(|_, watched| {
-            let keep = watched.user.info.open_id() != open_id;
+            let keep = watched.user.open_id != open_id;
             if !keep {
                 watched.revoked.cancel();
             }
@@ -99,7 +99,7 @@ mod tests {
     use super::*;
 
     fn user(open_id: &str) -> Arc<User> {
-        Arc::new(User::new(UserInfo::code_only(open_id, None)))
+        Arc::new(User::new(&UserInfo::code_only(open_id, None)))
     }
 
     #[test]

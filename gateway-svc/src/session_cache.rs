@@ -168,7 +168,7 @@ impl SessionCache {
         // Rare (bans, "log out everywhere"), so a scan is fine; an index by user would cost
         // every insert instead.
         for (id, entry) in &self.entries {
-            if entry.user.info.open_id() == open_id {
+            if entry.user.open_id == open_id {
                 self.entries.invalidate(id.as_str());
             }
         }
@@ -194,7 +194,7 @@ mod tests {
     use super::*;
 
     fn user(open_id: &str) -> Arc<User> {
-        Arc::new(User::new(UserInfo::code_only(open_id, None)))
+        Arc::new(User::new(&UserInfo::code_only(open_id, None)))
     }
 
     /// Caches a session of `open_id` with a fresh ticket.

@@ -1,19 +1,28 @@
-//! A resolved session's user, as the gateway keeps it: the user object from session-svc and
-//! its `/me` body, rendered once (a cached session answers `/me` without building JSON).
+//! A resolved session's user, as the gateway keeps it: rendered once from the user object
+//! session-svc sent, into its `/me` body and the two fields the gateway itself reads. Not the
+//! parsed object: thousands of sessions stay cached and behind open WebSockets, and the
+//! rendered body is all `/me` needs (a cached session answers it without building JSON).
 use axum::body::Bytes;
 use weapp_proto::session::v1 as pb;
 use weapp_wire::{UserInfo, user::MissingOpenId};
 
 #[derive(Debug)]
 pub struct User {
-    pub info: UserInfo,
+    /// Whose session it is (revocations name users by openId).
+    pub open_id: String,
+    /// What the WebSocket greeting calls the user.
+    pub display_name: String,
+    /// The user object as JSON: `/me`'s answer, exactly wafer's `req.session.userInfo`.
     pub me_body: Bytes,
 }
 
 impl User {
-    pub fn new(info: UserInfo) -> Self {
-        let me_body = info.to_json().into();
-        Self { info, me_body }
+    pub fn new(info: &UserInfo) -> Self {
+        Self {
+            open_id: info.open_id().to_owned(),
+            display_name: info.display_name().to_owned(),
+            me_body: info.to_json().into(),
+        }
     }
 }
 
@@ -21,7 +30,7 @@ impl TryFrom<&pb::UserInfo> for User {
     type Error = MissingOpenId;
 
     fn try_from(user: &pb::UserInfo) -> Result<Self, MissingOpenId> {
-        UserInfo::try_from(user).map(Self::new)
+        UserInfo::try_from(user).map(|info| Self::new(&info))
     }
 }
 

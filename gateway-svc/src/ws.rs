@@ -138,7 +138,7 @@ async fn serve(
     ended: &CancellationToken,
     shutdown: &CancellationToken,
 ) {
-    let greeting = format!("Server: 恭喜，{}", user.info.display_name());
+    let greeting = format!("Server: 恭喜，{}", user.display_name);
     if socket.send(Message::Text(greeting.into())).await.is_err() {
         return;
     }

@@ -107,7 +107,8 @@ impl UserInfo {
 
     /// The object as JSON text.
     pub fn to_json(&self) -> String {
-        Value::Object(self.fields.clone()).to_string()
+        // A map of JSON values always serializes; the fallback is never taken.
+        serde_json::to_string(&self.fields).unwrap_or_else(|_| "{}".into())
     }
 
     /// Reads the JSON text [`Self::to_json`] wrote.
