@@ -9,6 +9,7 @@ use std::{
 };
 
 use futures::{SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
 use weapp_proto::session::v1::{RevokeUserRequest, session_service_client::SessionServiceClient};
 use weapp_tests::{Stack, session_from, wechat_sandbox::MintRequest};
@@ -80,6 +81,23 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     ws.next().await.unwrap().unwrap();
     ws.send(Message::Text("hello".into())).await.unwrap();
     ws.next().await.unwrap().unwrap();
+
+    // Two WebSocket handshakes as the tutorial's nginx sends them (HTTP/1.0): both served, the
+    // advice to set `proxy_http_version 1.1` logged once.
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(stack.gateway_addr())
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /ws?{} HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            session.query()
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 12];
+        tcp.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 101");
+    }
 
     // Error paths: a wrong skey, a replayed code, data that does not decrypt, WeChat refusing.
     let mut wrong = session.clone();
@@ -169,6 +187,11 @@ async fn no_secret_reaches_the_logs_at_any_level() {
             "the {what} appears in the logs: {leaks:#?}"
         );
     }
+    assert_eq!(
+        logs.matches("proxy_http_version 1.1").count(),
+        1,
+        "the HTTP/1.0 upgrade advice is logged once per gateway"
+    );
     // Not even the skey as it travels in a query string (URL-encoded).
     let encoded_skey = session.skey.replace('-', "%2D").replace('_', "%5F");
     assert!(!logs.contains(&encoded_skey));
