@@ -70,23 +70,23 @@ pub struct Settings {
 #[derive(Args, Clone, Copy, Debug)]
 pub struct WsSettings {
     /// WebSocket keep-alive ping interval.
-    #[arg(id = "ws_ping_interval", long = "ws-ping-interval", env = "WEAPP_WS_PING_INTERVAL", default_value = "25s", value_parser = duration)]
+    #[arg(id = "ws_ping_interval", value_name = "WS_PING_INTERVAL", long = "ws-ping-interval", env = "WEAPP_WS_PING_INTERVAL", default_value = "25s", value_parser = duration)]
     pub ping_interval: Duration,
 
     /// Close a WebSocket that does not answer a ping within this time.
-    #[arg(id = "ws_pong_timeout", long = "ws-pong-timeout", env = "WEAPP_WS_PONG_TIMEOUT", default_value = "8s", value_parser = duration)]
+    #[arg(id = "ws_pong_timeout", value_name = "WS_PONG_TIMEOUT", long = "ws-pong-timeout", env = "WEAPP_WS_PONG_TIMEOUT", default_value = "8s", value_parser = duration)]
     pub pong_timeout: Duration,
 
     /// Largest WebSocket message (and frame) in bytes; larger ones close the socket with 1009.
-    #[arg(id = "ws_max_message_bytes", long = "ws-max-message-bytes", env = "WEAPP_WS_MAX_MESSAGE_BYTES", default_value = "65536", value_parser = positive)]
+    #[arg(id = "ws_max_message_bytes", value_name = "WS_MAX_MESSAGE_BYTES", long = "ws-max-message-bytes", env = "WEAPP_WS_MAX_MESSAGE_BYTES", default_value = "65536", value_parser = positive)]
     pub max_message_size: usize,
 
     /// Most WebSocket connections held at once by this gateway; more get 503.
-    #[arg(id = "ws_max_connections", long = "ws-max-connections", env = "WEAPP_WS_MAX_CONNECTIONS", default_value = "10000", value_parser = positive)]
+    #[arg(id = "ws_max_connections", value_name = "WS_MAX_CONNECTIONS", long = "ws-max-connections", env = "WEAPP_WS_MAX_CONNECTIONS", default_value = "10000", value_parser = positive)]
     pub max_connections: usize,
 
     /// Most WebSocket connections one session holds at once on this gateway; more get 429.
-    #[arg(id = "ws_max_per_session", long = "ws-max-per-session", env = "WEAPP_WS_MAX_PER_SESSION", default_value = "16", value_parser = positive)]
+    #[arg(id = "ws_max_per_session", value_name = "WS_MAX_PER_SESSION", long = "ws-max-per-session", env = "WEAPP_WS_MAX_PER_SESSION", default_value = "16", value_parser = positive)]
     pub max_per_session: usize,
 }
 
@@ -95,7 +95,7 @@ pub struct WsSettings {
 pub struct CacheSettings {
     /// How long a validated session is reused before session-svc is asked again ("0s" turns
     /// the cache off). Revocations evict at once whatever this is.
-    #[arg(id = "session_cache_ttl", long = "session-cache-ttl", env = "WEAPP_SESSION_CACHE_TTL", default_value = "30s", value_parser = duration)]
+    #[arg(id = "session_cache_ttl", value_name = "SESSION_CACHE_TTL", long = "session-cache-ttl", env = "WEAPP_SESSION_CACHE_TTL", default_value = "30s", value_parser = duration)]
     pub ttl: Duration,
 
     /// Most sessions the cache holds; past it, the least recently used are evicted.
@@ -113,23 +113,23 @@ pub struct CacheSettings {
 pub struct HttpLimits {
     /// Time a client has to send a request's headers, from its first byte; slower ones are
     /// disconnected. Also the idle timeout of a kept-alive connection.
-    #[arg(id = "http_header_timeout", long = "http-header-timeout", env = "WEAPP_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    #[arg(id = "http_header_timeout", value_name = "HTTP_HEADER_TIMEOUT", long = "http-header-timeout", env = "WEAPP_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
 
     /// Most header lines in a request (431 past it).
-    #[arg(id = "http_max_headers", long = "http-max-headers", env = "WEAPP_HTTP_MAX_HEADERS", default_value = "64", value_parser = positive)]
+    #[arg(id = "http_max_headers", value_name = "HTTP_MAX_HEADERS", long = "http-max-headers", env = "WEAPP_HTTP_MAX_HEADERS", default_value = "64", value_parser = positive)]
     pub max_headers: usize,
 
     /// Most bytes of request line and headers together (431 past it; hyper's floor is 8 KiB).
-    #[arg(id = "http_max_header_bytes", long = "http-max-header-bytes", env = "WEAPP_HTTP_MAX_HEADER_BYTES", default_value = "16384", value_parser = positive)]
+    #[arg(id = "http_max_header_bytes", value_name = "HTTP_MAX_HEADER_BYTES", long = "http-max-header-bytes", env = "WEAPP_HTTP_MAX_HEADER_BYTES", default_value = "16384", value_parser = positive)]
     pub max_header_bytes: usize,
 
     /// Largest request body in bytes (413 past it, before it is read).
-    #[arg(id = "http_max_body_bytes", long = "http-max-body-bytes", env = "WEAPP_HTTP_MAX_BODY_BYTES", default_value = "1048576", value_parser = positive)]
+    #[arg(id = "http_max_body_bytes", value_name = "HTTP_MAX_BODY_BYTES", long = "http-max-body-bytes", env = "WEAPP_HTTP_MAX_BODY_BYTES", default_value = "1048576", value_parser = positive)]
     pub max_body_bytes: usize,
 
     /// Connections this gateway holds at once, WebSockets included (503 past it).
-    #[arg(id = "http_max_connections", long = "http-max-connections", env = "WEAPP_HTTP_MAX_CONNECTIONS", default_value = "20000", value_parser = positive)]
+    #[arg(id = "http_max_connections", value_name = "HTTP_MAX_CONNECTIONS", long = "http-max-connections", env = "WEAPP_HTTP_MAX_CONNECTIONS", default_value = "20000", value_parser = positive)]
     pub max_connections: usize,
 }
 

@@ -31,7 +31,7 @@ const MAX_CODE_LEN: usize = 128;
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct LoginPolicy {
     /// Encrypted user data whose watermark is further than this from now is refused.
-    #[arg(id = "login_max_data_age", long = "login-max-data-age", env = "WEAPP_LOGIN_MAX_DATA_AGE", default_value = "10m", value_parser = duration)]
+    #[arg(id = "login_max_data_age", value_name = "LOGIN_MAX_DATA_AGE", long = "login-max-data-age", env = "WEAPP_LOGIN_MAX_DATA_AGE", default_value = "10m", value_parser = duration)]
     pub max_data_age: Duration,
 
     /// Sessions one user (openId) may create a minute; more logins get RESOURCE_EXHAUSTED

@@ -24,16 +24,16 @@ fn millis(d: Duration) -> i64 {
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct SessionPolicy {
     /// A session unused this long expires; each use pushes the expiry out again.
-    #[arg(id = "session_idle_ttl", long = "session-idle-ttl", env = "WEAPP_SESSION_IDLE_TTL", default_value = "2h", value_parser = duration)]
+    #[arg(id = "session_idle_ttl", value_name = "SESSION_IDLE_TTL", long = "session-idle-ttl", env = "WEAPP_SESSION_IDLE_TTL", default_value = "2h", value_parser = duration)]
     pub idle_ttl: Duration,
 
     /// No session lives longer than this, used or not.
-    #[arg(id = "session_max_age", long = "session-max-age", env = "WEAPP_SESSION_MAX_AGE", default_value = "7d", value_parser = duration)]
+    #[arg(id = "session_max_age", value_name = "SESSION_MAX_AGE", long = "session-max-age", env = "WEAPP_SESSION_MAX_AGE", default_value = "7d", value_parser = duration)]
     pub max_age: Duration,
 
     /// Renewal is written at most this often, so a busy session does not turn every request
     /// into a store write. The idle expiry may therefore be up to this much early.
-    #[arg(id = "session_renew_after", long = "session-renew-after", env = "WEAPP_SESSION_RENEW_AFTER", default_value = "1m", value_parser = duration)]
+    #[arg(id = "session_renew_after", value_name = "SESSION_RENEW_AFTER", long = "session-renew-after", env = "WEAPP_SESSION_RENEW_AFTER", default_value = "1m", value_parser = duration)]
     pub renew_after: Duration,
 }
 

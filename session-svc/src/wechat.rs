@@ -28,16 +28,16 @@ pub struct WeChatSettings {
     pub app_secret_file: Option<SecretString>,
 
     /// Base URL of WeChat's API (the sandbox's URL for local runs).
-    #[arg(id = "wechat_base_url", long = "wechat-base-url", env = "WEAPP_WECHAT_BASE_URL", default_value = "https://api.weixin.qq.com", value_parser = base_url)]
+    #[arg(id = "wechat_base_url", value_name = "WECHAT_BASE_URL", long = "wechat-base-url", env = "WEAPP_WECHAT_BASE_URL", default_value = "https://api.weixin.qq.com", value_parser = base_url)]
     pub base_url: Url,
 
     /// Whole-call budget for one code exchange, waiting for a slot included.
-    #[arg(id = "wechat_timeout", long = "wechat-timeout", env = "WEAPP_WECHAT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    #[arg(id = "wechat_timeout", value_name = "WECHAT_TIMEOUT", long = "wechat-timeout", env = "WEAPP_WECHAT_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub timeout: Duration,
 
     /// Exchanges in flight at once (a slow WeChat cannot pile up connections); further logins
     /// wait within the timeout.
-    #[arg(id = "wechat_max_concurrent", long = "wechat-max-concurrent", env = "WEAPP_WECHAT_MAX_CONCURRENT", default_value = "64", value_parser = positive)]
+    #[arg(id = "wechat_max_concurrent", value_name = "WECHAT_MAX_CONCURRENT", long = "wechat-max-concurrent", env = "WEAPP_WECHAT_MAX_CONCURRENT", default_value = "64", value_parser = positive)]
     pub max_concurrent: usize,
 }
 

@@ -43,7 +43,7 @@ pub struct MongoSettings {
     pub mongodb_uri_file: Option<SecretString>,
 
     /// File holding the password of the URI's user (keeps it out of the URI).
-    #[arg(id = "mongodb_password_file", long = "mongodb-password-file", env = "WEAPP_MONGODB_PASSWORD_FILE", value_parser = secret_file)]
+    #[arg(id = "mongodb_password_file", value_name = "MONGODB_PASSWORD_FILE", long = "mongodb-password-file", env = "WEAPP_MONGODB_PASSWORD_FILE", value_parser = secret_file)]
     pub password: Option<SecretString>,
 
     /// Database of the `sessions` collection (default: the URI's, else "weapp").
@@ -55,7 +55,7 @@ pub struct MongoSettings {
     pub database: Option<String>,
 
     /// Server-selection timeout: a MongoDB outage becomes UNAVAILABLE this fast.
-    #[arg(id = "mongodb_timeout", long = "mongodb-timeout", env = "WEAPP_MONGODB_TIMEOUT", default_value = "1s", value_parser = duration)]
+    #[arg(id = "mongodb_timeout", value_name = "MONGODB_TIMEOUT", long = "mongodb-timeout", env = "WEAPP_MONGODB_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub timeout: Duration,
 }
 
