@@ -160,9 +160,22 @@ def start_sandbox(cfg, svc):
     return f"http://127.0.0.1:{port}"
 
 
+def api_keys(cfg):
+    """The gateway's API key and session-svc's keys file, as every shipped deployment has them."""
+    keys = cfg.work / "keys"
+    if not keys.exists():
+        keys.mkdir()
+        (keys / "gateway.key").write_text(secrets.token_hex(32))
+        (keys / "api-keys.toml").write_text(
+            '[[key]]\nname = "gateway"\nfile = "gateway.key"\nscopes = ["validate", "login", "follow"]\n')
+    return keys / "api-keys.toml", keys / "gateway.key"
+
+
 def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None):
     session_port, gateway_port = free_port(), free_port()
+    keys_file, gateway_key = api_keys(cfg)
     env = {
+        "WEAPP_API_KEYS_FILE": str(keys_file),
         "WEAPP_SESSION_LISTEN": f"127.0.0.1:{session_port}",
         "WEAPP_APP_ID": cfg.app_id,
         "WEAPP_APP_SECRET_FILE": str(cfg.work / "app_secret"),
@@ -179,6 +192,7 @@ def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None):
         env={
             "WEAPP_GATEWAY_LISTEN": f"127.0.0.1:{gateway_port}",
             "WEAPP_SESSION_SVC_URL": f"http://127.0.0.1:{session_port}",
+            "WEAPP_SESSION_SVC_KEY_FILE": str(gateway_key),
             # The default cap is 10,000 per gateway; the WebSocket scenario goes to it.
             "WEAPP_WS_MAX_CONNECTIONS": str(cfg.ws_connections + 1000),
             # Every benchmark client logs in from 127.0.0.1; the Node stack has no such limit.
@@ -198,6 +212,7 @@ def start_uncached_gateway(cfg, svc, stack):
     svc.start("gateway-svc-uncached", [cfg.bin / "gateway-svc"], port=port, env={
         "WEAPP_GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "WEAPP_SESSION_SVC_URL": f"http://127.0.0.1:{stack['session_port']}",
+        "WEAPP_SESSION_SVC_KEY_FILE": str(api_keys(cfg)[1]),
         "WEAPP_SESSION_CACHE_TTL": "0s",
     })
     wait_ready(f"http://127.0.0.1:{port}/readyz")

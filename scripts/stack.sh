@@ -35,10 +35,29 @@ bin="${CARGO_TARGET_DIR:-$root/target}/$target_dir"
 mkdir -p "$stack_dir/data"
 chmod 700 "$stack_dir"
 secret_file="$stack_dir/app_secret"
+random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 if [ ! -s "$secret_file" ]; then
   # A fresh random AppSecret shared by the sandbox and session-svc; never committed.
-  (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > "$secret_file")
+  (umask 077 && random_hex 16 > "$secret_file")
 fi
+# API keys for session-svc's gRPC: the gateway's (its scopes only) and an admin key for you
+# (grpcurl, your backends). Made once, kept in the stack directory.
+keys_dir=$stack_dir/keys
+mkdir -p "$keys_dir"
+for key in gateway admin; do
+  [ -s "$keys_dir/$key.key" ] || (umask 077 && random_hex 32 > "$keys_dir/$key.key")
+done
+cat > "$keys_dir/api-keys.toml" <<'KEYS'
+[[key]]
+name = "gateway"
+file = "gateway.key"
+scopes = ["validate", "login", "follow"]
+
+[[key]]
+name = "admin"
+file = "admin.key"
+scopes = ["validate", "login", "follow", "admin", "push", "wechat.token", "wechat.phone", "wechat.user_data"]
+KEYS
 
 pids=()
 stop() {
@@ -78,12 +97,14 @@ wait_for "WeChat sandbox" "$(host_of "$sandbox_listen")" "$(port_of "$sandbox_li
 
 WEAPP_SESSION_LISTEN=$session_listen \
 WEAPP_DATA_DIR=$stack_dir/data \
+WEAPP_API_KEYS_FILE=$keys_dir/api-keys.toml \
 WEAPP_WECHAT_BASE_URL="http://$(host_of "$sandbox_listen"):$(port_of "$sandbox_listen")/" \
   "$bin/session-svc" &
 pids+=($!)
 wait_for "session-svc" "$(host_of "$session_listen")" "$(port_of "$session_listen")" "$!"
 
 WEAPP_GATEWAY_LISTEN=$gateway_listen \
+WEAPP_SESSION_SVC_KEY_FILE=$keys_dir/gateway.key \
 WEAPP_SESSION_SVC_URL="http://$(host_of "$session_listen"):$(port_of "$session_listen")" \
   "$bin/gateway-svc" &
 pids+=($!)
@@ -96,6 +117,9 @@ cat <<EOF
 weapp is running (Ctrl-C stops it):
   gateway-svc   $gw          (HTTP: /login, /me, /ws)
   session-svc   $session_listen    (gRPC; try: grpcurl -plaintext $session_listen list)
+                API keys in $keys_dir; e.g. grpcurl -plaintext \\
+                  -H "authorization: Bearer \$(cat $keys_dir/admin.key)" \\
+                  -d '{"open_id": "…"}' $session_listen weapp.session.v1.SessionService/RevokeUser
   WeChat sandbox $sb
 
 Log in as a mini-program would (the sandbox plays wx.login + wx.getUserInfo):

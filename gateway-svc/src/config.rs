@@ -9,7 +9,8 @@ use std::{
 use clap::{Args, Parser};
 
 use ipnet::IpNet;
-use weapp_common::config::{duration, positive};
+use secrecy::SecretString;
+use weapp_common::config::{duration, positive, secret_file};
 
 /// weapp gateway-svc: the wafer HTTP/WebSocket edge.
 #[derive(Parser, Debug)]
@@ -30,6 +31,11 @@ pub struct Settings {
     /// session-svc's gRPC URL.
     #[arg(long, env = "WEAPP_SESSION_SVC_URL", default_value = "http://127.0.0.1:50051", value_parser = grpc_url)]
     pub session_svc_url: String,
+
+    /// File holding this gateway's API key for session-svc (sent as `authorization: Bearer`);
+    /// its scopes must include validate, login and follow.
+    #[arg(long, env = "WEAPP_SESSION_SVC_KEY_FILE", value_parser = secret_file)]
+    pub session_svc_key_file: Option<SecretString>,
 
     /// Deadline for resolving a session; past it the request fails closed with 503.
     #[arg(long, env = "WEAPP_SESSION_TIMEOUT", default_value = "300ms", value_parser = duration)]

@@ -54,6 +54,12 @@ fn retry_after_secs(wait: Duration) -> u64 {
 impl ApiError {
     /// A failed `Login` RPC.
     pub fn login(status: &tonic::Status) -> Self {
+        if key_refused(status) {
+            return Self::LoginFailed {
+                status: StatusCode::BAD_GATEWAY,
+                message: "login failed: the session service refused this gateway".into(),
+            };
+        }
         // session-svc's per-user limit says when to come back.
         if status.code() == Code::ResourceExhausted {
             if let Some(seconds) = status
@@ -87,6 +93,13 @@ impl ApiError {
     /// A failed `Validate` RPC: only a definite "no" from session-svc is an invalid session;
     /// anything else means we do not know, and the request must not go on without one.
     pub fn validate(status: &tonic::Status) -> Self {
+        if key_refused(status) {
+            return Self::SessionUnavailable(
+                "sessions cannot be checked right now (session service refused this gateway); \
+                 retry shortly"
+                    .into(),
+            );
+        }
         match status.code() {
             Code::Unauthenticated | Code::InvalidArgument | Code::NotFound => {
                 Self::InvalidSession("the session is invalid or has expired; log in again".into())
@@ -144,6 +157,24 @@ impl ApiError {
             Self::NotReady(reason) => json!({ "status": "not ready", "reason": reason }),
         }
     }
+}
+
+/// session-svc refused this gateway's API key: the operator's mistake, never the client's
+/// (its session is not at fault, and must not be dropped). Logged loudly for the operator.
+fn key_refused(status: &tonic::Status) -> bool {
+    let refused = status
+        .metadata()
+        .get(weapp_proto::metadata::API_KEY_REFUSED)
+        .is_some();
+    if refused {
+        tracing::error!(
+            code = ?status.code(),
+            reason = status.message(),
+            "session-svc refused this gateway's API key: check WEAPP_SESSION_SVC_KEY_FILE and \
+             the key's scopes (validate, login, follow) in session-svc's WEAPP_API_KEYS_FILE"
+        );
+    }
+    refused
 }
 
 fn describe(code: Code) -> &'static str {

@@ -2,7 +2,13 @@
 //! clone, reconnects by itself) and a deadline on every call, enforced here and sent along.
 use std::{future::Future, time::Duration};
 
-use tonic::{Request, Status, Streaming, transport::Channel, transport::Endpoint};
+use secrecy::{ExposeSecret as _, SecretString};
+use tonic::{
+    Request, Status, Streaming,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -12,9 +18,38 @@ use weapp_proto::session::v1::{
     session_service_server::SERVICE_NAME,
 };
 
+/// The gateway's API key, on every call to session-svc (health checks are open and go
+/// without it).
+#[derive(Clone)]
+pub struct ApiKey(Option<AsciiMetadataValue>);
+
+impl ApiKey {
+    fn new(key: Option<&SecretString>) -> Result<Self, String> {
+        let Some(key) = key else {
+            return Ok(Self(None));
+        };
+        let mut value = MetadataValue::try_from(format!("Bearer {}", key.expose_secret()))
+            .map_err(|_| "the session-svc key must be visible ASCII characters".to_owned())?;
+        // Kept out of Debug output.
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+}
+
+impl Interceptor for ApiKey {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 #[derive(Clone)]
 pub struct SessionClient {
-    client: SessionServiceClient<Channel>,
+    client: SessionServiceClient<InterceptedService<Channel, ApiKey>>,
     health: HealthClient<Channel>,
     session_timeout: Duration,
     login_timeout: Duration,
@@ -23,9 +58,11 @@ pub struct SessionClient {
 impl SessionClient {
     pub fn connect_lazy(
         url: &str,
+        key: Option<&SecretString>,
         session_timeout: Duration,
         login_timeout: Duration,
     ) -> Result<Self, String> {
+        let key = ApiKey::new(key)?;
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| format!("bad session-svc URL {url:?}: {e}"))?
             .connect_timeout(session_timeout.max(Duration::from_millis(100)))
@@ -35,7 +72,7 @@ impl SessionClient {
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
         Ok(Self {
-            client: SessionServiceClient::new(channel.clone()),
+            client: SessionServiceClient::with_interceptor(channel.clone(), key),
             health: HealthClient::new(channel),
             session_timeout,
             login_timeout,

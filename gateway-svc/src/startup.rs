@@ -41,6 +41,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let sessions = SessionClient::connect_lazy(
             &settings.session_svc_url,
+            settings.session_svc_key_file.as_ref(),
             settings.session_timeout,
             settings.login_timeout,
         )

@@ -21,4 +21,7 @@ pub mod metadata {
     pub const RETRY_AFTER: &str = "retry-after";
     /// WeChat's errcode, on statuses caused by a WeChat refusal.
     pub const WECHAT_ERRCODE: &str = "wechat-errcode";
+    /// On UNAUTHENTICATED and PERMISSION_DENIED answers about the caller's API key (not about
+    /// a session): a gateway must not tell its client that the client's session is invalid.
+    pub const API_KEY_REFUSED: &str = "weapp-api-key-refused";
 }

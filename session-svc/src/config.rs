@@ -10,7 +10,8 @@ use clap::{Args, Parser};
 use weapp_common::config::{self as common, duration};
 
 use crate::{
-    login::LoginPolicy, session::SessionPolicy, store::MongoSettings, wechat::WeChatSettings,
+    access::AccessSettings, login::LoginPolicy, session::SessionPolicy, store::MongoSettings,
+    wechat::WeChatSettings,
 };
 
 /// Arguments that may only come from the environment (or their `*_FILE` twins).
@@ -38,6 +39,9 @@ pub struct Settings {
     /// on other hosts.
     #[arg(long, env = "WEAPP_SESSION_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub access: AccessSettings,
 
     #[command(flatten)]
     pub wechat: WeChatSettings,
@@ -101,6 +105,7 @@ impl Settings {
 
     /// What clap cannot check alone: settings that depend on each other.
     pub fn check(&self) -> Result<(), String> {
+        self.access.check(self.listen)?;
         self.wechat.check()?;
         self.store.mongo.check()?;
         self.sessions.check()

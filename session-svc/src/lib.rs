@@ -2,6 +2,7 @@
 //! codes with WeChat, checks the user data WeChat signed and encrypted, and keeps sessions.
 //! Everything is reached over gRPC (`weapp.session.v1.SessionService`).
 
+pub mod access;
 pub mod config;
 pub mod credentials;
 pub mod error;

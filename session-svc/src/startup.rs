@@ -8,6 +8,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 use weapp_proto::session::v1::session_service_server::SessionServiceServer;
 
 use crate::{
+    access::AccessLayer,
     config::Settings,
     grpc::SessionGrpc,
     health::StoreWatch,
@@ -20,6 +21,8 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error("configuration: {0}")]
+    Config(String),
     #[error(transparent)]
     Bind(#[from] weapp_common::BindError),
     #[error(transparent)]
@@ -35,6 +38,7 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    access: AccessLayer,
     grpc: SessionGrpc,
     store: Arc<dyn SessionStore>,
     purge_interval: Duration,
@@ -42,6 +46,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        // The parser checked these already; a library caller may have built them by hand.
+        settings.check().map_err(StartupError::Config)?;
         let store: Arc<dyn SessionStore> = match settings.store.mongo.uri() {
             None => Arc::new(EmbeddedStore::open(&settings.store.data_dir)?),
             Some(_) => Arc::new(MongoStore::connect(&settings.store.mongo).await?),
@@ -54,6 +60,7 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
+            access: AccessLayer(settings.access.api_keys.clone()),
             grpc: SessionGrpc::new(login, sessions),
             store,
             purge_interval: settings.purge_interval,
@@ -104,6 +111,8 @@ impl Application {
 
         tracing::info!(addr = %self.local_addr, "session-svc gRPC listening");
         let served = Server::builder()
+            // Health and reflection pass through it open; the session service needs keys.
+            .layer(self.access)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

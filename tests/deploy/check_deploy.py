@@ -87,6 +87,22 @@ def check_compose():
     with open(os.path.join(ROOT, ".gitignore")) as f:
         check("compose: ./secrets is git-ignored", "/secrets" in f.read().split())
 
+    # session-svc listens on the compose network: it must require API keys, and the gateway
+    # must present one that the keys file grants the gateway's scopes.
+    env_gateway = services["gateway-svc"]["environment"]
+    check("compose: session-svc requires API keys",
+          env_session.get("WEAPP_API_KEYS_FILE") == "/run/secrets/api_keys" and "WEAPP_GRPC_INSECURE" not in env_session,
+          env_session.get("WEAPP_API_KEYS_FILE"))
+    key_file = env_gateway.get("WEAPP_SESSION_SVC_KEY_FILE", "")
+    check("compose: the gateway presents its API key from a secret", key_file.startswith("/run/secrets/"), key_file)
+    import tomllib
+    with open(os.path.join(ROOT, "deploy", "compose", "api-keys.toml"), "rb") as f:
+        keys = {k["name"]: k for k in tomllib.load(f)["key"]}
+    gateway_key = keys.get("gateway", {})
+    check("compose: the keys file gives the gateway's key validate, login and follow",
+          os.path.basename(key_file) == gateway_key.get("file")
+          and {"validate", "login", "follow"} <= set(gateway_key.get("scopes", [])), gateway_key)
+
 
 def check_dockerfile():
     with open(os.path.join(ROOT, "Dockerfile")) as f:
@@ -111,8 +127,10 @@ def check_systemd():
                                ("weapp-gateway-svc@.service", "weapp-gateway-svc@8765.service")]:
             with open(os.path.join(units, unit)) as f:
                 text = f.read()
+            key_setting = ("WEAPP_API_KEYS_FILE=%d/" if unit.startswith("weapp-session")
+                           else "WEAPP_SESSION_SVC_KEY_FILE=%d/")
             for flag in ["NoNewPrivileges=yes", "ProtectSystem=strict", "DynamicUser=yes", "Restart=on-failure",
-                         "EnvironmentFile=", "CapabilityBoundingSet=\n"]:
+                         "EnvironmentFile=", "CapabilityBoundingSet=\n", key_setting]:
                 check(f"systemd: {unit} has {flag.strip()}", flag in text)
             # verify needs an executable ExecStart: point it at a stand-in for the binary.
             text = re.sub(r"^ExecStart=/usr/local/bin/\S+", "ExecStart=/bin/true", text, flags=re.M)

@@ -9,12 +9,46 @@ use session_svc::store::SessionStore;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::{
+    Status,
+    service::{Interceptor, interceptor::InterceptedService},
+};
 use wechat_sandbox::{MintRequest, MintedLogin, Sandbox};
 
 use crate::{
     ClientSession, TestStore, client::WaferClient, mongo::MongoServer, ports::Port, session_from,
     store_door::StoreDoor, wechat::WeChat, wechat::random_hex,
 };
+
+/// The keys every stack's session-svc accepts.
+const API_KEYS: &str = r#"
+[[key]]
+name = "gateway"
+file = "gateway.key"
+scopes = ["validate", "login", "follow"]
+
+[[key]]
+name = "test-backend"
+file = "backend.key"
+scopes = ["validate", "login", "follow", "admin", "push", "wechat.token", "wechat.phone", "wechat.user_data"]
+"#;
+
+/// A gRPC channel to session-svc that presents an API key.
+pub type AuthorizedChannel = InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Adds `authorization: Bearer <key>` to every call (nothing without a key).
+#[derive(Clone)]
+pub struct Bearer(Option<String>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(key) = &self.0 {
+            let value = format!("Bearer {key}").parse().expect("a key is ASCII");
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub enum Service {
@@ -131,6 +165,14 @@ impl StackBuilder {
         let secret_file = data_dir.path().join("app_secret");
         std::fs::write(&secret_file, &wechat.app_secret).expect("write the AppSecret file");
         let (session_port, gateway_port) = (Port::reserve(), Port::reserve());
+        // Every stack's gRPC link is authenticated, as in production: the gateway with its
+        // own narrow key, tests that play another backend with a key that may do anything.
+        let (gateway_key, backend_key) = (random_hex(32), random_hex(32));
+        let keys = data_dir.path().join("keys");
+        std::fs::create_dir_all(&keys).expect("keys dir");
+        std::fs::write(keys.join("gateway.key"), &gateway_key).expect("write a key");
+        std::fs::write(keys.join("backend.key"), &backend_key).expect("write a key");
+        std::fs::write(keys.join("api-keys.toml"), API_KEYS).expect("write the keys file");
         let mut session_args = strings([
             "--listen".to_owned(),
             session_port.addr().to_string(),
@@ -146,6 +188,8 @@ impl StackBuilder {
             "16".into(),
             "--data-dir".into(),
             data_dir.path().join("store").display().to_string(),
+            "--api-keys-file".into(),
+            keys.join("api-keys.toml").display().to_string(),
         ]);
         let mongo = (self.store == TestStore::Mongo).then(MongoServer::start);
         if let Some(server) = &mongo {
@@ -166,10 +210,14 @@ impl StackBuilder {
             gateway_port.addr().to_string(),
             "--session-svc-url".into(),
             format!("http://{}", session_port.addr()),
+            "--session-svc-key-file".into(),
+            keys.join("gateway.key").display().to_string(),
         ]);
         gateway_args.extend(self.gateway_args);
         let client = WaferClient::new(format!("http://{}", gateway_port.addr()));
         let mut stack = Stack {
+            gateway_key,
+            backend_key,
             app_id: wechat.app_id.clone(),
             app_secret: wechat.app_secret.clone(),
             sandbox: wechat.sandbox.clone(),
@@ -194,6 +242,8 @@ impl StackBuilder {
 }
 
 pub struct Stack {
+    gateway_key: String,
+    backend_key: String,
     pub app_id: String,
     pub app_secret: String,
     pub sandbox: Sandbox,
@@ -333,13 +383,25 @@ impl Stack {
         format!("http://{}", self.session_svc_addr())
     }
 
-    /// A fresh gRPC connection to session-svc, as another backend would open one.
-    pub async fn session_channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(self.session_svc_url())
+    /// A fresh gRPC connection to session-svc, as another backend would open one, with a key
+    /// that has every scope.
+    pub async fn session_channel(&self) -> AuthorizedChannel {
+        self.session_channel_with(Some(&self.backend_key)).await
+    }
+
+    /// A gRPC connection to session-svc presenting `key` (none: no `authorization` at all).
+    pub async fn session_channel_with(&self, key: Option<&str>) -> AuthorizedChannel {
+        let channel = tonic::transport::Endpoint::from_shared(self.session_svc_url())
             .expect("session-svc URL")
             .connect()
             .await
-            .expect("session-svc accepts gRPC connections")
+            .expect("session-svc accepts gRPC connections");
+        InterceptedService::new(channel, Bearer(key.map(str::to_owned)))
+    }
+
+    /// The API key the stack's gateways present (scopes validate, login, follow).
+    pub fn gateway_key(&self) -> &str {
+        &self.gateway_key
     }
 
     pub fn gateway_addr(&self) -> SocketAddr {

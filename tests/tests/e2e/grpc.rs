@@ -12,9 +12,7 @@ use weapp_tests::{Stack, wechat_sandbox::MintRequest};
 #[tokio::test]
 async fn login_validate_logout_with_meaningful_status_codes() {
     let stack = Stack::start().await;
-    let mut client = SessionServiceClient::connect(stack.session_svc_url())
-        .await
-        .unwrap();
+    let mut client = SessionServiceClient::new(stack.session_channel().await);
     let minted = stack.mint(MintRequest::default());
     let login = client
         .login(LoginRequest {

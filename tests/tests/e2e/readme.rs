@@ -46,7 +46,9 @@ fn readme_table(service: &str) -> BTreeMap<String, Option<String>> {
 }
 
 /// Every environment variable a binary reads, with its default.
-fn binary_settings(command: clap::Command) -> BTreeMap<String, Option<String>> {
+fn binary_settings(mut command: clap::Command) -> BTreeMap<String, Option<String>> {
+    // Built as the parser builds it, with the implicit defaults (a flag's "false") in place.
+    command.build();
     command
         .get_arguments()
         .filter_map(|arg| {

@@ -1,0 +1,415 @@
+//! Who may call session-svc, and what for. Its gRPC API revokes sessions and (later) hands out
+//! WeChat's access_token, so it does not trust the network: callers present an API key
+//! (`authorization: Bearer <key>`), each key carries scopes, and every RPC needs one scope.
+//! Health and reflection stay open, so probes and `grpcurl list` work without a key.
+//!
+//! The keys file (TOML, `WEAPP_API_KEYS_FILE`) names each key, its scopes and the file that
+//! holds it (relative paths are read beside the keys file), so the secrets stay in files of
+//! their own:
+//!
+//! ```toml
+//! [[key]]
+//! name = "gateway"
+//! file = "gateway.key"
+//! scopes = ["validate", "login", "follow"]
+//! ```
+//!
+//! Only SHA-256 digests of the keys are kept; a presented key is hashed and compared with every
+//! digest in constant time.
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::{Either, Ready, ready};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::Status;
+
+/// What a key may do. Every RPC of `weapp.session.v1.SessionService` needs exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Validate and CheckSessions: resolve sessions.
+    Validate,
+    /// Login and Logout: create and end sessions on a client's behalf.
+    Login,
+    /// WatchRevocations: follow revocations (and, later, pushes) as a gateway does.
+    Follow,
+    /// RevokeUser, and any RPC this table does not know yet.
+    Admin,
+    /// Publishing messages to users' WebSockets.
+    Push,
+    /// WeChat's access_token.
+    WechatToken,
+    /// Users' phone numbers.
+    WechatPhone,
+    /// Decrypting user data with a user's session_key.
+    WechatUserData,
+}
+
+const SCOPES: [(Scope, &str); 8] = [
+    (Scope::Validate, "validate"),
+    (Scope::Login, "login"),
+    (Scope::Follow, "follow"),
+    (Scope::Admin, "admin"),
+    (Scope::Push, "push"),
+    (Scope::WechatToken, "wechat.token"),
+    (Scope::WechatPhone, "wechat.phone"),
+    (Scope::WechatUserData, "wechat.user_data"),
+];
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        SCOPES
+            .iter()
+            .find(|(scope, _)| *scope == self)
+            .map(|(_, name)| *name)
+            .unwrap_or("admin")
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        SCOPES.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+const SERVICE_PREFIX: &str = "/weapp.session.v1.SessionService/";
+
+/// The scope an RPC needs; `None` for what is not the session service (health, reflection).
+pub fn required_scope(path: &str) -> Option<Scope> {
+    let method = path.strip_prefix(SERVICE_PREFIX)?;
+    Some(match method {
+        "Validate" | "CheckSessions" => Scope::Validate,
+        "Login" | "Logout" => Scope::Login,
+        "WatchRevocations" => Scope::Follow,
+        // RevokeUser, and whatever is added before this table learns it: the narrowest door.
+        _ => Scope::Admin,
+    })
+}
+
+/// The key a call was made with (its name, for logs), in the request's extensions.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Arc<str>);
+
+struct Key {
+    name: Arc<str>,
+    digest: [u8; 32],
+    scopes: u16,
+}
+
+/// The API keys session-svc accepts.
+#[derive(Clone)]
+pub struct ApiKeys(Arc<Vec<Key>>);
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|k| &*k.name))
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    key: Vec<KeyEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    name: String,
+    file: PathBuf,
+    scopes: Vec<String>,
+}
+
+/// Shortest key accepted: 32 characters (`openssl rand -hex 32` makes 64).
+const MIN_KEY_LEN: usize = 32;
+
+impl ApiKeys {
+    /// Reads the keys file at `path` and every key file it names (a clap value parser: errors
+    /// name the file and the entry, never a key).
+    pub fn load(path: &str) -> Result<Self, String> {
+        let path = Path::new(path);
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+        let file: KeysFile = toml::from_str(&text).map_err(|e| e.message().to_owned())?;
+        if file.key.is_empty() {
+            return Err("it lists no [[key]]".into());
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut keys: Vec<Key> = Vec::with_capacity(file.key.len());
+        for entry in file.key {
+            let name = entry.name;
+            let problem = |what: String| format!("key {name:?}: {what}");
+            if name.is_empty() || keys.iter().any(|k| *k.name == *name) {
+                return Err(problem("names must be present and unique".into()));
+            }
+            let mut scopes = 0u16;
+            for scope in &entry.scopes {
+                let known = Scope::parse(scope).ok_or_else(|| {
+                    let names: Vec<&str> = SCOPES.iter().map(|(_, n)| *n).collect();
+                    problem(format!(
+                        "unknown scope {scope:?} (known: {})",
+                        names.join(", ")
+                    ))
+                })?;
+                scopes |= known.bit();
+            }
+            if scopes == 0 {
+                return Err(problem("no scopes".into()));
+            }
+            let key_path = dir.join(&entry.file);
+            let key = std::fs::read_to_string(&key_path)
+                .map_err(|e| problem(format!("cannot read {}: {e}", key_path.display())))?;
+            let key = key.trim();
+            if key.len() < MIN_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(problem(format!(
+                    "{} must hold at least {MIN_KEY_LEN} visible ASCII characters, e.g. from \
+                     `openssl rand -hex 32`",
+                    key_path.display()
+                )));
+            }
+            let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+            if keys.iter().any(|k| bool::from(k.digest.ct_eq(&digest))) {
+                return Err(problem("the same key is listed twice".into()));
+            }
+            keys.push(Key {
+                name: name.into(),
+                digest,
+                scopes,
+            });
+        }
+        Ok(Self(Arc::new(keys)))
+    }
+
+    /// The caller behind an `authorization` header, if its key may do `scope`.
+    pub fn authorize(&self, authorization: Option<&[u8]>, scope: Scope) -> Result<Caller, Status> {
+        let presented = authorization
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "an API key is required: send `authorization: Bearer <key>`",
+                )
+            })?;
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        // Every key is compared, matched or not: the time taken says nothing about which.
+        let mut found: Option<&Key> = None;
+        for key in self.0.iter() {
+            if bool::from(key.digest.ct_eq(&digest)) {
+                found = Some(key);
+            }
+        }
+        let key = found.ok_or_else(|| Status::unauthenticated("unknown API key"))?;
+        if key.scopes & scope.bit() == 0 {
+            return Err(Status::permission_denied(format!(
+                "API key {:?} lacks the {:?} scope",
+                &*key.name,
+                scope.name()
+            )));
+        }
+        Ok(Caller(key.name.clone()))
+    }
+}
+
+/// Who may call: the API keys, and the operator's explicit consent to run without them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AccessSettings {
+    /// TOML file listing the API keys callers must present, with their scopes (see README,
+    /// "Who may call session-svc"). Without it every caller may do everything, which is only
+    /// allowed on a loopback address, or with WEAPP_GRPC_INSECURE.
+    #[arg(id = "api_keys_file", value_name = "API_KEYS_FILE", long = "api-keys-file", env = "WEAPP_API_KEYS_FILE", value_parser = ApiKeys::load)]
+    pub api_keys: Option<ApiKeys>,
+
+    /// Listen beyond loopback with no API keys: anyone who reaches the port may revoke
+    /// sessions. For networks where something else (a service mesh) authenticates callers.
+    #[arg(long = "grpc-insecure", env = "WEAPP_GRPC_INSECURE")]
+    pub insecure: bool,
+}
+
+impl AccessSettings {
+    /// Refuses an unauthenticated API on an address others can reach, unless told to.
+    pub fn check(&self, listen: std::net::SocketAddr) -> Result<(), String> {
+        if self.api_keys.is_none() && !self.insecure && !listen.ip().is_loopback() {
+            return Err(format!(
+                "session-svc would listen on {listen} with no authentication, so anyone who \
+                 reaches it could revoke sessions: set WEAPP_API_KEYS_FILE (README, \"Who may \
+                 call session-svc\"), listen on 127.0.0.1, or set WEAPP_GRPC_INSECURE=true"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Puts [`Access`] in front of the gRPC services; without keys it lets everything through
+/// (loopback only, or the operator said `WEAPP_GRPC_INSECURE`).
+#[derive(Clone)]
+pub struct AccessLayer(pub Option<ApiKeys>);
+
+impl<S> tower::Layer<S> for AccessLayer {
+    type Service = Access<S>;
+
+    fn layer(&self, inner: S) -> Access<S> {
+        Access {
+            inner,
+            keys: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Access<S> {
+    inner: S,
+    keys: Option<ApiKeys>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Access<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if let (Some(keys), Some(scope)) = (&self.keys, required_scope(request.uri().path())) {
+            let authorization = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(http::HeaderValue::as_bytes);
+            match keys.authorize(authorization, scope) {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                }
+                Err(mut status) => {
+                    status.metadata_mut().insert(
+                        weapp_proto::metadata::API_KEY_REFUSED,
+                        tonic::metadata::MetadataValue::from_static("1"),
+                    );
+                    return Either::Right(ready(Ok(status.into_http())));
+                }
+            }
+        }
+        Either::Left(self.inner.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GATEWAY_KEY: &str = "0123456789abcdef0123456789abcdef-gateway";
+    const ADMIN_KEY: &str = "0123456789abcdef0123456789abcdef-admin";
+
+    fn keys_file(dir: &tempfile::TempDir, toml: &str) -> Result<ApiKeys, String> {
+        std::fs::write(dir.path().join("gateway.key"), format!("{GATEWAY_KEY}\n")).unwrap();
+        std::fs::write(dir.path().join("admin.key"), ADMIN_KEY).unwrap();
+        std::fs::write(dir.path().join("short.key"), "too-short").unwrap();
+        let path = dir.path().join("api-keys.toml");
+        std::fs::write(&path, toml).unwrap();
+        ApiKeys::load(path.to_str().unwrap())
+    }
+
+    const GOOD: &str = r#"
+        [[key]]
+        name = "gateway"
+        file = "gateway.key"
+        scopes = ["validate", "login", "follow"]
+
+        [[key]]
+        name = "ops"
+        file = "admin.key"
+        scopes = ["admin"]
+    "#;
+
+    #[test]
+    fn keys_carry_their_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_file(&dir, GOOD).unwrap();
+        let bearer = |key: &str| format!("Bearer {key}").into_bytes();
+        let gateway = bearer(GATEWAY_KEY);
+        let caller = keys.authorize(Some(&gateway), Scope::Validate).unwrap();
+        assert_eq!(&*caller.0, "gateway");
+        let denied = keys.authorize(Some(&gateway), Scope::Admin).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert!(denied.message().contains("admin"));
+        assert!(
+            keys.authorize(Some(&bearer(ADMIN_KEY)), Scope::Admin)
+                .is_ok()
+        );
+        for wrong in [
+            None,
+            Some(&b"Bearer nope"[..]),
+            Some(GATEWAY_KEY.as_bytes()),
+        ] {
+            let status = keys.authorize(wrong, Scope::Validate).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            assert!(!status.message().contains(GATEWAY_KEY));
+        }
+    }
+
+    #[test]
+    fn every_rpc_needs_a_scope_and_unknown_ones_need_admin() {
+        let rpc = |m: &str| required_scope(&format!("{SERVICE_PREFIX}{m}"));
+        assert_eq!(rpc("Validate"), Some(Scope::Validate));
+        assert_eq!(rpc("CheckSessions"), Some(Scope::Validate));
+        assert_eq!(rpc("Login"), Some(Scope::Login));
+        assert_eq!(rpc("Logout"), Some(Scope::Login));
+        assert_eq!(rpc("WatchRevocations"), Some(Scope::Follow));
+        assert_eq!(rpc("RevokeUser"), Some(Scope::Admin));
+        assert_eq!(rpc("SomethingNew"), Some(Scope::Admin));
+        assert_eq!(required_scope("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            required_scope("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_bad_keys_file_names_the_entry_and_never_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (toml, expected) in [
+            (
+                "[[key]]\nname = \"a\"\nfile = \"gateway.key\"\nscopes = [\"root\"]",
+                "unknown scope",
+            ),
+            (
+                "[[key]]\nname = \"a\"\nfile = \"short.key\"\nscopes = [\"admin\"]",
+                "at least 32",
+            ),
+            (
+                "[[key]]\nname = \"a\"\nfile = \"none.key\"\nscopes = [\"admin\"]",
+                "cannot read",
+            ),
+            (
+                "[[key]]\nname = \"a\"\nfile = \"gateway.key\"\nscopes = [\"admin\"]\nextra = 1",
+                "unknown field",
+            ),
+            (
+                "[[key]]\nname = \"a\"\nfile = \"gateway.key\"\nscopes = []",
+                "no scopes",
+            ),
+            ("key = []", "no [[key]]"),
+            (
+                "[[key]]\nname = \"a\"\nfile = \"gateway.key\"\nscopes = [\"admin\"]\n\
+                 [[key]]\nname = \"b\"\nfile = \"gateway.key\"\nscopes = [\"admin\"]",
+                "twice",
+            ),
+        ] {
+            let err = keys_file(&dir, toml).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+            assert!(
+                !err.contains(GATEWAY_KEY) && !err.contains("too-short"),
+                "{err}"
+            );
+        }
+    }
+}
