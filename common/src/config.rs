@@ -45,6 +45,15 @@ pub fn secret_file(path: &str) -> Result<SecretString, String> {
     }
 }
 
+/// A PEM file's text (certificates are not secret; their keys go through [`secret_file`]).
+pub fn pem_file(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if !text.contains("-----BEGIN ") {
+        return Err("it holds no PEM block (-----BEGIN …)".into());
+    }
+    Ok(text)
+}
+
 /// A configuration error in clap's form, so that it is reported like every other one.
 pub fn invalid(message: impl std::fmt::Display) -> clap::Error {
     clap::Error::raw(ErrorKind::ValueValidation, format!("{message}\n"))

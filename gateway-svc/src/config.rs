@@ -9,8 +9,9 @@ use std::{
 use clap::{Args, Parser};
 
 use ipnet::IpNet;
-use secrecy::SecretString;
-use weapp_common::config::{duration, positive, secret_file};
+use secrecy::{ExposeSecret as _, SecretString};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use weapp_common::config::{duration, pem_file, positive, secret_file};
 
 /// weapp gateway-svc: the wafer HTTP/WebSocket edge.
 #[derive(Parser, Debug)]
@@ -28,14 +29,8 @@ pub struct Settings {
     #[arg(long, env = "WEAPP_GATEWAY_LISTEN", default_value = "0.0.0.0:8765")]
     pub listen: SocketAddr,
 
-    /// session-svc's gRPC URL.
-    #[arg(long, env = "WEAPP_SESSION_SVC_URL", default_value = "http://127.0.0.1:50051", value_parser = grpc_url)]
-    pub session_svc_url: String,
-
-    /// File holding this gateway's API key for session-svc (sent as `authorization: Bearer`);
-    /// its scopes must include validate, login and follow.
-    #[arg(long, env = "WEAPP_SESSION_SVC_KEY_FILE", value_parser = secret_file)]
-    pub session_svc_key_file: Option<SecretString>,
+    #[command(flatten)]
+    pub session_svc: SessionSvcLink,
 
     /// Deadline for resolving a session; past it the request fails closed with 503.
     #[arg(long, env = "WEAPP_SESSION_TIMEOUT", default_value = "300ms", value_parser = duration)]
@@ -71,6 +66,69 @@ pub struct Settings {
         value_parser = ip_net
     )]
     pub trusted_proxies: Vec<IpNet>,
+}
+
+/// How the gateway reaches session-svc: where, with which API key, over which TLS.
+#[derive(Args, Clone, Debug)]
+pub struct SessionSvcLink {
+    /// session-svc's gRPC URL; https:// for TLS (then WEAPP_SESSION_SVC_CA_FILE too).
+    #[arg(id = "session_svc_url", value_name = "SESSION_SVC_URL", long = "session-svc-url", env = "WEAPP_SESSION_SVC_URL", default_value = "http://127.0.0.1:50051", value_parser = grpc_url)]
+    pub url: String,
+
+    /// File holding this gateway's API key for session-svc (sent as `authorization: Bearer`);
+    /// its scopes must include validate, login and follow.
+    #[arg(id = "session_svc_key_file", value_name = "SESSION_SVC_KEY_FILE", long = "session-svc-key-file", env = "WEAPP_SESSION_SVC_KEY_FILE", value_parser = secret_file)]
+    pub key: Option<SecretString>,
+
+    /// PEM CA certificate(s) that signed session-svc's certificate (for an https:// URL).
+    #[arg(id = "session_svc_ca_file", value_name = "SESSION_SVC_CA_FILE", long = "session-svc-ca-file", env = "WEAPP_SESSION_SVC_CA_FILE", value_parser = pem_file)]
+    pub ca: Option<String>,
+
+    /// PEM client certificate, for a session-svc that requires one (mutual TLS); with
+    /// WEAPP_SESSION_SVC_CLIENT_KEY_FILE.
+    #[arg(id = "session_svc_client_cert_file", value_name = "SESSION_SVC_CLIENT_CERT_FILE", long = "session-svc-client-cert-file", env = "WEAPP_SESSION_SVC_CLIENT_CERT_FILE", value_parser = pem_file, requires = "session_svc_client_key_file")]
+    pub client_cert: Option<String>,
+
+    /// Its private key (PEM).
+    #[arg(id = "session_svc_client_key_file", value_name = "SESSION_SVC_CLIENT_KEY_FILE", long = "session-svc-client-key-file", env = "WEAPP_SESSION_SVC_CLIENT_KEY_FILE", value_parser = secret_file, requires = "session_svc_client_cert_file")]
+    pub client_key: Option<SecretString>,
+}
+
+impl SessionSvcLink {
+    /// The TLS configuration of an https:// link.
+    pub fn tls_config(&self) -> Option<ClientTlsConfig> {
+        if !self.url.starts_with("https://") {
+            return None;
+        }
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(ca.as_bytes()));
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            tls = tls.identity(Identity::from_pem(
+                cert.as_bytes(),
+                key.expose_secret().as_bytes(),
+            ));
+        }
+        Some(tls)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let tls = self.url.starts_with("https://");
+        if tls && self.ca.is_none() {
+            return Err(
+                "an https:// session-svc URL needs WEAPP_SESSION_SVC_CA_FILE, the CA \
+                        that signed session-svc's certificate"
+                    .into(),
+            );
+        }
+        if !tls && (self.ca.is_some() || self.client_cert.is_some()) {
+            return Err(
+                "TLS files are set for session-svc, but its URL is http://: use https://".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Clone, Copy, Debug)]
@@ -143,7 +201,21 @@ impl Cli {
     /// The command line and environment of this process; on a mistake, prints it and exits
     /// with status 2.
     pub fn parse_env() -> Self {
-        weapp_common::config::parse(std::env::args_os(), &[]).unwrap_or_else(|e| e.exit())
+        Self::parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    fn parse_checked<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli: Self = weapp_common::config::parse(args, &[])?;
+        if cli.command.is_none() {
+            cli.settings
+                .check()
+                .map_err(weapp_common::config::invalid)?;
+        }
+        Ok(cli)
     }
 }
 
@@ -156,7 +228,12 @@ impl Settings {
         T: Into<std::ffi::OsString> + Clone,
     {
         let args = std::iter::once("gateway-svc".into()).chain(args.into_iter().map(Into::into));
-        weapp_common::config::parse::<Cli, _, _>(args, &[]).map(|cli| cli.settings)
+        Cli::parse_checked(args).map(|cli| cli.settings)
+    }
+
+    /// What clap cannot check alone: settings that depend on each other.
+    pub fn check(&self) -> Result<(), String> {
+        self.session_svc.check()
     }
 }
 

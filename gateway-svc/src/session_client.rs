@@ -3,6 +3,8 @@
 use std::{future::Future, time::Duration};
 
 use secrecy::{ExposeSecret as _, SecretString};
+
+use crate::config::SessionSvcLink;
 use tonic::{
     Request, Status, Streaming,
     metadata::{AsciiMetadataValue, MetadataValue},
@@ -57,14 +59,20 @@ pub struct SessionClient {
 
 impl SessionClient {
     pub fn connect_lazy(
-        url: &str,
-        key: Option<&SecretString>,
-        session_timeout: Duration,
-        login_timeout: Duration,
+        link: &SessionSvcLink,
+        timeouts: (Duration, Duration),
     ) -> Result<Self, String> {
-        let key = ApiKey::new(key)?;
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| format!("bad session-svc URL {url:?}: {e}"))?
+        let (session_timeout, login_timeout) = timeouts;
+        let key = ApiKey::new(link.key.as_ref())?;
+        let url = &link.url;
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| format!("bad session-svc URL {url:?}: {e}"))?;
+        if let Some(tls) = link.tls_config() {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("TLS to session-svc: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(session_timeout.max(Duration::from_millis(100)))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

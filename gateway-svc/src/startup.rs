@@ -39,11 +39,10 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        settings.check().map_err(StartupError::SessionSvc)?;
         let sessions = SessionClient::connect_lazy(
-            &settings.session_svc_url,
-            settings.session_svc_key_file.as_ref(),
-            settings.session_timeout,
-            settings.login_timeout,
+            &settings.session_svc,
+            (settings.session_timeout, settings.login_timeout),
         )
         .map_err(StartupError::SessionSvc)?;
         let (listener, local_addr) = weapp_common::bind(settings.listen).await?;

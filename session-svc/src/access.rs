@@ -232,13 +232,16 @@ pub struct AccessSettings {
 }
 
 impl AccessSettings {
-    /// Refuses an unauthenticated API on an address others can reach, unless told to.
-    pub fn check(&self, listen: std::net::SocketAddr) -> Result<(), String> {
-        if self.api_keys.is_none() && !self.insecure && !listen.ip().is_loopback() {
+    /// Refuses an unauthenticated API on an address others can reach, unless told to. Client
+    /// certificates (mutual TLS) authenticate callers too.
+    pub fn check(&self, listen: std::net::SocketAddr, mutual_tls: bool) -> Result<(), String> {
+        let authenticated = self.api_keys.is_some() || mutual_tls;
+        if !authenticated && !self.insecure && !listen.ip().is_loopback() {
             return Err(format!(
                 "session-svc would listen on {listen} with no authentication, so anyone who \
                  reaches it could revoke sessions: set WEAPP_API_KEYS_FILE (README, \"Who may \
-                 call session-svc\"), listen on 127.0.0.1, or set WEAPP_GRPC_INSECURE=true"
+                 call session-svc\") or a client CA for mutual TLS, listen on 127.0.0.1, or \
+                 set WEAPP_GRPC_INSECURE=true"
             ));
         }
         Ok(())

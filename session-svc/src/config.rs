@@ -11,7 +11,7 @@ use weapp_common::config::{self as common, duration};
 
 use crate::{
     access::AccessSettings, login::LoginPolicy, session::SessionPolicy, store::MongoSettings,
-    wechat::WeChatSettings,
+    tls::TlsSettings, wechat::WeChatSettings,
 };
 
 /// Arguments that may only come from the environment (or their `*_FILE` twins).
@@ -42,6 +42,9 @@ pub struct Settings {
 
     #[command(flatten)]
     pub access: AccessSettings,
+
+    #[command(flatten)]
+    pub tls: TlsSettings,
 
     #[command(flatten)]
     pub wechat: WeChatSettings,
@@ -105,7 +108,8 @@ impl Settings {
 
     /// What clap cannot check alone: settings that depend on each other.
     pub fn check(&self) -> Result<(), String> {
-        self.access.check(self.listen)?;
+        self.access
+            .check(self.listen, self.tls.requires_client_certificates())?;
         self.wechat.check()?;
         self.store.mongo.check()?;
         self.sessions.check()

@@ -15,6 +15,7 @@ pub mod revocations;
 pub mod session;
 pub mod startup;
 pub mod store;
+pub mod tls;
 pub mod wechat;
 
 pub use config::Settings;

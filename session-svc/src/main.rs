@@ -6,7 +6,8 @@ async fn main() -> std::process::ExitCode {
     weapp_common::init_tracing();
     let cli = Cli::parse_env();
     if let Some(Command::Healthcheck) = cli.command {
-        return weapp_common::probe_exit(session_svc::probe::check(cli.settings.listen).await);
+        let tls = cli.settings.tls.cert.is_some();
+        return weapp_common::probe_exit(session_svc::probe::check(cli.settings.listen, tls).await);
     }
     weapp_common::serve("session-svc", |shutdown| async move {
         Application::build(cli.settings).await?.run(shutdown).await

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use weapp_proto::session::v1::session_service_server::SessionServiceServer;
 
 use crate::{
@@ -33,12 +33,15 @@ pub enum StartupError {
     Reflection(String),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("TLS on the gRPC port: {0}")]
+    Tls(tonic::transport::Error),
 }
 
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     access: AccessLayer,
+    tls: Option<ServerTlsConfig>,
     grpc: SessionGrpc,
     store: Arc<dyn SessionStore>,
     purge_interval: Duration,
@@ -61,6 +64,7 @@ impl Application {
             listener,
             local_addr,
             access: AccessLayer(settings.access.api_keys.clone()),
+            tls: settings.tls.server_config(),
             grpc: SessionGrpc::new(login, sessions),
             store,
             purge_interval: settings.purge_interval,
@@ -110,7 +114,11 @@ impl Application {
         ));
 
         tracing::info!(addr = %self.local_addr, "session-svc gRPC listening");
-        let served = Server::builder()
+        let mut server = Server::builder();
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls).map_err(StartupError::Tls)?;
+        }
+        let served = server
             // Health and reflection pass through it open; the session service needs keys.
             .layer(self.access)
             .add_service(health_service)

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{
     Status,
     service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, ClientTlsConfig, Identity},
 };
 use wechat_sandbox::{MintRequest, MintedLogin, Sandbox};
 
@@ -112,8 +113,59 @@ impl Drop for ExtraGateway {
     }
 }
 
+/// Certificates for a mutual-TLS gRPC link: a CA, session-svc's certificate (for
+/// `localhost`) and a client certificate, all made at run time.
+pub struct LinkCertificates {
+    pub ca_pem: String,
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+    server_cert_pem: String,
+    server_key_pem: String,
+}
+
+impl LinkCertificates {
+    pub fn generate() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().expect("key");
+            let cert = CertificateParams::new(names)
+                .expect("params")
+                .signed_by(&key, &ca)
+                .expect("certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert_pem, server_key_pem) = leaf(vec!["localhost".into()]);
+        let (client_cert_pem, client_key_pem) = leaf(vec!["gateway.weapp.test".into()]);
+        Self {
+            ca_pem: ca.pem(),
+            client_cert_pem,
+            client_key_pem,
+            server_cert_pem,
+            server_key_pem,
+        }
+    }
+
+    /// A client TLS configuration that trusts the CA, with or without the client certificate.
+    pub fn client_tls(&self, with_certificate: bool) -> ClientTlsConfig {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        if with_certificate {
+            tls.identity(Identity::from_pem(
+                &self.client_cert_pem,
+                &self.client_key_pem,
+            ))
+        } else {
+            tls
+        }
+    }
+}
+
 /// Settings for a [`Stack`], as flags on top of what the stack itself sets.
 pub struct StackBuilder {
+    tls: bool,
     store: TestStore,
     session_args: Vec<String>,
     gateway_args: Vec<String>,
@@ -122,6 +174,7 @@ pub struct StackBuilder {
 impl Default for StackBuilder {
     fn default() -> Self {
         Self {
+            tls: false,
             store: TestStore::from_env(),
             session_args: Vec::new(),
             gateway_args: Vec::new(),
@@ -136,6 +189,12 @@ fn strings<I: IntoIterator<Item = S>, S: Into<String>>(args: I) -> Vec<String> {
 impl StackBuilder {
     pub fn store(mut self, store: TestStore) -> Self {
         self.store = store;
+        self
+    }
+
+    /// The gRPC link over mutual TLS (session-svc requires client certificates).
+    pub fn grpc_tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -204,18 +263,50 @@ impl StackBuilder {
                 "500ms".into(),
             ]));
         }
-        session_args.extend(self.session_args);
+        let certificates = self.tls.then(LinkCertificates::generate);
+        let session_svc_url = match &certificates {
+            Some(_) => format!("https://localhost:{}", session_port.number()),
+            None => format!("http://{}", session_port.addr()),
+        };
         let mut gateway_args = strings([
             "--listen".to_owned(),
             gateway_port.addr().to_string(),
             "--session-svc-url".into(),
-            format!("http://{}", session_port.addr()),
+            session_svc_url.clone(),
             "--session-svc-key-file".into(),
             keys.join("gateway.key").display().to_string(),
         ]);
+        if let Some(certs) = &certificates {
+            let dir = data_dir.path().join("tls");
+            std::fs::create_dir_all(&dir).expect("tls dir");
+            let write = |name: &str, pem: &str| {
+                let path = dir.join(name);
+                std::fs::write(&path, pem).expect("write a PEM file");
+                path.display().to_string()
+            };
+            session_args.extend([
+                "--grpc-tls-cert-file".into(),
+                write("server.pem", &certs.server_cert_pem),
+                "--grpc-tls-key-file".into(),
+                write("server.key", &certs.server_key_pem),
+                "--grpc-tls-client-ca-file".into(),
+                write("ca.pem", &certs.ca_pem),
+            ]);
+            gateway_args.extend([
+                "--session-svc-ca-file".into(),
+                write("ca.pem", &certs.ca_pem),
+                "--session-svc-client-cert-file".into(),
+                write("client.pem", &certs.client_cert_pem),
+                "--session-svc-client-key-file".into(),
+                write("client.key", &certs.client_key_pem),
+            ]);
+        }
+        session_args.extend(self.session_args);
         gateway_args.extend(self.gateway_args);
         let client = WaferClient::new(format!("http://{}", gateway_port.addr()));
         let mut stack = Stack {
+            certificates,
+            session_svc_url,
             gateway_key,
             backend_key,
             app_id: wechat.app_id.clone(),
@@ -242,6 +333,9 @@ impl StackBuilder {
 }
 
 pub struct Stack {
+    /// The link's certificates, when it runs over mutual TLS.
+    pub certificates: Option<LinkCertificates>,
+    session_svc_url: String,
     gateway_key: String,
     backend_key: String,
     pub app_id: String,
@@ -379,8 +473,9 @@ impl Stack {
             .unwrap_or(self.session_port.addr())
     }
 
+    /// session-svc's gRPC URL as its clients use it (`https://localhost:…` over TLS).
     pub fn session_svc_url(&self) -> String {
-        format!("http://{}", self.session_svc_addr())
+        self.session_svc_url.clone()
     }
 
     /// A fresh gRPC connection to session-svc, as another backend would open one, with a key
@@ -391,8 +486,14 @@ impl Stack {
 
     /// A gRPC connection to session-svc presenting `key` (none: no `authorization` at all).
     pub async fn session_channel_with(&self, key: Option<&str>) -> AuthorizedChannel {
-        let channel = tonic::transport::Endpoint::from_shared(self.session_svc_url())
-            .expect("session-svc URL")
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.session_svc_url())
+            .expect("session-svc URL");
+        if let Some(certs) = &self.certificates {
+            endpoint = endpoint
+                .tls_config(certs.client_tls(true))
+                .expect("client TLS");
+        }
+        let channel = endpoint
             .connect()
             .await
             .expect("session-svc accepts gRPC connections");

@@ -148,3 +148,112 @@ fn session_svc_refuses_to_listen_beyond_loopback_without_keys() {
     loopback.extend(["--listen", "127.0.0.1:50051"]);
     assert!(session_svc::Settings::parse_from(loopback).is_ok());
 }
+
+/// The gRPC link over mutual TLS: the gateway with its client certificate and key works end to
+/// end; without TLS, or without a client certificate, nothing gets through.
+#[tokio::test]
+async fn the_grpc_link_runs_over_mutual_tls() {
+    let stack = Stack::builder().grpc_tls().start().await;
+    let (minted, session) = stack.new_session().await;
+    let (status, me) = json(stack.get("/me", Some(&session)).await).await;
+    assert_eq!((status, &me), (200, &minted.decrypted));
+
+    // A backend with the CA, a client certificate and a key: served.
+    let mut client = SessionServiceClient::new(stack.session_channel().await);
+    let valid = client
+        .validate(ValidateRequest {
+            id: session.id.clone(),
+            skey: session.skey.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(valid.into_inner().user.unwrap().open_id, minted.openid);
+
+    let certs = stack.certificates.as_ref().unwrap();
+    let port = stack.session_svc_addr().port();
+    // No client certificate: refused at the handshake (whatever the key).
+    let without_cert = tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(certs.client_tls(false))
+        .unwrap();
+    let refused = match without_cert.connect().await {
+        Err(_) => true,
+        Ok(channel) => HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without a certificate got through");
+    // Plaintext: refused.
+    let plaintext =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    let refused = match plaintext.connect().await {
+        Err(_) => true,
+        Ok(channel) => HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a plaintext client got through");
+
+    // The container health check still works: a TLS handshake with the running process.
+    session_svc::probe::check(stack.session_svc_addr(), true)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn tls_settings_that_cannot_work_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let gateway = |args: &[&str]| gateway_svc::Settings::parse_from(args.iter().copied());
+    let err = gateway(&["--session-svc-url", "https://session-svc:50051"]).unwrap_err();
+    assert!(
+        err.to_string().contains("WEAPP_SESSION_SVC_CA_FILE"),
+        "{err}"
+    );
+    let ca = ca.to_str().unwrap();
+    let err = gateway(&["--session-svc-ca-file", ca]).unwrap_err();
+    assert!(err.to_string().contains("https://"), "{err}");
+    assert!(
+        gateway(&[
+            "--session-svc-url",
+            "https://s:1",
+            "--session-svc-ca-file",
+            ca
+        ])
+        .is_ok()
+    );
+    // session-svc: a certificate without its key (and the other way round) is refused.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").unwrap();
+    let secret = secret.to_str().unwrap();
+    let base = ["--app-id", "wx1", "--app-secret-file", secret];
+    let mut cert_only = base.to_vec();
+    cert_only.extend(["--grpc-tls-cert-file", ca]);
+    assert!(session_svc::Settings::parse_from(cert_only).is_err());
+    // Client certificates authenticate callers: beyond loopback without keys is then allowed.
+    let key = dir.path().join("key.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let mut mutual = base.to_vec();
+    mutual.extend([
+        "--listen",
+        "0.0.0.0:50051",
+        "--grpc-tls-cert-file",
+        ca,
+        "--grpc-tls-key-file",
+        key.to_str().unwrap(),
+        "--grpc-tls-client-ca-file",
+        ca,
+    ]);
+    assert!(session_svc::Settings::parse_from(mutual).is_ok());
+}

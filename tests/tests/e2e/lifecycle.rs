@@ -25,7 +25,7 @@ async fn readyz_follows_session_svc_and_healthz_does_not() {
     gateway_svc::probe::check(stack.gateway_addr())
         .await
         .unwrap();
-    session_svc::probe::check(stack.session_svc_addr())
+    session_svc::probe::check(stack.session_svc_addr(), false)
         .await
         .unwrap();
 
@@ -38,7 +38,7 @@ async fn readyz_follows_session_svc_and_healthz_does_not() {
             .is_err()
     );
     assert!(
-        session_svc::probe::check(stack.session_svc_addr())
+        session_svc::probe::check(stack.session_svc_addr(), false)
             .await
             .is_err()
     );
