@@ -14,6 +14,9 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# shellcheck source=prereqs.sh
+. scripts/prereqs.sh
+apt_install_missing openssl:openssl
 
 stack_dir=${WEAPP_STACK_DIR:-$root/.stack}
 gateway_listen=${WEAPP_GATEWAY_LISTEN:-0.0.0.0:8765}
@@ -47,6 +50,10 @@ mkdir -p "$keys_dir"
 for key in gateway admin; do
   [ -s "$keys_dir/$key.key" ] || (umask 077 && random_hex 32 > "$keys_dir/$key.key")
 done
+# The key that signs identity assertions (README, "Verifiable identity").
+if [ ! -s "$keys_dir/identity.pem" ]; then
+  (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$keys_dir/identity.pem" 2>/dev/null)
+fi
 cat > "$keys_dir/api-keys.toml" <<'KEYS'
 [[key]]
 name = "gateway"
@@ -98,6 +105,7 @@ wait_for "WeChat sandbox" "$(host_of "$sandbox_listen")" "$(port_of "$sandbox_li
 WEAPP_SESSION_LISTEN=$session_listen \
 WEAPP_DATA_DIR=$stack_dir/data \
 WEAPP_API_KEYS_FILE=$keys_dir/api-keys.toml \
+WEAPP_IDENTITY_KEY_FILES=$keys_dir/identity.pem \
 WEAPP_WECHAT_BASE_URL="http://$(host_of "$sandbox_listen"):$(port_of "$sandbox_listen")/" \
   "$bin/session-svc" &
 pids+=($!)

@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/.well-known/jwks.json", get(jwks))
         .merge(with_session)
         .with_state(state)
 }
@@ -125,6 +126,24 @@ async fn logout(
     state.resolver.logout(session).await?;
     state.sockets.revoke_session(&id);
     Ok(Json(wafer::logout_body()).into_response())
+}
+
+/// The public keys that verify the identity assertions session-svc signs (relayed: the
+/// gateway holds no key). Cacheable for a minute: rotation keeps old keys published longer.
+async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let jwks = state
+        .sessions
+        .identity_keys()
+        .await
+        .map_err(|s| ApiError::SessionUnavailable(format!("identity keys: {}", s.message())))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "max-age=60"),
+        ],
+        jwks,
+    )
+        .into_response())
 }
 
 /// Ready when session-svc answers its health check as SERVING: a load balancer should not

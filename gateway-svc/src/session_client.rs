@@ -15,9 +15,9 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use weapp_proto::session::v1::{
-    CheckSessionsRequest, LoginRequest, LoginResponse, LogoutRequest, Revocation, ValidateRequest,
-    ValidateResponse, WatchRevocationsRequest, session_service_client::SessionServiceClient,
-    session_service_server::SERVICE_NAME,
+    CheckSessionsRequest, GetIdentityKeysRequest, LoginRequest, LoginResponse, LogoutRequest,
+    Revocation, ValidateRequest, ValidateResponse, WatchRevocationsRequest,
+    session_service_client::SessionServiceClient, session_service_server::SERVICE_NAME,
 };
 
 /// The gateway's API key, on every call to session-svc (health checks are open and go
@@ -89,7 +89,15 @@ impl SessionClient {
 
     pub async fn validate(&self, id: String, skey: String) -> Result<ValidateResponse, Status> {
         let mut client = self.client.clone();
-        let request = with_deadline(ValidateRequest { id, skey }, self.session_timeout);
+        let request = with_deadline(
+            ValidateRequest {
+                id,
+                skey,
+                // Nothing the gateway serves passes an identity on yet.
+                want_identity_assertion: false,
+            },
+            self.session_timeout,
+        );
         bounded(self.session_timeout, async move {
             client.validate(request).await
         })
@@ -142,6 +150,17 @@ impl SessionClient {
         )
         .await
         .map(|answer| answer.ended)
+    }
+
+    /// The public keys of identity assertions (a JWKS document), for `/.well-known/jwks.json`.
+    pub async fn identity_keys(&self) -> Result<String, Status> {
+        let mut client = self.client.clone();
+        let request = with_deadline(GetIdentityKeysRequest {}, self.session_timeout);
+        bounded(self.session_timeout, async move {
+            client.get_identity_keys(request).await
+        })
+        .await
+        .map(|answer| answer.jwks)
     }
 
     /// Whether session-svc reports its session service SERVING (its store answers).

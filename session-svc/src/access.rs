@@ -84,6 +84,8 @@ const SERVICE_PREFIX: &str = "/weapp.session.v1.SessionService/";
 pub fn required_scope(path: &str) -> Option<Scope> {
     let method = path.strip_prefix(SERVICE_PREFIX)?;
     Some(match method {
+        // Public keys: open, like health and reflection.
+        "GetIdentityKeys" => return None,
         "Validate" | "CheckSessions" => Scope::Validate,
         "Login" | "Logout" => Scope::Login,
         "WatchRevocations" => Scope::Follow,
@@ -369,6 +371,7 @@ mod tests {
         assert_eq!(rpc("WatchRevocations"), Some(Scope::Follow));
         assert_eq!(rpc("RevokeUser"), Some(Scope::Admin));
         assert_eq!(rpc("SomethingNew"), Some(Scope::Admin));
+        assert_eq!(rpc("GetIdentityKeys"), None);
         assert_eq!(required_scope("/grpc.health.v1.Health/Check"), None);
         assert_eq!(
             required_scope("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),

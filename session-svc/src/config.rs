@@ -10,8 +10,8 @@ use clap::{Args, Parser};
 use weapp_common::config::{self as common, duration};
 
 use crate::{
-    access::AccessSettings, login::LoginPolicy, session::SessionPolicy, store::MongoSettings,
-    tls::TlsSettings, wechat::WeChatSettings,
+    access::AccessSettings, identity::IdentitySettings, login::LoginPolicy, session::SessionPolicy,
+    store::MongoSettings, tls::TlsSettings, wechat::WeChatSettings,
 };
 
 /// Arguments that may only come from the environment (or their `*_FILE` twins).
@@ -45,6 +45,9 @@ pub struct Settings {
 
     #[command(flatten)]
     pub tls: TlsSettings,
+
+    #[command(flatten)]
+    pub identity: IdentitySettings,
 
     #[command(flatten)]
     pub wechat: WeChatSettings,

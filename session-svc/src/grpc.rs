@@ -6,13 +6,14 @@ use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use weapp_proto::session::v1::{
-    self as pb, CheckSessionsRequest, CheckSessionsResponse, LoginRequest, LoginResponse,
-    LogoutRequest, LogoutResponse, RevokeUserRequest, RevokeUserResponse, SessionCredentials,
-    ValidateRequest, ValidateResponse, WatchRevocationsRequest,
-    session_service_server::SessionService,
+    self as pb, CheckSessionsRequest, CheckSessionsResponse, GetIdentityKeysRequest,
+    GetIdentityKeysResponse, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
+    RevokeUserRequest, RevokeUserResponse, SessionCredentials, ValidateRequest, ValidateResponse,
+    WatchRevocationsRequest, session_service_server::SessionService,
 };
 
 use crate::{
+    identity::IdentitySigner,
     login::{LoginInput, LoginService},
     record::{UnixMillis, now_millis},
     revocations::RevocationStream,
@@ -22,16 +23,23 @@ use crate::{
 pub struct SessionGrpc {
     login: Arc<LoginService>,
     sessions: Arc<SessionManager>,
+    /// Signs identity assertions, when a key is configured.
+    identity: Option<Arc<IdentitySigner>>,
     /// Ends the open-ended revocation streams, which graceful shutdown would otherwise wait
     /// on forever.
     shutdown: CancellationToken,
 }
 
 impl SessionGrpc {
-    pub fn new(login: Arc<LoginService>, sessions: Arc<SessionManager>) -> Self {
+    pub fn new(
+        login: Arc<LoginService>,
+        sessions: Arc<SessionManager>,
+        identity: Option<Arc<IdentitySigner>>,
+    ) -> Self {
         Self {
             login,
             sessions,
+            identity,
             shutdown: CancellationToken::new(),
         }
     }
@@ -90,12 +98,21 @@ impl SessionService for SessionGrpc {
     ) -> Result<Response<ValidateResponse>, Status> {
         let r = request.into_inner();
         let record = self.sessions.validate(&r.id, &r.skey).await?;
-        let expires_in = record.expires_at.saturating_sub(now_millis()).max(0);
+        let now = now_millis();
+        let expires_in = record.expires_at.saturating_sub(now).max(0);
+        let assertion = match (&self.identity, r.want_identity_assertion) {
+            (Some(signer), true) => signer.sign(&record, now),
+            _ => None,
+        };
         Ok(Response::new(ValidateResponse {
             user: Some(pb::UserInfo::from(&record.user)),
             expires_at: Some(timestamp(record.expires_at)),
             created_at: Some(timestamp(record.created_at)),
             expires_in: Some(duration(expires_in)),
+            identity_assertion_expires_in: assertion
+                .as_ref()
+                .and_then(|a| prost_types::Duration::try_from(a.expires_in).ok()),
+            identity_assertion: assertion.map(|a| a.token).unwrap_or_default(),
         }))
     }
 
@@ -128,6 +145,17 @@ impl SessionService for SessionGrpc {
             .ended(request.into_inner().session_ids)
             .await?;
         Ok(Response::new(CheckSessionsResponse { ended }))
+    }
+
+    async fn get_identity_keys(
+        &self,
+        _request: Request<GetIdentityKeysRequest>,
+    ) -> Result<Response<GetIdentityKeysResponse>, Status> {
+        let jwks = match &self.identity {
+            Some(signer) => signer.jwks().to_owned(),
+            None => r#"{"keys":[]}"#.to_owned(),
+        };
+        Ok(Response::new(GetIdentityKeysResponse { jwks }))
     }
 
     async fn watch_revocations(

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod identity;
 pub mod login;
 pub mod probe;
 pub mod record;

@@ -12,6 +12,7 @@ use crate::{
     config::Settings,
     grpc::SessionGrpc,
     health::StoreWatch,
+    identity::IdentitySigner,
     login::LoginService,
     record::now_millis,
     session::SessionManager,
@@ -65,7 +66,11 @@ impl Application {
             local_addr,
             access: AccessLayer(settings.access.api_keys.clone()),
             tls: settings.tls.server_config(),
-            grpc: SessionGrpc::new(login, sessions),
+            grpc: SessionGrpc::new(
+                login,
+                sessions,
+                IdentitySigner::new(&settings.identity).map(Arc::new),
+            ),
             store,
             purge_interval: settings.purge_interval,
         })

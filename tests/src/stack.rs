@@ -21,6 +21,13 @@ use crate::{
     store_door::StoreDoor, wechat::WeChat, wechat::random_hex,
 };
 
+/// A fresh P-256 private key (PKCS#8 PEM) for signing identity assertions.
+pub fn new_identity_key() -> String {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .expect("a P-256 key")
+        .serialize_pem()
+}
+
 /// The keys every stack's session-svc accepts.
 const API_KEYS: &str = r#"
 [[key]]
@@ -232,6 +239,8 @@ impl StackBuilder {
         std::fs::write(keys.join("gateway.key"), &gateway_key).expect("write a key");
         std::fs::write(keys.join("backend.key"), &backend_key).expect("write a key");
         std::fs::write(keys.join("api-keys.toml"), API_KEYS).expect("write the keys file");
+        let identity_key = keys.join("identity.pem");
+        std::fs::write(&identity_key, new_identity_key()).expect("write the identity key");
         let mut session_args = strings([
             "--listen".to_owned(),
             session_port.addr().to_string(),
@@ -249,6 +258,8 @@ impl StackBuilder {
             data_dir.path().join("store").display().to_string(),
             "--api-keys-file".into(),
             keys.join("api-keys.toml").display().to_string(),
+            "--identity-key-files".into(),
+            identity_key.display().to_string(),
         ]);
         let mongo = (self.store == TestStore::Mongo).then(MongoServer::start);
         if let Some(server) = &mongo {

@@ -16,6 +16,7 @@ async fn no_key_is_unauthenticated_a_missing_scope_is_permission_denied() {
     let validate = || ValidateRequest {
         id: session.id.clone(),
         skey: session.skey.clone(),
+        ..Default::default()
     };
     let revoke = || RevokeUserRequest {
         open_id: minted.openid.clone(),
@@ -164,6 +165,7 @@ async fn the_grpc_link_runs_over_mutual_tls() {
         .validate(ValidateRequest {
             id: session.id.clone(),
             skey: session.skey.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -34,6 +34,7 @@ async fn login_validate_logout_with_meaningful_status_codes() {
         .validate(ValidateRequest {
             id: creds.id.clone(),
             skey: creds.skey.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -78,6 +79,7 @@ async fn login_validate_logout_with_meaningful_status_codes() {
         .validate(ValidateRequest {
             id: creds.id,
             skey: creds.skey,
+            ..Default::default()
         })
         .await
         .unwrap_err();

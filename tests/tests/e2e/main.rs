@@ -4,6 +4,7 @@ mod access;
 mod cache;
 mod conformance;
 mod grpc;
+mod identity;
 mod lifecycle;
 mod limits;
 mod login;

@@ -114,6 +114,7 @@ async fn a_database_outage_is_a_prompt_503_and_heals_without_restarts() {
         .validate(ValidateRequest {
             id: session.id.clone(),
             skey: session.skey.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
