@@ -191,8 +191,10 @@ impl ApiKeys {
 
     /// The caller behind an `authorization` header, if its key may do `scope`.
     pub fn authorize(&self, authorization: Option<&[u8]>, scope: Scope) -> Result<Caller, Status> {
+        // The scheme is case-insensitive (RFC 7235); the key is not.
         let presented = authorization
-            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|v| &v[7..])
             .ok_or_else(|| {
                 Status::unauthenticated(
                     "an API key is required: send `authorization: Bearer <key>`",
@@ -350,6 +352,8 @@ mod tests {
             keys.authorize(Some(&bearer(ADMIN_KEY)), Scope::Admin)
                 .is_ok()
         );
+        let lowercase = format!("bearer {ADMIN_KEY}").into_bytes();
+        assert!(keys.authorize(Some(&lowercase), Scope::Admin).is_ok());
         for wrong in [
             None,
             Some(&b"Bearer nope"[..]),
