@@ -73,6 +73,38 @@ where
     C::from_arg_matches(&matches)
 }
 
+/// A service binary's command line: the checks clap cannot make alone, and the arguments that
+/// may only come from the environment. Both binaries parse through it, and so do the tests.
+pub trait ServiceCli: CommandFactory + FromArgMatches + Sized {
+    /// Arguments that may only come from the environment (or their `*_FILE` twins).
+    const ENV_ONLY: &'static [&'static str] = &[];
+
+    /// The subcommand given, if any: then the service's settings are not checked.
+    fn subcommand(&self) -> Option<Command>;
+
+    /// Checks that need several settings at once.
+    fn check(&self) -> Result<(), String>;
+
+    /// Parses `args` (program name first) and checks them.
+    fn parse_checked<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let cli: Self = parse(args, Self::ENV_ONLY)?;
+        if cli.subcommand().is_none() {
+            cli.check().map_err(invalid)?;
+        }
+        Ok(cli)
+    }
+
+    /// This process's command line and environment; on a mistake, prints it and exits with
+    /// status 2.
+    fn parse_env() -> Self {
+        Self::parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+}
+
 /// The defaults written on `A`'s arguments, environment ignored: for code that needs "the
 /// settings as shipped" without a command line (tests, `Default` impls).
 pub fn defaults<A: clap::Args>() -> A {

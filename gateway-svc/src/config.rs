@@ -11,7 +11,7 @@ use clap::{Args, Parser};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret as _, SecretString};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-use weapp_common::config::{duration, pem_file, positive, secret_file};
+use weapp_common::config::{ServiceCli, duration, pem_file, positive, secret_file};
 
 /// weapp gateway-svc: the wafer HTTP/WebSocket edge.
 #[derive(Parser, Debug)]
@@ -197,25 +197,13 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
-impl Cli {
-    /// The command line and environment of this process; on a mistake, prints it and exits
-    /// with status 2.
-    pub fn parse_env() -> Self {
-        Self::parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit())
+impl ServiceCli for Cli {
+    fn subcommand(&self) -> Option<weapp_common::Command> {
+        self.command
     }
 
-    fn parse_checked<I, T>(args: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let cli: Self = weapp_common::config::parse(args, &[])?;
-        if cli.command.is_none() {
-            cli.settings
-                .check()
-                .map_err(weapp_common::config::invalid)?;
-        }
-        Ok(cli)
+    fn check(&self) -> Result<(), String> {
+        self.settings.check()
     }
 }
 

@@ -1,5 +1,5 @@
 use gateway_svc::{Application, config::Cli};
-use weapp_common::Command;
+use weapp_common::{Command, config::ServiceCli as _};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -7,15 +7,12 @@
 use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser};
-use weapp_common::config::{self as common, duration};
+use weapp_common::config::{ServiceCli, duration};
 
 use crate::{
     access::AccessSettings, identity::IdentitySettings, login::LoginPolicy, session::SessionPolicy,
     store::MongoSettings, tls::TlsSettings, wechat::WeChatSettings,
 };
-
-/// Arguments that may only come from the environment (or their `*_FILE` twins).
-const ENV_ONLY: [&str; 2] = ["app_secret", "mongodb_uri"];
 
 /// weapp session-svc: WeChat login and sessions over gRPC.
 #[derive(Parser, Debug)]
@@ -77,23 +74,15 @@ pub struct StoreSettings {
     pub mongo: MongoSettings,
 }
 
-impl Cli {
-    /// The command line and environment of this process; on a mistake, prints it and exits
-    /// with status 2.
-    pub fn parse_env() -> Self {
-        Self::parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit())
+impl ServiceCli for Cli {
+    const ENV_ONLY: &'static [&'static str] = &["app_secret", "mongodb_uri"];
+
+    fn subcommand(&self) -> Option<weapp_common::Command> {
+        self.command
     }
 
-    fn parse_checked<I, T>(args: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
-    {
-        let cli: Self = common::parse(args, &ENV_ONLY)?;
-        if cli.command.is_none() {
-            cli.settings.check().map_err(common::invalid)?;
-        }
-        Ok(cli)
+    fn check(&self) -> Result<(), String> {
+        self.settings.check()
     }
 }
 
