@@ -76,8 +76,16 @@ where
 /// A service binary's command line: the checks clap cannot make alone, and the arguments that
 /// may only come from the environment. Both binaries parse through it, and so do the tests.
 pub trait ServiceCli: CommandFactory + FromArgMatches + Sized {
+    /// The binary's name, as the first word of its command line.
+    const NAME: &'static str;
+
     /// Arguments that may only come from the environment (or their `*_FILE` twins).
     const ENV_ONLY: &'static [&'static str] = &[];
+
+    /// What the service runs with.
+    type Settings;
+
+    fn into_settings(self) -> Self::Settings;
 
     /// The subcommand given, if any: then the service's settings are not checked.
     fn subcommand(&self) -> Option<Command>;
@@ -96,6 +104,18 @@ pub trait ServiceCli: CommandFactory + FromArgMatches + Sized {
             cli.check().map_err(invalid)?;
         }
         Ok(cli)
+    }
+
+    /// Settings from flags exactly as the binary parses them (flags, then `WEAPP_*`
+    /// variables, then defaults); `args` leaves out the program name.
+    fn settings_from<I, T>(args: I) -> Result<Self::Settings, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args =
+            std::iter::once(OsString::from(Self::NAME)).chain(args.into_iter().map(Into::into));
+        Self::parse_checked(args).map(Self::into_settings)
     }
 
     /// This process's command line and environment; on a mistake, prints it and exits with

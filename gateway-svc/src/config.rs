@@ -1,6 +1,7 @@
 //! Configuration, defined once: each setting is a clap argument (flag, `WEAPP_*` environment
 //! variable, default) on the structs below, and those structs are the settings the gateway
-//! runs with. Tests parse them exactly as the binary does. The gateway holds no secrets.
+//! runs with. Tests parse them exactly as the binary does. The gateway holds no secret of the app;
+//! its own API key for session-svc is read from a file, like every secret.
 use std::{
     net::{IpAddr, SocketAddr},
     time::Duration,
@@ -198,6 +199,13 @@ pub struct HttpLimits {
 }
 
 impl ServiceCli for Cli {
+    const NAME: &'static str = "gateway-svc";
+    type Settings = Settings;
+
+    fn into_settings(self) -> Settings {
+        self.settings
+    }
+
     fn subcommand(&self) -> Option<weapp_common::Command> {
         self.command
     }
@@ -208,15 +216,14 @@ impl ServiceCli for Cli {
 }
 
 impl Settings {
-    /// Parses settings from flags exactly as the binary does (flags, then `WEAPP_*`
-    /// variables, then defaults); `args` leaves out the program name.
+    /// Parses settings from flags exactly as the binary does; `args` leaves out the
+    /// program name.
     pub fn parse_from<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let args = std::iter::once("gateway-svc".into()).chain(args.into_iter().map(Into::into));
-        Cli::parse_checked(args).map(|cli| cli.settings)
+        Cli::settings_from(args)
     }
 
     /// What clap cannot check alone: settings that depend on each other.

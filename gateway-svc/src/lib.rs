@@ -1,6 +1,7 @@
 //! gateway-svc: the edge of weapp. Speaks the wafer protocol to unmodified mini-program
 //! clients (`/login`, session parameters on every request, `/me`, `/ws`) and asks session-svc
-//! over gRPC about every session. It holds no secrets and no state worth keeping.
+//! over gRPC about every session. It holds no secrets of the app (only its own API key
+//! for session-svc) and no state worth keeping.
 
 pub mod body_limit;
 pub mod config;

@@ -18,10 +18,14 @@ pub struct User {
 
 impl User {
     pub fn new(info: &UserInfo) -> Self {
+        Self::with_body(info, info.to_json())
+    }
+
+    fn with_body(info: &UserInfo, me_body: String) -> Self {
         Self {
             open_id: info.open_id().to_owned(),
             display_name: info.display_name().to_owned(),
-            me_body: info.to_json().into(),
+            me_body: me_body.into(),
         }
     }
 }
@@ -30,7 +34,13 @@ impl TryFrom<&pb::UserInfo> for User {
     type Error = MissingOpenId;
 
     fn try_from(user: &pb::UserInfo) -> Result<Self, MissingOpenId> {
-        UserInfo::try_from(user).map(|info| Self::new(&info))
+        let info = UserInfo::try_from(user)?;
+        // The JSON session-svc sent (just checked) is the body already: no second
+        // serialization on every Validate.
+        Ok(match user.json.is_empty() {
+            true => Self::new(&info),
+            false => Self::with_body(&info, user.json.clone()),
+        })
     }
 }
 

@@ -4,7 +4,7 @@
 //! and login policies). Tests parse them exactly as the binary does. Secrets (the AppSecret,
 //! the MongoDB URI and password) come from the environment or from files, never from flags
 //! that would show in `ps`, and never from the repository.
-use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser};
 use weapp_common::config::{ServiceCli, duration};
@@ -75,7 +75,13 @@ pub struct StoreSettings {
 }
 
 impl ServiceCli for Cli {
+    const NAME: &'static str = "session-svc";
     const ENV_ONLY: &'static [&'static str] = &["app_secret", "mongodb_uri"];
+    type Settings = Settings;
+
+    fn into_settings(self) -> Settings {
+        self.settings
+    }
 
     fn subcommand(&self) -> Option<weapp_common::Command> {
         self.command
@@ -87,15 +93,14 @@ impl ServiceCli for Cli {
 }
 
 impl Settings {
-    /// Parses settings from flags exactly as the binary does (flags, then `WEAPP_*`
-    /// variables, then defaults); `args` leaves out the program name.
+    /// Parses settings from flags exactly as the binary does; `args` leaves out the
+    /// program name.
     pub fn parse_from<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
+        T: Into<std::ffi::OsString> + Clone,
     {
-        let args = std::iter::once("session-svc".into()).chain(args.into_iter().map(Into::into));
-        Cli::parse_checked(args).map(|cli| cli.settings)
+        Cli::settings_from(args)
     }
 
     /// What clap cannot check alone: settings that depend on each other.
