@@ -14,6 +14,8 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use weapp_common::config::{ServiceCli, duration, pem_file, positive, secret_file};
 
+use crate::route_table::{RouteTable, routes_file};
+
 /// weapp gateway-svc: the wafer HTTP/WebSocket edge.
 #[derive(Parser, Debug)]
 #[command(version, about, args_override_self = true)]
@@ -44,6 +46,12 @@ pub struct Settings {
     /// Path of the login endpoint (wafer's `loginPath`).
     #[arg(long, env = "WEAPP_LOGIN_PATH", default_value = "/login", value_parser = login_path)]
     pub login_path: String,
+
+    /// TOML file of business routes: path prefixes forwarded to upstreams with the user's
+    /// identity (see "Put your API behind weapp" in the README). None: every other path
+    /// answers as the tutorial's express app did.
+    #[arg(long = "routes-file", env = "WEAPP_ROUTES_FILE", value_parser = routes_file)]
+    pub routes: Option<RouteTable>,
 
     #[command(flatten)]
     pub ws: WsSettings,
@@ -228,12 +236,28 @@ impl Settings {
 
     /// What clap cannot check alone: settings that depend on each other.
     pub fn check(&self) -> Result<(), String> {
-        self.session_svc.check()
+        self.session_svc.check()?;
+        if let Some(routes) = &self.routes {
+            let mut own = RESERVED_PATHS.to_vec();
+            own.push(&self.login_path);
+            routes
+                .check_against(&own)
+                .map_err(|e| format!("WEAPP_ROUTES_FILE: {e}"))?;
+        }
+        Ok(())
     }
 }
 
-/// Paths the gateway serves itself; the login path must not shadow them.
-const RESERVED_PATHS: [&str; 5] = ["/me", "/ws", "/logout", "/healthz", "/readyz"];
+/// Paths the gateway serves itself; the login path and business routes must not shadow them.
+pub const RESERVED_PATHS: [&str; 7] = [
+    "/me",
+    "/ws",
+    "/logout",
+    "/healthz",
+    "/readyz",
+    "/.well-known/jwks.json",
+    crate::routes::AUTH_PATH,
+];
 
 fn login_path(path: &str) -> Result<String, String> {
     let valid_chars = path

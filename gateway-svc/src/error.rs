@@ -45,6 +45,17 @@ pub enum ApiError {
     /// `/readyz`: session-svc is not serving.
     #[error("{0}")]
     NotReady(String),
+    /// A forwarded route's upstream refused or dropped the connection (by route prefix).
+    #[error("the service behind {0} cannot be reached; retry shortly")]
+    UpstreamUnreachable(String),
+    /// It failed mid-request.
+    #[error("the service behind {0} failed to answer")]
+    UpstreamFailed(String),
+    /// It did not answer within the route's timeout.
+    #[error("the service behind {0} did not answer in time")]
+    UpstreamTimeout(String),
+    #[error("the request path cannot be forwarded")]
+    BadRequestTarget,
 }
 
 fn retry_after_secs(wait: Duration) -> u64 {
@@ -126,7 +137,9 @@ impl ApiError {
             | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::BadBody => StatusCode::BAD_REQUEST,
+            Self::BadBody | Self::BadRequestTarget => StatusCode::BAD_REQUEST,
+            Self::UpstreamUnreachable(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -151,8 +164,15 @@ impl ApiError {
             Self::BodyTooLarge(_) => {
                 json!({ "error": wafer::ERR_REQUEST_TOO_LARGE, "message": message })
             }
-            Self::BodyTimeout | Self::BadBody => {
+            Self::BodyTimeout | Self::BadBody | Self::BadRequestTarget => {
                 json!({ "error": wafer::ERR_BAD_REQUEST, "message": message })
+            }
+            // No magic key: the session is fine, the business upstream is not.
+            Self::UpstreamUnreachable(_) | Self::UpstreamFailed(_) => {
+                json!({ "error": wafer::ERR_UPSTREAM_UNAVAILABLE, "message": message })
+            }
+            Self::UpstreamTimeout(_) => {
+                json!({ "error": wafer::ERR_UPSTREAM_TIMEOUT, "message": message })
             }
             Self::NotReady(reason) => json!({ "status": "not ready", "reason": reason }),
         }

@@ -6,12 +6,15 @@
 pub mod body_limit;
 pub mod config;
 pub mod error;
+pub mod forward;
+pub mod identity;
 pub mod legacy_upgrade;
 pub mod open_sockets;
 pub mod probe;
 pub mod rate_limit;
 pub mod resolver;
 pub mod revocation_follower;
+pub mod route_table;
 pub mod routes;
 pub mod server;
 pub mod session_cache;

@@ -4,13 +4,13 @@
 //! only ask it.
 use std::{sync::Arc, time::Duration};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use tonic::Status;
 use weapp_common::singleflight::SingleFlight;
 
 use crate::{
     error::ApiError,
-    session_cache::SessionCache,
+    session_cache::{Resolved, SessionCache},
     session_client::SessionClient,
     user::User,
     wafer::{self, SessionParams},
@@ -22,13 +22,34 @@ pub struct AuthSession {
     pub id: String,
     pub skey: String,
     pub user: Arc<User>,
+    /// The signed identity assertion, when it was asked for (and session-svc signs them).
+    pub assertion: Option<HeaderValue>,
+}
+
+impl AuthSession {
+    fn new(id: String, skey: String, resolved: Resolved) -> Self {
+        Self {
+            id,
+            skey,
+            user: resolved.user,
+            assertion: resolved.assertion,
+        }
+    }
+}
+
+/// Whether a resolution must come with a signed identity assertion (to pass the identity on
+/// to a business upstream) or the user is enough (`/me`, the WebSocket greeting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Need {
+    User,
+    Assertion,
 }
 
 pub struct SessionResolver {
     cache: Arc<SessionCache>,
     client: SessionClient,
-    /// Validate calls in flight, by (id, skey).
-    in_flight: SingleFlight<(String, String), Result<Arc<User>, Status>>,
+    /// Validate calls in flight, by (id, skey, need).
+    in_flight: SingleFlight<(String, String, Need), Result<Resolved, Status>>,
 }
 
 impl SessionResolver {
@@ -46,12 +67,17 @@ impl SessionResolver {
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
+        need: Need,
     ) -> Result<Option<AuthSession>, ApiError> {
         let SessionParams::Present { id, skey } = wafer::session_params(headers, query) else {
             return Ok(None);
         };
-        if let Some(user) = self.cache.get(&id, &skey) {
-            return Ok(Some(AuthSession { id, skey, user }));
+        // An entry cached for `/me` has no assertion: a forwarded request asks again, and its
+        // answer (with one) replaces the entry.
+        if let Some(resolved) = self.cache.get(&id, &skey)
+            && (need == Need::User || resolved.assertion.is_some())
+        {
+            return Ok(Some(AuthSession::new(id, skey, resolved)));
         }
         // Concurrent requests of one session (a page firing several calls, a cache entry
         // running out under load) share one Validate.
@@ -59,13 +85,13 @@ impl SessionResolver {
         let (call_id, call_skey) = (id.clone(), skey.clone());
         let answer = self
             .in_flight
-            .run((id.clone(), skey.clone()), async move {
-                validate(&cache, &client, call_id, call_skey).await
+            .run((id.clone(), skey.clone(), need), async move {
+                validate(&cache, &client, call_id, call_skey, need).await
             })
             .await
             .ok_or_else(|| ApiError::SessionUnavailable("session check failed".into()))?;
-        let user = answer.map_err(|s| ApiError::validate(&s))?;
-        Ok(Some(AuthSession { id, skey, user }))
+        let resolved = answer.map_err(|s| ApiError::validate(&s))?;
+        Ok(Some(AuthSession::new(id, skey, resolved)))
     }
 
     /// Revokes the session at session-svc and forgets it here at once: the revocation stream
@@ -86,20 +112,39 @@ async fn validate(
     client: &SessionClient,
     id: String,
     skey: String,
-) -> Result<Arc<User>, Status> {
+    need: Need,
+) -> Result<Resolved, Status> {
     let ticket = cache.ticket();
-    let answer = client.validate(id.clone(), skey.clone()).await?;
+    let answer = client
+        .validate(id.clone(), skey.clone(), need == Need::Assertion)
+        .await?;
     let user = answer
         .user
         .as_ref()
         .and_then(|u| User::try_from(u).ok())
         .ok_or_else(|| Status::unavailable("session service sent no user"))?;
-    let user = Arc::new(user);
+    let left = |d: Option<prost_types::Duration>| {
+        d.and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or_default()
+    };
     // An older session-svc does not say how long is left: then nothing is cached.
-    let expires_in = answer
-        .expires_in
-        .and_then(|d| Duration::try_from(d).ok())
-        .unwrap_or_default();
-    cache.insert(ticket, &id, &skey, user.clone(), expires_in);
-    Ok(user)
+    let mut expires_in = left(answer.expires_in);
+    // A session-svc without a signing key sends none: the upstream gets no assertion (and
+    // verifies nothing); the operator is told at start-up, not on every request.
+    let assertion = match answer.identity_assertion.is_empty() {
+        true => None,
+        false => {
+            expires_in = expires_in.min(left(answer.identity_assertion_expires_in));
+            Some(
+                HeaderValue::try_from(answer.identity_assertion)
+                    .map_err(|_| Status::internal("session service sent a malformed assertion"))?,
+            )
+        }
+    };
+    let resolved = Resolved {
+        user: Arc::new(user),
+        assertion,
+    };
+    cache.insert(ticket, &id, &skey, resolved.clone(), expires_in);
+    Ok(resolved)
 }

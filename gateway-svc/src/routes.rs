@@ -1,11 +1,12 @@
 //! HTTP routes: wafer's login, session resolution in front of everything else, `/me`,
-//! `/logout`, the probes, and the plain fallback.
-use std::net::SocketAddr;
+//! `/logout`, the probes, the `auth_request` endpoint, business routes (`forward.rs`) and the
+//! plain fallback.
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Extension, Json, Router,
     extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, Uri, header},
+    http::{HeaderMap, StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{any, get},
@@ -14,7 +15,47 @@ use serde_json::json;
 use weapp_proto::session::v1::LoginRequest;
 use weapp_wire::UserInfo;
 
-use crate::{error::ApiError, resolver::AuthSession, state::AppState, wafer, ws};
+use crate::{
+    config::RESERVED_PATHS,
+    error::ApiError,
+    forward::ClientAddress,
+    identity,
+    resolver::{AuthSession, Need},
+    route_table::{Route, RouteTable, SessionRule},
+    state::AppState,
+    wafer, ws,
+};
+
+/// For nginx's `auth_request`: 200 with the identity headers, 401 with wafer's body, 503 when
+/// sessions cannot be checked.
+pub const AUTH_PATH: &str = "/_weapp/auth";
+
+/// Which business route, if any, a request path goes to: never one the gateway serves itself.
+#[derive(Clone, Debug)]
+pub struct Forwarded {
+    table: RouteTable,
+    login_path: Arc<str>,
+}
+
+impl Forwarded {
+    pub fn new(table: Option<RouteTable>, login_path: &str) -> Self {
+        Self {
+            table: table.unwrap_or_default(),
+            login_path: login_path.into(),
+        }
+    }
+
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
+        if self.table.is_empty()
+            || path == &*self.login_path
+            || is_me(path)
+            || RESERVED_PATHS.contains(&path)
+        {
+            return None;
+        }
+        self.table.find(path)
+    }
+}
 
 pub fn router(state: AppState) -> Router {
     let with_session = Router::new()
@@ -30,19 +71,25 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
+        .route(AUTH_PATH, any(auth))
         .merge(with_session)
         .with_state(state)
 }
 
-/// Puts the request's session, if it has one, where handlers find it.
+/// Puts the request's session, if it has one, where handlers find it. A request for a
+/// business route (the server loop marked it) needs the signed assertion too.
 async fn resolve_session(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let need = match request.extensions().get::<Arc<Route>>() {
+        Some(_) => Need::Assertion,
+        None => Need::User,
+    };
     let resolved = state
         .resolver
-        .resolve(request.headers(), request.uri().query())
+        .resolve(request.headers(), request.uri().query(), need)
         .await?;
     if let Some(session) = resolved {
         request.extensions_mut().insert(session);
@@ -95,20 +142,60 @@ fn is_me(path: &str) -> bool {
     head.eq_ignore_ascii_case("/me") && matches!(path.as_bytes().get(3), None | Some(b'/'))
 }
 
-/// `/me` answers the session's user object as wafer kept it; everything else answers as the
-/// tutorial's express app did.
-async fn fallback(uri: Uri, session: Option<Extension<AuthSession>>) -> Response {
-    if !is_me(uri.path()) {
-        return "Response from express".into_response();
+/// A business route's requests go to its upstream; `/me` answers the session's user object
+/// as wafer kept it; everything else answers as the tutorial's express app did.
+async fn fallback(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    session: Option<Extension<AuthSession>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let session = session.map(|Extension(session)| session);
+    if let Some(route) = request.extensions().get::<Arc<Route>>().cloned() {
+        if session.is_none() && route.session == SessionRule::Required {
+            // wafer's invalid-session body: the SDK logs in and sends the request again.
+            return Err(ApiError::InvalidSession(
+                "this needs a session; log in first".into(),
+            ));
+        }
+        let client = ClientAddress {
+            peer,
+            trusted_proxies: &state.settings.trusted_proxies,
+        };
+        return state
+            .forwarder
+            .forward(&route, session.as_ref(), client, request)
+            .await;
     }
-    match session {
-        Some(Extension(session)) => (
+    if !is_me(request.uri().path()) {
+        return Ok("Response from express".into_response());
+    }
+    Ok(match session {
+        Some(session) => (
             [(header::CONTENT_TYPE, "application/json")],
             session.user.me_body.clone(),
         )
             .into_response(),
         None => Json(json!({ "noBody": true })).into_response(),
-    }
+    })
+}
+
+/// nginx `auth_request`: the session of the original request (its headers, or the query
+/// string nginx passes along) becomes identity headers nginx can copy onto its own proxied
+/// request with `auth_request_set`.
+async fn auth(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let session = state
+        .resolver
+        .resolve(&headers, uri.query(), Need::Assertion)
+        .await?
+        .ok_or_else(|| ApiError::InvalidSession("this needs a session; log in first".into()))?;
+    let mut response = StatusCode::OK.into_response();
+    identity::insert(response.headers_mut(), &session);
+    Ok(response)
 }
 
 /// Revokes the request's session. Not part of wafer; the magic key in the answer makes the

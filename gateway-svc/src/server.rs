@@ -33,6 +33,7 @@ use crate::{
     config::HttpLimits,
     error::ApiError,
     legacy_upgrade::{self, FirstRequest},
+    routes::Forwarded,
 };
 
 /// Serves `app` on `listener` until `shutdown`, then stops accepting and waits for the
@@ -41,6 +42,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    forwarded: Forwarded,
     shutdown: CancellationToken,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -79,18 +81,28 @@ pub async fn serve(
             tokio::spawn(turn_away(tcp));
             continue;
         };
-        let app = app.clone();
+        let (app, forwarded) = (app.clone(), forwarded.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request
                 .extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(peer));
+            // A business route's body is the upstream's business: it streams through under
+            // the route's own limit (`forward.rs`) instead of the gateway's.
+            if let Some(route) = forwarded.route(request.uri().path()) {
+                let route = route.clone();
+                request.extensions_mut().insert(route);
+                let app = app.clone();
+                return futures::future::Either::Left(
+                    app.oneshot(request.map(axum::body::Body::new)),
+                );
+            }
             let app = app.clone();
-            async move {
+            futures::future::Either::Right(async move {
                 match body_limit::check(request, &limits).await {
                     Ok(request) => app.oneshot(request).await,
                     Err(refused) => Ok(refused.into_response()),
                 }
-            }
+            })
         });
         let (builder, watcher, told) = (builder.clone(), graceful.watcher(), told.clone());
         let shutdown = shutdown.clone();

@@ -23,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use axum::http::HeaderValue;
 use moka::{policy::EvictionPolicy, sync::Cache};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -35,9 +36,27 @@ pub const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 
 const NEVER: u64 = u64::MAX;
 
+/// What a Validate answer leaves in the cache.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub user: Arc<User>,
+    /// The identity assertion, when one was asked for. Kept here and not in `User`, which
+    /// open WebSockets hold on to: they have no use for it.
+    pub assertion: Option<HeaderValue>,
+}
+
+impl From<Arc<User>> for Resolved {
+    fn from(user: Arc<User>) -> Self {
+        Self {
+            user,
+            assertion: None,
+        }
+    }
+}
+
 struct Entry {
     skey_hash: [u8; 32],
-    user: Arc<User>,
+    resolved: Resolved,
     /// How long the entry may live from its insertion.
     lifetime: Duration,
 }
@@ -111,13 +130,13 @@ impl SessionCache {
                 < u64::try_from(REVOCATION_BOUND.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The user of a cached, unexpired session whose skey matches.
-    pub fn get(&self, id: &str, skey: &str) -> Option<Arc<User>> {
+    /// A cached, unexpired session whose skey matches.
+    pub fn get(&self, id: &str, skey: &str) -> Option<Resolved> {
         if !self.enabled() || !self.live() {
             return None;
         }
         let entry = self.entries.get(id)?;
-        bool::from(entry.skey_hash.ct_eq(&hash(skey))).then(|| entry.user.clone())
+        bool::from(entry.skey_hash.ct_eq(&hash(skey))).then(|| entry.resolved.clone())
     }
 
     pub fn ticket(&self) -> Ticket {
@@ -127,13 +146,14 @@ impl SessionCache {
         }
     }
 
-    /// Caches a Validate answer obtained with `ticket`.
+    /// Caches a Validate answer obtained with `ticket`. `expires_in` is what is left of the
+    /// shorter-lived of the session and the assertion.
     pub fn insert(
         &self,
         ticket: Ticket,
         id: &str,
         skey: &str,
-        user: Arc<User>,
+        resolved: impl Into<Resolved>,
         expires_in: Duration,
     ) {
         if !self.enabled() || !self.live() || self.epoch.load(Ordering::SeqCst) != ticket.epoch {
@@ -146,7 +166,7 @@ impl SessionCache {
         }
         let entry = Arc::new(Entry {
             skey_hash: hash(skey),
-            user,
+            resolved: resolved.into(),
             lifetime,
         });
         self.entries.insert(id.to_owned(), entry);
@@ -168,7 +188,7 @@ impl SessionCache {
         // Rare (bans, "log out everywhere"), so a scan is fine; an index by user would cost
         // every insert instead.
         for (id, entry) in &self.entries {
-            if entry.user.open_id == open_id {
+            if entry.resolved.user.open_id == open_id {
                 self.entries.invalidate(id.as_str());
             }
         }

@@ -87,14 +87,18 @@ impl SessionClient {
         })
     }
 
-    pub async fn validate(&self, id: String, skey: String) -> Result<ValidateResponse, Status> {
+    pub async fn validate(
+        &self,
+        id: String,
+        skey: String,
+        want_identity_assertion: bool,
+    ) -> Result<ValidateResponse, Status> {
         let mut client = self.client.clone();
         let request = with_deadline(
             ValidateRequest {
                 id,
                 skey,
-                // Nothing the gateway serves passes an identity on yet.
-                want_identity_assertion: false,
+                want_identity_assertion,
             },
             self.session_timeout,
         );

@@ -10,10 +10,13 @@ use tower_http::trace::TraceLayer;
 
 use crate::{
     config::Settings,
+    forward::Forwarder,
     open_sockets::OpenSockets,
     rate_limit::LoginLimiter,
     resolver::SessionResolver,
-    revocation_follower, routes, server,
+    revocation_follower, routes,
+    routes::Forwarded,
+    server,
     session_cache::SessionCache,
     session_client::SessionClient,
     state::{AppState, Shared},
@@ -71,8 +74,13 @@ impl Application {
             self.sessions.clone(),
             shutdown.clone(),
         ));
+        let forwarded = Forwarded::new(self.settings.routes.clone(), &self.settings.login_path);
+        if self.settings.routes.is_some() {
+            self.warn_if_unsigned().await;
+        }
         let state = AppState::from(Shared {
             resolver: SessionResolver::new(cache, self.sessions.clone()),
+            forwarder: Forwarder::new(&self.settings.routes.clone().unwrap_or_default()),
             sockets,
             login_limiter: LoginLimiter::new(
                 self.settings.login_rate_per_address,
@@ -87,7 +95,7 @@ impl Application {
         let http_limits = state.settings.http;
         let app = with_tracing(routes::router(state));
         tracing::info!(addr = %self.local_addr, "gateway-svc listening");
-        server::serve(self.listener, app, http_limits, shutdown.clone()).await;
+        server::serve(self.listener, app, http_limits, forwarded, shutdown.clone()).await;
         shutdown.cancel();
         ws_tasks.close();
         if tokio::time::timeout(WS_DRAIN, ws_tasks.wait())
@@ -101,6 +109,23 @@ impl Application {
         }
         tracing::info!("gateway-svc stopped");
         Ok(())
+    }
+}
+
+impl Application {
+    /// Business routes get no assertion from a session-svc without a signing key: say so once,
+    /// at start-up (session-svc may not be up yet: then nothing is said).
+    async fn warn_if_unsigned(&self) {
+        if let Ok(Ok(jwks)) =
+            tokio::time::timeout(Duration::from_secs(1), self.sessions.identity_keys()).await
+            && jwks.contains("\"keys\":[]")
+        {
+            tracing::warn!(
+                "business routes are configured, but session-svc has no identity key \
+                 (WEAPP_IDENTITY_KEY_FILES): upstreams get identity headers without an \
+                 assertion to verify them"
+            );
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::Settings, open_sockets::OpenSockets, rate_limit::LoginLimiter,
+    config::Settings, forward::Forwarder, open_sockets::OpenSockets, rate_limit::LoginLimiter,
     resolver::SessionResolver, session_client::SessionClient,
 };
 
@@ -31,6 +31,8 @@ pub struct Shared {
     pub resolver: SessionResolver,
     /// session-svc, for what is not session resolution (login, readiness).
     pub sessions: SessionClient,
+    /// Business routes' upstreams (their connection pools).
+    pub forwarder: Forwarder,
     /// Logins per client address.
     pub login_limiter: LoginLimiter,
     /// Open WebSockets by session, to close them when their session is revoked.

@@ -10,6 +10,8 @@ use weapp_wire::{UserInfo, user::MissingOpenId};
 pub struct User {
     /// Whose session it is (revocations name users by openId).
     pub open_id: String,
+    /// The user's unionId, when WeChat gave one (an identity header of forwarded requests).
+    pub union_id: Option<String>,
     /// What the WebSocket greeting calls the user.
     pub display_name: String,
     /// The user object as JSON: `/me`'s answer, exactly wafer's `req.session.userInfo`.
@@ -24,6 +26,7 @@ impl User {
     fn with_body(info: &UserInfo, me_body: String) -> Self {
         Self {
             open_id: info.open_id().to_owned(),
+            union_id: info.union_id().map(str::to_owned),
             display_name: info.display_name().to_owned(),
             me_body: me_body.into(),
         }

@@ -13,6 +13,9 @@ pub const ERR_SESSION_UNAVAILABLE: &str = "ERR_SESSION_UNAVAILABLE";
 /// never finished). No magic key with these: the session is not at fault.
 pub const ERR_REQUEST_TOO_LARGE: &str = "ERR_REQUEST_TOO_LARGE";
 pub const ERR_BAD_REQUEST: &str = "ERR_BAD_REQUEST";
+/// Not wafer's either: a forwarded route's upstream is down (502) or slow (504).
+pub const ERR_UPSTREAM_UNAVAILABLE: &str = "ERR_UPSTREAM_UNAVAILABLE";
+pub const ERR_UPSTREAM_TIMEOUT: &str = "ERR_UPSTREAM_TIMEOUT";
 
 pub use weapp_wire::params::*;
 

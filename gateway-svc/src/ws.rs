@@ -16,7 +16,8 @@ use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::WsSettings, error::ApiError, open_sockets::Registration, state::AppState, user::User,
+    config::WsSettings, error::ApiError, open_sockets::Registration, resolver::Need,
+    state::AppState, user::User,
 };
 
 /// Initial read buffer of a WebSocket (it grows for bigger messages).
@@ -36,7 +37,11 @@ pub async fn upgrade(
     };
     // Only the user and a place among the open sockets are kept: a WebSocket has no use for
     // the skey once it is open.
-    let resolution = match state.resolver.resolve(&headers, uri.query()).await {
+    let resolution = match state
+        .resolver
+        .resolve(&headers, uri.query(), Need::User)
+        .await
+    {
         Ok(Some(session)) => {
             let max = state.settings.ws.max_per_session;
             let Some(registration) =

@@ -77,9 +77,7 @@ pub fn well_formed_id(id: &str) -> bool {
 
 /// A short, non-reversible tag for logs: lets operators correlate lines about one session or
 /// user without the logs holding the id itself.
-pub fn short_hash(value: &str) -> String {
-    hex::encode(&Sha256::digest(value.as_bytes())[..4])
-}
+pub use weapp_wire::short_hash;
 
 #[cfg(test)]
 mod tests {

@@ -173,6 +173,7 @@ impl LinkCertificates {
 /// Settings for a [`Stack`], as flags on top of what the stack itself sets.
 pub struct StackBuilder {
     tls: bool,
+    routes: Option<String>,
     store: TestStore,
     session_args: Vec<String>,
     gateway_args: Vec<String>,
@@ -182,6 +183,7 @@ impl Default for StackBuilder {
     fn default() -> Self {
         Self {
             tls: false,
+            routes: None,
             store: TestStore::from_env(),
             session_args: Vec::new(),
             gateway_args: Vec::new(),
@@ -208,6 +210,12 @@ impl StackBuilder {
     /// More session-svc flags, e.g. `["--session-idle-ttl", "2s"]`.
     pub fn session_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
         self.session_args.extend(strings(args));
+        self
+    }
+
+    /// The gateway's business routes (a `WEAPP_ROUTES_FILE` in TOML).
+    pub fn routes(mut self, toml: impl Into<String>) -> Self {
+        self.routes = Some(toml.into());
         self
     }
 
@@ -311,6 +319,11 @@ impl StackBuilder {
                 "--session-svc-client-key-file".into(),
                 write("client.key", &certs.client_key_pem),
             ]);
+        }
+        if let Some(routes) = &self.routes {
+            let file = data_dir.path().join("routes.toml");
+            std::fs::write(&file, routes).expect("write the routes file");
+            gateway_args.extend(["--routes-file".into(), file.display().to_string()]);
         }
         session_args.extend(self.session_args);
         gateway_args.extend(self.gateway_args);

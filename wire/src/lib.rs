@@ -9,3 +9,12 @@ pub mod user_data;
 pub mod wechat_answer;
 
 pub use user::UserInfo;
+
+use sha2::{Digest as _, Sha256};
+
+/// A short, stable stand-in for an identifier that must not be shown in full (a session id,
+/// an openId in a log line): the first 4 bytes of its SHA-256, in hex. Both services compute
+/// it, so a session's `sid` in an identity assertion matches the gateway's `X-Weapp-Session`.
+pub fn short_hash(value: &str) -> String {
+    hex::encode(&Sha256::digest(value.as_bytes())[..4])
+}

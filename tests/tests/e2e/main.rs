@@ -3,6 +3,7 @@
 mod access;
 mod cache;
 mod conformance;
+mod forwarding;
 mod grpc;
 mod identity;
 mod lifecycle;

@@ -1,0 +1,310 @@
+//! Forwarding to business upstreams (`route_table.rs` says which): the request goes on as the
+//! client sent it — method, path, query, headers, body — minus what must never leave the
+//! gateway, plus the identity; the answer comes back the same way. Bodies stream both ways
+//! (nothing is buffered whole), each upstream has its own HTTP/1.1 keep-alive pool, and an
+//! upstream that is down or slow gets a 502 or 504 within its route's timeouts, never a hang.
+use std::{error::Error as _, net::SocketAddr, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::Request,
+    http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, header},
+    response::Response,
+};
+use http_body_util::{LengthLimitError, Limited};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use ipnet::IpNet;
+
+use crate::{
+    error::ApiError,
+    identity,
+    resolver::AuthSession,
+    route_table::{Route, RouteTable},
+    wafer,
+};
+
+/// One keep-alive pool per upstream, in route-table order.
+pub struct Forwarder {
+    clients: Vec<(Arc<Route>, Client<HttpConnector, Body>)>,
+}
+
+impl Forwarder {
+    pub fn new(routes: &RouteTable) -> Self {
+        let clients = routes
+            .routes()
+            .map(|route| {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(route.connect_timeout));
+                let client = Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .build(connector);
+                (route.clone(), client)
+            })
+            .collect();
+        Self { clients }
+    }
+
+    fn client(&self, route: &Arc<Route>) -> Option<&Client<HttpConnector, Body>> {
+        self.clients
+            .iter()
+            .find(|(r, _)| Arc::ptr_eq(r, route))
+            .map(|(_, client)| client)
+    }
+
+    /// Sends `request` to `route`'s upstream with `session`'s identity (or none), and
+    /// streams the answer back.
+    pub async fn forward(
+        &self,
+        route: &Arc<Route>,
+        session: Option<&AuthSession>,
+        client_address: ClientAddress<'_>,
+        request: Request,
+    ) -> Result<Response, ApiError> {
+        let client = self
+            .client(route)
+            .ok_or_else(|| ApiError::UpstreamFailed(route.prefix.clone()))?;
+        let (mut parts, body) = request.into_parts();
+        let max = route.max_body_bytes;
+        let length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = match length {
+            Some(length) if length > max => {
+                return Err(ApiError::BodyTooLarge(
+                    usize::try_from(max).unwrap_or(usize::MAX),
+                ));
+            }
+            Some(_) => body,
+            // A chunked body is counted as it streams; past the limit the upstream request
+            // fails and the client gets 413.
+            None => Body::new(Limited::new(
+                body,
+                usize::try_from(max).unwrap_or(usize::MAX),
+            )),
+        };
+        let uri = format!(
+            "{}{}{}",
+            route.origin,
+            route.upstream_path(parts.uri.path()),
+            query_without_session(parts.uri.query())
+        );
+        parts.uri = Uri::try_from(uri).map_err(|_| ApiError::BadRequestTarget)?;
+        parts.version = Version::HTTP_11;
+        request_headers(&mut parts.headers, session, client_address);
+        let upstream = Request::from_parts(parts, body);
+        let answer = tokio::time::timeout(route.timeout, client.request(upstream)).await;
+        let answer = match answer {
+            Err(_) => return Err(ApiError::UpstreamTimeout(route.prefix.clone())),
+            Ok(Err(e)) if limit_exceeded(&e) => {
+                return Err(ApiError::BodyTooLarge(
+                    usize::try_from(max).unwrap_or(usize::MAX),
+                ));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(route = %route.prefix, error = %e, cause = ?e.source(), "upstream request failed");
+                return Err(match e.is_connect() {
+                    true => ApiError::UpstreamUnreachable(route.prefix.clone()),
+                    false => ApiError::UpstreamFailed(route.prefix.clone()),
+                });
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        let (mut parts, body) = answer.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+/// Who sent the request, for `X-Forwarded-For` and `-Proto`.
+#[derive(Clone, Copy)]
+pub struct ClientAddress<'a> {
+    pub peer: SocketAddr,
+    /// The reverse proxies whose forwarding headers are believed.
+    pub trusted_proxies: &'a [IpNet],
+}
+
+impl ClientAddress<'_> {
+    fn trusted(&self) -> bool {
+        let ip = self.peer.ip().to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+}
+
+fn limit_exceeded(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if cause.is::<LengthLimitError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// RFC 9110 §7.6.1: connection-specific fields end at this hop, with the fields the
+/// `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("proxy-connection"),
+        HeaderName::from_static("keep-alive"),
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::TRAILER,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// What the upstream sees of the client's headers: no hop-by-hop fields, no session
+/// credentials, no identity the client made up; the identity of the session (if any) and
+/// the forwarding headers instead.
+fn request_headers(
+    headers: &mut HeaderMap,
+    session: Option<&AuthSession>,
+    client_address: ClientAddress<'_>,
+) {
+    remove_hop_by_hop(headers);
+    // The upstream answers in full; hyper does not speak 100-continue as a client.
+    headers.remove(header::EXPECT);
+    headers.remove(wafer::HEADER_ID);
+    headers.remove(wafer::HEADER_SKEY);
+    identity::strip_client_headers(headers);
+    if let Some(session) = session {
+        identity::insert(headers, session);
+    }
+    // The client's Host goes on as X-Forwarded-Host; hyper sets the upstream's.
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    let trusted = client_address.trusted();
+    let peer = client_address.peer.ip().to_canonical().to_string();
+    let forwarded_for = HeaderName::from_static("x-forwarded-for");
+    // Behind a trusted proxy, its list goes on with the proxy appended; anyone else's list
+    // is a claim nobody checked, and is replaced.
+    let chain = match headers.get(&forwarded_for).and_then(|v| v.to_str().ok()) {
+        Some(earlier) if trusted => format!("{earlier}, {peer}"),
+        _ => peer,
+    };
+    if let Ok(value) = HeaderValue::try_from(chain) {
+        headers.insert(forwarded_for, value);
+    }
+    let proto = HeaderName::from_static("x-forwarded-proto");
+    let told = headers
+        .get(&proto)
+        .filter(|v| trusted && matches!(v.as_bytes(), b"http" | b"https"))
+        .cloned();
+    headers.insert(proto, told.unwrap_or(HeaderValue::from_static("http")));
+}
+
+/// The query string without wafer's session parameters (any letter case), the rest kept
+/// byte for byte; with its `?`, or empty.
+fn query_without_session(query: Option<&str>) -> String {
+    let Some(query) = query else {
+        return String::new();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            // Decoded as a form decoder reads it, so `X%2DWX%2DSkey` is caught too.
+            url::form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .is_none_or(|(name, _)| {
+                    !name.eq_ignore_ascii_case(wafer::HEADER_ID)
+                        && !name.eq_ignore_ascii_case(wafer::HEADER_SKEY)
+                })
+        })
+        .collect();
+    match kept.is_empty() {
+        true => String::new(),
+        false => format!("?{}", kept.join("&")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_parameters_never_leave_in_the_query() {
+        for (query, kept) in [
+            (None, ""),
+            (Some("x-wx-skey=s&a=1"), "?a=1"),
+            (
+                Some("a=1&X-WX-Id=i&b=%20x&X%2DWX%2DSkey=s&x-wx-skey"),
+                "?a=1&b=%20x",
+            ),
+            (Some("X-WX-ID=i"), ""),
+            (Some("x-wx-code=c&q=a+b"), "?x-wx-code=c&q=a+b"),
+        ] {
+            assert_eq!(query_without_session(query), kept, "{query:?}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_end_here() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert("x-end-to-end", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn forwarding_headers_believe_only_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        let with = |peer: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+            headers.insert(header::HOST, HeaderValue::from_static("weapp.example.com"));
+            headers.insert(wafer::HEADER_SKEY, HeaderValue::from_static("secret"));
+            request_headers(
+                &mut headers,
+                None,
+                ClientAddress {
+                    peer: peer.parse().unwrap(),
+                    trusted_proxies: &trusted,
+                },
+            );
+            headers
+        };
+        let behind_proxy = with("127.0.0.1:5000");
+        assert_eq!(behind_proxy["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
+        assert_eq!(behind_proxy["x-forwarded-proto"], "https");
+        assert_eq!(behind_proxy["x-forwarded-host"], "weapp.example.com");
+        assert!(!behind_proxy.contains_key(header::HOST));
+        assert!(!behind_proxy.contains_key(wafer::HEADER_SKEY));
+        let direct = with("10.9.8.7:5000");
+        assert_eq!(direct["x-forwarded-for"], "10.9.8.7");
+        assert_eq!(direct["x-forwarded-proto"], "http");
+    }
+}

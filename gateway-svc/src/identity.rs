@@ -1,0 +1,92 @@
+//! The identity the gateway hands to the business: headers on forwarded requests, on
+//! `auth_request` answers and on relayed WebSocket messages. Every header the gateway sets
+//! starts with `X-Weapp-`, and a client's own `X-Weapp-*` headers are always removed first:
+//! nothing a client sends can pass for an identity. The headers are for convenience; the
+//! assertion (a JWT signed by session-svc, verifiable against `/.well-known/jwks.json`) is
+//! the proof.
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+
+use crate::resolver::AuthSession;
+
+pub const PREFIX: &str = "x-weapp-";
+/// The user's openId.
+pub const OPEN_ID: HeaderName = HeaderName::from_static("x-weapp-open-id");
+/// The user's unionId, when WeChat gave one.
+pub const UNION_ID: HeaderName = HeaderName::from_static("x-weapp-union-id");
+/// A short hash of the session id (the id itself is half a credential).
+pub const SESSION: HeaderName = HeaderName::from_static("x-weapp-session");
+/// The user object (as `/me` answers it), as unpadded base64url JSON: header values cannot
+/// carry the nicknames of every script.
+pub const USER: HeaderName = HeaderName::from_static("x-weapp-user");
+/// The signed identity assertion (JWT).
+pub const ASSERTION: HeaderName = HeaderName::from_static("x-weapp-assertion");
+
+/// Removes every `X-Weapp-*` header: only the gateway may set them.
+pub fn strip_client_headers(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(PREFIX))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
+/// Adds the session's identity headers.
+pub fn insert(headers: &mut HeaderMap, session: &AuthSession) {
+    let user = &session.user;
+    if let Ok(value) = HeaderValue::from_str(&user.open_id) {
+        headers.insert(OPEN_ID, value);
+    }
+    if let Some(value) = user
+        .union_id
+        .as_deref()
+        .and_then(|u| HeaderValue::from_str(u).ok())
+    {
+        headers.insert(UNION_ID, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&weapp_wire::short_hash(&session.id)) {
+        headers.insert(SESSION, value);
+    }
+    if let Ok(value) = HeaderValue::try_from(URL_SAFE_NO_PAD.encode(&user.me_body)) {
+        headers.insert(USER, value);
+    }
+    if let Some(assertion) = &session.assertion {
+        headers.insert(ASSERTION, assertion.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use weapp_wire::UserInfo;
+
+    use super::*;
+    use crate::user::User;
+
+    #[test]
+    fn client_identity_headers_are_replaced_by_the_sessions() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-weapp-open-id", HeaderValue::from_static("someone-else"));
+        headers.insert("X-Weapp-Anything", HeaderValue::from_static("x"));
+        headers.insert("x-other", HeaderValue::from_static("kept"));
+        strip_client_headers(&mut headers);
+        assert_eq!(headers.len(), 1);
+        let session = AuthSession {
+            id: "id".into(),
+            skey: "skey".into(),
+            user: Arc::new(User::new(&UserInfo::code_only("o-1", Some("u-1")))),
+            assertion: Some(HeaderValue::from_static("a.b.c")),
+        };
+        insert(&mut headers, &session);
+        assert_eq!(headers[OPEN_ID], "o-1");
+        assert_eq!(headers[UNION_ID], "u-1");
+        assert_eq!(headers[SESSION], weapp_wire::short_hash("id").as_str());
+        assert_eq!(headers[ASSERTION], "a.b.c");
+        let user = URL_SAFE_NO_PAD.decode(headers[USER].as_bytes()).unwrap();
+        assert_eq!(user, br#"{"openId":"o-1","unionId":"u-1"}"#);
+    }
+}

@@ -1,0 +1,311 @@
+//! The business routes: which path prefixes the gateway forwards, to which upstream, and
+//! whether they need a session. Read from a TOML file (`WEAPP_ROUTES_FILE`):
+//!
+//! ```toml
+//! [[route]]
+//! prefix = "/api/"                     # a request path starting with this goes to…
+//! upstream = "http://127.0.0.1:8080"   # …this base URL (http://host:port[/base/path])
+//! session = "required"                 # or "optional"
+//! strip_prefix = false                 # true: /api/x reaches the upstream as /x
+//! connect_timeout = "2s"
+//! timeout = "30s"                      # until the upstream's response headers
+//! max_body_bytes = 10485760
+//! ```
+//!
+//! Mistakes stop start-up with the entry named: unknown fields, a bad URL, prefixes that
+//! overlap each other (which one would win is never a guess) or that the gateway's own paths
+//! would hide.
+use std::{path::Path, sync::Arc, time::Duration};
+
+use http::Uri;
+use serde::Deserialize;
+use weapp_common::config::duration;
+
+/// Whether a forwarded route needs a session.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionRule {
+    /// No valid session: 401 with wafer's invalid-session body (the SDK logs in and retries).
+    Required,
+    /// Forwarded with the identity when there is a session, without it when there is none.
+    Optional,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    route: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    prefix: String,
+    upstream: String,
+    session: SessionRule,
+    #[serde(default)]
+    strip_prefix: bool,
+    connect_timeout: Option<String>,
+    timeout: Option<String>,
+    max_body_bytes: Option<u64>,
+}
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
+/// One forwarded prefix.
+#[derive(Debug)]
+pub struct Route {
+    pub prefix: String,
+    /// `http://host:port`, for the request URI.
+    pub origin: String,
+    /// The upstream URL's path without its trailing slash ("" for none).
+    pub base_path: String,
+    pub session: SessionRule,
+    pub strip_prefix: bool,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub max_body_bytes: u64,
+}
+
+impl Route {
+    /// Whether `path` is under this route: the prefix itself, or below it at a segment
+    /// boundary (`/api` takes `/api` and `/api/x`, not `/apix`).
+    fn takes(&self, path: &str) -> bool {
+        under(path, &self.prefix)
+    }
+
+    /// The path and query the upstream is asked for.
+    pub fn upstream_path(&self, path: &str) -> String {
+        let rest = match self.strip_prefix {
+            true => path.get(self.prefix.len()..).unwrap_or_default(),
+            false => path,
+        };
+        let rest = rest.trim_start_matches('/');
+        format!("{}/{rest}", self.base_path)
+    }
+}
+
+fn under(path: &str, prefix: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// The routes, in file order. Few, and never overlapping: the first that takes a path is
+/// the only one.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable(Arc<[Arc<Route>]>);
+
+impl RouteTable {
+    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.0.iter().find(|route| route.takes(path))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.0.iter()
+    }
+
+    /// Refuses routes that the gateway's own paths would hide (`own` are those paths; `/me`
+    /// matches in any letter case, as express mounts it).
+    pub fn check_against(&self, own: &[&str]) -> Result<(), String> {
+        for route in self.routes() {
+            let hidden = own.iter().find(|own| {
+                let prefix = &route.prefix;
+                if own.eq_ignore_ascii_case("/me") {
+                    return prefix.len() >= 3 && under(&prefix.to_ascii_lowercase(), "/me");
+                }
+                under(prefix, own)
+            });
+            if let Some(own) = hidden {
+                return Err(format!(
+                    "route {:?}: the gateway serves {own} itself, so this route would never be \
+                     reached",
+                    route.prefix
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut routes: Vec<Arc<Route>> = Vec::new();
+        for (index, entry) in file.route.into_iter().enumerate() {
+            let name = format!("route #{} (prefix {:?})", index + 1, entry.prefix);
+            let route = Arc::new(entry.into_route().map_err(|e| format!("{name}: {e}"))?);
+            if let Some(other) = routes
+                .iter()
+                .find(|r| r.takes(&route.prefix) || route.takes(&r.prefix))
+            {
+                return Err(format!(
+                    "{name} overlaps the route with prefix {:?}: give each path one route",
+                    other.prefix
+                ));
+            }
+            routes.push(route);
+        }
+        Ok(Self(routes.into()))
+    }
+}
+
+impl Entry {
+    fn into_route(self) -> Result<Route, String> {
+        let prefix = self.prefix;
+        if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) || prefix.contains("//") {
+            return Err("the prefix must be a path like /api/".into());
+        }
+        let uri: Uri = self
+            .upstream
+            .parse()
+            .map_err(|e| format!("upstream {:?} is not a URL: {e}", self.upstream))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "upstream {:?} must be an http:// URL (business upstreams are reached over \
+                 the private network; https:// upstreams are not supported yet)",
+                self.upstream
+            ));
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(format!("upstream {:?} names no host", self.upstream));
+        };
+        if uri.query().is_some() || self.upstream.contains('#') {
+            return Err(format!(
+                "upstream {:?} must not have a query or fragment",
+                self.upstream
+            ));
+        }
+        let time = |value: Option<String>, default: Duration, field: &str| match value {
+            None => Ok(default),
+            Some(v) => match duration(&v) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(format!("{field} must be more than zero")),
+                Err(e) => Err(format!("{field}: {e}")),
+            },
+        };
+        Ok(Route {
+            origin: format!("http://{authority}"),
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            session: self.session,
+            strip_prefix: self.strip_prefix,
+            connect_timeout: time(
+                self.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+                "connect_timeout",
+            )?,
+            timeout: time(self.timeout, DEFAULT_TIMEOUT, "timeout")?,
+            max_body_bytes: self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            prefix,
+        })
+    }
+}
+
+/// clap's parser for `WEAPP_ROUTES_FILE`.
+pub fn routes_file(path: &str) -> Result<RouteTable, String> {
+    let text =
+        std::fs::read_to_string(Path::new(path)).map_err(|e| format!("cannot read it: {e}"))?;
+    RouteTable::parse(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> Result<RouteTable, String> {
+        RouteTable::parse(text)
+    }
+
+    #[test]
+    fn routes_take_paths_at_segment_boundaries() {
+        let t = table(
+            r#"
+            [[route]]
+            prefix = "/api"
+            upstream = "http://127.0.0.1:9000/v1/"
+            session = "required"
+            [[route]]
+            prefix = "/public/"
+            upstream = "http://127.0.0.1:9001"
+            session = "optional"
+            strip_prefix = true
+            timeout = "5s"
+            "#,
+        )
+        .unwrap();
+        let api = t.find("/api/orders").unwrap();
+        assert_eq!(api.upstream_path("/api/orders"), "/v1/api/orders");
+        assert!(t.find("/api").is_some());
+        assert!(t.find("/apix").is_none());
+        let public = t.find("/public/a/b").unwrap();
+        assert_eq!(public.upstream_path("/public/a/b"), "/a/b");
+        assert_eq!(public.upstream_path("/public/"), "/");
+        assert_eq!(public.timeout, Duration::from_secs(5));
+        assert_eq!(public.session, SessionRule::Optional);
+        assert!(t.find("/public").is_none());
+        assert!(t.find("/").is_none());
+    }
+
+    #[test]
+    fn mistakes_name_the_entry() {
+        let route = |fields: &str| format!("[[route]]\n{fields}\n");
+        let ok = "prefix = \"/api/\"\nupstream = \"http://h:1\"\nsession = \"required\"";
+        for (text, expect) in [
+            (route(&format!("{ok}\ncolour = \"red\"")), "colour"),
+            (
+                route("prefix = \"/api/\"\nupstream = \"ftp://h\"\nsession = \"required\""),
+                "route #1 (prefix \"/api/\")",
+            ),
+            (
+                route("prefix = \"/api/\"\nupstream = \"http://h:1\"\nsession = \"maybe\""),
+                "maybe",
+            ),
+            (
+                route("prefix = \"api\"\nupstream = \"http://h:1\"\nsession = \"required\""),
+                "route #1",
+            ),
+            (
+                route(&format!("{ok}\ntimeout = \"soon\"")),
+                "route #1 (prefix \"/api/\"): timeout",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    route(ok),
+                    route(
+                        "prefix = \"/api/v2/\"\nupstream = \"http://h:2\"\nsession = \"optional\""
+                    )
+                ),
+                "route #2 (prefix \"/api/v2/\") overlaps the route with prefix \"/api/\"",
+            ),
+        ] {
+            let err = table(&text).unwrap_err();
+            assert!(err.contains(expect), "{err} should mention {expect}");
+        }
+    }
+
+    #[test]
+    fn the_gateways_own_paths_cannot_be_hidden() {
+        let own = ["/login", "/me", "/ws"];
+        for prefix in ["/me/", "/ME", "/Me/x", "/login", "/ws/"] {
+            let t = table(&format!(
+                "[[route]]\nprefix = \"{prefix}\"\nupstream = \"http://h:1\"\nsession = \"optional\""
+            ))
+            .unwrap();
+            assert!(t.check_against(&own).is_err(), "{prefix}");
+        }
+        for prefix in ["/", "/api/", "/mex", "/metrics/"] {
+            let t = table(&format!(
+                "[[route]]\nprefix = \"{prefix}\"\nupstream = \"http://h:1\"\nsession = \"optional\""
+            ))
+            .unwrap();
+            assert!(t.check_against(&own).is_ok(), "{prefix}");
+        }
+    }
+}
