@@ -158,6 +158,11 @@ pub struct WsSettings {
     #[arg(id = "ws_max_connections", value_name = "WS_MAX_CONNECTIONS", long = "ws-max-connections", env = "WEAPP_WS_MAX_CONNECTIONS", default_value = "10000", value_parser = positive)]
     pub max_connections: usize,
 
+    /// Messages waiting to go out on one WebSocket (pushes, relayed answers); a client that
+    /// lets more pile up is closed with code 4008.
+    #[arg(id = "ws_send_queue", value_name = "WS_SEND_QUEUE", long = "ws-send-queue", env = "WEAPP_WS_SEND_QUEUE", default_value = "256", value_parser = positive)]
+    pub send_queue: usize,
+
     /// Most WebSocket connections one session holds at once on this gateway; more get 429.
     #[arg(id = "ws_max_per_session", value_name = "WS_MAX_PER_SESSION", long = "ws-max-per-session", env = "WEAPP_WS_MAX_PER_SESSION", default_value = "16", value_parser = positive)]
     pub max_per_session: usize,

@@ -10,6 +10,7 @@ pub mod forward;
 pub mod identity;
 pub mod legacy_upgrade;
 pub mod open_sockets;
+pub mod outbox;
 pub mod probe;
 pub mod rate_limit;
 pub mod resolver;

@@ -1,73 +1,141 @@
-//! The gateway's open WebSockets, by session: a logout or a revocation closes that session's
-//! sockets at once (a revoked session must not keep a live channel), a shutdown closes all.
+//! The gateway's open WebSockets, by session and by user: a logout or a revocation closes that
+//! session's sockets at once (a revoked session must not keep a live channel), a shutdown
+//! closes all, and a push from a backend reaches a user's or a session's sockets through their
+//! outboxes.
 //!
 //! One entry per session, shared by its connections, so holding 10,000 sockets costs little
 //! more than holding them.
 use std::sync::Arc;
 
+use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::user::User;
+use crate::{outbox::Outbox, user::User};
 
 struct Watched {
     /// Cancelled when the session is revoked; a child of the shutdown token, so it also fires
     /// when the gateway stops.
     revoked: CancellationToken,
-    user: Arc<User>,
-    connections: usize,
+    /// One per open connection of the session.
+    outboxes: Vec<Arc<Outbox>>,
 }
 
 #[derive(Default)]
 pub struct OpenSockets {
     sessions: DashMap<String, Watched>,
+    /// Ids of the sessions with open sockets, by openId (most users have one). Locked before
+    /// `sessions` when both are, never after.
+    by_user: DashMap<String, Vec<String>>,
+}
+
+/// Who a push is for.
+pub enum Target<'a> {
+    User(&'a str),
+    Session(&'a str),
 }
 
 /// One connection's place in [`OpenSockets`]; leaves it when dropped.
 pub struct Registration {
     sockets: Arc<OpenSockets>,
     session_id: String,
+    open_id: String,
     /// Fires on the session's revocation or the gateway's shutdown.
     pub ended: CancellationToken,
+    /// Messages for this connection from backends.
+    pub outbox: Arc<Outbox>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.sockets
+        let sockets = &self.sockets;
+        let mut last = false;
+        sockets
             .sessions
             .remove_if_mut(&self.session_id, |_, watched| {
-                watched.connections = watched.connections.saturating_sub(1);
-                watched.connections == 0
+                watched
+                    .outboxes
+                    .retain(|outbox| !Arc::ptr_eq(outbox, &self.outbox));
+                last = watched.outboxes.is_empty();
+                last
             });
+        if last {
+            sockets.by_user.remove_if_mut(&self.open_id, |_, ids| {
+                // A new connection of the session may have come in meanwhile: it stays.
+                if !sockets.sessions.contains_key(&self.session_id) {
+                    ids.retain(|id| id != &self.session_id);
+                }
+                ids.is_empty()
+            });
+        }
     }
 }
 
 impl OpenSockets {
-    /// A place for one more connection of this session, unless it already has `max`.
+    /// A place for one more connection of this session, unless it already has `max`; its
+    /// outbox holds up to `queue` messages.
     pub fn register(
         self: &Arc<Self>,
         session_id: &str,
         user: &Arc<User>,
         shutdown: &CancellationToken,
-        max: usize,
+        (max, queue): (usize, usize),
     ) -> Option<Registration> {
         let mut watched = self
             .sessions
             .entry(session_id.to_owned())
             .or_insert_with(|| Watched {
                 revoked: shutdown.child_token(),
-                user: user.clone(),
-                connections: 0,
+                outboxes: Vec::new(),
             });
-        if watched.connections >= max {
+        if watched.outboxes.len() >= max {
             return None;
         }
-        watched.connections += 1;
+        let outbox = Arc::new(Outbox::new(queue));
+        watched.outboxes.push(outbox.clone());
+        let first = watched.outboxes.len() == 1;
+        let ended = watched.revoked.clone();
+        drop(watched);
+        if first {
+            let mut ids = self.by_user.entry(user.open_id.clone()).or_default();
+            if !ids.iter().any(|id| id == session_id) {
+                ids.push(session_id.to_owned());
+            }
+        }
         Some(Registration {
             sockets: self.clone(),
             session_id: session_id.to_owned(),
-            ended: watched.revoked.clone(),
+            open_id: user.open_id.clone(),
+            ended,
+            outbox,
         })
+    }
+
+    /// Queues `text` on every open socket of `target`; how many took it.
+    pub fn deliver(&self, target: Target<'_>, text: &Utf8Bytes) -> u64 {
+        match target {
+            Target::Session(id) => self.deliver_to_session(id, text),
+            Target::User(open_id) => {
+                let ids = self
+                    .by_user
+                    .get(open_id)
+                    .map(|ids| ids.clone())
+                    .unwrap_or_default();
+                ids.iter().map(|id| self.deliver_to_session(id, text)).sum()
+            }
+        }
+    }
+
+    fn deliver_to_session(&self, id: &str, text: &Utf8Bytes) -> u64 {
+        let Some(watched) = self.sessions.get(id) else {
+            return 0;
+        };
+        let took = watched
+            .outboxes
+            .iter()
+            .filter(|outbox| outbox.offer(text.clone()))
+            .count();
+        u64::try_from(took).unwrap_or(u64::MAX)
     }
 
     pub fn revoke_session(&self, session_id: &str) {
@@ -77,13 +145,14 @@ impl OpenSockets {
     }
 
     pub fn revoke_user(&self, open_id: &str) {
-        self.sessions.retain(|_, watched| {
-            let keep = watched.user.open_id != open_id;
-            if !keep {
-                watched.revoked.cancel();
-            }
-            keep
-        });
+        let ids = self
+            .by_user
+            .get(open_id)
+            .map(|ids| ids.clone())
+            .unwrap_or_default();
+        for id in ids {
+            self.revoke_session(&id);
+        }
     }
 
     /// Ids of the sessions with open sockets.
@@ -107,7 +176,7 @@ mod tests {
         let sockets = Arc::new(OpenSockets::default());
         let shutdown = CancellationToken::new();
         let (u1, u2) = (user("o1"), user("o2"));
-        let register = |id, user| sockets.register(id, user, &shutdown, 8).unwrap();
+        let register = |id, user| sockets.register(id, user, &shutdown, (8, 4)).unwrap();
         let (a1, a2) = (register("a", &u1), register("a", &u1));
         let (b, c) = (register("b", &u1), register("c", &u2));
         assert_eq!(sockets.session_ids().len(), 3);
@@ -124,18 +193,62 @@ mod tests {
     }
 
     #[test]
+    fn pushes_reach_every_socket_of_a_user_or_of_one_session() {
+        let sockets = Arc::new(OpenSockets::default());
+        let shutdown = CancellationToken::new();
+        let (u1, u2) = (user("o1"), user("o2"));
+        let register = |id, user| sockets.register(id, user, &shutdown, (8, 4)).unwrap();
+        let (a1, a2, b, c) = (
+            register("a", &u1),
+            register("a", &u1),
+            register("b", &u1),
+            register("c", &u2),
+        );
+        let text = Utf8Bytes::from("hello");
+        assert_eq!(sockets.deliver(Target::User("o1"), &text), 3);
+        assert_eq!(sockets.deliver(Target::Session("c"), &text), 1);
+        assert_eq!(sockets.deliver(Target::User("nobody"), &text), 0);
+        for outbox in [&a1.outbox, &a2.outbox, &b.outbox] {
+            assert_eq!(outbox.next().as_deref(), Some("hello"));
+        }
+        drop((a1, a2));
+        assert_eq!(
+            sockets.deliver(Target::User("o1"), &text),
+            1,
+            "only b is left"
+        );
+        drop(b);
+        assert_eq!(sockets.deliver(Target::User("o1"), &text), 0);
+        assert!(
+            sockets.by_user.get("o1").is_none(),
+            "the index forgets the user"
+        );
+        drop(c);
+    }
+
+    #[test]
     fn the_entry_goes_with_the_last_connection() {
         let sockets = Arc::new(OpenSockets::default());
         let shutdown = CancellationToken::new();
-        let first = sockets.register("a", &user("o"), &shutdown, 2).unwrap();
-        let second = sockets.register("a", &user("o"), &shutdown, 2).unwrap();
+        let first = sockets
+            .register("a", &user("o"), &shutdown, (2, 4))
+            .unwrap();
+        let second = sockets
+            .register("a", &user("o"), &shutdown, (2, 4))
+            .unwrap();
         assert!(
-            sockets.register("a", &user("o"), &shutdown, 2).is_none(),
+            sockets
+                .register("a", &user("o"), &shutdown, (2, 4))
+                .is_none(),
             "at most two per session"
         );
         drop(first);
         assert_eq!(sockets.session_ids().len(), 1);
-        assert!(sockets.register("a", &user("o"), &shutdown, 2).is_some());
+        assert!(
+            sockets
+                .register("a", &user("o"), &shutdown, (2, 4))
+                .is_some()
+        );
         drop(second);
         assert!(sockets.session_ids().is_empty());
     }

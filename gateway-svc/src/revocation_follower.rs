@@ -2,14 +2,16 @@
 //! `WatchRevocations` for as long as the gateway runs, reconnecting with a short backoff.
 //! Each revocation evicts the session from the cache and closes its open WebSockets; a broken
 //! or silent stream empties the cache, and once a new stream has spoken, the sessions of open
-//! WebSockets are checked again (revocations may have been missed meanwhile).
+//! WebSockets are checked again (revocations may have been missed meanwhile). Pushes come on
+//! the same stream: handed to the open sockets at once, then reported back.
 use std::{sync::Arc, time::Duration};
 
+use axum::extract::ws::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
-use weapp_proto::session::v1::revocation::Event;
+use weapp_proto::session::v1::{Push, push_message, revocation::Event};
 
 use crate::{
-    open_sockets::OpenSockets,
+    open_sockets::{OpenSockets, Target},
     session_cache::{REVOCATION_BOUND, SessionCache},
     session_client::SessionClient,
 };
@@ -47,6 +49,7 @@ pub async fn follow(
                                 cache.revoke_user(&open_id);
                                 sockets.revoke_user(&open_id);
                             }
+                            Some(Event::Push(push)) => deliver(&sockets, &client, push),
                             Some(Event::Heartbeat(_)) | None => {}
                         }
                         // After applying the event: "heard" means "up to date".
@@ -85,6 +88,31 @@ pub async fn follow(
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Hands a push's messages to the open sockets, in order, and reports the counts without
+/// holding up the stream.
+fn deliver(sockets: &OpenSockets, client: &SessionClient, push: Push) {
+    let counts: Vec<u64> = push
+        .messages
+        .into_iter()
+        .map(|message| {
+            let text = Utf8Bytes::from(message.text);
+            match &message.target {
+                Some(push_message::Target::OpenId(id)) => sockets.deliver(Target::User(id), &text),
+                Some(push_message::Target::SessionId(id)) => {
+                    sockets.deliver(Target::Session(id), &text)
+                }
+                None => 0,
+            }
+        })
+        .collect();
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Err(status) = client.report_delivery(push.id, push.follower, counts).await {
+            tracing::debug!(code = ?status.code(), "push delivery not reported");
+        }
+    });
 }
 
 /// Closes the open sockets of sessions that ended while the revocation stream was down. Run

@@ -16,7 +16,7 @@ use tonic_health::pb::{
 };
 use weapp_proto::session::v1::{
     CheckSessionsRequest, GetIdentityKeysRequest, LoginRequest, LoginResponse, LogoutRequest,
-    Revocation, ValidateRequest, ValidateResponse, WatchRevocationsRequest,
+    ReportDeliveryRequest, Revocation, ValidateRequest, ValidateResponse, WatchRevocationsRequest,
     session_service_client::SessionServiceClient, session_service_server::SERVICE_NAME,
 };
 
@@ -154,6 +154,29 @@ impl SessionClient {
         )
         .await
         .map(|answer| answer.ended)
+    }
+
+    /// How many of this gateway's sockets took each message of a push.
+    pub async fn report_delivery(
+        &self,
+        push_id: u64,
+        follower: u64,
+        sockets: Vec<u64>,
+    ) -> Result<(), Status> {
+        let mut client = self.client.clone();
+        let request = with_deadline(
+            ReportDeliveryRequest {
+                push_id,
+                follower,
+                sockets,
+            },
+            self.session_timeout,
+        );
+        bounded(self.session_timeout, async move {
+            client.report_delivery(request).await
+        })
+        .await
+        .map(drop)
     }
 
     /// The public keys of identity assertions (a JWKS document), for `/.well-known/jwks.json`.

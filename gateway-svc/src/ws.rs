@@ -16,8 +16,13 @@ use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::WsSettings, error::ApiError, open_sockets::Registration, resolver::Need,
-    state::AppState, user::User,
+    config::WsSettings,
+    error::ApiError,
+    open_sockets::Registration,
+    outbox::{Outbox, SLOW_CLIENT},
+    resolver::Need,
+    state::AppState,
+    user::User,
 };
 
 /// Initial read buffer of a WebSocket (it grows for bigger messages).
@@ -44,11 +49,12 @@ pub async fn upgrade(
     {
         Ok(Some(session)) => {
             let max = state.settings.ws.max_per_session;
-            let Some(registration) =
-                state
-                    .sockets
-                    .register(&session.id, &session.user, &state.shutdown, max)
-            else {
+            let Some(registration) = state.sockets.register(
+                &session.id,
+                &session.user,
+                &state.shutdown,
+                (max, state.settings.ws.send_queue),
+            ) else {
                 return ApiError::TooManySessionSockets(max).into_response();
             };
             Ok(Some((session.user, registration)))
@@ -97,7 +103,7 @@ async fn connection(mut socket: WebSocket, params: Box<Params>) {
     } = &*params;
     match resolution {
         Ok(Some((user, registration))) => {
-            serve(&mut socket, user, *settings, &registration.ended, shutdown).await
+            serve(&mut socket, user, *settings, registration, shutdown).await
         }
         Ok(None) => {
             let refusal =
@@ -136,13 +142,35 @@ fn is_too_big(e: axum::Error) -> bool {
     )
 }
 
+/// Sends a queued message, unless the queue overflows first (the client is not reading: the
+/// send would wait for it forever). Err: the socket is done.
+async fn send_queued(socket: &mut WebSocket, text: Utf8Bytes, outbox: &Outbox) -> Result<(), ()> {
+    let overflow = async {
+        while !outbox.overflowed() {
+            outbox.ready().await;
+        }
+    };
+    tokio::select! {
+        sent = socket.send(Message::Text(text)) => sent.map_err(drop),
+        _ = overflow => Err(()),
+    }
+}
+
+/// Closes a socket whose client let its queue fill up. It is not reading, so the close frame
+/// gets a moment and no more.
+async fn close_slow(socket: &mut WebSocket) {
+    let closing = socket.send(close(SLOW_CLIENT, "too many unread messages"));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), closing).await;
+}
+
 async fn serve(
     socket: &mut WebSocket,
     user: &User,
     settings: WsSettings,
-    ended: &CancellationToken,
+    registration: &Registration,
     shutdown: &CancellationToken,
 ) {
+    let (ended, outbox) = (&registration.ended, &*registration.outbox);
     let greeting = format!("Server: 恭喜，{}", user.display_name);
     if socket.send(Message::Text(greeting.into())).await.is_err() {
         return;
@@ -167,6 +195,21 @@ async fn serve(
                     refuse(socket, &revoked, close_code::POLICY).await;
                 }
                 break;
+            }
+            _ = outbox.ready() => {
+                let mut broken = false;
+                while let Some(text) = outbox.next() {
+                    if send_queued(socket, text, outbox).await.is_err() {
+                        broken = true;
+                        break;
+                    }
+                }
+                if broken || outbox.overflowed() {
+                    if outbox.overflowed() {
+                        close_slow(socket).await;
+                    }
+                    break;
+                }
             }
             _ = &mut timer => {
                 if ping_sent.is_some() {

@@ -35,11 +35,11 @@ pub enum Scope {
     Validate,
     /// Login and Logout: create and end sessions on a client's behalf.
     Login,
-    /// WatchRevocations: follow revocations (and, later, pushes) as a gateway does.
+    /// WatchRevocations and ReportDelivery: follow revocations and pushes as a gateway does.
     Follow,
     /// RevokeUser, and any RPC this table does not know yet.
     Admin,
-    /// Publishing messages to users' WebSockets.
+    /// Publish and PublishBatch: messages to users' WebSockets.
     Push,
     /// WeChat's access_token.
     WechatToken,
@@ -88,7 +88,8 @@ pub fn required_scope(path: &str) -> Option<Scope> {
         "GetIdentityKeys" => return None,
         "Validate" | "CheckSessions" => Scope::Validate,
         "Login" | "Logout" => Scope::Login,
-        "WatchRevocations" => Scope::Follow,
+        "WatchRevocations" | "ReportDelivery" => Scope::Follow,
+        "Publish" | "PublishBatch" => Scope::Push,
         // RevokeUser, and whatever is added before this table learns it: the narrowest door.
         _ => Scope::Admin,
     })
@@ -373,6 +374,9 @@ mod tests {
         assert_eq!(rpc("Login"), Some(Scope::Login));
         assert_eq!(rpc("Logout"), Some(Scope::Login));
         assert_eq!(rpc("WatchRevocations"), Some(Scope::Follow));
+        assert_eq!(rpc("ReportDelivery"), Some(Scope::Follow));
+        assert_eq!(rpc("Publish"), Some(Scope::Push));
+        assert_eq!(rpc("PublishBatch"), Some(Scope::Push));
         assert_eq!(rpc("RevokeUser"), Some(Scope::Admin));
         assert_eq!(rpc("SomethingNew"), Some(Scope::Admin));
         assert_eq!(rpc("GetIdentityKeys"), None);

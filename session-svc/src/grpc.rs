@@ -8,13 +8,17 @@ use tonic::{Request, Response, Status};
 use weapp_proto::session::v1::{
     self as pb, CheckSessionsRequest, CheckSessionsResponse, GetIdentityKeysRequest,
     GetIdentityKeysResponse, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
-    RevokeUserRequest, RevokeUserResponse, SessionCredentials, ValidateRequest, ValidateResponse,
-    WatchRevocationsRequest, session_service_server::SessionService,
+    PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
+    ReportDeliveryRequest, ReportDeliveryResponse, RevokeUserRequest, RevokeUserResponse,
+    SessionCredentials, ValidateRequest, ValidateResponse, WatchRevocationsRequest,
+    session_service_server::SessionService,
 };
 
 use crate::{
+    error::SessionError,
     identity::IdentitySigner,
     login::{LoginInput, LoginService},
+    push,
     record::{UnixMillis, now_millis},
     revocations::RevocationStream,
     session::SessionManager,
@@ -47,6 +51,34 @@ impl SessionGrpc {
     pub fn with_shutdown(self, shutdown: CancellationToken) -> Self {
         Self { shutdown, ..self }
     }
+}
+
+/// How long a publish waits for the gateways: within the caller's deadline (less a margin to
+/// answer in), never more than [`push::MAX_WAIT`].
+fn push_wait<T>(request: &Request<T>) -> std::time::Duration {
+    let caller = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout)
+        .map(|d| d.mul_f32(0.8));
+    caller.map_or(push::MAX_WAIT, |d| d.min(push::MAX_WAIT))
+}
+
+/// A `grpc-timeout` header value ("100m", "2S", …).
+fn grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = amount.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 fn timestamp(ms: UnixMillis) -> prost_types::Timestamp {
@@ -156,6 +188,51 @@ impl SessionService for SessionGrpc {
             None => r#"{"keys":[]}"#.to_owned(),
         };
         Ok(Response::new(GetIdentityKeysResponse { jwks }))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let wait = push_wait(&request);
+        let message = request
+            .into_inner()
+            .message
+            .ok_or_else(|| SessionError::InvalidArgument("no message to publish".into()))?;
+        let messages = vec![message];
+        push::check(&messages)?;
+        let outcome = self.sessions.revocations().push(messages, wait).await;
+        Ok(Response::new(PublishResponse {
+            sockets: outcome.sockets.first().copied().unwrap_or_default(),
+            gateways: outcome.gateways,
+            gateways_answered: outcome.answered,
+        }))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchResponse>, Status> {
+        let wait = push_wait(&request);
+        let messages = request.into_inner().messages;
+        push::check(&messages)?;
+        let outcome = self.sessions.revocations().push(messages, wait).await;
+        Ok(Response::new(PublishBatchResponse {
+            sockets: outcome.sockets,
+            gateways: outcome.gateways,
+            gateways_answered: outcome.answered,
+        }))
+    }
+
+    async fn report_delivery(
+        &self,
+        request: Request<ReportDeliveryRequest>,
+    ) -> Result<Response<ReportDeliveryResponse>, Status> {
+        let r = request.into_inner();
+        self.sessions
+            .revocations()
+            .report(r.push_id, r.follower, &r.sockets);
+        Ok(Response::new(ReportDeliveryResponse {}))
     }
 
     async fn watch_revocations(

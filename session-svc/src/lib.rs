@@ -11,6 +11,7 @@ pub mod health;
 pub mod identity;
 pub mod login;
 pub mod probe;
+pub mod push;
 pub mod record;
 pub mod revocations;
 pub mod session;

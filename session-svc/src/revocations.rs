@@ -1,17 +1,20 @@
 //! The revocation feed: every Logout and RevokeUser is announced to the callers that cache
 //! Validate answers (gateways), so a revocation takes effect everywhere within a bound instead
-//! of when each cache entry happens to expire.
+//! of when each cache entry happens to expire. Pushes to WebSockets travel on it too
+//! (`push.rs`), in order with the revocations: one stream per gateway, not two.
 //!
 //! The feed only carries what went through this process. Sessions removed behind its back
 //! (another session-svc on the same MongoDB, a manual delete) reach caches when their entries
 //! expire: run one session-svc per store, or turn the gateway's cache off.
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
 use tokio::sync::broadcast;
 use tokio_stream::{StreamExt, wrappers::BroadcastStream, wrappers::IntervalStream};
 use tonic::Status;
-use weapp_proto::session::v1::{Heartbeat, Revocation, revocation::Event};
+use weapp_proto::session::v1::{Heartbeat, Push, PushMessage, Revocation, revocation::Event};
+
+use crate::push::{Deliveries, Outcome};
 
 /// How often an idle stream says it is alive. Gateways stop trusting their cache after a
 /// second of silence, so this leaves room for three missed beats.
@@ -27,14 +30,22 @@ pub enum Revoked {
     User(String),
 }
 
+#[derive(Clone, Debug)]
+enum FeedEvent {
+    Revoked(Revoked),
+    Push(Arc<(u64, Vec<PushMessage>)>),
+}
+
 pub struct RevocationFeed {
-    sender: broadcast::Sender<Revoked>,
+    sender: broadcast::Sender<FeedEvent>,
+    deliveries: Arc<Deliveries>,
 }
 
 impl Default for RevocationFeed {
     fn default() -> Self {
         Self {
             sender: broadcast::channel(BACKLOG).0,
+            deliveries: Arc::default(),
         }
     }
 }
@@ -45,7 +56,22 @@ impl RevocationFeed {
     /// Announces a revocation that has already been applied to the store.
     pub fn publish(&self, revoked: Revoked) {
         // No subscribers is fine: nobody has anything cached.
-        let _ = self.sender.send(revoked);
+        let _ = self.sender.send(FeedEvent::Revoked(revoked));
+    }
+
+    /// Sends `messages` to every follower and waits (at most `wait`) for their reports.
+    pub async fn push(&self, messages: Vec<PushMessage>, wait: Duration) -> Outcome {
+        let count = messages.len();
+        let opened = self.deliveries.open(count);
+        let _ = self
+            .sender
+            .send(FeedEvent::Push(Arc::new((opened.id, messages))));
+        self.deliveries.settle(opened, count, wait).await
+    }
+
+    /// A follower's report on a push.
+    pub fn report(&self, push: u64, follower: u64, sockets: &[u64]) {
+        self.deliveries.report(push, follower, sockets);
     }
 
     /// A stream for one subscriber: a heartbeat at once, then revocations and heartbeats.
@@ -56,17 +82,30 @@ impl RevocationFeed {
             })),
         };
         // Subscribed before the first heartbeat goes out, so nothing published after the
-        // subscriber has seen that heartbeat can be missed.
-        let revocations = BroadcastStream::new(self.sender.subscribe()).map(|item| match item {
-            Ok(Revoked::Session(id)) => Ok(Revocation {
-                event: Some(Event::SessionId(id)),
-            }),
-            Ok(Revoked::User(open_id)) => Ok(Revocation {
-                event: Some(Event::OpenId(open_id)),
-            }),
-            Err(_lagged) => Err(Status::resource_exhausted(
-                "revocation subscriber fell behind; resubscribe with an empty cache",
-            )),
+        // subscriber has seen that heartbeat can be missed. Joined as a follower for as long as
+        // the stream lives: pushes wait for its report until then.
+        let following = self.deliveries.join();
+        let revocations = BroadcastStream::new(self.sender.subscribe()).map(move |item| {
+            // The whole guard lives in the closure (not just its id): the stream's life.
+            let following = &following;
+            match item {
+                Ok(FeedEvent::Revoked(Revoked::Session(id))) => Ok(Revocation {
+                    event: Some(Event::SessionId(id)),
+                }),
+                Ok(FeedEvent::Revoked(Revoked::User(open_id))) => Ok(Revocation {
+                    event: Some(Event::OpenId(open_id)),
+                }),
+                Ok(FeedEvent::Push(push)) => Ok(Revocation {
+                    event: Some(Event::Push(Push {
+                        id: push.0,
+                        follower: following.id,
+                        messages: push.1.clone(),
+                    })),
+                }),
+                Err(_lagged) => Err(Status::resource_exhausted(
+                    "revocation subscriber fell behind; resubscribe with an empty cache",
+                )),
+            }
         });
         let beats = IntervalStream::new(tokio::time::interval_at(
             tokio::time::Instant::now() + HEARTBEAT_INTERVAL,

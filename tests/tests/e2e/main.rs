@@ -11,6 +11,7 @@ mod limits;
 mod login;
 mod mongo_store;
 mod nginx;
+mod push;
 mod readme;
 mod resilience;
 mod sessions;
