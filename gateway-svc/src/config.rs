@@ -14,7 +14,10 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use weapp_common::config::{ServiceCli, duration, pem_file, positive, secret_file};
 
-use crate::route_table::{RouteTable, routes_file};
+use crate::{
+    relay::RelaySettings,
+    route_table::{RouteTable, routes_file},
+};
 
 /// weapp gateway-svc: the wafer HTTP/WebSocket edge.
 #[derive(Parser, Debug)]
@@ -55,6 +58,9 @@ pub struct Settings {
 
     #[command(flatten)]
     pub ws: WsSettings,
+
+    #[command(flatten)]
+    pub relay: RelaySettings,
 
     #[command(flatten)]
     pub cache: CacheSettings,

@@ -13,6 +13,7 @@ pub mod open_sockets;
 pub mod outbox;
 pub mod probe;
 pub mod rate_limit;
+pub mod relay;
 pub mod resolver;
 pub mod revocation_follower;
 pub mod route_table;

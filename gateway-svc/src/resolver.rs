@@ -72,12 +72,22 @@ impl SessionResolver {
         let SessionParams::Present { id, skey } = wafer::session_params(headers, query) else {
             return Ok(None);
         };
+        self.resolve_credentials(id, skey, need).await.map(Some)
+    }
+
+    /// The session of an id and skey already read (a relayed WebSocket message's session).
+    pub async fn resolve_credentials(
+        &self,
+        id: String,
+        skey: String,
+        need: Need,
+    ) -> Result<AuthSession, ApiError> {
         // An entry cached for `/me` has no assertion: a forwarded request asks again, and its
         // answer (with one) replaces the entry.
         if let Some(resolved) = self.cache.get(&id, &skey)
             && (need == Need::User || resolved.assertion.is_some())
         {
-            return Ok(Some(AuthSession::new(id, skey, resolved)));
+            return Ok(AuthSession::new(id, skey, resolved));
         }
         // Concurrent requests of one session (a page firing several calls, a cache entry
         // running out under load) share one Validate.
@@ -91,7 +101,7 @@ impl SessionResolver {
             .await
             .ok_or_else(|| ApiError::SessionUnavailable("session check failed".into()))?;
         let resolved = answer.map_err(|s| ApiError::validate(&s))?;
-        Ok(Some(AuthSession::new(id, skey, resolved)))
+        Ok(AuthSession::new(id, skey, resolved))
     }
 
     /// Revokes the session at session-svc and forgets it here at once: the revocation stream

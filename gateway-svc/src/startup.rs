@@ -13,6 +13,7 @@ use crate::{
     forward::Forwarder,
     open_sockets::OpenSockets,
     rate_limit::LoginLimiter,
+    relay::Relay,
     resolver::SessionResolver,
     revocation_follower, routes,
     routes::Forwarded,
@@ -31,6 +32,8 @@ pub enum StartupError {
     Bind(#[from] weapp_common::BindError),
     #[error("{0}")]
     SessionSvc(String),
+    #[error("{0}")]
+    Relay(String),
 }
 
 pub struct Application {
@@ -38,11 +41,15 @@ pub struct Application {
     local_addr: SocketAddr,
     settings: Arc<Settings>,
     sessions: SessionClient,
+    relay: Option<Relay>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         settings.check().map_err(StartupError::SessionSvc)?;
+        // Built here so a bad relay client fails the start, not the first message.
+        let relay = Relay::new(&settings.relay, settings.ws.max_message_size)
+            .map_err(StartupError::Relay)?;
         let sessions = SessionClient::connect_lazy(
             &settings.session_svc,
             (settings.session_timeout, settings.login_timeout),
@@ -54,6 +61,7 @@ impl Application {
             local_addr,
             settings: Arc::new(settings),
             sessions,
+            relay,
         })
     }
 
@@ -80,6 +88,7 @@ impl Application {
         }
         let state = AppState::from(Shared {
             resolver: SessionResolver::new(cache, self.sessions.clone()),
+            relay: self.relay,
             forwarder: Forwarder::new(&self.settings.routes.clone().unwrap_or_default()),
             sockets,
             login_limiter: LoginLimiter::new(

@@ -6,7 +6,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     config::Settings, forward::Forwarder, open_sockets::OpenSockets, rate_limit::LoginLimiter,
-    resolver::SessionResolver, session_client::SessionClient,
+    relay::Relay, resolver::SessionResolver, session_client::SessionClient,
 };
 
 #[derive(Clone)]
@@ -33,6 +33,8 @@ pub struct Shared {
     pub sessions: SessionClient,
     /// Business routes' upstreams (their connection pools).
     pub forwarder: Forwarder,
+    /// Where WebSocket messages go, when not echoed.
+    pub relay: Option<Relay>,
     /// Logins per client address.
     pub login_limiter: LoginLimiter,
     /// Open WebSockets by session, to close them when their session is revoked.

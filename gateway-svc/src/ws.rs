@@ -12,7 +12,10 @@ use axum::{
 };
 use std::sync::Arc;
 
-use tokio::{sync::OwnedSemaphorePermit, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, mpsc},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -20,6 +23,7 @@ use crate::{
     error::ApiError,
     open_sockets::Registration,
     outbox::{Outbox, SLOW_CLIENT},
+    relay,
     resolver::Need,
     state::AppState,
     user::User,
@@ -57,7 +61,16 @@ pub async fn upgrade(
             ) else {
                 return ApiError::TooManySessionSockets(max).into_response();
             };
-            Ok(Some((session.user, registration)))
+            // With a relay, the socket's messages go on with the session's identity, which
+            // needs the credentials to stay fresh: kept for relayed sockets only.
+            let relay = state.relay.as_ref().map(|_| {
+                Box::new(RelayStart {
+                    state: state.clone(),
+                    id: session.id.clone(),
+                    skey: session.skey.clone(),
+                })
+            });
+            Ok(Some((session.user, registration, relay)))
         }
         Ok(None) => Ok(None),
         Err(e) => Err(e),
@@ -82,9 +95,16 @@ pub async fn upgrade(
         .on_upgrade(move |socket| tasks.track_future(connection(socket, params)))
 }
 
+/// What a relayed socket's relay starts from.
+struct RelayStart {
+    state: AppState,
+    id: String,
+    skey: String,
+}
+
 /// What a connection needs from its upgrade request.
 struct Params {
-    resolution: Result<Option<(Arc<User>, Registration)>, ApiError>,
+    resolution: Result<Option<(Arc<User>, Registration, Option<Box<RelayStart>>)>, ApiError>,
     settings: WsSettings,
     shutdown: CancellationToken,
     /// Held for the connection's life: its slot under the connection cap.
@@ -94,7 +114,18 @@ struct Params {
 /// One WebSocket, from the upgrade to the end. Everything the connection keeps lives here
 /// once: `serve` and `refuse` borrow it (a future that took the socket by value would hold a
 /// second copy of its place in this task's memory, for every connection).
-async fn connection(mut socket: WebSocket, params: Box<Params>) {
+async fn connection(mut socket: WebSocket, mut params: Box<Params>) {
+    let relay = match &mut params.resolution {
+        Ok(Some((_, registration, relay))) => relay.take().map(|start| {
+            relay::start(
+                start.state,
+                start.id,
+                start.skey,
+                registration.outbox.clone(),
+            )
+        }),
+        _ => None,
+    };
     let Params {
         resolution,
         settings,
@@ -102,8 +133,8 @@ async fn connection(mut socket: WebSocket, params: Box<Params>) {
         ..
     } = &*params;
     match resolution {
-        Ok(Some((user, registration))) => {
-            serve(&mut socket, user, *settings, registration, shutdown).await
+        Ok(Some((user, registration, _))) => {
+            serve(&mut socket, user, *settings, registration, relay, shutdown).await
         }
         Ok(None) => {
             let refusal =
@@ -168,12 +199,17 @@ async fn serve(
     user: &User,
     settings: WsSettings,
     registration: &Registration,
+    relay: Option<mpsc::Sender<Utf8Bytes>>,
     shutdown: &CancellationToken,
 ) {
     let (ended, outbox) = (&registration.ended, &*registration.outbox);
-    let greeting = format!("Server: 恭喜，{}", user.display_name);
-    if socket.send(Message::Text(greeting.into())).await.is_err() {
-        return;
+    // The tutorial's greeting belongs to its echo; a relayed socket speaks only for the
+    // business upstream.
+    if relay.is_none() {
+        let greeting = format!("Server: 恭喜，{}", user.display_name);
+        if socket.send(Message::Text(greeting.into())).await.is_err() {
+            return;
+        }
     }
     // One timer for keep-alive: when it fires, either a ping goes out (and the timer is set
     // for its pong) or the pong is overdue. Built once, like the shutdown wait: this loop runs
@@ -225,8 +261,19 @@ async fn serve(
             }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    let reply = format!("Server: Received({})", text.as_str());
-                    if socket.send(Message::Text(reply.into())).await.is_err() {
+                    let reply = match &relay {
+                        None => format!("Server: Received({})", text.as_str()).into(),
+                        Some(relay) => match relay.try_send(text) {
+                            Ok(()) => continue,
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                let reason = "too many messages waiting for an answer";
+                                let _ = socket.send(close(close_code::POLICY, reason)).await;
+                                break;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => break,
+                        },
+                    };
+                    if socket.send(Message::Text(reply)).await.is_err() {
                         break;
                     }
                 }

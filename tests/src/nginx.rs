@@ -3,6 +3,8 @@
 //! * [`Site::Shipped`]: the shipped `deploy/nginx/` files — changed only where a deployment
 //!   changes them: certificate paths, upstream addresses, and (since tests cannot own ports
 //!   80/443 or /var/log) the listen ports and the log directory;
+//! * [`Site::ShippedWithAuthRequest`]: the same, with the commented `auth_request` example
+//!   uncommented and pointed at a business upstream — exactly as its comment tells a user to;
 //! * [`Site::Tutorial`]: the wafer tutorial's own `ssl.conf` (`tests/nginx/tutorial-ssl.conf`),
 //!   changed only in certificate file names, listen port and upstream port — what a team that
 //!   swaps its Node app for weapp keeps running in front of it.
@@ -26,6 +28,8 @@ const SHIPPED_CERT_DIR: &str = "/etc/nginx/tls/weapp.example.com/";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Site {
     Shipped,
+    /// The shipped site with its `auth_request` example in use, in front of this upstream.
+    ShippedWithAuthRequest(SocketAddr),
     Tutorial,
 }
 
@@ -77,7 +81,10 @@ impl Nginx {
         let ports = [Port::reserve(), Port::reserve()];
         let (https_port, http_port) = (ports[0].number(), ports[1].number());
         let includes = match site {
-            Site::Shipped => shipped_site(root, gateways, https_port, http_port),
+            Site::Shipped => shipped_site(root, gateways, https_port, http_port, None),
+            Site::ShippedWithAuthRequest(upstream) => {
+                shipped_site(root, gateways, https_port, http_port, Some(upstream))
+            }
             Site::Tutorial => tutorial_site(root, gateways[0], https_port),
         };
 
@@ -193,8 +200,18 @@ impl Nginx {
 }
 
 /// The shipped site and upstream files, as a deployment adapts them; the `include` lines.
-fn shipped_site(root: &Path, gateways: &[SocketAddr], https_port: u16, http_port: u16) -> String {
-    let site = shipped("weapp.conf")
+fn shipped_site(
+    root: &Path,
+    gateways: &[SocketAddr],
+    https_port: u16,
+    http_port: u16,
+    auth_request_upstream: Option<SocketAddr>,
+) -> String {
+    let mut site = shipped("weapp.conf");
+    if let Some(upstream) = auth_request_upstream {
+        site = uncomment_auth_request_example(&site, upstream);
+    }
+    let site = site
         .replace(SHIPPED_CERT_DIR, &format!("{}/", root.display()))
         .replace("/var/log/nginx/", &format!("{}/", root.display()))
         .replace("listen 443 ", &format!("listen 127.0.0.1:{https_port} "))
@@ -226,6 +243,37 @@ fn shipped_site(root: &Path, gateways: &[SocketAddr], https_port: u16, http_port
     std::fs::write(root.join("weapp-upstream.conf"), upstream).expect("write upstream");
     let r = root.display();
     format!("  include {r}/weapp-upstream.conf;\n  include {r}/weapp.conf;\n")
+}
+
+/// The `auth_request` example as a user enables it: the lines between its BEGIN and END
+/// markers uncommented, the example service address replaced by `upstream`.
+fn uncomment_auth_request_example(site: &str, upstream: SocketAddr) -> String {
+    let mut inside = false;
+    let mut changed = 0;
+    let out: String = site
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("# BEGIN auth_request example") {
+                inside = true;
+            } else if trimmed.starts_with("# END auth_request example") {
+                inside = false;
+            } else if inside && let Some(code) = trimmed.strip_prefix('#') {
+                changed += 1;
+                let indent = &line[..line.len() - trimmed.len()];
+                return format!(
+                    "{indent}{}\n",
+                    code.replace("127.0.0.1:9000", &upstream.to_string())
+                );
+            }
+            format!("{line}\n")
+        })
+        .collect();
+    assert!(
+        changed > 10,
+        "the auth_request example is missing from weapp.conf"
+    );
+    out
 }
 
 /// The tutorial's `ssl.conf`, changed only in certificate names, listen port and upstream

@@ -6,7 +6,7 @@
 //! * `/…/upload` reads its body as it streams, says when the first bytes arrived
 //!   ([`Upstream::first_bytes`]) and answers the length and SHA-256;
 //! * `/…/stream` sends one chunk, waits for [`Upstream::release`], then sends the rest;
-//! * `/…/slow` answers after 5 s.
+//! * `/…/slow` answers after 5 s; `/…/fail` answers 500.
 use std::{
     net::SocketAddr,
     sync::{
@@ -98,7 +98,7 @@ impl Upstream {
     }
 }
 
-fn describe(request: &Request, length: usize, digest: &[u8]) -> Value {
+fn describe(request: &Request, body: &[u8], length: usize, digest: &[u8]) -> Value {
     let headers: Map<String, Value> = request
         .headers()
         .iter()
@@ -115,6 +115,7 @@ fn describe(request: &Request, length: usize, digest: &[u8]) -> Value {
         "headers": headers,
         "length": length,
         "sha256": hex::encode(digest),
+        "text": String::from_utf8_lossy(body),
     })
 }
 
@@ -123,6 +124,9 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_secs(5)).await;
         return "late".into_response();
+    }
+    if path.ends_with("/fail") {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "broken").into_response();
     }
     if path.ends_with("/stream") {
         let release = shared.clone();
@@ -138,12 +142,15 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let (parts, body) = request.into_parts();
     let mut stream = body.into_data_stream();
     let (mut length, mut hasher, mut told) = (0usize, Sha256::new(), false);
+    // The first KiB, for small bodies' tests.
+    let mut start = Vec::new();
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else {
             return (StatusCode::BAD_REQUEST, "body broke").into_response();
         };
         length += chunk.len();
         hasher.update(&chunk);
+        start.extend(chunk.iter().take(1024usize.saturating_sub(start.len())));
         if !told && length > 0 {
             told = true;
             shared.first_bytes.notify_one();
@@ -151,6 +158,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     }
     let seen = describe(
         &Request::from_parts(parts, Body::empty()),
+        &start,
         length,
         &hasher.finalize(),
     );

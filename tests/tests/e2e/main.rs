@@ -1,6 +1,7 @@
 //! End-to-end suite: one test binary, every test on its own stack (sandbox + session-svc +
 //! gateway-svc in-process, each on a reserved port).
 mod access;
+mod auth_request;
 mod cache;
 mod conformance;
 mod forwarding;
@@ -13,6 +14,7 @@ mod mongo_store;
 mod nginx;
 mod push;
 mod readme;
+mod relay;
 mod resilience;
 mod sessions;
 mod wafer_fidelity;
