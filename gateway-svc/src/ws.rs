@@ -102,9 +102,13 @@ struct RelayStart {
     skey: String,
 }
 
+/// An accepted socket's session: its user, its place among the open sockets, and its relay
+/// (when messages are relayed).
+type Accepted = (Arc<User>, Registration, Option<Box<RelayStart>>);
+
 /// What a connection needs from its upgrade request.
 struct Params {
-    resolution: Result<Option<(Arc<User>, Registration, Option<Box<RelayStart>>)>, ApiError>,
+    resolution: Result<Option<Accepted>, ApiError>,
     settings: WsSettings,
     shutdown: CancellationToken,
     /// Held for the connection's life: its slot under the connection cap.
