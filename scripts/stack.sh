@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Runs the whole weapp stack locally: the WeChat sandbox, session-svc (embedded store) and
-# gateway-svc, as three processes linked by gRPC over loopback. Ctrl-C stops all three.
+# Runs the whole weapp stack locally: the WeChat sandbox, session-svc (embedded store),
+# gateway-svc and the example business backend (examples/node-backend, behind /api/), as
+# processes linked by gRPC over loopback. Ctrl-C stops them all.
 #
 # Environment (all optional):
 #   WEAPP_STACK_DIR        state: AppSecret file, session store   (default: ./.stack)
 #   WEAPP_GATEWAY_LISTEN   gateway HTTP address                    (default: 0.0.0.0:8765)
 #   WEAPP_SESSION_LISTEN   session-svc gRPC address                (default: 127.0.0.1:50051)
 #   SANDBOX_LISTEN         WeChat sandbox address                  (default: 127.0.0.1:9870)
+#   EXAMPLE_LISTEN         example backend address (behind /api/)  (default: 127.0.0.1:9000)
 #   WEAPP_STACK_PROFILE    cargo profile: dev or release           (default: dev)
 #   RUST_LOG               log filter                              (default: info)
 #   WEAPP_MONGODB_URI      keep sessions in MongoDB instead of the embedded store
@@ -22,6 +24,7 @@ stack_dir=${WEAPP_STACK_DIR:-$root/.stack}
 gateway_listen=${WEAPP_GATEWAY_LISTEN:-0.0.0.0:8765}
 session_listen=${WEAPP_SESSION_LISTEN:-127.0.0.1:50051}
 sandbox_listen=${SANDBOX_LISTEN:-127.0.0.1:9870}
+example_listen=${EXAMPLE_LISTEN:-127.0.0.1:9000}
 profile=${WEAPP_STACK_PROFILE:-dev}
 app_id=${WEAPP_APP_ID:-wxweapplocal0001}
 
@@ -33,6 +36,8 @@ esac
 
 echo "==> building (cargo build --profile $profile)"
 cargo build --profile "$profile" --bins --quiet
+[ -d examples/node-backend/node_modules ] ||
+  npm ci --prefix examples/node-backend --no-audit --no-fund --loglevel=error
 bin="${CARGO_TARGET_DIR:-$root/target}/$target_dir"
 
 mkdir -p "$stack_dir/data"
@@ -47,7 +52,7 @@ fi
 # (grpcurl, your backends). Made once, kept in the stack directory.
 keys_dir=$stack_dir/keys
 mkdir -p "$keys_dir"
-for key in gateway admin; do
+for key in gateway admin example-backend; do
   [ -s "$keys_dir/$key.key" ] || (umask 077 && random_hex 32 > "$keys_dir/$key.key")
 done
 # The key that signs identity assertions (README, "Verifiable identity").
@@ -64,6 +69,11 @@ scopes = ["validate", "login", "follow"]
 name = "admin"
 file = "admin.key"
 scopes = ["validate", "login", "follow", "admin", "push", "wechat.token", "wechat.phone", "wechat.user_data"]
+
+[[key]]
+name = "example-backend"
+file = "example-backend.key"
+scopes = ["push"]
 KEYS
 
 pids=()
@@ -111,7 +121,16 @@ WEAPP_WECHAT_BASE_URL="http://$(host_of "$sandbox_listen"):$(port_of "$sandbox_l
 pids+=($!)
 wait_for "session-svc" "$(host_of "$session_listen")" "$(port_of "$session_listen")" "$!"
 
+# The example backend's routes (README, "Put your API behind weapp").
+cat > "$stack_dir/routes.toml" <<ROUTES
+[[route]]
+prefix = "/api/"
+upstream = "http://$(host_of "$example_listen"):$(port_of "$example_listen")"
+session = "required"
+ROUTES
+
 WEAPP_GATEWAY_LISTEN=$gateway_listen \
+WEAPP_ROUTES_FILE=$stack_dir/routes.toml \
 WEAPP_SESSION_SVC_KEY_FILE=$keys_dir/gateway.key \
 WEAPP_SESSION_SVC_URL="http://$(host_of "$session_listen"):$(port_of "$session_listen")" \
   "$bin/gateway-svc" &
@@ -119,11 +138,19 @@ pids+=($!)
 wait_for "gateway-svc" "$(host_of "$gateway_listen")" "$(port_of "$gateway_listen")" "$!"
 
 gw="http://$(host_of "$gateway_listen"):$(port_of "$gateway_listen")"
+PORT=$(port_of "$example_listen") \
+WEAPP_JWKS_URL="$gw/.well-known/jwks.json" \
+WEAPP_SESSION_SVC="$(host_of "$session_listen"):$(port_of "$session_listen")" \
+WEAPP_API_KEY_FILE=$keys_dir/example-backend.key \
+  node examples/node-backend/server.js &
+pids+=($!)
+wait_for "example backend" "$(host_of "$example_listen")" "$(port_of "$example_listen")" "$!"
+
 sb="http://$(host_of "$sandbox_listen"):$(port_of "$sandbox_listen")"
 cat <<EOF
 
 weapp is running (Ctrl-C stops it):
-  gateway-svc   $gw          (HTTP: /login, /me, /ws)
+  gateway-svc   $gw          (HTTP: /login, /me, /ws; /api/ goes to the example backend)
   session-svc   $session_listen    (gRPC; try: grpcurl -plaintext $session_listen list)
                 API keys in $keys_dir; e.g. grpcurl -plaintext \\
                   -H "authorization: Bearer \$(cat $keys_dir/admin.key)" \\
@@ -135,10 +162,12 @@ Log in as a mini-program would (the sandbox plays wx.login + wx.getUserInfo):
   curl -s -H @/tmp/weapp-login.headers $gw/login
 Then, with the "id" and "skey" it answers:
   curl -s -H 'X-WX-Id: <id>' -H 'X-WX-Skey: <skey>' $gw/me
+  curl -s -H 'X-WX-Id: <id>' -H 'X-WX-Skey: <skey>' $gw/api/hello        (your API, verified identity)
+  curl -s -H 'X-WX-Id: <id>' -H 'X-WX-Skey: <skey>' -d 'hi' $gw/api/push  (pushes to that user's /ws)
   npx wscat -c 'ws://$(host_of "$gateway_listen"):$(port_of "$gateway_listen")/ws?X-WX-Id=<id>&X-WX-Skey=<skey>'
 EOF
 
-# Stay up while all three run; if one dies, stop the others and fail.
+# Stay up while all of them run; if one dies, stop the others and fail.
 set +e
 wait -n "${pids[@]}"
 status=$?

@@ -39,6 +39,7 @@ apt_install_missing curl:curl "${NGINX_BIN:-/usr/sbin/nginx}:nginx" docker-compo
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 npm ci --prefix tests/sdk-compat --no-audit --no-fund --loglevel=error
+npm ci --prefix examples/node-backend --no-audit --no-fund --loglevel=error
 # nx-27017, the MongoDB-wire server the MongoDB store tests start (one per test).
 ensure_test_venv "$root"
 venv=$TEST_VENV
@@ -75,11 +76,12 @@ step "deployment files: docker-compose config, Dockerfile, systemd-analyze verif
 
 step "local stack (scripts/stack.sh) driven as the README says"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-gw_port=$(free_port); session_port=$(free_port); sandbox_port=$(free_port)
+gw_port=$(free_port); session_port=$(free_port); sandbox_port=$(free_port); example_port=$(free_port)
 WEAPP_STACK_DIR="$log_dir/stack" \
 WEAPP_GATEWAY_LISTEN="127.0.0.1:$gw_port" \
 WEAPP_SESSION_LISTEN="127.0.0.1:$session_port" \
 SANDBOX_LISTEN="127.0.0.1:$sandbox_port" \
+EXAMPLE_LISTEN="127.0.0.1:$example_port" \
   scripts/stack.sh > "$log_dir/stack.log" 2>&1 &
 stack_pid=$!
 for _ in $(seq 1 600); do
@@ -97,6 +99,8 @@ id=$(printf '%s' "$login" | python3 -c 'import json,sys; print(json.load(sys.std
 skey=$(printf '%s' "$login" | python3 -c 'import json,sys; print(json.load(sys.stdin)["session"]["skey"])')
 me=$(curl -fsS -H "X-WX-Id: $id" -H "X-WX-Skey: $skey" "$gw/me")
 printf '%s' "$me" | python3 -c 'import json,sys; me=json.load(sys.stdin); assert me["nickName"]=="Sandbox User", me; print("curl flow: /me answers", me["openId"])'
+hello=$(curl -fsS -H "X-WX-Id: $id" -H "X-WX-Skey: $skey" "$gw/api/hello")
+printf '%s\n%s' "$me" "$hello" | python3 -c 'import json,sys; me,hello=[json.loads(l) for l in sys.stdin]; assert hello["openId"]==me["openId"], hello; print("curl flow: the example backend verified", hello["openId"])'
 
 step "wafer-client-sdk (unmodified) against the running stack: directly"
 WEAPP_GATEWAY_URL=$gw WEAPP_SANDBOX_URL=$sb \

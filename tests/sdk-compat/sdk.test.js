@@ -69,6 +69,17 @@ test('a stale session gets ERR_INVALID_SESSION, and the SDK re-logs-in and retri
   assert.deepEqual(statuses, ['/login', '/me', '/login', '/me']);
 });
 
+test('a business route that needs a session makes the SDK log in and retry', async () => {
+  // scripts/stack.sh forwards /api/ to the example backend (session required).
+  const { sdk, shim } = freshSdk();
+  const [response] = await promisify(sdk.request, { url: `${gatewayUrl}/api/hello` });
+  assert.equal(response.statusCode, 200);
+  assert.equal(response.data.openId, shim.state.lastMinted.openid, 'the backend verified who it is');
+  assert.equal(shim.state.mints, 1);
+  const paths = shim.state.requests.map((r) => r.url.replace(gatewayUrl, ''));
+  assert.deepEqual(paths, ['/api/hello', '/login', '/api/hello']);
+});
+
 test('a request without a session goes on without one', async () => {
   const { sdk } = freshSdk();
   const [response] = await promisify(sdk.request, { url: `${gatewayUrl}/me` });

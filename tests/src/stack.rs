@@ -524,6 +524,11 @@ impl Stack {
         InterceptedService::new(channel, Bearer(key.map(str::to_owned)))
     }
 
+    /// The key of "another backend" of the operator: every scope.
+    pub fn backend_key(&self) -> &str {
+        &self.backend_key
+    }
+
     /// The API key the stack's gateways present (scopes validate, login, follow).
     pub fn gateway_key(&self) -> &str {
         &self.gateway_key

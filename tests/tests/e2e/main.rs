@@ -4,6 +4,7 @@ mod access;
 mod auth_request;
 mod cache;
 mod conformance;
+mod example_backend;
 mod forwarding;
 mod grpc;
 mod identity;
