@@ -111,7 +111,12 @@ async fn the_example_backend_answers_the_user_and_pushes_to_their_socket() {
         .await
         .unwrap();
     let (status, body) = json(pushed).await;
-    assert_eq!(status, 200, "{body} {}", std::fs::read_to_string(&backend.log).unwrap_or_default());
+    assert_eq!(
+        status,
+        200,
+        "{body} {}",
+        std::fs::read_to_string(&backend.log).unwrap_or_default()
+    );
     assert_eq!(body["sockets"], 1);
     assert_eq!(text(next_frame(&mut ws).await), "your order shipped");
 }
