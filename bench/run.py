@@ -161,21 +161,27 @@ def start_sandbox(cfg, svc):
 
 
 def api_keys(cfg):
-    """The gateway's API key and session-svc's keys file, as every shipped deployment has them."""
+    """The gateway's API key and session-svc's keys file, as every shipped deployment has them,
+    plus a business backend's key (push) and the identity signing key."""
     keys = cfg.work / "keys"
     if not keys.exists():
         keys.mkdir()
         (keys / "gateway.key").write_text(secrets.token_hex(32))
+        (keys / "backend.key").write_text(secrets.token_hex(32))
         (keys / "api-keys.toml").write_text(
-            '[[key]]\nname = "gateway"\nfile = "gateway.key"\nscopes = ["validate", "login", "follow"]\n')
+            '[[key]]\nname = "gateway"\nfile = "gateway.key"\nscopes = ["validate", "login", "follow"]\n'
+            '[[key]]\nname = "backend"\nfile = "backend.key"\nscopes = ["push"]\n')
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-out", keys / "identity.pem"], check=True, capture_output=True)
     return keys / "api-keys.toml", keys / "gateway.key"
 
 
-def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None):
+def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None, gateway_env=None):
     session_port, gateway_port = free_port(), free_port()
     keys_file, gateway_key = api_keys(cfg)
     env = {
         "WEAPP_API_KEYS_FILE": str(keys_file),
+        "WEAPP_IDENTITY_KEY_FILES": str(keys_file.parent / "identity.pem"),
         "WEAPP_SESSION_LISTEN": f"127.0.0.1:{session_port}",
         "WEAPP_APP_ID": cfg.app_id,
         "WEAPP_APP_SECRET_FILE": str(cfg.work / "app_secret"),
@@ -197,6 +203,7 @@ def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None):
             "WEAPP_WS_MAX_CONNECTIONS": str(cfg.ws_connections + 1000),
             # Every benchmark client logs in from 127.0.0.1; the Node stack has no such limit.
             "WEAPP_LOGIN_RATE_PER_ADDRESS": "0",
+            **(gateway_env or {}),
         },
         port=gateway_port,
     )
@@ -208,12 +215,18 @@ def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None):
 def start_uncached_gateway(cfg, svc, stack):
     """A second gateway on the same session-svc with the session cache off: what every request
     costs when it goes to session-svc and its store."""
+    return start_gateway(cfg, svc, stack, "gateway-svc-uncached", {"WEAPP_SESSION_CACHE_TTL": "0s"})
+
+
+def start_gateway(cfg, svc, stack, name, env=None):
+    """Another gateway on the same session-svc."""
     port = free_port()
-    svc.start("gateway-svc-uncached", [cfg.bin / "gateway-svc"], port=port, env={
+    svc.start(name, [cfg.bin / "gateway-svc"], port=port, env={
         "WEAPP_GATEWAY_LISTEN": f"127.0.0.1:{port}",
         "WEAPP_SESSION_SVC_URL": f"http://127.0.0.1:{stack['session_port']}",
         "WEAPP_SESSION_SVC_KEY_FILE": str(api_keys(cfg)[1]),
-        "WEAPP_SESSION_CACHE_TTL": "0s",
+        "WEAPP_WS_MAX_CONNECTIONS": str(cfg.push_users + 1000),
+        **(env or {}),
     })
     wait_ready(f"http://127.0.0.1:{port}/readyz")
     return f"http://127.0.0.1:{port}"
@@ -253,8 +266,9 @@ def start_mongo(cfg, svc, name):
     return port
 
 
-def start_nginx(cfg, svc, upstreams):
-    """nginx with a static file on plain HTTP and one TLS server per upstream."""
+def start_nginx(cfg, svc, upstreams, plain=False):
+    """nginx with a static file on plain HTTP and one TLS server per upstream (plain HTTP
+    proxies with `plain`)."""
     root = cfg.work / "nginx"
     (root / "static").mkdir(parents=True, exist_ok=True)
     (root / "tmp").mkdir(exist_ok=True)
@@ -271,10 +285,8 @@ def start_nginx(cfg, svc, upstreams):
         servers.append(f"""
   upstream {name} {{ server 127.0.0.1:{backend}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{ports[name]} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    ssl_protocols TLSv1.2 TLSv1.3;
+    listen 127.0.0.1:{ports[name]}{'' if plain else ' ssl'};
+    {'' if plain else f"ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;"}
     location / {{
       proxy_pass http://{name};
       proxy_http_version 1.1;
@@ -353,6 +365,39 @@ def in_memory(cfg, svc, results):
             cfg, ["logins", "--base", stack["base"], "--sandbox", cfg.sandbox, "--count", cfg.logins,
                   "--concurrency", 16], f"logins on {name}")
         svc.check_alive()
+
+
+def forwarding(cfg, svc, results):
+    """GET /api/hello with a session: weapp forwarding to a trivial upstream (with identity
+    headers and the signed assertion), the Node stack answering the route in-process behind its
+    session middleware, and nginx proxying to the same upstream with no session at all."""
+    port = free_port()
+    svc.start("upstream", [cfg.bin / "weapp-bench", "hello", "--listen", f"127.0.0.1:{port}"], port=port)
+    routes = cfg.work / "routes.toml"
+    routes.write_text(f'[[route]]\nprefix = "/api/"\nupstream = "http://127.0.0.1:{port}"\nsession = "required"\n')
+    node = start_node(cfg, svc, cfg.sandbox)
+    weapp = start_weapp(cfg, svc, cfg.sandbox, gateway_env={"WEAPP_ROUTES_FILE": str(routes)})
+    _, proxies = start_nginx(cfg, svc, {"upstream": port}, plain=True)
+    for name, stack in (("node", node), ("weapp", weapp)):
+        _, stack["headers"], _ = sessions_for(cfg, stack, f"{name}-forward", 1)
+    for name, stack in (("node", node), ("weapp", weapp)):
+        results[f"forward_{name}"] = wrk(cfg, stack["base"] + "/api/hello", f"/api/hello, {name}", stack["headers"])
+        svc.check_alive()
+    results["forward_nginx"] = wrk(cfg, f"http://127.0.0.1:{proxies['upstream']}/api/hello",
+                                   "/api/hello, nginx proxy without auth")
+
+
+def push(cfg, svc, results):
+    """One WebSocket per user over two gateways, one Publish per user."""
+    weapp = start_weapp(cfg, svc, cfg.sandbox, gateway_env={"WEAPP_WS_MAX_CONNECTIONS": str(cfg.push_users + 1000)})
+    second = start_gateway(cfg, svc, weapp, "gateway-svc-2")
+    sessions, _, _ = sessions_for(cfg, weapp, "push", cfg.push_users)
+    urls = ",".join(base.replace("http://", "ws://") + "/ws" for base in (weapp["base"], second))
+    results["push"] = bench_json(
+        cfg, ["push", "--urls", urls, "--base", weapp["base"], "--sessions", sessions,
+              "--session-svc", f"http://127.0.0.1:{weapp['session_port']}",
+              "--key-file", cfg.work / "keys" / "backend.key"], "push")
+    svc.check_alive()
 
 
 def websockets(cfg, svc, results):
@@ -442,6 +487,23 @@ def report(cfg, results, env, started, finished):
     target("WebSocket: echo burst p99", fmt(nw["echo_p99_ms"], 1), fmt(ww["echo_p99_ms"], 1), f"{q:.2f}", "≤ 0.5",
            q <= 0.5, " ms")
 
+    nf, wf, xf = r["forward_node"], r["forward_weapp"], r["forward_nginx"]
+    q = ratio(wf["rps"], nf["rps"])
+    target("GET /api/hello with a session, req/s (weapp forwards; Node answers in-process)",
+           fmt(nf["rps"], 0), fmt(wf["rps"], 0), f"{q:.1f}×", "≥ 2×", q >= 2)
+    q = ratio(wf["p99_ms"], nf["p99_ms"])
+    target("GET /api/hello with a session, p99", fmt(nf["p99_ms"], 2), fmt(wf["p99_ms"], 2), f"{q:.2f}", "≤ 0.5",
+           q <= 0.5, " ms")
+    q = ratio(wf["rps"], xf["rps"])
+    target("forwarding vs nginx proxying the same upstream with no auth, req/s", "—",
+           f"{fmt(wf['rps'], 0)} of {fmt(xf['rps'], 0)}", f"{q:.0%}", "≥ 60%", q >= 0.6)
+    p = r["push"]
+    target(f"push: {p['sockets']:,} sockets over {p['gateways']} gateways, one publish each, delivered", "—",
+           f"{p['delivered']:,} of {p['published']:,}", f"{ratio(p['delivered'], p['published']):.0%}", "100%",
+           p["delivered"] == p["published"] and p["failures"] == 0)
+    target("push: publish → receive p99", "—", fmt(p["publish_to_receive_p99_ms"], 1), "—", "≤ 50 ms",
+           p["publish_to_receive_p99_ms"] <= 50, "")
+
     def http_table(title, rows):
         lines.extend(["", f"### {title}", "", "| | req/s | p50 | p99 | non-2xx | socket errors |", "| --- | --- | --- | --- | --- | --- |"])
         for label, x in rows:
@@ -473,7 +535,17 @@ def report(cfg, results, env, started, finished):
     for label, x in (("Node", nw), ("weapp", ww)):
         lines.append(f"| {label} | {x['connect_seconds']:.1f} s | {x['rss_before_kib'] / 1024:.1f} → {x['rss_after_kib'] / 1024:.1f} MiB "
                      f"| {x['rss_per_connection_kib']:.1f} KiB | {x['echo_p50_ms']:.1f} ms | {x['echo_p99_ms']:.1f} ms |")
-    http_table("5. The machine's limit", [("bare axum hello (weapp-bench hello)", r["hello"]),
+    http_table(f"5. GET /api/hello with a session, {cfg.connections} connections, {cfg.duration} s", [
+        ("Node: the route in-process, behind wafer-node-session", nf),
+        ("weapp: forwarded to a trivial upstream (weapp-bench hello) with identity headers and the signed assertion", wf),
+        ("nginx: proxying to the same upstream, no session, no auth", xf)])
+    lines += ["", f"### 6. Push: {p['sockets']:,} WebSockets (one user each) over {p['gateways']} gateways, "
+              "one Publish per user through session-svc (64 in flight)", "",
+              "| connect all | publishes | publishing took | sockets reported | delivered | publish → receive p50 | p99 |",
+              "| --- | --- | --- | --- | --- | --- | --- |",
+              f"| {p['connect_seconds']:.1f} s | {p['published']:,} | {p['publish_seconds']:.1f} s | {p['reported_sockets']:,} "
+              f"| {p['delivered']:,} | {p['publish_to_receive_p50_ms']:.1f} ms | {p['publish_to_receive_p99_ms']:.1f} ms |"]
+    http_table("7. The machine's limit", [("bare axum hello (weapp-bench hello)", r["hello"]),
                                           ("nginx, static file", r["nginx_static"])])
     lines.append(f"\n/me on weapp is {ratio(wd['rps'], r['hello']['rps']):.0%} of the bare hello and "
                  f"{ratio(wd['rps'], r['nginx_static']['rps']):.0%} of nginx serving a file; Node's /me is "
@@ -544,8 +616,10 @@ def main():
     cfg.connections = 64
     if args.smoke:
         cfg.duration, cfg.logins, cfg.ws_connections, cfg.mongo_sessions, cfg.settle = 1, 20, 20, 30, 0.2
+        cfg.push_users = 20
     else:
         cfg.duration, cfg.logins, cfg.ws_connections, cfg.mongo_sessions, cfg.settle = 10, 3000, args.ws_connections, 20_000, 2
+        cfg.push_users = 10_000
     if cfg.ws_connections + 100 > hard:
         raise SystemExit(f"{cfg.ws_connections} WebSockets need more than the {hard} open files allowed here")
     cfg.work = Path(tempfile.mkdtemp(prefix="weapp-bench-"))
@@ -559,6 +633,8 @@ def main():
         cfg.sandbox = start_sandbox(cfg, sandbox_svc)
         for title, scenario in (("the machine's limit", physical_limit),
                                 ("in-memory stacks: /me, TLS, logins", in_memory),
+                                ("forwarding to a business upstream", forwarding),
+                                ("push to 10,000 sockets over 2 gateways", push),
                                 ("WebSockets", websockets),
                                 ("MongoDB-wire stores", with_mongo)):
             print(f"==> {title}", flush=True)

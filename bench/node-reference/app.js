@@ -25,6 +25,12 @@ const sessionMiddleware = waferSession({ appId, appSecret, loginPath: '/login', 
 
 const app = express();
 app.use(sessionMiddleware);
+// The business route of the forwarding benchmark, answered here as the tutorial's app would:
+// in-process, behind the session middleware.
+app.get('/api/hello', (request, response) => {
+  if (!request.session) return response.status(401).json({ error: 'ERR_INVALID_SESSION' });
+  response.send('hello');
+});
 app.use('/me', (request, response) => {
   response.json(request.session ? request.session.userInfo : { noBody: true });
 });

@@ -3,6 +3,7 @@
 //! so it drives weapp and the Node reference stack alike.
 mod hello;
 mod logins;
+mod push;
 mod stats;
 mod wafer;
 mod ws;
@@ -57,6 +58,9 @@ enum Command {
     /// sends one message on every connection at once, `rounds` times after one uncounted
     /// warm-up round, and times the echoes.
     Ws(ws::Plan),
+    /// One WebSocket per user over several gateways, one `Publish` per user: delivery and
+    /// publish-to-receive latency.
+    Push(push::Plan),
 }
 
 #[tokio::main]
@@ -71,6 +75,7 @@ async fn main() {
             logins::run(&l.base, &l.sandbox, l.count, l.concurrency).await
         }
         Command::Ws(plan) => ws::run(plan).await,
+        Command::Push(plan) => push::run(plan).await,
     };
     match result {
         Ok(report) => println!("{report}"),
