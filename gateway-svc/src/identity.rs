@@ -7,7 +7,7 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 
-use crate::resolver::AuthSession;
+use crate::{resolver::AuthSession, user::User};
 
 pub const PREFIX: &str = "x-weapp-";
 /// The user's openId.
@@ -34,27 +34,51 @@ pub fn strip_client_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// A session's identity headers, rendered once per Validate answer and cached with it: a
+/// forwarded request copies them (reference-counted values), it does not hash or encode.
+#[derive(Debug)]
+pub struct Identity {
+    headers: HeaderMap,
+}
+
+impl Identity {
+    pub fn new(session_id: &str, user: &User, assertion: Option<HeaderValue>) -> Self {
+        let mut headers = HeaderMap::with_capacity(5);
+        if let Ok(value) = HeaderValue::from_str(&user.open_id) {
+            headers.insert(OPEN_ID, value);
+        }
+        if let Some(value) = user
+            .union_id
+            .as_deref()
+            .and_then(|u| HeaderValue::from_str(u).ok())
+        {
+            headers.insert(UNION_ID, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&weapp_wire::short_hash(session_id)) {
+            headers.insert(SESSION, value);
+        }
+        if let Ok(value) = HeaderValue::try_from(URL_SAFE_NO_PAD.encode(&user.me_body)) {
+            headers.insert(USER, value);
+        }
+        if let Some(assertion) = assertion {
+            headers.insert(ASSERTION, assertion);
+        }
+        Self { headers }
+    }
+}
+
 /// Adds the session's identity headers.
 pub fn insert(headers: &mut HeaderMap, session: &AuthSession) {
-    let user = &session.user;
-    if let Ok(value) = HeaderValue::from_str(&user.open_id) {
-        headers.insert(OPEN_ID, value);
-    }
-    if let Some(value) = user
-        .union_id
-        .as_deref()
-        .and_then(|u| HeaderValue::from_str(u).ok())
-    {
-        headers.insert(UNION_ID, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&weapp_wire::short_hash(&session.id)) {
-        headers.insert(SESSION, value);
-    }
-    if let Ok(value) = HeaderValue::try_from(URL_SAFE_NO_PAD.encode(&user.me_body)) {
-        headers.insert(USER, value);
-    }
-    if let Some(assertion) = &session.assertion {
-        headers.insert(ASSERTION, assertion.clone());
+    let rendered;
+    let identity = match &session.identity {
+        Some(identity) => &**identity,
+        None => {
+            rendered = Identity::new(&session.id, &session.user, None);
+            &rendered
+        }
+    };
+    for (name, value) in &identity.headers {
+        headers.insert(name, value.clone());
     }
 }
 
@@ -65,7 +89,6 @@ mod tests {
     use weapp_wire::UserInfo;
 
     use super::*;
-    use crate::user::User;
 
     #[test]
     fn client_identity_headers_are_replaced_by_the_sessions() {
@@ -75,11 +98,13 @@ mod tests {
         headers.insert("x-other", HeaderValue::from_static("kept"));
         strip_client_headers(&mut headers);
         assert_eq!(headers.len(), 1);
+        let user = Arc::new(User::new(&UserInfo::code_only("o-1", Some("u-1"))));
+        let identity = Identity::new("id", &user, Some(HeaderValue::from_static("a.b.c")));
         let session = AuthSession {
             id: "id".into(),
             skey: "skey".into(),
-            user: Arc::new(User::new(&UserInfo::code_only("o-1", Some("u-1")))),
-            assertion: Some(HeaderValue::from_static("a.b.c")),
+            user,
+            identity: Some(Arc::new(identity)),
         };
         insert(&mut headers, &session);
         assert_eq!(headers[OPEN_ID], "o-1");

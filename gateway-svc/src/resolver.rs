@@ -10,6 +10,7 @@ use weapp_common::singleflight::SingleFlight;
 
 use crate::{
     error::ApiError,
+    identity::Identity,
     session_cache::{Resolved, SessionCache},
     session_client::SessionClient,
     user::User,
@@ -22,8 +23,8 @@ pub struct AuthSession {
     pub id: String,
     pub skey: String,
     pub user: Arc<User>,
-    /// The signed identity assertion, when it was asked for (and session-svc signs them).
-    pub assertion: Option<HeaderValue>,
+    /// The identity headers and signed assertion, when they were asked for.
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl AuthSession {
@@ -32,7 +33,7 @@ impl AuthSession {
             id,
             skey,
             user: resolved.user,
-            assertion: resolved.assertion,
+            identity: resolved.identity,
         }
     }
 }
@@ -82,10 +83,10 @@ impl SessionResolver {
         skey: String,
         need: Need,
     ) -> Result<AuthSession, ApiError> {
-        // An entry cached for `/me` has no assertion: a forwarded request asks again, and its
+        // An entry cached for `/me` has no identity: a forwarded request asks again, and its
         // answer (with one) replaces the entry.
         if let Some(resolved) = self.cache.get(&id, &skey)
-            && (need == Need::User || resolved.assertion.is_some())
+            && (need == Need::User || resolved.identity.is_some())
         {
             return Ok(AuthSession::new(id, skey, resolved));
         }
@@ -151,10 +152,10 @@ async fn validate(
             )
         }
     };
-    let resolved = Resolved {
-        user: Arc::new(user),
-        assertion,
-    };
+    let user = Arc::new(user);
+    let identity =
+        (need == Need::Assertion).then(|| Arc::new(Identity::new(&id, &user, assertion)));
+    let resolved = Resolved { user, identity };
     cache.insert(ticket, &id, &skey, resolved.clone(), expires_in);
     Ok(resolved)
 }

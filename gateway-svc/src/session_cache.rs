@@ -23,12 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::http::HeaderValue;
 use moka::{policy::EvictionPolicy, sync::Cache};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::user::User;
+use crate::{identity::Identity, user::User};
 
 /// Longest time a revocation can take to reach this gateway's cache: past this much silence
 /// from session-svc's revocation stream, the cache is not used.
@@ -40,16 +39,16 @@ const NEVER: u64 = u64::MAX;
 #[derive(Clone, Debug)]
 pub struct Resolved {
     pub user: Arc<User>,
-    /// The identity assertion, when one was asked for. Kept here and not in `User`, which
-    /// open WebSockets hold on to: they have no use for it.
-    pub assertion: Option<HeaderValue>,
+    /// The identity headers with the signed assertion, when they were asked for. Kept here
+    /// and not in `User`, which open WebSockets hold on to: they have no use for them.
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl From<Arc<User>> for Resolved {
     fn from(user: Arc<User>) -> Self {
         Self {
             user,
-            assertion: None,
+            identity: None,
         }
     }
 }

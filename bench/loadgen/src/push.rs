@@ -74,7 +74,11 @@ async fn next_text(socket: &mut Socket, within: Duration) -> Result<String, Stri
     }
 }
 
-async fn open_id(http: &reqwest::Client, base: &str, session: &wafer::Session) -> Result<String, String> {
+async fn open_id(
+    http: &reqwest::Client,
+    base: &str,
+    session: &wafer::Session,
+) -> Result<String, String> {
     let me: serde_json::Value = http
         .get(format!("{}/me", base.trim_end_matches('/')))
         .header("X-WX-Id", &session.id)
@@ -108,7 +112,8 @@ pub async fn run(plan: Plan) -> Result<serde_json::Value, String> {
     // One socket per user; each waits for its one message and says when it came.
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(plan.connect_concurrency.max(1)));
-    let (received_tx, mut received_rx) = mpsc::unbounded_channel::<Result<(usize, Instant), String>>();
+    let (received_tx, mut received_rx) =
+        mpsc::unbounded_channel::<Result<(usize, Instant), String>>();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     for (i, session) in sessions.iter().enumerate() {
         let url = plan.urls[i % plan.urls.len()].clone();
@@ -143,10 +148,7 @@ pub async fn run(plan: Plan) -> Result<serde_json::Value, String> {
     }
     drop((received_tx, ready_tx));
     for _ in 0..sessions.len() {
-        ready_rx
-            .recv()
-            .await
-            .ok_or("a socket task ended early")??;
+        ready_rx.recv().await.ok_or("a socket task ended early")??;
     }
     let connect_seconds = started.elapsed().as_secs_f64();
     // The gateways' registrations are in place once the greeting went out; give the follower
@@ -163,10 +165,13 @@ pub async fn run(plan: Plan) -> Result<serde_json::Value, String> {
         .connect()
         .await
         .map_err(|e| format!("cannot reach session-svc: {e}"))?;
-    let client = SessionServiceClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-        request.metadata_mut().insert("authorization", bearer.clone());
-        Ok(request)
-    });
+    let client =
+        SessionServiceClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+            Ok(request)
+        });
     let publishing = Instant::now();
     let sent: Vec<Result<(Instant, u64), String>> = stream::iter(open_ids.iter().enumerate())
         .map(|(i, open_id)| {
