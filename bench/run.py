@@ -590,6 +590,8 @@ def main():
     parser.add_argument("--bin-dir", type=Path, required=True)
     parser.add_argument("--profile", default="release")
     parser.add_argument("--ws-connections", type=int, default=10_000)
+    parser.add_argument("--only", help="comma-separated scenarios to run (physical_limit, in_memory, forwarding, "
+                        "push, websockets, with_mongo); prints their figures as JSON instead of writing the report")
     args = parser.parse_args()
 
     # 10,000 WebSockets need more descriptors than the usual 1,024: the load generator and the
@@ -631,12 +633,16 @@ def main():
     sandbox_svc = Services(cfg.work)
     try:
         cfg.sandbox = start_sandbox(cfg, sandbox_svc)
-        for title, scenario in (("the machine's limit", physical_limit),
-                                ("in-memory stacks: /me, TLS, logins", in_memory),
-                                ("forwarding to a business upstream", forwarding),
-                                ("push to 10,000 sockets over 2 gateways", push),
-                                ("WebSockets", websockets),
-                                ("MongoDB-wire stores", with_mongo)):
+        scenarios = (("the machine's limit", physical_limit),
+                     ("in-memory stacks: /me, TLS, logins", in_memory),
+                     ("forwarding to a business upstream", forwarding),
+                     ("push to 10,000 sockets over 2 gateways", push),
+                     ("WebSockets", websockets),
+                     ("MongoDB-wire stores", with_mongo))
+        only = set(args.only.split(",")) if args.only else None
+        for title, scenario in scenarios:
+            if only and scenario.__name__ not in only:
+                continue
             print(f"==> {title}", flush=True)
             scenario(cfg, svc, results)
             svc.stop_all()
@@ -645,6 +651,9 @@ def main():
     finally:
         svc.stop_all()
         sandbox_svc.stop_all()
+    if args.only:
+        print(json.dumps(results, indent=1))
+        return
     text, all_met = report(cfg, results, environment(cfg), started, time.time())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -17,6 +17,8 @@ struct Watched {
     /// Cancelled when the session is revoked; a child of the shutdown token, so it also fires
     /// when the gateway stops.
     revoked: CancellationToken,
+    /// Whose session it is, to leave the index by user with the last connection.
+    open_id: String,
     /// One per open connection of the session.
     outboxes: Vec<Arc<Outbox>>,
 }
@@ -39,7 +41,6 @@ pub enum Target<'a> {
 pub struct Registration {
     sockets: Arc<OpenSockets>,
     session_id: String,
-    open_id: String,
     /// Fires on the session's revocation or the gateway's shutdown.
     pub ended: CancellationToken,
     /// Messages for this connection from backends.
@@ -49,18 +50,20 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let sockets = &self.sockets;
-        let mut last = false;
+        let mut last = None;
         sockets
             .sessions
             .remove_if_mut(&self.session_id, |_, watched| {
                 watched
                     .outboxes
                     .retain(|outbox| !Arc::ptr_eq(outbox, &self.outbox));
-                last = watched.outboxes.is_empty();
-                last
+                if watched.outboxes.is_empty() {
+                    last = Some(std::mem::take(&mut watched.open_id));
+                }
+                last.is_some()
             });
-        if last {
-            sockets.by_user.remove_if_mut(&self.open_id, |_, ids| {
+        if let Some(open_id) = last {
+            sockets.by_user.remove_if_mut(&open_id, |_, ids| {
                 // A new connection of the session may have come in meanwhile: it stays.
                 if !sockets.sessions.contains_key(&self.session_id) {
                     ids.retain(|id| id != &self.session_id);
@@ -86,6 +89,7 @@ impl OpenSockets {
             .entry(session_id.to_owned())
             .or_insert_with(|| Watched {
                 revoked: shutdown.child_token(),
+                open_id: user.open_id.clone(),
                 outboxes: Vec::new(),
             });
         if watched.outboxes.len() >= max {
@@ -105,7 +109,6 @@ impl OpenSockets {
         Some(Registration {
             sockets: self.clone(),
             session_id: session_id.to_owned(),
-            open_id: user.open_id.clone(),
             ended,
             outbox,
         })

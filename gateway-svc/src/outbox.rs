@@ -5,33 +5,38 @@
 //! one.
 use std::{
     collections::VecDeque,
+    future::poll_fn,
     sync::{
         Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    task::Poll,
 };
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
 
 /// Close code for a client that did not read its messages (private-use range, RFC 6455
 /// §7.4.2): its queue reached the limit.
 pub const SLOW_CLIENT: u16 = 4008;
 
+/// One socket's queue. Kept small on purpose (an `AtomicWaker`, not a `Notify`; a `u32`
+/// capacity): there is one per open socket, and its waiting future lives in every socket's task.
 pub struct Outbox {
     queue: Mutex<VecDeque<Utf8Bytes>>,
-    capacity: usize,
+    /// The socket's task, which alone sends what is queued.
+    task: AtomicWaker,
+    capacity: u32,
     overflowed: AtomicBool,
-    wake: Notify,
 }
 
 impl Outbox {
     pub fn new(capacity: usize) -> Self {
         Self {
             queue: Mutex::new(VecDeque::new()),
-            capacity,
+            task: AtomicWaker::new(),
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
             overflowed: AtomicBool::new(false),
-            wake: Notify::new(),
         }
     }
 
@@ -41,25 +46,50 @@ impl Outbox {
             return false;
         }
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.len() >= self.capacity {
+        if queue.len() >= self.capacity as usize {
             drop(queue);
-            self.overflowed.store(true, Ordering::Relaxed);
-            self.wake.notify_one();
+            self.overflowed.store(true, Ordering::Release);
+            self.task.wake();
             return false;
         }
         queue.push_back(text);
         drop(queue);
-        self.wake.notify_one();
+        self.task.wake();
         true
     }
 
-    /// Waits until something is queued (or the queue overflowed).
+    /// Waits until something is queued or the queue overflowed. For the socket's own task
+    /// only (it holds the one waker).
     pub async fn ready(&self) {
-        self.wake.notified().await
+        poll_fn(|cx| {
+            self.task.register(cx.waker());
+            let waiting = !self
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+            match waiting || self.overflowed() {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Waits until the queue overflows (while a send to a client that does not read hangs).
+    pub async fn overflow(&self) {
+        poll_fn(|cx| {
+            self.task.register(cx.waker());
+            match self.overflowed() {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        })
+        .await
     }
 
     pub fn overflowed(&self) -> bool {
-        self.overflowed.load(Ordering::Relaxed)
+        self.overflowed.load(Ordering::Acquire)
     }
 
     /// The next queued message.
