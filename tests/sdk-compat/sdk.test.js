@@ -80,6 +80,33 @@ test('a business route that needs a session makes the SDK log in and retry', asy
   assert.deepEqual(paths, ['/api/hello', '/login', '/api/hello']);
 });
 
+test('a socket opened with the SDK\'s session receives what a backend published for its user', async () => {
+  const { sdk, shim } = freshSdk();
+  await promisify(sdk.login);
+  const session = shim.storage.get(SESSION_KEY);
+  const frames = [];
+  let arrived = () => {};
+  shim.wx.onSocketMessage(({ data }) => { frames.push(data); arrived(); });
+  const opened = new Promise((resolve) => shim.wx.onSocketOpen(resolve));
+  const wsUrl = gatewayUrl.replace(/^http/, 'ws') + '/ws';
+  shim.wx.connectSocket({ url: wsUrl, header: { 'X-WX-Id': session.id, 'X-WX-Skey': session.skey } });
+  await opened;
+  const next = () => new Promise((resolve, reject) => {
+    if (frames.length) return resolve(frames.shift());
+    const timer = setTimeout(() => reject(new Error('no frame within 5 s')), 5000);
+    arrived = () => { clearTimeout(timer); arrived = () => {}; resolve(frames.shift()); };
+  });
+  assert.match(await next(), /^Server: /);
+  // The example backend (behind /api/, scripts/stack.sh) publishes to the caller over gRPC.
+  const [response] = await promisify(sdk.request, {
+    url: `${gatewayUrl}/api/push`, method: 'POST', data: 'your order shipped', login: true,
+  });
+  assert.equal(response.statusCode, 200);
+  assert.equal(response.data.sockets, 1);
+  assert.equal(await next(), 'your order shipped');
+  shim.wx.closeSocket();
+});
+
 test('a request without a session goes on without one', async () => {
   const { sdk } = freshSdk();
   const [response] = await promisify(sdk.request, { url: `${gatewayUrl}/me` });

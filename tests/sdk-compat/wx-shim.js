@@ -101,15 +101,34 @@ function createWx({ sandboxUrl }) {
     setStorageSync: (key, value) => void storage.set(key, value),
     removeStorageSync: (key) => void storage.delete(key),
 
-    // The SDK's tunnel module binds these at load time; weapp's /ws is a plain WebSocket.
-    onSocketOpen() {},
-    onSocketClose() {},
-    onSocketMessage() {},
-    onSocketError() {},
-    connectSocket() {},
-    sendSocketMessage() {},
-    closeSocket() {},
+    // The runtime's one global socket (wx.connectSocket and its callbacks), as the tutorial's
+    // page uses it for /ws with the session the SDK stored; over a real WebSocket (`ws`).
+    // The SDK's tunnel module binds these at load time too, unused against weapp.
+    connectSocket({ url, header, success, fail }) {
+      const WebSocket = require('ws');
+      socket.current = new WebSocket(url, { headers: header || {} });
+      socket.current.on('open', () => socket.onOpen && socket.onOpen({}));
+      socket.current.on('message', (data) => socket.onMessage && socket.onMessage({ data: data.toString() }));
+      socket.current.on('close', (code, reason) =>
+        socket.onClose && socket.onClose({ code, reason: reason.toString() }));
+      socket.current.on('error', (err) => {
+        socket.onError && socket.onError({ errMsg: String(err) });
+        fail && fail({ errMsg: `connectSocket:fail ${err}` });
+      });
+      later(() => success && success({ errMsg: 'connectSocket:ok' }));
+    },
+    onSocketOpen(cb) { socket.onOpen = cb; },
+    onSocketMessage(cb) { socket.onMessage = cb; },
+    onSocketClose(cb) { socket.onClose = cb; },
+    onSocketError(cb) { socket.onError = cb; },
+    sendSocketMessage({ data, success }) {
+      socket.current.send(data, () => success && success({ errMsg: 'sendSocketMessage:ok' }));
+    },
+    closeSocket() {
+      if (socket.current) socket.current.close();
+    },
   };
+  const socket = { current: null };
 
   return { wx, state, storage };
 }
