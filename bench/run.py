@@ -380,11 +380,18 @@ def forwarding(cfg, svc, results):
     _, proxies = start_nginx(cfg, svc, {"upstream": port}, plain=True)
     for name, stack in (("node", node), ("weapp", weapp)):
         _, stack["headers"], _ = sessions_for(cfg, stack, f"{name}-forward", 1)
-    for name, stack in (("node", node), ("weapp", weapp)):
-        results[f"forward_{name}"] = wrk(cfg, stack["base"] + "/api/hello", f"/api/hello, {name}", stack["headers"])
+    results["forward_node"] = wrk(cfg, node["base"] + "/api/hello", "/api/hello, node", node["headers"])
+    # weapp against nginx is a comparison of two fast proxies on a shared (and, in a VM, noisy)
+    # machine: two interleaved runs each, the better of each counted; both are in the report.
+    runs = {"weapp": [], "nginx": []}
+    for _ in range(1 if cfg.smoke else 2):
+        runs["weapp"].append(wrk(cfg, weapp["base"] + "/api/hello", "/api/hello, weapp", weapp["headers"]))
+        runs["nginx"].append(wrk(cfg, f"http://127.0.0.1:{proxies['upstream']}/api/hello",
+                                 "/api/hello, nginx proxy without auth"))
         svc.check_alive()
-    results["forward_nginx"] = wrk(cfg, f"http://127.0.0.1:{proxies['upstream']}/api/hello",
-                                   "/api/hello, nginx proxy without auth")
+    for name, measured in runs.items():
+        results[f"forward_{name}"] = max(measured, key=lambda x: x["rps"])
+        results[f"forward_{name}_runs"] = [round(x["rps"]) for x in measured]
 
 
 def push(cfg, svc, results):
@@ -539,6 +546,8 @@ def report(cfg, results, env, started, finished):
         ("Node: the route in-process, behind wafer-node-session", nf),
         ("weapp: forwarded to a trivial upstream (weapp-bench hello) with identity headers and the signed assertion", wf),
         ("nginx: proxying to the same upstream, no session, no auth", xf)])
+    lines.append(f"\nweapp and nginx ran twice each, interleaved; the better run of each is above "
+                 f"(weapp {r['forward_weapp_runs']}, nginx {r['forward_nginx_runs']} req/s).")
     lines += ["", f"### 6. Push: {p['sockets']:,} WebSockets (one user each) over {p['gateways']} gateways, "
               "one Publish per user through session-svc (64 in flight)", "",
               "| connect all | publishes | publishing took | sockets reported | delivered | publish → receive p50 | p99 |",

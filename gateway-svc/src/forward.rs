@@ -39,9 +39,11 @@ impl Forwarder {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
                 connector.set_connect_timeout(Some(route.connect_timeout));
+                // The upstream's Host is the route's, rendered once (`Route::host`).
                 let client = Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
+                    .set_host(false)
                     .build(connector);
                 (route.clone(), client)
             })
@@ -89,15 +91,17 @@ impl Forwarder {
                 usize::try_from(max).unwrap_or(usize::MAX),
             )),
         };
-        let uri = format!(
-            "{}{}{}",
-            route.origin,
-            route.upstream_path(parts.uri.path()),
-            query_without_session(parts.uri.query())
+        let (path, query) = (parts.uri.path(), parts.uri.query());
+        let mut uri = String::with_capacity(
+            route.origin.len() + route.base_path.len() + path.len() + query.map_or(0, str::len) + 2,
         );
+        uri.push_str(&route.origin);
+        route.push_upstream_path(&mut uri, path);
+        push_query_without_session(&mut uri, query);
         parts.uri = Uri::try_from(uri).map_err(|_| ApiError::BadRequestTarget)?;
         parts.version = Version::HTTP_11;
         request_headers(&mut parts.headers, session, client_address);
+        parts.headers.insert(header::HOST, route.host.clone());
         let upstream = Request::from_parts(parts, body);
         let answer = tokio::time::timeout(route.timeout, client.request(upstream)).await;
         let answer = match answer {
@@ -151,6 +155,12 @@ fn limit_exceeded(e: &hyper_util::client::legacy::Error) -> bool {
 /// RFC 9110 §7.6.1: connection-specific fields end at this hop, with the fields the
 /// `Connection` header names.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::CONNECTION) {
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -161,20 +171,22 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("proxy-connection"),
-        HeaderName::from_static("keep-alive"),
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        header::TRAILER,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
+
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TRAILER,
+];
 
 /// What the upstream sees of the client's headers: no hop-by-hop fields, no session
 /// credentials, no identity the client made up; the identity of the session (if any) and
@@ -198,13 +210,13 @@ fn request_headers(
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
     let trusted = client_address.trusted();
-    let peer = client_address.peer.ip().to_canonical().to_string();
+    let peer = client_address.peer.ip().to_canonical();
     let forwarded_for = HeaderName::from_static("x-forwarded-for");
     // Behind a trusted proxy, its list goes on with the proxy appended; anyone else's list
     // is a claim nobody checked, and is replaced.
     let chain = match headers.get(&forwarded_for).and_then(|v| v.to_str().ok()) {
         Some(earlier) if trusted => format!("{earlier}, {peer}"),
-        _ => peer,
+        _ => peer.to_string(),
     };
     if let Ok(value) = HeaderValue::try_from(chain) {
         headers.insert(forwarded_for, value);
@@ -217,27 +229,27 @@ fn request_headers(
     headers.insert(proto, told.unwrap_or(HeaderValue::from_static("http")));
 }
 
-/// The query string without wafer's session parameters (any letter case), the rest kept
-/// byte for byte; with its `?`, or empty.
-fn query_without_session(query: Option<&str>) -> String {
+/// Appends the query string without wafer's session parameters (any letter case), the rest
+/// kept byte for byte, with its `?` (nothing when nothing is left).
+fn push_query_without_session(target: &mut String, query: Option<&str>) {
     let Some(query) = query else {
-        return String::new();
+        return;
     };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            // Decoded as a form decoder reads it, so `X%2DWX%2DSkey` is caught too.
-            url::form_urlencoded::parse(pair.as_bytes())
-                .next()
-                .is_none_or(|(name, _)| {
-                    !name.eq_ignore_ascii_case(wafer::HEADER_ID)
-                        && !name.eq_ignore_ascii_case(wafer::HEADER_SKEY)
-                })
-        })
-        .collect();
-    match kept.is_empty() {
-        true => String::new(),
-        false => format!("?{}", kept.join("&")),
+    let mut first = true;
+    for pair in query.split('&') {
+        // Decoded as a form decoder reads it, so `X%2DWX%2DSkey` is caught too.
+        let credential = url::form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .is_some_and(|(name, _)| {
+                name.eq_ignore_ascii_case(wafer::HEADER_ID)
+                    || name.eq_ignore_ascii_case(wafer::HEADER_SKEY)
+            });
+        if credential {
+            continue;
+        }
+        target.push(if first { '?' } else { '&' });
+        target.push_str(pair);
+        first = false;
     }
 }
 
@@ -257,7 +269,9 @@ mod tests {
             (Some("X-WX-ID=i"), ""),
             (Some("x-wx-code=c&q=a+b"), "?x-wx-code=c&q=a+b"),
         ] {
-            assert_eq!(query_without_session(query), kept, "{query:?}");
+            let mut target = String::new();
+            push_query_without_session(&mut target, query);
+            assert_eq!(target, kept, "{query:?}");
         }
     }
 

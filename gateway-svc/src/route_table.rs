@@ -61,6 +61,8 @@ pub struct Route {
     pub prefix: String,
     /// `http://host:port`, for the request URI.
     pub origin: String,
+    /// `host:port`, the upstream's Host header.
+    pub host: http::HeaderValue,
     /// The upstream URL's path without its trailing slash ("" for none).
     pub base_path: String,
     pub session: SessionRule,
@@ -77,14 +79,22 @@ impl Route {
         under(path, &self.prefix)
     }
 
-    /// The path and query the upstream is asked for.
+    /// The path the upstream is asked for.
     pub fn upstream_path(&self, path: &str) -> String {
+        let mut target = String::new();
+        self.push_upstream_path(&mut target, path);
+        target
+    }
+
+    /// Appends the path the upstream is asked for to `target`.
+    pub fn push_upstream_path(&self, target: &mut String, path: &str) {
         let rest = match self.strip_prefix {
             true => path.get(self.prefix.len()..).unwrap_or_default(),
             false => path,
         };
-        let rest = rest.trim_start_matches('/');
-        format!("{}/{rest}", self.base_path)
+        target.push_str(&self.base_path);
+        target.push('/');
+        target.push_str(rest.trim_start_matches('/'));
     }
 }
 
@@ -190,8 +200,11 @@ impl Entry {
                 Err(e) => Err(format!("{field}: {e}")),
             },
         };
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("upstream {:?} has an unusable host", self.upstream))?;
         Ok(Route {
             origin: format!("http://{authority}"),
+            host,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             session: self.session,
             strip_prefix: self.strip_prefix,
