@@ -80,8 +80,15 @@ async fn a_session_reaches_the_upstream_with_a_verifiable_identity_and_nothing_e
     assert_eq!(seen["length"], 8);
     let headers = &seen["headers"];
     assert_eq!(headers["x-business"], "kept");
-    assert_eq!(headers["host"], upstream.addr.to_string(), "the upstream's own Host");
-    assert_eq!(headers["x-forwarded-host"], stack.gateway_addr().to_string());
+    assert_eq!(
+        headers["host"],
+        upstream.addr.to_string(),
+        "the upstream's own Host"
+    );
+    assert_eq!(
+        headers["x-forwarded-host"],
+        stack.gateway_addr().to_string()
+    );
     assert_eq!(headers["x-weapp-open-id"], minted.openid.as_str());
     assert!(headers.get("x-weapp-anything").is_none());
     assert!(headers.get("x-hop-secret").is_none());
