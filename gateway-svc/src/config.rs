@@ -14,10 +14,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use weapp_common::config::{ServiceCli, duration, pem_file, positive, secret_file};
 
-use crate::{
-    relay::RelaySettings,
-    route_table::{RouteTable, routes_file},
-};
+use crate::route_table::{RouteTable, routes_file};
 
 /// weapp gateway-svc: the wafer HTTP/WebSocket edge.
 #[derive(Parser, Debug)]
@@ -174,6 +171,26 @@ pub struct WsSettings {
     pub max_per_session: usize,
 }
 
+#[derive(Args, Clone, Debug)]
+pub struct RelaySettings {
+    /// Upstream URL that receives each WebSocket text message as a POST with the user's
+    /// identity; its answer body goes back on the socket. None: `/ws` echoes (the tutorial).
+    #[arg(id = "ws_relay_url", value_name = "WS_RELAY_URL", long = "ws-relay-url", env = "WEAPP_WS_RELAY_URL", value_parser = relay_url)]
+    pub url: Option<reqwest::Url>,
+
+    /// Longest wait for the relay upstream's answer to one message.
+    #[arg(id = "ws_relay_timeout", value_name = "WS_RELAY_TIMEOUT", long = "ws-relay-timeout", env = "WEAPP_WS_RELAY_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub timeout: Duration,
+}
+
+fn relay_url(value: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(value).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        _ => Err("must be an http:// or https:// URL".into()),
+    }
+}
+
 /// The cache of validated sessions (see `session_cache.rs` for what keeps it honest).
 #[derive(Args, Clone, Copy, Debug)]
 pub struct CacheSettings {
@@ -267,8 +284,12 @@ pub const RESERVED_PATHS: [&str; 7] = [
     "/healthz",
     "/readyz",
     "/.well-known/jwks.json",
-    crate::routes::AUTH_PATH,
+    AUTH_PATH,
 ];
+
+/// For nginx's `auth_request`: 200 with the identity headers, 401 with wafer's body, 503 when
+/// sessions cannot be checked (`routes.rs`).
+pub const AUTH_PATH: &str = "/_weapp/auth";
 
 fn login_path(path: &str) -> Result<String, String> {
     let valid_chars = path

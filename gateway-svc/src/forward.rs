@@ -203,7 +203,7 @@ fn request_headers(
     headers.remove(wafer::HEADER_SKEY);
     identity::strip_client_headers(headers);
     if let Some(session) = session {
-        identity::insert(headers, session);
+        session.insert_identity(headers);
     }
     // The client's Host goes on as X-Forwarded-Host; hyper sets the upstream's.
     if let Some(host) = headers.remove(header::HOST) {

@@ -7,7 +7,7 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 
-use crate::{resolver::AuthSession, user::User};
+use crate::user::User;
 
 pub const PREFIX: &str = "x-weapp-";
 /// The user's openId.
@@ -65,27 +65,17 @@ impl Identity {
         }
         Self { headers }
     }
-}
 
-/// Adds the session's identity headers.
-pub fn insert(headers: &mut HeaderMap, session: &AuthSession) {
-    let rendered;
-    let identity = match &session.identity {
-        Some(identity) => &**identity,
-        None => {
-            rendered = Identity::new(&session.id, &session.user, None);
-            &rendered
+    /// Adds these headers to `headers`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.headers {
+            headers.insert(name, value.clone());
         }
-    };
-    for (name, value) in &identity.headers {
-        headers.insert(name, value.clone());
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use weapp_wire::UserInfo;
 
     use super::*;
@@ -98,15 +88,8 @@ mod tests {
         headers.insert("x-other", HeaderValue::from_static("kept"));
         strip_client_headers(&mut headers);
         assert_eq!(headers.len(), 1);
-        let user = Arc::new(User::new(&UserInfo::code_only("o-1", Some("u-1"))));
-        let identity = Identity::new("id", &user, Some(HeaderValue::from_static("a.b.c")));
-        let session = AuthSession {
-            id: "id".into(),
-            skey: "skey".into(),
-            user,
-            identity: Some(Arc::new(identity)),
-        };
-        insert(&mut headers, &session);
+        let user = User::new(&UserInfo::code_only("o-1", Some("u-1")));
+        Identity::new("id", &user, Some(HeaderValue::from_static("a.b.c"))).apply(&mut headers);
         assert_eq!(headers[OPEN_ID], "o-1");
         assert_eq!(headers[UNION_ID], "u-1");
         assert_eq!(headers[SESSION], weapp_wire::short_hash("id").as_str());

@@ -28,6 +28,14 @@ pub struct AuthSession {
 }
 
 impl AuthSession {
+    /// Adds the session's identity headers (`identity.rs`) to `headers`.
+    pub fn insert_identity(&self, headers: &mut HeaderMap) {
+        match &self.identity {
+            Some(identity) => identity.apply(headers),
+            None => Identity::new(&self.id, &self.user, None).apply(headers),
+        }
+    }
+
     fn new(id: String, skey: String, resolved: Resolved) -> Self {
         Self {
             id,

@@ -16,19 +16,14 @@ use weapp_proto::session::v1::LoginRequest;
 use weapp_wire::UserInfo;
 
 use crate::{
-    config::RESERVED_PATHS,
+    config::{AUTH_PATH, RESERVED_PATHS},
     error::ApiError,
     forward::ClientAddress,
-    identity,
     resolver::{AuthSession, Need},
     route_table::{Route, RouteTable, SessionRule},
     state::AppState,
     wafer, ws,
 };
-
-/// For nginx's `auth_request`: 200 with the identity headers, 401 with wafer's body, 503 when
-/// sessions cannot be checked.
-pub const AUTH_PATH: &str = "/_weapp/auth";
 
 /// Which business route, if any, a request path goes to: never one the gateway serves itself.
 #[derive(Clone, Debug)]
@@ -194,7 +189,7 @@ async fn auth(
         .await?
         .ok_or_else(|| ApiError::InvalidSession("this needs a session; log in first".into()))?;
     let mut response = StatusCode::OK.into_response();
-    identity::insert(response.headers_mut(), &session);
+    session.insert_identity(response.headers_mut());
     Ok(response)
 }
 

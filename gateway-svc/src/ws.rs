@@ -122,12 +122,17 @@ struct Params {
 async fn connection(mut socket: WebSocket, mut params: Box<Params>) {
     let relay = match &mut params.resolution {
         Ok(Some((_, registration, relay))) => relay.take().map(|start| {
-            relay::start(
-                start.state,
-                start.id,
-                start.skey,
-                registration.outbox.clone(),
-            )
+            let (sender, messages) = mpsc::channel(relay::WAITING);
+            let outbox = registration.outbox.clone();
+            tokio::spawn(async move {
+                let RelayStart { state, id, skey } = *start;
+                if let Some(relay) = &state.relay {
+                    relay
+                        .run(&state.resolver, (id, skey), outbox, messages)
+                        .await;
+                }
+            });
+            sender
         }),
         _ => None,
     };
