@@ -9,13 +9,16 @@ use std::{
 
 use futures::{StreamExt as _, stream};
 use tokio::sync::{Semaphore, mpsc};
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _, http::HeaderValue};
 use tonic::{metadata::MetadataValue, transport::Endpoint};
 use weapp_proto::session::v1::{
     PublishRequest, PushMessage, push_message::Target, session_service_client::SessionServiceClient,
 };
 
-use crate::{stats::percentiles, wafer};
+use crate::{
+    stats::percentiles,
+    wafer,
+    ws::{next_text, open},
+};
 
 #[derive(clap::Args)]
 pub struct Plan {
@@ -39,39 +42,6 @@ pub struct Plan {
     pub concurrency: usize,
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn open(url: &str, session: &wafer::Session) -> Result<Socket, String> {
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| format!("bad URL {url}: {e}"))?;
-    for (name, value) in [("X-WX-Id", &session.id), ("X-WX-Skey", &session.skey)] {
-        let value = HeaderValue::from_str(value).map_err(|e| format!("bad session: {e}"))?;
-        request.headers_mut().insert(name, value);
-    }
-    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-        .await
-        .map_err(|e| format!("WebSocket connect: {e}"))?;
-    match next_text(&mut socket, Duration::from_secs(30)).await? {
-        greeting if greeting.starts_with("Server: ") => Ok(socket),
-        other => Err(format!("unexpected greeting {other:?}")),
-    }
-}
-
-async fn next_text(socket: &mut Socket, within: Duration) -> Result<String, String> {
-    loop {
-        match tokio::time::timeout(within, socket.next()).await {
-            Err(_) => return Err(format!("no frame within {within:?}")),
-            Ok(None) => return Err("connection closed".into()),
-            Ok(Some(Err(e))) => return Err(format!("WebSocket error: {e}")),
-            Ok(Some(Ok(Message::Text(text)))) => return Ok(text.to_string()),
-            Ok(Some(Ok(Message::Close(frame)))) => return Err(format!("closed: {frame:?}")),
-            Ok(Some(Ok(_))) => continue,
-        }
-    }
 }
 
 async fn open_id(

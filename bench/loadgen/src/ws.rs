@@ -49,10 +49,11 @@ fn rss_kib(pids: &[u32]) -> Result<u64, String> {
     Ok(total)
 }
 
-type Socket =
+pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn open(url: &str, session: &wafer::Session) -> Result<Socket, String> {
+/// An authenticated WebSocket, its greeting read.
+pub async fn open(url: &str, session: &wafer::Session) -> Result<Socket, String> {
     let mut request = url
         .into_client_request()
         .map_err(|e| format!("bad URL {url}: {e}"))?;
@@ -63,16 +64,17 @@ async fn open(url: &str, session: &wafer::Session) -> Result<Socket, String> {
     let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
         .await
         .map_err(|e| format!("WebSocket connect: {e}"))?;
-    match next_text(&mut socket).await? {
+    match next_text(&mut socket, Duration::from_secs(30)).await? {
         greeting if greeting.starts_with("Server: ") => Ok(socket),
         other => Err(format!("unexpected greeting {other:?}")),
     }
 }
 
-async fn next_text(socket: &mut Socket) -> Result<String, String> {
+/// The next text frame within `within`, skipping control frames.
+pub async fn next_text(socket: &mut Socket, within: Duration) -> Result<String, String> {
     loop {
-        match tokio::time::timeout(Duration::from_secs(30), socket.next()).await {
-            Err(_) => return Err("no frame within 30 s".into()),
+        match tokio::time::timeout(within, socket.next()).await {
+            Err(_) => return Err(format!("no frame within {within:?}")),
             Ok(None) => return Err("connection closed".into()),
             Ok(Some(Err(e))) => return Err(format!("WebSocket error: {e}")),
             Ok(Some(Ok(Message::Text(text)))) => return Ok(text.to_string()),
@@ -98,7 +100,7 @@ async fn drive(
         let sent = Instant::now();
         let outcome = match socket.send(Message::text(message.clone())).await {
             Err(e) => Err(format!("send: {e}")),
-            Ok(()) => match next_text(&mut socket).await {
+            Ok(()) => match next_text(&mut socket, Duration::from_secs(30)).await {
                 Ok(reply) if reply == format!("Server: Received({message})") => Ok(sent.elapsed()),
                 Ok(reply) => Err(format!("unexpected echo {reply:?}")),
                 Err(e) => Err(e),
