@@ -12,10 +12,6 @@ use axum::{
     response::Response,
 };
 use http_body_util::{LengthLimitError, Limited};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
 use ipnet::IpNet;
 
 use crate::{
@@ -23,39 +19,32 @@ use crate::{
     identity,
     resolver::AuthSession,
     route_table::{Route, RouteTable},
+    upstream::{Upstream, UpstreamError},
     wafer,
 };
 
-/// One keep-alive pool per upstream, in route-table order.
+/// One keep-alive pool per upstream (`upstream.rs`), in route-table order.
 pub struct Forwarder {
-    clients: Vec<(Arc<Route>, Client<HttpConnector, Body>)>,
+    upstreams: Vec<(Arc<Route>, Arc<Upstream>)>,
 }
 
 impl Forwarder {
     pub fn new(routes: &RouteTable) -> Self {
-        let clients = routes
+        let upstreams = routes
             .routes()
             .map(|route| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(route.connect_timeout));
-                // The upstream's Host is the route's, rendered once (`Route::host`).
-                let client = Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .set_host(false)
-                    .build(connector);
-                (route.clone(), client)
+                let upstream = Upstream::new(route.authority.clone(), route.connect_timeout);
+                (route.clone(), Arc::new(upstream))
             })
             .collect();
-        Self { clients }
+        Self { upstreams }
     }
 
-    fn client(&self, route: &Arc<Route>) -> Option<&Client<HttpConnector, Body>> {
-        self.clients
+    fn upstream(&self, route: &Arc<Route>) -> Option<&Arc<Upstream>> {
+        self.upstreams
             .iter()
             .find(|(r, _)| Arc::ptr_eq(r, route))
-            .map(|(_, client)| client)
+            .map(|(_, upstream)| upstream)
     }
 
     /// Sends `request` to `route`'s upstream with `session`'s identity (or none), and
@@ -67,8 +56,8 @@ impl Forwarder {
         client_address: ClientAddress<'_>,
         request: Request,
     ) -> Result<Response, ApiError> {
-        let client = self
-            .client(route)
+        let upstream = self
+            .upstream(route)
             .ok_or_else(|| ApiError::UpstreamFailed(route.prefix.clone()))?;
         let (mut parts, body) = request.into_parts();
         let max = route.max_body_bytes;
@@ -92,18 +81,18 @@ impl Forwarder {
             )),
         };
         let (path, query) = (parts.uri.path(), parts.uri.query());
+        // Origin-form ("/path?query"): the connection already is the upstream's.
         let mut uri = String::with_capacity(
-            route.origin.len() + route.base_path.len() + path.len() + query.map_or(0, str::len) + 2,
+            route.base_path.len() + path.len() + query.map_or(0, str::len) + 2,
         );
-        uri.push_str(&route.origin);
         route.push_upstream_path(&mut uri, path);
         push_query_without_session(&mut uri, query);
         parts.uri = Uri::try_from(uri).map_err(|_| ApiError::BadRequestTarget)?;
         parts.version = Version::HTTP_11;
         request_headers(&mut parts.headers, session, client_address);
         parts.headers.insert(header::HOST, route.host.clone());
-        let upstream = Request::from_parts(parts, body);
-        let answer = tokio::time::timeout(route.timeout, client.request(upstream)).await;
+        let outgoing = Request::from_parts(parts, body);
+        let answer = tokio::time::timeout(route.timeout, upstream.send(outgoing)).await;
         let answer = match answer {
             Err(_) => return Err(ApiError::UpstreamTimeout(route.prefix.clone())),
             Ok(Err(e)) if limit_exceeded(&e) => {
@@ -141,7 +130,7 @@ impl ClientAddress<'_> {
     }
 }
 
-fn limit_exceeded(e: &hyper_util::client::legacy::Error) -> bool {
+fn limit_exceeded(e: &UpstreamError) -> bool {
     let mut source = e.source();
     while let Some(cause) = source {
         if cause.is::<LengthLimitError>() {

@@ -23,6 +23,7 @@ pub mod session_cache;
 pub mod session_client;
 pub mod startup;
 pub mod state;
+pub mod upstream;
 pub mod user;
 pub mod wafer;
 pub mod ws;

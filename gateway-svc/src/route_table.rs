@@ -59,9 +59,9 @@ const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 #[derive(Debug)]
 pub struct Route {
     pub prefix: String,
-    /// `http://host:port`, for the request URI.
-    pub origin: String,
-    /// `host:port`, the upstream's Host header.
+    /// `host:port`, where to connect.
+    pub authority: String,
+    /// The same, as the upstream's Host header.
     pub host: http::HeaderValue,
     /// The upstream URL's path without its trailing slash ("" for none).
     pub base_path: String,
@@ -202,8 +202,13 @@ impl Entry {
         };
         let host = http::HeaderValue::from_str(authority.as_str())
             .map_err(|_| format!("upstream {:?} has an unusable host", self.upstream))?;
+        // A URL without a port means port 80, as for any http:// URL.
+        let authority = match authority.port() {
+            Some(_) => authority.to_string(),
+            None => format!("{}:80", authority.host()),
+        };
         Ok(Route {
-            origin: format!("http://{authority}"),
+            authority,
             host,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             session: self.session,

@@ -1,0 +1,348 @@
+//! The connections to one business upstream: HTTP/1.1, kept alive between requests. Each
+//! connection is driven by the request that holds it — its I/O runs in that request's task,
+//! not in a task of its own — so a forwarded request costs no hand-offs between tasks (what a
+//! general-purpose client pool spends on every request). A connection goes back to the idle
+//! list when its answer's body has been read to the end; one the upstream closed while idle is
+//! noticed and dropped when it is next taken, and a request it refused unsent is sent again on
+//! a new connection.
+use std::{
+    future::{Future, poll_fn},
+    pin::{Pin, pin},
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use axum::body::{Body, Bytes};
+use http::{Request, Response};
+use hyper::{
+    body::{Body as _, Frame, Incoming, SizeHint},
+    client::conn::http1::{self, Connection, SendRequest},
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Idle connections kept per upstream.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed rather than reused (upstreams close idle
+/// connections on their own clock, commonly after 60 s or more).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Conn = Connection<TokioIo<TcpStream>, Body>;
+
+struct Pooled {
+    sender: SendRequest<Body>,
+    conn: Conn,
+    idle_since: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::ConnectTimeout)
+    }
+}
+
+pub struct Upstream {
+    /// `host:port`.
+    authority: String,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Pooled>>,
+}
+
+impl Upstream {
+    pub fn new(authority: String, connect_timeout: Duration) -> Self {
+        Self {
+            authority,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Pooled>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `request` and answers the upstream's response, whose body keeps driving the
+    /// connection until it has been read.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let (mut pooled, mut reused) = self.checkout().await?;
+        loop {
+            let sending = pooled.sender.try_send_request(request);
+            match drive(&mut pooled.conn, sending).await {
+                Some(Ok(response)) => {
+                    let (parts, incoming) = response.into_parts();
+                    // No body to read (HEAD, 204, 304): the connection is free already (the
+                    // next checkout drives it to ready).
+                    if incoming.is_end_stream() {
+                        self.checkin(pooled);
+                        return Ok(Response::from_parts(parts, Body::empty()));
+                    }
+                    let body = Driven {
+                        incoming,
+                        pooled: Some(pooled),
+                        upstream: self.clone(),
+                    };
+                    return Ok(Response::from_parts(parts, Body::new(body)));
+                }
+                Some(Err(mut refused)) => match (reused, refused.take_message()) {
+                    // A kept-alive connection that turned out closed, the request unsent:
+                    // once more on a fresh one.
+                    (true, Some(unsent)) => {
+                        request = unsent;
+                        pooled = self.connect().await?;
+                        reused = false;
+                    }
+                    _ => return Err(refused.into_error().into()),
+                },
+                None => {
+                    return Err(UpstreamError::Connect(std::io::Error::other(
+                        "the connection closed before the answer",
+                    )));
+                }
+            }
+        }
+    }
+
+    /// A connection ready for a request: an idle one that is still open, or a new one.
+    async fn checkout(&self) -> Result<(Pooled, bool), UpstreamError> {
+        loop {
+            let candidate = self.idle().pop();
+            let Some(mut pooled) = candidate else {
+                return Ok((self.connect().await?, false));
+            };
+            if pooled.idle_since.elapsed() > IDLE_TIMEOUT {
+                continue;
+            }
+            let Pooled { sender, conn, .. } = &mut pooled;
+            if let Some(Ok(())) = drive(conn, poll_fn(|cx| sender.poll_ready(cx))).await {
+                return Ok((pooled, true));
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Pooled, UpstreamError> {
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(self.authority.as_str()),
+        )
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout)?
+        .map_err(UpstreamError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+        Ok(Pooled {
+            sender,
+            conn,
+            idle_since: Instant::now(),
+        })
+    }
+
+    fn checkin(&self, mut pooled: Pooled) {
+        pooled.idle_since = Instant::now();
+        let mut idle = self.idle();
+        if idle.len() < MAX_IDLE {
+            idle.push(pooled);
+        }
+    }
+}
+
+/// Polls `work` while driving `conn`; `None` when the connection ended first.
+async fn drive<F: Future>(conn: &mut Conn, work: F) -> Option<F::Output> {
+    let mut work = pin!(work);
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match Pin::new(&mut *conn).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            // Closed (or failed): whatever `work` waited for ends with it.
+            Poll::Ready(_) => Poll::Ready(match work.as_mut().poll(cx) {
+                Poll::Ready(out) => Some(out),
+                Poll::Pending => None,
+            }),
+        }
+    })
+    .await
+}
+
+/// An upstream answer's body, which drives its connection as it is read and hands the
+/// connection back once the body is complete. Dropped early (the client went away), the
+/// connection closes with it.
+struct Driven {
+    incoming: Incoming,
+    pooled: Option<Pooled>,
+    upstream: Arc<Upstream>,
+}
+
+impl hyper::body::Body for Driven {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(pooled) = &mut this.pooled
+            && Pin::new(&mut pooled.conn).poll(cx).is_ready()
+        {
+            // The connection ended; the body has what it got (or its error).
+            this.pooled = None;
+        }
+        let frame = match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(frame) => frame,
+        };
+        let done = match &frame {
+            None => true,
+            Some(Ok(_)) => this.incoming.is_end_stream(),
+            Some(Err(_)) => {
+                this.pooled = None;
+                false
+            }
+        };
+        if done && let Some(pooled) = this.pooled.take() {
+            this.upstream.checkin(pooled);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+/// Reads a whole body, for tests.
+#[cfg(test)]
+async fn text(body: Body) -> String {
+    use http_body_util::BodyExt as _;
+    String::from_utf8_lossy(
+        &body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default(),
+    )
+    .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An upstream that answers every request on a connection, counting connections, and
+    /// closes each connection after `per_connection` answers.
+    async fn server(per_connection: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for _ in 0..per_connection {
+                        let mut seen = Vec::new();
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let Ok(n) = tcp.read(&mut buf).await else {
+                                return;
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            seen.extend_from_slice(&buf[..n]);
+                        }
+                        // A HEAD answer has the headers of a GET's and no body.
+                        let answer: &[u8] = match seen.starts_with(b"HEAD ") {
+                            true => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                            false => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                        };
+                        if tcp.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get() -> Request<Body> {
+        request("GET")
+    }
+
+    fn request(method: &str) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri("/x")
+            .header("host", "upstream")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_once_a_body_is_read() {
+        let (addr, accepted) = server(usize::MAX).await;
+        let upstream = Arc::new(Upstream::new(addr, Duration::from_secs(1)));
+        for _ in 0..10 {
+            let response = upstream.send(get()).await.unwrap();
+            assert_eq!(text(response.into_body()).await, "hello");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_a_body_frees_its_connection_at_once() {
+        let (addr, accepted) = server(usize::MAX).await;
+        let upstream = Arc::new(Upstream::new(addr, Duration::from_secs(1)));
+        for _ in 0..3 {
+            let response = upstream.send(request("HEAD")).await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(text(response.into_body()).await, "");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_replaced() {
+        let (addr, accepted) = server(1).await;
+        let upstream = Arc::new(Upstream::new(addr, Duration::from_secs(1)));
+        for _ in 0..5 {
+            let response = upstream.send(get()).await.unwrap();
+            assert_eq!(text(response.into_body()).await, "hello");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let upstream = Arc::new(Upstream::new(addr, Duration::from_secs(1)));
+        assert!(upstream.send(get()).await.unwrap_err().is_connect());
+    }
+}
