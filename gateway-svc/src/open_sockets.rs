@@ -25,10 +25,12 @@ struct Watched {
 
 #[derive(Default)]
 pub struct OpenSockets {
-    sessions: DashMap<String, Watched>,
+    /// By session id, shared (`Arc<str>`) with the connections' registrations: one copy of
+    /// an id per session, not per connection.
+    sessions: DashMap<Arc<str>, Watched>,
     /// Ids of the sessions with open sockets, by openId (most users have one). Locked before
     /// `sessions` when both are, never after.
-    by_user: DashMap<String, Vec<String>>,
+    by_user: DashMap<String, Vec<Arc<str>>>,
 }
 
 /// Who a push is for.
@@ -40,7 +42,7 @@ pub enum Target<'a> {
 /// One connection's place in [`OpenSockets`]; leaves it when dropped.
 pub struct Registration {
     sockets: Arc<OpenSockets>,
-    session_id: String,
+    session_id: Arc<str>,
     /// Fires on the session's revocation or the gateway's shutdown.
     pub ended: CancellationToken,
     /// Messages for this connection from backends.
@@ -84,14 +86,18 @@ impl OpenSockets {
         shutdown: &CancellationToken,
         (max, queue): (usize, usize),
     ) -> Option<Registration> {
-        let mut watched = self
-            .sessions
-            .entry(session_id.to_owned())
-            .or_insert_with(|| Watched {
-                revoked: shutdown.child_token(),
-                open_id: user.open_id.clone(),
-                outboxes: Vec::new(),
-            });
+        let (id, mut watched) = match self.sessions.get_mut(session_id) {
+            Some(watched) => (watched.key().clone(), watched),
+            None => {
+                let id: Arc<str> = Arc::from(session_id);
+                let watched = self.sessions.entry(id.clone()).or_insert_with(|| Watched {
+                    revoked: shutdown.child_token(),
+                    open_id: user.open_id.clone(),
+                    outboxes: Vec::new(),
+                });
+                (id, watched)
+            }
+        };
         if watched.outboxes.len() >= max {
             return None;
         }
@@ -102,13 +108,13 @@ impl OpenSockets {
         drop(watched);
         if first {
             let mut ids = self.by_user.entry(user.open_id.clone()).or_default();
-            if !ids.iter().any(|id| id == session_id) {
-                ids.push(session_id.to_owned());
+            if !ids.iter().any(|known| known == &id) {
+                ids.push(id.clone());
             }
         }
         Some(Registration {
             sockets: self.clone(),
-            session_id: session_id.to_owned(),
+            session_id: id,
             ended,
             outbox,
         })
@@ -160,7 +166,7 @@ impl OpenSockets {
 
     /// Ids of the sessions with open sockets.
     pub fn session_ids(&self) -> Vec<String> {
-        self.sessions.iter().map(|e| e.key().clone()).collect()
+        self.sessions.iter().map(|e| e.key().to_string()).collect()
     }
 }
 
