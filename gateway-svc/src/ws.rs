@@ -19,7 +19,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Settings, WsSettings},
+    config::WsSettings,
     error::ApiError,
     open_sockets::Registration,
     outbox::{Outbox, SLOW_CLIENT},
@@ -62,13 +62,20 @@ pub async fn upgrade(
                 return ApiError::TooManySessionSockets(max).into_response();
             };
             // With a relay, the socket's messages go on with the session's identity, which
-            // needs the credentials to stay fresh: kept for relayed sockets only.
+            // needs the credentials to stay fresh: kept by relayed sockets' relay task only.
+            // Started now; if the upgrade never completes, its sender is dropped and it ends.
             let relay = state.relay.as_ref().map(|_| {
-                Box::new(RelayStart {
-                    state: state.clone(),
-                    id: session.id.clone(),
-                    skey: session.skey.clone(),
-                })
+                let (sender, messages) = mpsc::channel(relay::WAITING);
+                let (relay_state, outbox) = (state.clone(), registration.outbox.clone());
+                let credentials = (session.id.clone(), session.skey.clone());
+                tokio::spawn(async move {
+                    if let Some(relay) = &relay_state.relay {
+                        relay
+                            .run(&relay_state.resolver, credentials, outbox, messages)
+                            .await;
+                    }
+                });
+                sender
             });
             Ok(Some((session.user, registration, relay)))
         }
@@ -82,8 +89,7 @@ pub async fn upgrade(
     let params = Box::new(Params {
         resolution,
         // Shared, not copied: every open socket holds its Params.
-        settings: state.settings.clone(),
-        shutdown: state.shutdown.clone(),
+        state: state.clone(),
         _permit: permit,
     });
     // tungstenite's buffers default to 128 KiB each, per connection: at 10,000 connections
@@ -96,22 +102,15 @@ pub async fn upgrade(
         .on_upgrade(move |socket| tasks.track_future(connection(socket, params)))
 }
 
-/// What a relayed socket's relay starts from.
-struct RelayStart {
-    state: AppState,
-    id: String,
-    skey: String,
-}
-
-/// An accepted socket's session: its user, its place among the open sockets, and its relay
-/// (when messages are relayed).
-type Accepted = (Arc<User>, Registration, Option<Box<RelayStart>>);
+/// An accepted socket's session: its user, its place among the open sockets, and where its
+/// messages go when they are relayed.
+type Accepted = (Arc<User>, Registration, Option<mpsc::Sender<Utf8Bytes>>);
 
 /// What a connection needs from its upgrade request.
 struct Params {
     resolution: Result<Option<Accepted>, ApiError>,
-    settings: Arc<Settings>,
-    shutdown: CancellationToken,
+    /// Settings and the shutdown signal, behind the state's one `Arc`.
+    state: AppState,
     /// Held for the connection's life: its slot under the connection cap.
     _permit: OwnedSemaphorePermit,
 }
@@ -119,37 +118,19 @@ struct Params {
 /// One WebSocket, from the upgrade to the end. Everything the connection keeps lives here
 /// once: `serve` and `refuse` borrow it (a future that took the socket by value would hold a
 /// second copy of its place in this task's memory, for every connection).
-async fn connection(mut socket: WebSocket, mut params: Box<Params>) {
-    let relay = match &mut params.resolution {
-        Ok(Some((_, registration, relay))) => relay.take().map(|start| {
-            let (sender, messages) = mpsc::channel(relay::WAITING);
-            let outbox = registration.outbox.clone();
-            tokio::spawn(async move {
-                let RelayStart { state, id, skey } = *start;
-                if let Some(relay) = &state.relay {
-                    relay
-                        .run(&state.resolver, (id, skey), outbox, messages)
-                        .await;
-                }
-            });
-            sender
-        }),
-        _ => None,
-    };
+async fn connection(mut socket: WebSocket, params: Box<Params>) {
     let Params {
-        resolution,
-        settings,
-        shutdown,
-        ..
+        resolution, state, ..
     } = &*params;
+    let (settings, shutdown) = (&state.settings, &state.shutdown);
     match resolution {
-        Ok(Some((user, registration, _))) => {
+        Ok(Some((user, registration, relay))) => {
             serve(
                 &mut socket,
                 user,
                 &settings.ws,
                 registration,
-                relay,
+                relay.as_ref(),
                 shutdown,
             )
             .await
@@ -216,7 +197,7 @@ async fn serve(
     user: &User,
     settings: &WsSettings,
     registration: &Registration,
-    relay: Option<mpsc::Sender<Utf8Bytes>>,
+    relay: Option<&mpsc::Sender<Utf8Bytes>>,
     shutdown: &CancellationToken,
 ) {
     let (ended, outbox) = (&registration.ended, &*registration.outbox);
@@ -278,7 +259,7 @@ async fn serve(
             }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    let reply = match &relay {
+                    let reply = match relay {
                         None => format!("Server: Received({})", text.as_str()).into(),
                         Some(relay) => match relay.try_send(text) {
                             Ok(()) => continue,
