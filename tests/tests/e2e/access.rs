@@ -259,3 +259,40 @@ fn tls_settings_that_cannot_work_are_refused() {
     ]);
     assert!(session_svc::Settings::parse_from(mutual).is_ok());
 }
+
+/// What a team's backend in another language sees: it discovers the API through reflection
+/// (open) and gets UNAUTHENTICATED without a key, PERMISSION_DENIED with the gateway's key
+/// (no admin or push scope) and OK with a key that has the scopes.
+#[tokio::test]
+async fn a_python_backend_through_reflection_gets_what_its_key_allows() {
+    let stack = Stack::start().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("../target/test-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: scripts/test.sh installs tests/requirements.txt there",
+        python.display()
+    );
+    let output = tokio::process::Command::new(python)
+        .arg(root.join("reflection/scopes.py"))
+        .arg(stack.session_svc_addr().to_string())
+        .arg(stack.gateway_key())
+        .arg(stack.backend_key())
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        answers,
+        serde_json::json!({
+            "no key": {"RevokeUser": "UNAUTHENTICATED", "Publish": "UNAUTHENTICATED"},
+            "gateway key": {"RevokeUser": "PERMISSION_DENIED", "Publish": "PERMISSION_DENIED"},
+            "admin key": {"RevokeUser": "OK", "Publish": "OK"},
+        })
+    );
+}
