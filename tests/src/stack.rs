@@ -524,6 +524,36 @@ impl Stack {
         InterceptedService::new(channel, Bearer(key.map(str::to_owned)))
     }
 
+    /// Waits (at most 10 s) until `gateways` gateways follow session-svc's stream, so that a
+    /// publish counts on them: asked with publishes to a user nobody is.
+    pub async fn wait_for_followers(&self, gateways: u32) {
+        use weapp_proto::session::v1::{
+            PublishRequest, PushMessage, push_message::Target,
+            session_service_client::SessionServiceClient,
+        };
+        let mut client = SessionServiceClient::new(self.session_channel().await);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let answer = client
+                .publish(PublishRequest {
+                    message: Some(PushMessage {
+                        target: Some(Target::OpenId("o-nobody-is-this-user".into())),
+                        text: "probe".into(),
+                    }),
+                })
+                .await
+                .expect("publish");
+            if answer.into_inner().gateways_answered >= gateways {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{gateways} gateways never followed session-svc"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The key of "another backend" of the operator: every scope.
     pub fn backend_key(&self) -> &str {
         &self.backend_key

@@ -101,7 +101,7 @@ async fn the_example_backend_answers_the_user_and_pushes_to_their_socket() {
     let url = stack.ws_url(&format!("/ws?{}", session.query()));
     let (mut ws, _) = connect_async(url).await.unwrap();
     assert!(text(next_frame(&mut ws).await).starts_with("Server: "));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.wait_for_followers(1).await;
     let pushed = stack
         .http
         .post(stack.url("/api/push"))

@@ -65,7 +65,7 @@ async fn a_publish_reaches_every_socket_of_the_user_on_every_gateway_as_given() 
     let mut there = open(other_gateway.addr, &second).await;
     let mut unrelated = open(stack.gateway_addr(), &bystander).await;
     // The followers must be connected before a publish can count on them.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.wait_for_followers(2).await;
 
     let mut client = SessionServiceClient::new(stack.session_channel().await);
     let message = r#"{"type":"order","id":42} 恭喜 — not prefixed"#;
@@ -164,7 +164,7 @@ async fn a_client_that_does_not_read_is_closed_instead_of_queued_without_bound()
         .await;
     let (minted, session) = stack.new_session().await;
     let mut ws = open(stack.gateway_addr(), &session).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.wait_for_followers(1).await;
     let mut client = SessionServiceClient::new(stack.session_channel().await);
     let big = "x".repeat(60 * 1024);
     // The socket is not read: kernel buffers fill, then the queue, then the gateway gives up.
