@@ -314,6 +314,13 @@ fn grpc_url(url: &str) -> Result<String, String> {
     }
 }
 
+/// Whether `peer` is one of the trusted reverse proxies (`WEAPP_TRUSTED_PROXIES`), whose
+/// client-address headers are believed.
+pub fn is_trusted_proxy(proxies: &[IpNet], peer: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    proxies.iter().any(|net| net.contains(&peer))
+}
+
 /// An address ("10.0.0.5") or a network ("172.16.0.0/12").
 fn ip_net(value: &str) -> Result<IpNet, String> {
     value

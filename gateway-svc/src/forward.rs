@@ -15,6 +15,7 @@ use http_body_util::{LengthLimitError, Limited};
 use ipnet::IpNet;
 
 use crate::{
+    config::is_trusted_proxy,
     error::ApiError,
     identity,
     resolver::AuthSession,
@@ -125,8 +126,7 @@ pub struct ClientAddress<'a> {
 
 impl ClientAddress<'_> {
     fn trusted(&self) -> bool {
-        let ip = self.peer.ip().to_canonical();
-        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+        is_trusted_proxy(self.trusted_proxies, self.peer.ip())
     }
 }
 

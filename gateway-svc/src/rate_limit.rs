@@ -18,6 +18,8 @@ use governor::{
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use crate::config::is_trusted_proxy;
+
 pub struct LoginLimiter {
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// Peers whose `X-Real-IP` is believed (the reverse proxy in front).
@@ -40,7 +42,7 @@ impl LoginLimiter {
     /// set. Anyone else's `X-Real-IP` is ignored, or clients could pick their own address.
     pub fn client_address(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.ip().to_canonical();
-        if !self.trusted_proxies.iter().any(|net| net.contains(&peer)) {
+        if !is_trusted_proxy(&self.trusted_proxies, peer) {
             return peer;
         }
         headers

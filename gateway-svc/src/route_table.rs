@@ -79,13 +79,6 @@ impl Route {
         under(path, &self.prefix)
     }
 
-    /// The path the upstream is asked for.
-    pub fn upstream_path(&self, path: &str) -> String {
-        let mut target = String::new();
-        self.push_upstream_path(&mut target, path);
-        target
-    }
-
     /// Appends the path the upstream is asked for to `target`.
     pub fn push_upstream_path(&self, target: &mut String, path: &str) {
         let rest = match self.strip_prefix {
@@ -238,6 +231,14 @@ mod tests {
 
     fn table(text: &str) -> Result<RouteTable, String> {
         RouteTable::parse(text)
+    }
+
+    impl Route {
+        fn upstream_path(&self, path: &str) -> String {
+            let mut target = String::new();
+            self.push_upstream_path(&mut target, path);
+            target
+        }
     }
 
     #[test]

@@ -127,7 +127,8 @@ impl Application {
     async fn warn_if_unsigned(&self) {
         if let Ok(Ok(jwks)) =
             tokio::time::timeout(Duration::from_secs(1), self.sessions.identity_keys()).await
-            && jwks.contains("\"keys\":[]")
+            && serde_json::from_str::<serde_json::Value>(&jwks)
+                .is_ok_and(|set| set["keys"].as_array().is_some_and(Vec::is_empty))
         {
             tracing::warn!(
                 "business routes are configured, but session-svc has no identity key \
