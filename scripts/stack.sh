@@ -63,7 +63,7 @@ cat > "$keys_dir/api-keys.toml" <<'KEYS'
 [[key]]
 name = "gateway"
 file = "gateway.key"
-scopes = ["validate", "login", "follow"]
+scopes = ["validate", "login", "follow", "wechat.phone"]
 
 [[key]]
 name = "admin"

@@ -277,15 +277,19 @@ impl Settings {
 }
 
 /// Paths the gateway serves itself; the login path and business routes must not shadow them.
-pub const RESERVED_PATHS: [&str; 7] = [
+pub const RESERVED_PATHS: [&str; 8] = [
     "/me",
     "/ws",
     "/logout",
+    PHONE_PATH,
     "/healthz",
     "/readyz",
     "/.well-known/jwks.json",
     AUTH_PATH,
 ];
+
+/// The mini-program's phone number (`routes.rs`).
+pub const PHONE_PATH: &str = "/phone-number";
 
 /// For nginx's `auth_request`: 200 with the identity headers, 401 with wafer's body, 503 when
 /// sessions cannot be checked (`routes.rs`).

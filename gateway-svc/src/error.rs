@@ -56,6 +56,10 @@ pub enum ApiError {
     UpstreamTimeout(String),
     #[error("the request path cannot be forwarded")]
     BadRequestTarget,
+    #[error("the phone code is missing: send it in X-WX-Phone-Code or as {{\"code\": …}}")]
+    MissingPhoneCode,
+    #[error("{message}")]
+    PhoneFailed { status: StatusCode, message: String },
 }
 
 fn retry_after_secs(wait: Duration) -> u64 {
@@ -101,6 +105,31 @@ impl ApiError {
         }
     }
 
+    /// A failed `GetPhoneNumber` RPC: a bad or used code is the client's to fix; a session
+    /// that died on the way is an invalid session; the rest is upstream trouble.
+    pub fn phone(status: &tonic::Status) -> Self {
+        if key_refused(status) {
+            return Self::PhoneFailed {
+                status: StatusCode::BAD_GATEWAY,
+                message: "the session service refused this gateway's phone-number request \
+                          (its key needs the wechat.phone scope)"
+                    .into(),
+            };
+        }
+        let http = match status.code() {
+            Code::Unauthenticated => return Self::validate(status),
+            Code::InvalidArgument | Code::PermissionDenied => StatusCode::BAD_REQUEST,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::DeadlineExceeded | Code::Cancelled => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Self::PhoneFailed {
+            status: http,
+            message: format!("no phone number: {}", status.message()),
+        }
+    }
+
     /// A failed `Validate` RPC: only a definite "no" from session-svc is an invalid session;
     /// anything else means we do not know, and the request must not go on without one.
     pub fn validate(status: &tonic::Status) -> Self {
@@ -137,7 +166,10 @@ impl ApiError {
             | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::BadBody | Self::BadRequestTarget => StatusCode::BAD_REQUEST,
+            Self::BadBody | Self::BadRequestTarget | Self::MissingPhoneCode => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::PhoneFailed { status, .. } => *status,
             Self::UpstreamUnreachable(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -175,6 +207,9 @@ impl ApiError {
                 json!({ "error": wafer::ERR_UPSTREAM_TIMEOUT, "message": message })
             }
             Self::NotReady(reason) => json!({ "status": "not ready", "reason": reason }),
+            Self::MissingPhoneCode | Self::PhoneFailed { .. } => {
+                json!({ "error": wafer::ERR_PHONE_NUMBER_FAILED, "message": message })
+            }
         }
     }
 }
@@ -191,7 +226,8 @@ fn key_refused(status: &tonic::Status) -> bool {
             code = ?status.code(),
             reason = status.message(),
             "session-svc refused this gateway's API key: check WEAPP_SESSION_SVC_KEY_FILE and \
-             the key's scopes (validate, login, follow) in session-svc's WEAPP_API_KEYS_FILE"
+             the key's scopes (validate, login, follow; wechat.phone for /phone-number) in \
+             session-svc's WEAPP_API_KEYS_FILE"
         );
     }
     refused

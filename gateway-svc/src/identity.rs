@@ -21,6 +21,8 @@ pub const SESSION: HeaderName = HeaderName::from_static("x-weapp-session");
 pub const USER: HeaderName = HeaderName::from_static("x-weapp-user");
 /// The signed identity assertion (JWT).
 pub const ASSERTION: HeaderName = HeaderName::from_static("x-weapp-assertion");
+/// The user's phone number (E.164), once WeChat has verified it (`/phone-number`).
+pub const PHONE: HeaderName = HeaderName::from_static("x-weapp-phone");
 
 /// Removes every `X-Weapp-*` header: only the gateway may set them.
 pub fn strip_client_headers(headers: &mut HeaderMap) {
@@ -42,8 +44,13 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn new(session_id: &str, user: &User, assertion: Option<HeaderValue>) -> Self {
-        let mut headers = HeaderMap::with_capacity(5);
+    pub fn new(
+        session_id: &str,
+        user: &User,
+        phone: Option<&str>,
+        assertion: Option<HeaderValue>,
+    ) -> Self {
+        let mut headers = HeaderMap::with_capacity(6);
         if let Ok(value) = HeaderValue::from_str(&user.open_id) {
             headers.insert(OPEN_ID, value);
         }
@@ -59,6 +66,9 @@ impl Identity {
         }
         if let Ok(value) = HeaderValue::try_from(URL_SAFE_NO_PAD.encode(&user.me_body)) {
             headers.insert(USER, value);
+        }
+        if let Some(value) = phone.and_then(|p| HeaderValue::from_str(p).ok()) {
+            headers.insert(PHONE, value);
         }
         if let Some(assertion) = assertion {
             headers.insert(ASSERTION, assertion);
@@ -89,7 +99,14 @@ mod tests {
         strip_client_headers(&mut headers);
         assert_eq!(headers.len(), 1);
         let user = User::new(&UserInfo::code_only("o-1", Some("u-1")));
-        Identity::new("id", &user, Some(HeaderValue::from_static("a.b.c"))).apply(&mut headers);
+        Identity::new(
+            "id",
+            &user,
+            Some("+8613800138000"),
+            Some(HeaderValue::from_static("a.b.c")),
+        )
+        .apply(&mut headers);
+        assert_eq!(headers[PHONE], "+8613800138000");
         assert_eq!(headers[OPEN_ID], "o-1");
         assert_eq!(headers[UNION_ID], "u-1");
         assert_eq!(headers[SESSION], weapp_wire::short_hash("id").as_str());

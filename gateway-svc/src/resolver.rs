@@ -32,7 +32,7 @@ impl AuthSession {
     pub fn insert_identity(&self, headers: &mut HeaderMap) {
         match &self.identity {
             Some(identity) => identity.apply(headers),
-            None => Identity::new(&self.id, &self.user, None).apply(headers),
+            None => Identity::new(&self.id, &self.user, None, None).apply(headers),
         }
     }
 
@@ -113,6 +113,12 @@ impl SessionResolver {
         Ok(AuthSession::new(id, skey, resolved))
     }
 
+    /// Forgets what is cached of a session that changed at session-svc (a verified phone
+    /// number): the next request asks again.
+    pub fn forget(&self, id: &str) {
+        self.cache.revoke_session(id);
+    }
+
     /// Revokes the session at session-svc and forgets it here at once: the revocation stream
     /// will say so too, but this client may ask again before it does.
     pub async fn logout(&self, session: AuthSession) -> Result<(), ApiError> {
@@ -161,8 +167,15 @@ async fn validate(
         }
     };
     let user = Arc::new(user);
-    let identity =
-        (need == Need::Assertion).then(|| Arc::new(Identity::new(&id, &user, assertion)));
+    let phone = answer.phone.as_ref().map(|p| {
+        format!(
+            "+{}{}",
+            p.country_code.trim_start_matches('+'),
+            p.pure_phone_number
+        )
+    });
+    let identity = (need == Need::Assertion)
+        .then(|| Arc::new(Identity::new(&id, &user, phone.as_deref(), assertion)));
     let resolved = Resolved { user, identity };
     cache.insert(ticket, &id, &skey, resolved.clone(), expires_in);
     Ok(resolved)

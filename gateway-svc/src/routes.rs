@@ -16,7 +16,7 @@ use weapp_proto::session::v1::LoginRequest;
 use weapp_wire::UserInfo;
 
 use crate::{
-    config::{AUTH_PATH, RESERVED_PATHS},
+    config::{AUTH_PATH, PHONE_PATH, RESERVED_PATHS},
     error::ApiError,
     forward::ClientAddress,
     resolver::{AuthSession, Need},
@@ -55,6 +55,7 @@ impl Forwarded {
 pub fn router(state: AppState) -> Router {
     let with_session = Router::new()
         .route("/logout", any(logout))
+        .route(PHONE_PATH, get(phone_number).post(phone_number))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -208,6 +209,48 @@ async fn logout(
     state.resolver.logout(session).await?;
     state.sockets.revoke_session(&id);
     Ok(Json(wafer::logout_body()).into_response())
+}
+
+/// The phone number behind a code from the mini-program's getPhoneNumber button, verified by
+/// WeChat through session-svc and kept on the session from then on (Validate answers and
+/// forwarded identities carry it). The code comes in `X-WX-Phone-Code` or as `{"code": …}`.
+async fn phone_number(
+    State(state): State<AppState>,
+    session: Option<Extension<AuthSession>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let Some(Extension(session)) = session else {
+        return Err(ApiError::InvalidSession(
+            "this needs a session; log in first".into(),
+        ));
+    };
+    let from_header = headers
+        .get(wafer::PHONE_CODE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    let code = match from_header {
+        Some(code) => code,
+        None => serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("code")?.as_str().map(str::to_owned))
+            .filter(|c| !c.is_empty())
+            .ok_or(ApiError::MissingPhoneCode)?,
+    };
+    let phone = state
+        .sessions
+        .phone_number(session.id.clone(), session.skey.clone(), code)
+        .await
+        .map_err(|s| ApiError::phone(&s))?;
+    // The cached answer has no number yet: the next request of this session asks again.
+    state.resolver.forget(&session.id);
+    Ok(Json(json!({
+        "phoneNumber": phone.phone_number,
+        "purePhoneNumber": phone.pure_phone_number,
+        "countryCode": phone.country_code,
+    }))
+    .into_response())
 }
 
 /// The public keys that verify the identity assertions session-svc signs (relayed: the

@@ -15,9 +15,10 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use weapp_proto::session::v1::{
-    CheckSessionsRequest, GetIdentityKeysRequest, LoginRequest, LoginResponse, LogoutRequest,
-    ReportDeliveryRequest, Revocation, ValidateRequest, ValidateResponse, WatchRevocationsRequest,
-    session_service_client::SessionServiceClient, session_service_server::SERVICE_NAME,
+    CheckSessionsRequest, GetIdentityKeysRequest, GetPhoneNumberRequest, LoginRequest,
+    LoginResponse, LogoutRequest, PhoneNumber, ReportDeliveryRequest, Revocation,
+    SessionCredentials, Subject, ValidateRequest, ValidateResponse, WatchRevocationsRequest,
+    session_service_client::SessionServiceClient, session_service_server::SERVICE_NAME, subject,
 };
 
 /// The gateway's API key, on every call to session-svc (health checks are open and go
@@ -116,6 +117,32 @@ impl SessionClient {
             async move { client.login(request).await },
         )
         .await
+    }
+
+    /// Exchanges a phone code for the session's user's number (session-svc asks WeChat, so
+    /// this gets the login's deadline).
+    pub async fn phone_number(
+        &self,
+        id: String,
+        skey: String,
+        code: String,
+    ) -> Result<PhoneNumber, Status> {
+        let mut client = self.client.clone();
+        let request = with_deadline(
+            GetPhoneNumberRequest {
+                subject: Some(Subject {
+                    subject: Some(subject::Subject::Session(SessionCredentials { id, skey })),
+                }),
+                code,
+            },
+            self.login_timeout,
+        );
+        bounded(self.login_timeout, async move {
+            client.get_phone_number(request).await
+        })
+        .await?
+        .phone
+        .ok_or_else(|| Status::internal("session service sent no phone number"))
     }
 
     pub async fn logout(&self, id: String, skey: String) -> Result<(), Status> {

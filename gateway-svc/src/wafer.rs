@@ -16,6 +16,11 @@ pub const ERR_BAD_REQUEST: &str = "ERR_BAD_REQUEST";
 /// Not wafer's either: a forwarded route's upstream is down (502) or slow (504).
 pub const ERR_UPSTREAM_UNAVAILABLE: &str = "ERR_UPSTREAM_UNAVAILABLE";
 pub const ERR_UPSTREAM_TIMEOUT: &str = "ERR_UPSTREAM_TIMEOUT";
+/// Not wafer's: `/phone-number` could not get the number (a bad or used code, WeChat
+/// refusing or unreachable). No magic key: the session is fine.
+pub const ERR_PHONE_NUMBER_FAILED: &str = "ERR_PHONE_NUMBER_FAILED";
+/// Where `/phone-number` takes the code from the getPhoneNumber button.
+pub const PHONE_CODE_HEADER: &str = "x-wx-phone-code";
 
 pub use weapp_wire::params::*;
 

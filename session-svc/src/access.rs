@@ -37,15 +37,15 @@ pub enum Scope {
     Login,
     /// WatchRevocations and ReportDelivery: follow revocations and pushes as a gateway does.
     Follow,
-    /// RevokeUser, and any RPC this table does not know yet.
+    /// RevokeUser, ForceRefreshAccessToken, and any RPC this table does not know yet.
     Admin,
     /// Publish and PublishBatch: messages to users' WebSockets.
     Push,
-    /// WeChat's access_token.
+    /// GetAccessToken and ReportInvalidAccessToken: WeChat's access_token.
     WechatToken,
-    /// Users' phone numbers.
+    /// GetPhoneNumber: users' phone numbers.
     WechatPhone,
-    /// Decrypting user data with a user's session_key.
+    /// DecryptUserData, CheckSessionKey and ResetSessionKey: a user's session_key.
     WechatUserData,
 }
 
@@ -90,7 +90,11 @@ pub fn required_scope(path: &str) -> Option<Scope> {
         "Login" | "Logout" => Scope::Login,
         "WatchRevocations" | "ReportDelivery" => Scope::Follow,
         "Publish" | "PublishBatch" => Scope::Push,
-        // RevokeUser, and whatever is added before this table learns it: the narrowest door.
+        "GetAccessToken" | "ReportInvalidAccessToken" => Scope::WechatToken,
+        "GetPhoneNumber" => Scope::WechatPhone,
+        "DecryptUserData" | "CheckSessionKey" | "ResetSessionKey" => Scope::WechatUserData,
+        // RevokeUser, ForceRefreshAccessToken, and whatever is added before this table
+        // learns it: the narrowest door.
         _ => Scope::Admin,
     })
 }
@@ -378,6 +382,13 @@ mod tests {
         assert_eq!(rpc("Publish"), Some(Scope::Push));
         assert_eq!(rpc("PublishBatch"), Some(Scope::Push));
         assert_eq!(rpc("RevokeUser"), Some(Scope::Admin));
+        assert_eq!(rpc("GetAccessToken"), Some(Scope::WechatToken));
+        assert_eq!(rpc("ReportInvalidAccessToken"), Some(Scope::WechatToken));
+        assert_eq!(rpc("ForceRefreshAccessToken"), Some(Scope::Admin));
+        assert_eq!(rpc("GetPhoneNumber"), Some(Scope::WechatPhone));
+        assert_eq!(rpc("DecryptUserData"), Some(Scope::WechatUserData));
+        assert_eq!(rpc("CheckSessionKey"), Some(Scope::WechatUserData));
+        assert_eq!(rpc("ResetSessionKey"), Some(Scope::WechatUserData));
         assert_eq!(rpc("SomethingNew"), Some(Scope::Admin));
         assert_eq!(rpc("GetIdentityKeys"), None);
         assert_eq!(required_scope("/grpc.health.v1.Health/Check"), None);

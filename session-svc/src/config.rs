@@ -10,8 +10,9 @@ use clap::{Args, Parser};
 use weapp_common::config::{ServiceCli, duration};
 
 use crate::{
-    access::AccessSettings, identity::IdentitySettings, login::LoginPolicy, session::SessionPolicy,
-    store::MongoSettings, tls::TlsSettings, wechat::WeChatSettings,
+    access::AccessSettings, access_token::AccessTokenSettings, identity::IdentitySettings,
+    login::LoginPolicy, session::SessionPolicy, store::MongoSettings, tls::TlsSettings,
+    vault::VaultSettings, wechat::WeChatSettings,
 };
 
 /// weapp session-svc: WeChat login and sessions over gRPC.
@@ -51,6 +52,12 @@ pub struct Settings {
 
     #[command(flatten)]
     pub store: StoreSettings,
+
+    #[command(flatten)]
+    pub vault: VaultSettings,
+
+    #[command(flatten)]
+    pub access_token: AccessTokenSettings,
 
     #[command(flatten)]
     pub sessions: SessionPolicy,
@@ -109,6 +116,7 @@ impl Settings {
             .check(self.listen, self.tls.requires_client_certificates())?;
         self.wechat.check()?;
         self.store.mongo.check()?;
+        self.access_token.check()?;
         self.sessions.check()
     }
 }

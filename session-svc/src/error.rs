@@ -4,6 +4,7 @@ use tonic::{Code, Status, metadata::MetadataValue};
 use crate::{
     store::StoreError,
     user_data::UserDataError,
+    vault::VaultError,
     wechat::{WeChatError, errcode},
 };
 
@@ -25,6 +26,20 @@ pub enum SessionError {
     Store(#[from] StoreError),
     #[error("too many logins for this user; retry in {} s", .0.as_secs().max(1))]
     UserRateLimited(std::time::Duration),
+    /// A limit of ours or WeChat's; retry after the duration.
+    #[error("{message}")]
+    Exhausted {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// What was asked needs something that is not there (a user's session_key, a
+    /// configuration); retrying will not help until it is.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -32,16 +47,47 @@ pub enum SessionError {
 fn wechat_code(e: &WeChatError) -> Code {
     match e {
         WeChatError::Refused { errcode, .. } => match *errcode {
-            errcode::MINUTE_QUOTA => Code::ResourceExhausted,
+            errcode::MINUTE_QUOTA | errcode::DAILY_QUOTA => Code::ResourceExhausted,
             errcode::SYSTEM_BUSY => Code::Unavailable,
-            // Our AppId/AppSecret are wrong: only an operator can fix that.
-            errcode::INVALID_APPID | errcode::INVALID_APPSECRET => Code::FailedPrecondition,
+            // Our AppId, AppSecret, token or IP address: only an operator can fix that.
+            errcode::INVALID_APPID
+            | errcode::INVALID_APPSECRET
+            | errcode::INVALID_TOKEN
+            | errcode::EXPIRED_TOKEN
+            | errcode::IP_NOT_WHITELISTED => Code::FailedPrecondition,
             // 40029 invalid, 40163 used, 40226 blocked, and anything else WeChat refuses.
             _ => Code::PermissionDenied,
         },
         WeChatError::Timeout(_) => Code::DeadlineExceeded,
         WeChatError::Unreachable(_) | WeChatError::HttpStatus(_) => Code::Unavailable,
         WeChatError::Malformed(_) => Code::Internal,
+    }
+}
+
+/// What an operator should do about an errcode that only they can fix.
+fn operator_hint(errcode: i64) -> &'static str {
+    match errcode {
+        errcode::IP_NOT_WHITELISTED => {
+            " (WeChat refused this server's IP address: add it to the mini-program's IP \
+             whitelist, mp.weixin.qq.com > Development > Development settings > IP whitelist)"
+        }
+        errcode::INVALID_APPSECRET => {
+            " (the AppSecret is wrong or was reset: update WEAPP_APP_SECRET_FILE)"
+        }
+        errcode::INVALID_TOKEN => {
+            " (WeChat refused the access_token or the AppSecret: check the AppSecret in \
+             WEAPP_APP_SECRET_FILE; if it is right, an operator can call ForceRefreshAccessToken)"
+        }
+        errcode::INVALID_APPID => " (the AppId is wrong: check WEAPP_APP_ID)",
+        errcode::DAILY_QUOTA => " (WeChat's daily quota for this API is used up)",
+        _ => "",
+    }
+}
+
+fn retry_after(status: &mut Status, wait: std::time::Duration) {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(v) = MetadataValue::try_from(seconds.max(1).to_string()) {
+        status.metadata_mut().insert(RETRY_AFTER_KEY, v);
     }
 }
 
@@ -53,16 +99,27 @@ impl From<SessionError> for Status {
                 Status::invalid_argument(message)
             }
             SessionError::Unauthenticated => Status::unauthenticated(message),
-            SessionError::UserRateLimited(wait) => {
+            SessionError::UserRateLimited(wait)
+            | SessionError::Exhausted {
+                retry_after: wait, ..
+            } => {
                 let mut status = Status::resource_exhausted(message);
-                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                if let Ok(v) = MetadataValue::try_from(seconds.max(1).to_string()) {
-                    status.metadata_mut().insert(RETRY_AFTER_KEY, v);
-                }
+                retry_after(&mut status, wait);
                 status
             }
+            SessionError::FailedPrecondition(_)
+            | SessionError::Vault(VaultError::UnknownKey(_)) => {
+                Status::failed_precondition(message)
+            }
+            SessionError::Unavailable(_) => Status::unavailable(message),
             SessionError::WeChat(ref w) => {
-                let mut status = Status::new(wechat_code(w), message);
+                let mut status = match w {
+                    WeChatError::Refused { errcode, .. } => Status::new(
+                        wechat_code(w),
+                        format!("{message}{}", operator_hint(*errcode)),
+                    ),
+                    _ => Status::new(wechat_code(w), message),
+                };
                 if let WeChatError::Refused { errcode, .. } = w {
                     if let Ok(v) = MetadataValue::try_from(errcode.to_string()) {
                         status.metadata_mut().insert(WECHAT_ERRCODE_KEY, v);
@@ -72,6 +129,7 @@ impl From<SessionError> for Status {
             }
             SessionError::Store(StoreError::Unavailable(_)) => Status::unavailable(message),
             SessionError::Store(StoreError::Corrupt(_) | StoreError::Misconfigured(_))
+            | SessionError::Vault(VaultError::Tampered | VaultError::Random(_))
             | SessionError::Internal(_) => {
                 tracing::error!(error = %message, "internal error");
                 Status::internal("internal error")
@@ -102,6 +160,11 @@ mod tests {
             (40125, Code::FailedPrecondition),
             (45011, Code::ResourceExhausted),
             (-1, Code::Unavailable),
+            // The central control server's: only an operator can fix these.
+            (40164, Code::FailedPrecondition),
+            (40001, Code::FailedPrecondition),
+            (42001, Code::FailedPrecondition),
+            (45009, Code::ResourceExhausted),
         ] {
             let status = refused(errcode);
             assert_eq!(status.code(), code, "{errcode}");
@@ -114,6 +177,13 @@ mod tests {
                 Some(errcode.to_string().as_str())
             );
         }
+    }
+
+    #[test]
+    fn operator_errors_say_what_to_fix() {
+        assert!(refused(40164).message().contains("IP whitelist"));
+        assert!(refused(40125).message().contains("AppSecret"));
+        assert!(refused(40001).message().contains("AppSecret"));
     }
 
     #[test]

@@ -6,27 +6,41 @@ use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use weapp_proto::session::v1::{
-    self as pb, CheckSessionsRequest, CheckSessionsResponse, GetIdentityKeysRequest,
-    GetIdentityKeysResponse, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
-    PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
-    ReportDeliveryRequest, ReportDeliveryResponse, RevokeUserRequest, RevokeUserResponse,
-    SessionCredentials, ValidateRequest, ValidateResponse, WatchRevocationsRequest,
-    session_service_server::SessionService,
+    self as pb, AccessToken, CheckSessionKeyRequest, CheckSessionKeyResponse, CheckSessionsRequest,
+    CheckSessionsResponse, DecryptUserDataRequest, DecryptUserDataResponse,
+    ForceRefreshAccessTokenRequest, GetAccessTokenRequest, GetIdentityKeysRequest,
+    GetIdentityKeysResponse, GetPhoneNumberRequest, GetPhoneNumberResponse, LoginRequest,
+    LoginResponse, LogoutRequest, LogoutResponse, PublishBatchRequest, PublishBatchResponse,
+    PublishRequest, PublishResponse, ReportDeliveryRequest, ReportDeliveryResponse,
+    ReportInvalidAccessTokenRequest, ResetSessionKeyRequest, ResetSessionKeyResponse,
+    RevokeUserRequest, RevokeUserResponse, SessionCredentials, ValidateRequest, ValidateResponse,
+    WatchRevocationsRequest, session_service_server::SessionService, subject,
 };
 
 use crate::{
+    access_token::{AccessTokens, CurrentToken},
     error::SessionError,
     identity::IdentitySigner,
     login::{LoginInput, LoginService},
+    phone::PhoneNumbers,
     push,
-    record::{UnixMillis, now_millis},
+    record::{PhoneNumber, UnixMillis, now_millis},
     revocations::RevocationStream,
     session::SessionManager,
+    session_keys::SessionKeys,
 };
+
+/// What session-svc does as the app's central control server for WeChat's server APIs.
+pub struct WeChatServices {
+    pub tokens: Arc<AccessTokens>,
+    pub phones: Arc<PhoneNumbers>,
+    pub session_keys: Arc<SessionKeys>,
+}
 
 pub struct SessionGrpc {
     login: Arc<LoginService>,
     sessions: Arc<SessionManager>,
+    wechat: WeChatServices,
     /// Signs identity assertions, when a key is configured.
     identity: Option<Arc<IdentitySigner>>,
     /// Ends the open-ended revocation streams, which graceful shutdown would otherwise wait
@@ -38,11 +52,13 @@ impl SessionGrpc {
     pub fn new(
         login: Arc<LoginService>,
         sessions: Arc<SessionManager>,
+        wechat: WeChatServices,
         identity: Option<Arc<IdentitySigner>>,
     ) -> Self {
         Self {
             login,
             sessions,
+            wechat,
             identity,
             shutdown: CancellationToken::new(),
         }
@@ -50,6 +66,46 @@ impl SessionGrpc {
 
     pub fn with_shutdown(self, shutdown: CancellationToken) -> Self {
         Self { shutdown, ..self }
+    }
+
+    /// The openId a request is about: a session's user (the session must be live), or an
+    /// openId given by a trusted backend.
+    async fn open_id_of(&self, subject: Option<pb::Subject>) -> Result<String, SessionError> {
+        match subject.and_then(|s| s.subject) {
+            Some(subject::Subject::Session(c)) => Ok(self
+                .sessions
+                .validate(&c.id, &c.skey)
+                .await?
+                .user
+                .open_id()
+                .to_owned()),
+            Some(subject::Subject::OpenId(id)) if !id.is_empty() && id.len() <= 128 => Ok(id),
+            Some(subject::Subject::OpenId(_)) => Err(SessionError::InvalidArgument(
+                "open_id must be 1 to 128 characters".into(),
+            )),
+            None => Err(SessionError::InvalidArgument(
+                "subject is required: a session (id and skey) or an open_id".into(),
+            )),
+        }
+    }
+}
+
+fn access_token(current: CurrentToken) -> AccessToken {
+    use secrecy::ExposeSecret as _;
+    let left = current.expires_at.saturating_sub(now_millis()).max(0);
+    AccessToken {
+        access_token: current.token.expose_secret().to_owned(),
+        expires_at: Some(timestamp(current.expires_at)),
+        expires_in: Some(duration(left)),
+    }
+}
+
+fn phone(p: &PhoneNumber) -> pb::PhoneNumber {
+    pb::PhoneNumber {
+        phone_number: p.phone_number.clone(),
+        pure_phone_number: p.pure_phone_number.clone(),
+        country_code: p.country_code.clone(),
+        verified_at: Some(timestamp(p.verified_at)),
     }
 }
 
@@ -145,6 +201,7 @@ impl SessionService for SessionGrpc {
                 .as_ref()
                 .and_then(|a| prost_types::Duration::try_from(a.expires_in).ok()),
             identity_assertion: assertion.map(|a| a.token).unwrap_or_default(),
+            phone: record.phone.as_ref().map(phone),
         }))
     }
 
@@ -233,6 +290,75 @@ impl SessionService for SessionGrpc {
             .revocations()
             .report(r.push_id, r.follower, &r.sockets);
         Ok(Response::new(ReportDeliveryResponse {}))
+    }
+
+    async fn get_access_token(
+        &self,
+        _request: Request<GetAccessTokenRequest>,
+    ) -> Result<Response<AccessToken>, Status> {
+        Ok(Response::new(access_token(self.wechat.tokens.get().await?)))
+    }
+
+    async fn report_invalid_access_token(
+        &self,
+        request: Request<ReportInvalidAccessTokenRequest>,
+    ) -> Result<Response<AccessToken>, Status> {
+        let refused = request.into_inner().access_token;
+        let current = self.wechat.tokens.report_invalid(&refused).await?;
+        Ok(Response::new(access_token(current)))
+    }
+
+    async fn force_refresh_access_token(
+        &self,
+        request: Request<ForceRefreshAccessTokenRequest>,
+    ) -> Result<Response<AccessToken>, Status> {
+        let reason = request.into_inner().reason;
+        let current = self.wechat.tokens.force_refresh(&reason).await?;
+        Ok(Response::new(access_token(current)))
+    }
+
+    async fn get_phone_number(
+        &self,
+        request: Request<GetPhoneNumberRequest>,
+    ) -> Result<Response<GetPhoneNumberResponse>, Status> {
+        let r = request.into_inner();
+        let open_id = self.open_id_of(r.subject).await?;
+        let verified = self.wechat.phones.verify(&open_id, &r.code).await?;
+        Ok(Response::new(GetPhoneNumberResponse {
+            phone: Some(phone(&verified)),
+        }))
+    }
+
+    async fn decrypt_user_data(
+        &self,
+        request: Request<DecryptUserDataRequest>,
+    ) -> Result<Response<DecryptUserDataResponse>, Status> {
+        let r = request.into_inner();
+        let open_id = self.open_id_of(r.subject).await?;
+        let json = self
+            .wechat
+            .session_keys
+            .decrypt_user_data(&open_id, &r.encrypted_data, &r.iv)
+            .await?;
+        Ok(Response::new(DecryptUserDataResponse { json }))
+    }
+
+    async fn check_session_key(
+        &self,
+        request: Request<CheckSessionKeyRequest>,
+    ) -> Result<Response<CheckSessionKeyResponse>, Status> {
+        let open_id = self.open_id_of(request.into_inner().subject).await?;
+        let valid = self.wechat.session_keys.check(&open_id).await?;
+        Ok(Response::new(CheckSessionKeyResponse { valid }))
+    }
+
+    async fn reset_session_key(
+        &self,
+        request: Request<ResetSessionKeyRequest>,
+    ) -> Result<Response<ResetSessionKeyResponse>, Status> {
+        let open_id = self.open_id_of(request.into_inner().subject).await?;
+        self.wechat.session_keys.reset(&open_id).await?;
+        Ok(Response::new(ResetSessionKeyResponse {}))
     }
 
     async fn watch_revocations(

@@ -102,6 +102,11 @@ struct Claims<'a> {
     exp: i64,
     /// The user object, as `/me` answers it.
     user: &'a serde_json::Map<String, serde_json::Value>,
+    /// OpenID Connect's claims, once WeChat has verified the user's number (E.164).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phone_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phone_number_verified: Option<bool>,
 }
 
 /// A signed assertion and how long it is good for.
@@ -147,6 +152,8 @@ impl IdentitySigner {
             iat: now.div_euclid(1000),
             exp: until.div_euclid(1000),
             user: record.user.fields(),
+            phone_number: record.phone.as_ref().map(|p| p.e164()),
+            phone_number_verified: record.phone.as_ref().map(|_| true),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(signer.kid.clone());
@@ -197,6 +204,7 @@ mod tests {
             last_seen_at: now,
             expires_at: now + expires_in_ms,
             max_expires_at: now + expires_in_ms,
+            phone: None,
         }
     }
 

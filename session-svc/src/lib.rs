@@ -3,6 +3,7 @@
 //! Everything is reached over gRPC (`weapp.session.v1.SessionService`).
 
 pub mod access;
+pub mod access_token;
 pub mod config;
 pub mod credentials;
 pub mod error;
@@ -10,14 +11,17 @@ pub mod grpc;
 pub mod health;
 pub mod identity;
 pub mod login;
+pub mod phone;
 pub mod probe;
 pub mod push;
 pub mod record;
 pub mod revocations;
 pub mod session;
+pub mod session_keys;
 pub mod startup;
 pub mod store;
 pub mod tls;
+pub mod vault;
 pub mod wechat;
 
 pub use config::Settings;

@@ -20,6 +20,7 @@ use crate::{
     error::SessionError,
     record::{SessionRecord, UserInfo},
     session::SessionManager,
+    session_keys::SessionKeys,
     user_data::{self, Expected},
     wechat::{CodeSession, WeChatClient, WeChatError},
 };
@@ -68,6 +69,7 @@ type Exchange = Result<Arc<CodeSession>, WeChatError>;
 pub struct LoginService {
     wechat: Arc<WeChatClient>,
     sessions: Arc<SessionManager>,
+    session_keys: Arc<SessionKeys>,
     policy: LoginPolicy,
     in_flight: SingleFlight<String, Exchange>,
     per_user: Option<DefaultKeyedRateLimiter<String>>,
@@ -82,11 +84,13 @@ impl LoginService {
     pub fn new(
         wechat: Arc<WeChatClient>,
         sessions: Arc<SessionManager>,
+        session_keys: Arc<SessionKeys>,
         policy: LoginPolicy,
     ) -> Self {
         Self {
             wechat,
             sessions,
+            session_keys,
             policy,
             in_flight: SingleFlight::default(),
             per_user: NonZeroU32::new(policy.max_per_user_per_minute)
@@ -176,6 +180,12 @@ impl LoginService {
             user_data::merge_raw_profile(&mut user, raw)?;
         }
 
+        // The user's latest session_key replaces the one kept from their previous login
+        // (WeChat has just invalidated it), before the session exists: no session is created
+        // whose user's key could not be kept.
+        self.session_keys
+            .remember(&exchanged.open_id, &exchanged.session_key, false)
+            .await?;
         let (credentials, record) = self.sessions.create(user).await?;
         tracing::info!(
             session = %short_hash(&record.id),

@@ -17,8 +17,38 @@ pub fn now_millis() -> UnixMillis {
         .unwrap_or_default()
 }
 
-/// A stored session. Holds the skey only as a hash, and nothing of WeChat's session_key: no
-/// feature needs it after login, so the safest copy is none.
+/// A user's phone number as WeChat verified it (`getuserphonenumber`). Personal data: its
+/// `Debug` shows nothing, so it cannot reach a log line by accident.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhoneNumber {
+    /// With the country code, as WeChat formats it ("+86 13800138000" or "13800138000").
+    pub phone_number: String,
+    /// Without the country code.
+    pub pure_phone_number: String,
+    pub country_code: String,
+    pub verified_at: UnixMillis,
+}
+
+impl std::fmt::Debug for PhoneNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PhoneNumber(..)")
+    }
+}
+
+impl PhoneNumber {
+    /// E.164 (`+8613800138000`), as the OpenID `phone_number` claim wants it.
+    pub fn e164(&self) -> String {
+        format!(
+            "+{}{}",
+            self.country_code.trim_start_matches('+'),
+            self.pure_phone_number
+        )
+    }
+}
+
+/// A stored session. Holds the skey only as a hash; WeChat's session_key is kept per user,
+/// sealed, apart from sessions (`store/secrets.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRecord {
@@ -31,6 +61,9 @@ pub struct SessionRecord {
     pub expires_at: UnixMillis,
     /// Absolute end of life, whatever the use.
     pub max_expires_at: UnixMillis,
+    /// The user's phone number, once WeChat has verified it for this app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<PhoneNumber>,
 }
 
 impl SessionRecord {

@@ -8,7 +8,7 @@ use weapp_common::config::duration;
 use crate::{
     credentials::{self, Credentials},
     error::SessionError,
-    record::{SessionRecord, UserInfo, now_millis},
+    record::{PhoneNumber, SessionRecord, UserInfo, now_millis},
     revocations::{RevocationFeed, Revoked},
     store::SessionStore,
 };
@@ -99,6 +99,7 @@ impl SessionManager {
                 .saturating_add(millis(self.policy.idle_ttl))
                 .min(max_expires_at),
             max_expires_at,
+            phone: None,
         };
         self.store.insert(&record).await?;
         Ok((credentials, record))
@@ -119,6 +120,11 @@ impl SessionManager {
             }
         }
         Ok(record)
+    }
+
+    /// Records a verified phone number on every session of the user; how many.
+    pub async fn set_phone(&self, open_id: &str, phone: &PhoneNumber) -> Result<u64, SessionError> {
+        Ok(self.store.set_phone(open_id, phone).await?)
     }
 
     /// Revokes the session at once.

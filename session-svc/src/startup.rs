@@ -9,14 +9,18 @@ use weapp_proto::session::v1::session_service_server::SessionServiceServer;
 
 use crate::{
     access::AccessLayer,
+    access_token::AccessTokens,
     config::Settings,
-    grpc::SessionGrpc,
+    grpc::{SessionGrpc, WeChatServices},
     health::StoreWatch,
     identity::IdentitySigner,
     login::LoginService,
+    phone::PhoneNumbers,
     record::now_millis,
     session::SessionManager,
-    store::{EmbeddedStore, MongoStore, SessionStore, StoreError},
+    session_keys::SessionKeys,
+    store::{EmbeddedStore, MongoStore, SecretStore, SessionStore, StoreError},
+    vault::Vault,
     wechat::{SetupError, WeChatClient},
 };
 
@@ -45,6 +49,8 @@ pub struct Application {
     tls: Option<ServerTlsConfig>,
     grpc: SessionGrpc,
     store: Arc<dyn SessionStore>,
+    secrets: Arc<dyn SecretStore>,
+    background: CancellationToken,
     purge_interval: Duration,
 }
 
@@ -52,14 +58,56 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         // The parser checked these already; a library caller may have built them by hand.
         settings.check().map_err(StartupError::Config)?;
-        let store: Arc<dyn SessionStore> = match settings.store.mongo.uri() {
-            None => Arc::new(EmbeddedStore::open(&settings.store.data_dir)?),
-            Some(_) => Arc::new(MongoStore::connect(&settings.store.mongo).await?),
-        };
+        let (store, secrets): (Arc<dyn SessionStore>, Arc<dyn SecretStore>) =
+            match settings.store.mongo.uri() {
+                None => {
+                    let store = Arc::new(EmbeddedStore::open(&settings.store.data_dir)?);
+                    (store.clone(), store)
+                }
+                Some(_) => {
+                    let store = Arc::new(MongoStore::connect(&settings.store.mongo).await?);
+                    (store.clone(), store)
+                }
+            };
+        // Background work started by requests (the access_token refresher) ends with this.
+        let background = CancellationToken::new();
         tracing::info!(store = %store.describe(), "session store configured");
         let wechat = Arc::new(WeChatClient::new(&settings.wechat)?);
+        let app_secret = settings
+            .wechat
+            .app_secret()
+            .ok_or_else(|| StartupError::Config("the AppSecret is missing".into()))?;
+        let vault = Arc::new(Vault::new(&settings.vault, app_secret));
+        tracing::info!(data_key = %vault.sealing_key_id(), "secrets at rest are sealed");
         let sessions = Arc::new(SessionManager::new(store.clone(), settings.sessions));
-        let login = Arc::new(LoginService::new(wechat, sessions.clone(), settings.login));
+        let tokens = Arc::new(
+            AccessTokens::new(
+                wechat.clone(),
+                secrets.clone(),
+                vault.clone(),
+                settings.access_token,
+                background.clone(),
+            )
+            .map_err(|e| StartupError::Config(e.to_string()))?,
+        );
+        let session_keys = Arc::new(SessionKeys::new(
+            secrets.clone(),
+            vault,
+            wechat.clone(),
+            tokens.clone(),
+            settings.sessions.max_age,
+        ));
+        let phones = Arc::new(PhoneNumbers::new(
+            wechat.clone(),
+            tokens.clone(),
+            sessions.clone(),
+        ));
+        let login = Arc::new(LoginService::new(
+            wechat,
+            sessions.clone(),
+            session_keys.clone(),
+            settings.login,
+        ));
         let (listener, local_addr) = weapp_common::bind(settings.listen).await?;
         Ok(Self {
             listener,
@@ -69,9 +117,16 @@ impl Application {
             grpc: SessionGrpc::new(
                 login,
                 sessions,
+                WeChatServices {
+                    tokens,
+                    phones,
+                    session_keys,
+                },
                 IdentitySigner::new(&settings.identity).map(Arc::new),
             ),
             store,
+            secrets,
+            background,
             purge_interval: settings.purge_interval,
         })
     }
@@ -114,9 +169,16 @@ impl Application {
 
         let sweeper = tokio::spawn(sweep_expired(
             self.store.clone(),
+            self.secrets.clone(),
             self.purge_interval,
             shutdown.clone(),
         ));
+        let background = self.background.clone();
+        let stop_background = shutdown.clone();
+        tokio::spawn(async move {
+            stop_background.cancelled().await;
+            background.cancel();
+        });
 
         tracing::info!(addr = %self.local_addr, "session-svc gRPC listening");
         let mut server = Server::builder();
@@ -152,17 +214,28 @@ impl Application {
 
 /// Deletes expired sessions now and then; reads refuse expired sessions regardless, so this
 /// only keeps the store from growing.
-async fn sweep_expired(store: Arc<dyn SessionStore>, every: Duration, shutdown: CancellationToken) {
+async fn sweep_expired(
+    store: Arc<dyn SessionStore>,
+    secrets: Arc<dyn SecretStore>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => match store.purge_expired(now_millis()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "expired sessions swept"),
-                Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
-            },
+            _ = tick.tick() => {}
+        }
+        match store.purge_expired(now_millis()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired sessions swept"),
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+        match secrets.purge_session_keys(now_millis()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired session_keys swept"),
+            Err(e) => tracing::warn!(error = %e, "session_key sweep failed"),
         }
     }
 }

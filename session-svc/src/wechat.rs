@@ -1,6 +1,10 @@
-//! Client for WeChat's `jscode2session`. The only place the AppSecret is used; it travels in
-//! the query string WeChat requires, so neither URLs nor reqwest errors (which embed the URL)
-//! are ever logged or returned.
+//! Client for WeChat's API: `jscode2session` here, the server APIs that need an access_token
+//! in `wechat/server_api.rs`. The only place the AppSecret, access_tokens and session_keys
+//! travel; they go in query strings and bodies as WeChat requires, so neither URLs, bodies nor
+//! reqwest errors (which embed the URL) are ever logged or returned.
+mod server_api;
+
+pub use server_api::{FreshToken, session_key_signature};
 use std::{sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -119,11 +123,20 @@ pub mod errcode {
     pub const INVALID_APPSECRET: i64 = 40125;
     pub const INVALID_APPID: i64 = 40013;
     pub const MINUTE_QUOTA: i64 = 45011;
+    /// The access_token is invalid or no longer the latest.
+    pub const INVALID_TOKEN: i64 = 40001;
+    pub const EXPIRED_TOKEN: i64 = 42001;
+    /// The calling server's IP is not on the mini-program's whitelist.
+    pub const IP_NOT_WHITELISTED: i64 = 40164;
+    /// The API's daily quota (stable_token's forced refreshes included).
+    pub const DAILY_QUOTA: i64 = 45009;
+    /// checksession/resetusersessionkey: the signature (so the session_key) is not valid.
+    pub const INVALID_SIGNATURE: i64 = 87009;
 }
 
 pub struct WeChatClient {
     http: reqwest::Client,
-    endpoint: Url,
+    base_url: Url,
     app_id: String,
     app_secret: SecretString,
     timeout: Duration,
@@ -137,7 +150,8 @@ impl WeChatClient {
             .app_secret()
             .cloned()
             .ok_or_else(|| SetupError::Settings("the AppSecret is missing".into()))?;
-        let endpoint = settings
+        // Checked once here, so that joining API paths later cannot fail.
+        settings
             .base_url
             .join("sns/jscode2session")
             .map_err(SetupError::BaseUrl)?;
@@ -149,7 +163,7 @@ impl WeChatClient {
             .map_err(|e| SetupError::Http(e.without_url().to_string()))?;
         Ok(Self {
             http,
-            endpoint,
+            base_url: settings.base_url.clone(),
             app_id: settings.app_id().to_owned(),
             app_secret,
             timeout: settings.timeout,
@@ -161,6 +175,11 @@ impl WeChatClient {
         &self.app_id
     }
 
+    /// The budget of one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Exchanges a login code. Never retried here: a code is single-use, and a retry after a
     /// lost answer would only turn a success into 40163.
     pub async fn code2session(&self, code: &str) -> Result<CodeSession, WeChatError> {
@@ -170,23 +189,32 @@ impl WeChatClient {
     }
 
     async fn exchange(&self, code: &str) -> Result<CodeSession, WeChatError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| WeChatError::Unreachable("client is shutting down".into()))?;
-        let mut url = self.endpoint.clone();
+        let mut url = self.endpoint("sns/jscode2session")?;
         url.query_pairs_mut()
             .append_pair("appid", &self.app_id)
             .append_pair("secret", self.app_secret.expose_secret())
             .append_pair("js_code", code)
             .append_pair("grant_type", "authorization_code");
-        let mut response = self
-            .http
-            .get(url)
-            .send()
+        let body = self.send(self.http.get(url)).await?;
+        Ok(parse_answer(&body)?)
+    }
+
+    /// The URL of one of WeChat's API paths.
+    fn endpoint(&self, path: &str) -> Result<Url, WeChatError> {
+        self.base_url
+            .join(path)
+            .map_err(|e| WeChatError::Unreachable(format!("bad API URL for {path}: {e}")))
+    }
+
+    /// Sends one call within a concurrency slot and reads the answer (at most [`MAX_BODY`]).
+    /// The caller bounds the time.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, WeChatError> {
+        let _slot = self
+            .slots
+            .acquire()
             .await
-            .map_err(|e| self.transport_error(e))?;
+            .map_err(|_| WeChatError::Unreachable("client is shutting down".into()))?;
+        let mut response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(WeChatError::HttpStatus(status.as_u16()));
@@ -202,7 +230,7 @@ impl WeChatClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(parse_answer(&body)?)
+        Ok(body)
     }
 
     fn transport_error(&self, e: reqwest::Error) -> WeChatError {

@@ -27,7 +27,7 @@ pub mod upstream;
 pub mod wechat;
 pub mod ws;
 
-pub use stack::{ExtraGateway, Service, Stack, StackBuilder};
+pub use stack::{ExtraGateway, ExtraSessionSvc, Service, Stack, StackBuilder};
 pub use wechat::WeChat;
 
 /// Which session store a stack's session-svc uses.

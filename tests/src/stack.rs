@@ -33,7 +33,7 @@ const API_KEYS: &str = r#"
 [[key]]
 name = "gateway"
 file = "gateway.key"
-scopes = ["validate", "login", "follow"]
+scopes = ["validate", "login", "follow", "wechat.phone"]
 
 [[key]]
 name = "test-backend"
@@ -120,6 +120,28 @@ impl Drop for ExtraGateway {
     }
 }
 
+/// Another session-svc replica on the stack's store; it stops when dropped.
+pub struct ExtraSessionSvc {
+    running: Option<Running>,
+    pub addr: SocketAddr,
+}
+
+impl ExtraSessionSvc {
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+}
+
+impl Drop for ExtraSessionSvc {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.shutdown.cancel();
+        }
+    }
+}
+
 /// Certificates for a mutual-TLS gRPC link: a CA, session-svc's certificate (for
 /// `localhost`) and a client certificate, all made at run time.
 pub struct LinkCertificates {
@@ -173,6 +195,7 @@ impl LinkCertificates {
 /// Settings for a [`Stack`], as flags on top of what the stack itself sets.
 pub struct StackBuilder {
     tls: bool,
+    token_ttl: Option<std::time::Duration>,
     routes: Option<String>,
     store: TestStore,
     session_args: Vec<String>,
@@ -183,6 +206,7 @@ impl Default for StackBuilder {
     fn default() -> Self {
         Self {
             tls: false,
+            token_ttl: None,
             routes: None,
             store: TestStore::from_env(),
             session_args: Vec::new(),
@@ -213,6 +237,12 @@ impl StackBuilder {
         self
     }
 
+    /// How long the sandbox's access_tokens live (WeChat: two hours).
+    pub fn sandbox_token_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.token_ttl = Some(ttl);
+        self
+    }
+
     /// The gateway's business routes (a `WEAPP_ROUTES_FILE` in TOML).
     pub fn routes(mut self, toml: impl Into<String>) -> Self {
         self.routes = Some(toml.into());
@@ -234,7 +264,7 @@ impl StackBuilder {
             )
             .with_test_writer()
             .try_init();
-        let wechat = WeChat::start().await;
+        let wechat = WeChat::start_with_token_ttl(self.token_ttl).await;
         let data_dir = tempfile::tempdir().expect("temp data dir");
         let secret_file = data_dir.path().join("app_secret");
         std::fs::write(&secret_file, &wechat.app_secret).expect("write the AppSecret file");
@@ -452,6 +482,45 @@ impl Stack {
             addr: running.addr,
             running: Some(running),
         }
+    }
+
+    /// A second session-svc configured like the stack's own (same store, same WeChat), on a
+    /// port of its own: another replica. Only a MongoDB-backed stack can share its store.
+    pub async fn extra_session_svc(&self) -> ExtraSessionSvc {
+        let mut args = self.session_args.clone();
+        args.extend(strings(["--listen", "127.0.0.1:0"]));
+        let settings =
+            session_svc::Settings::parse_from(&args).expect("session-svc settings parse");
+        let app = session_svc::Application::build(settings)
+            .await
+            .expect("session-svc builds");
+        let addr = app.local_addr();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { app.run(token).await.expect("session-svc runs") });
+        ExtraSessionSvc {
+            addr,
+            running: Some(Running {
+                addr,
+                shutdown,
+                task,
+            }),
+        }
+    }
+
+    /// A gRPC connection to a session-svc at `addr` (plain TCP), with the all-scopes key.
+    pub async fn session_channel_at(&self, addr: SocketAddr) -> AuthorizedChannel {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("session-svc URL")
+            .connect()
+            .await
+            .expect("session-svc accepts gRPC connections");
+        InterceptedService::new(channel, Bearer(Some(self.backend_key.clone())))
+    }
+
+    /// The flags session-svc starts with next time (after `stop_session_svc`).
+    pub fn session_args_mut(&mut self) -> &mut Vec<String> {
+        &mut self.session_args
     }
 
     /// Signals shutdown (as SIGTERM does) without waiting for it; `stop_*` then waits.

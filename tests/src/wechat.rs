@@ -22,9 +22,18 @@ pub(crate) fn random_hex(bytes: usize) -> String {
 
 impl WeChat {
     pub async fn start() -> Self {
+        Self::start_with_token_ttl(None).await
+    }
+
+    /// A sandbox whose access_tokens live `token_ttl` (default: WeChat's two hours).
+    pub async fn start_with_token_ttl(token_ttl: Option<std::time::Duration>) -> Self {
         let app_id = format!("wx{}", random_hex(8));
         let app_secret = random_hex(16);
-        let sandbox = Sandbox::new(SandboxConfig::single(app_id.clone(), app_secret.clone()));
+        let mut config = SandboxConfig::single(app_id.clone(), app_secret.clone());
+        if let Some(ttl) = token_ttl {
+            config.token_ttl = ttl;
+        }
+        let sandbox = Sandbox::new(config);
         // Port 0: the sandbox is never restarted, so the kernel's pick cannot race.
         let listener = TcpListener::bind("127.0.0.1:0")
             .await

@@ -4,7 +4,8 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use wechat_sandbox::{App, Sandbox, SandboxConfig};
 
-/// Local stand-in for WeChat's jscode2session API. For tests and demos only.
+/// Local stand-in for WeChat's API (login, access tokens, phone numbers, session_key
+/// checks). For tests and demos only.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -20,6 +21,9 @@ struct Cli {
     /// Lifetime of a minted code, in seconds.
     #[arg(long, env = "SANDBOX_CODE_TTL_SECS", default_value_t = 300)]
     code_ttl_secs: u64,
+    /// Lifetime of a new access_token, in seconds.
+    #[arg(long, env = "SANDBOX_TOKEN_TTL_SECS", default_value_t = 7200)]
+    token_ttl_secs: u64,
 }
 
 #[tokio::main]
@@ -36,6 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             app_secret,
         }],
         code_ttl: Duration::from_secs(cli.code_ttl_secs),
+        token_ttl: Duration::from_secs(cli.token_ttl_secs),
     });
     let listener = TcpListener::bind(&cli.listen)
         .await

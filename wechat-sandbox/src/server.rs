@@ -1,4 +1,5 @@
-//! HTTP side of the sandbox: WeChat's `jscode2session` and the sandbox-only mint endpoint.
+//! HTTP side of the sandbox: WeChat's `jscode2session` and the sandbox-only mint endpoint; the
+//! server APIs called with an access_token are in `server_api.rs`.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
@@ -21,7 +22,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::crypto;
+use crate::{
+    crypto,
+    server_api::{self, ServerApis},
+};
 
 /// One mini-program registered with the sandbox.
 #[derive(Clone, Debug)]
@@ -36,6 +40,8 @@ pub struct SandboxConfig {
     pub apps: Vec<App>,
     /// How long a minted code stays exchangeable (WeChat: five minutes).
     pub code_ttl: Duration,
+    /// Lifetime of a new access_token (WeChat: two hours).
+    pub token_ttl: Duration,
 }
 
 impl SandboxConfig {
@@ -46,6 +52,7 @@ impl SandboxConfig {
                 app_secret: app_secret.into(),
             }],
             code_ttl: Duration::from_secs(300),
+            token_ttl: Duration::from_secs(7200),
         }
     }
 }
@@ -157,12 +164,13 @@ struct CodeEntry {
 /// Shared sandbox state; cheap to clone. Tests can mint in-process through it.
 #[derive(Clone)]
 pub struct Sandbox {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: SandboxConfig,
+pub(crate) struct Inner {
+    pub(crate) config: SandboxConfig,
     codes: Mutex<HashMap<String, CodeEntry>>,
+    apis: Mutex<ServerApis>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +185,7 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 config,
                 codes: Mutex::new(HashMap::new()),
+                apis: Mutex::new(ServerApis::default()),
             }),
         }
     }
@@ -184,6 +193,35 @@ impl Sandbox {
     fn codes(&self) -> MutexGuard<'_, HashMap<String, CodeEntry>> {
         // A poisoned lock only means another request panicked; the map itself is still sound.
         self.inner.codes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn apis(&self) -> MutexGuard<'_, ServerApis> {
+        self.inner.apis.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The first registered app's id (the default for minting).
+    pub(crate) fn default_app_id(&self) -> String {
+        self.inner
+            .config
+            .apps
+            .first()
+            .map(|a| a.app_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// WeChat's checks of an appid and secret: 40013, then 40125.
+    pub(crate) fn check_app(
+        &self,
+        app_id: &str,
+        secret: Option<&str>,
+    ) -> Result<(), serde_json::Value> {
+        let Some(app) = self.inner.config.apps.iter().find(|a| a.app_id == app_id) else {
+            return Err(Exchange::error(40013, "invalid appid").json());
+        };
+        if secret != Some(app.app_secret.as_str()) {
+            return Err(Exchange::error(40125, "invalid appsecret").json());
+        }
+        Ok(())
     }
 
     /// Mints a one-time code and the user data that goes with it.
@@ -324,6 +362,8 @@ impl Sandbox {
             };
         }
         entry.used = true;
+        // This login's session_key is now the user's only valid one.
+        self.remember_session_key(&entry.openid, &app.app_id, &entry.session_key_b64);
         if let Some(fault) = entry.fault {
             return Exchange {
                 delay,
@@ -352,6 +392,13 @@ struct Exchange {
 }
 
 impl Exchange {
+    fn json(self) -> serde_json::Value {
+        match self.body {
+            ExchangeBody::Json(v) => v,
+            ExchangeBody::Fault(_) => json!({}),
+        }
+    }
+
     fn error(errcode: i64, errmsg: &str) -> Self {
         let rid = hex::encode(crypto::random_bytes::<6>());
         Self {
@@ -465,8 +512,24 @@ async fn code_stats(State(sandbox): State<Sandbox>, Path(code): Path<String>) ->
 pub fn router(sandbox: Sandbox) -> Router {
     Router::new()
         .route("/sns/jscode2session", get(jscode2session))
+        .route("/cgi-bin/token", get(server_api::token))
+        .route("/cgi-bin/stable_token", post(server_api::stable_token))
+        .route(
+            "/wxa/business/getuserphonenumber",
+            post(server_api::phone_number),
+        )
+        .route("/wxa/checksession", get(server_api::check_session))
+        .route(
+            "/wxa/resetusersessionkey",
+            get(server_api::reset_session_key),
+        )
         .route("/sandbox/mint", post(mint).get(mint))
         .route("/sandbox/codes/{code}", get(code_stats))
+        .route("/sandbox/phone-code", post(server_api::mint_phone_code))
+        .route("/sandbox/user-data", post(server_api::user_data))
+        .route("/sandbox/tokens/fail", post(server_api::fail_tokens))
+        .route("/sandbox/tokens/revoke", post(server_api::revoke_token))
+        .route("/sandbox/tokens/stats", get(server_api::token_stats))
         .with_state(sandbox)
 }
 

@@ -4,6 +4,8 @@
 //! New sessions are committed in groups: logins that arrive while a commit is in flight are
 //! written together by the next one, so N concurrent logins cost one fsync instead of N, and
 //! each login still answers only once its session is on disk.
+mod secrets;
+
 use std::{
     path::Path,
     sync::{Arc, Mutex, PoisonError, Weak},
@@ -16,7 +18,7 @@ use redb::{
 };
 
 use super::{SessionStore, StoreError};
-use crate::record::{SessionRecord, UnixMillis};
+use crate::record::{PhoneNumber, SessionRecord, UnixMillis};
 
 /// id → the session record as JSON (readable with any redb tool).
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -85,6 +87,11 @@ impl EmbeddedStore {
         txn.open_table(SESSIONS).map_err(unavailable)?;
         txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
         txn.open_table(BY_EXPIRY).map_err(unavailable)?;
+        txn.open_table(secrets::TOKENS).map_err(unavailable)?;
+        txn.open_table(secrets::LEASES).map_err(unavailable)?;
+        txn.open_table(secrets::SESSION_KEYS).map_err(unavailable)?;
+        txn.open_table(secrets::SESSION_KEYS_BY_EXPIRY)
+            .map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
         Ok(Self {
             db: Arc::new(db),
@@ -257,6 +264,38 @@ impl SessionStore for EmbeddedStore {
                 .insert((record.expires_at, id), ())
                 .map_err(unavailable)?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn set_phone(&self, open_id: &str, phone: &PhoneNumber) -> Result<u64, StoreError> {
+        let (open_id, phone) = (open_id.to_owned(), phone.clone());
+        self.write(Durability::Immediate, move |txn| {
+            let ids: Vec<String> = {
+                let index = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
+                let values = index.get(open_id.as_str()).map_err(unavailable)?;
+                values
+                    .map(|v| v.map(|g| g.value().to_owned()).map_err(unavailable))
+                    .collect::<Result<_, _>>()?
+            };
+            let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+            let mut updated = 0;
+            for id in ids {
+                let Some(mut record) = (match sessions.get(id.as_str()).map_err(unavailable)? {
+                    Some(bytes) => Some(decode(bytes.value())?),
+                    None => None,
+                }) else {
+                    continue;
+                };
+                record.phone = Some(phone.clone());
+                let bytes =
+                    serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sessions
+                    .insert(id.as_str(), bytes.as_slice())
+                    .map_err(unavailable)?;
+                updated += 1;
+            }
+            Ok(updated)
         })
         .await
     }

@@ -2,13 +2,15 @@
 //! conformance suite; the embedded store is the default, MongoDB slots in beside it.
 mod embedded;
 mod mongo;
+pub mod secrets;
 
 pub use embedded::EmbeddedStore;
 pub use mongo::{MongoSettings, MongoStore};
+pub use secrets::{SecretStore, StoredSessionKey, StoredToken};
 
 use async_trait::async_trait;
 
-use crate::record::{SessionRecord, UnixMillis};
+use crate::record::{PhoneNumber, SessionRecord, UnixMillis};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,6 +42,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Stores a renewed session (new `last_seen_at` and `expires_at`, nothing else changes)
     /// unless it was revoked meanwhile; false when it no longer exists.
     async fn renew(&self, renewed: &SessionRecord) -> Result<bool, StoreError>;
+    /// Records the user's verified phone number on every session of theirs; how many.
+    async fn set_phone(&self, open_id: &str, phone: &PhoneNumber) -> Result<u64, StoreError>;
     /// Revokes one session; false when there was none.
     async fn remove(&self, id: &str) -> Result<bool, StoreError>;
     /// Revokes every session of a user; how many there were.

@@ -9,7 +9,10 @@
 //!
 //! `expiresAt` carries a TTL index (MongoDB deletes a document once it has passed), `openId` an
 //! ordinary one (revoke every session of a user). The TTL monitor runs once a minute, so reads
-//! check expiry themselves (in `SessionManager`). WeChat's session_key is not stored at all.
+//! check expiry themselves (in `SessionManager`). WeChat's session_keys and the access_token
+//! live in collections of their own (`mongo/secrets.rs`), sealed.
+mod secrets;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use weapp_common::config::{duration, secret, secret_file};
 
 use super::{SessionStore, StoreError};
-use crate::record::{SessionRecord, UnixMillis, UserInfo};
+use crate::record::{PhoneNumber, SessionRecord, UnixMillis, UserInfo};
 
 const COLLECTION: &str = "sessions";
 const TTL_INDEX: &str = "expiresAt_ttl";
@@ -93,6 +96,8 @@ struct SessionDoc {
     last_seen_at: DateTime,
     expires_at: DateTime,
     max_expires_at: DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    phone: Option<PhoneNumber>,
 }
 
 impl From<&SessionRecord> for SessionDoc {
@@ -107,6 +112,7 @@ impl From<&SessionRecord> for SessionDoc {
             last_seen_at: DateTime::from_millis(r.last_seen_at),
             expires_at: DateTime::from_millis(r.expires_at),
             max_expires_at: DateTime::from_millis(r.max_expires_at),
+            phone: r.phone.clone(),
         }
     }
 }
@@ -122,6 +128,7 @@ impl From<SessionDoc> for SessionRecord {
             last_seen_at: d.last_seen_at.timestamp_millis(),
             expires_at: d.expires_at.timestamp_millis(),
             max_expires_at: d.max_expires_at.timestamp_millis(),
+            phone: d.phone,
         }
     }
 }
@@ -129,6 +136,7 @@ impl From<SessionDoc> for SessionRecord {
 #[derive(Clone)]
 pub struct MongoStore {
     sessions: Collection<SessionDoc>,
+    secrets: secrets::Collections,
     database: String,
     hosts: String,
 }
@@ -191,8 +199,10 @@ impl MongoStore {
             .collect::<Vec<_>>()
             .join(",");
         let client = Client::with_options(options).map_err(unavailable)?;
+        let db = client.database(&database);
         Ok(Self {
-            sessions: client.database(&database).collection(COLLECTION),
+            sessions: db.collection(COLLECTION),
+            secrets: secrets::Collections::new(&db),
             database,
             hosts,
         })
@@ -229,7 +239,7 @@ impl SessionStore for MongoStore {
             .create_indexes([ttl, by_user])
             .await
             .map_err(unavailable)?;
-        Ok(())
+        self.secrets.prepare().await
     }
 
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
@@ -265,6 +275,20 @@ impl SessionStore for MongoStore {
             .await
             .map_err(unavailable)?;
         Ok(result.matched_count > 0)
+    }
+
+    async fn set_phone(&self, open_id: &str, phone: &PhoneNumber) -> Result<u64, StoreError> {
+        let phone =
+            mongodb::bson::to_bson(phone).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = self
+            .sessions
+            .update_many(
+                doc! { "openId": open_id },
+                doc! { "$set": { "phone": phone } },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(result.matched_count)
     }
 
     async fn remove(&self, id: &str) -> Result<bool, StoreError> {
@@ -340,6 +364,7 @@ mod tests {
             last_seen_at: 1_700_000_000_500,
             expires_at: 1_700_000_100_000,
             max_expires_at: 1_700_000_900_000,
+            phone: None,
         };
         let doc = mongodb::bson::to_document(&SessionDoc::from(&record)).unwrap();
         assert_eq!(doc.get_str("openId").unwrap(), "o1");

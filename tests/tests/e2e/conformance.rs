@@ -6,9 +6,13 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use secrecy::SecretString;
 use session_svc::{
     error::SessionError,
-    record::{SessionRecord, UserInfo, now_millis},
+    record::{PhoneNumber, SessionRecord, UserInfo, now_millis},
     session::{SessionManager, SessionPolicy},
-    store::{EmbeddedStore, MongoSettings, MongoStore, SessionStore},
+    store::{
+        EmbeddedStore, MongoSettings, MongoStore, SecretStore, SessionStore, StoredSessionKey,
+        StoredToken,
+    },
+    vault::Sealed,
 };
 use weapp_tests::mongo::MongoServer;
 
@@ -28,8 +32,16 @@ impl Harness {
     }
 
     async fn open(&self) -> Arc<dyn SessionStore> {
+        self.open_both().await.0
+    }
+
+    /// The session store and the secret store of one opened instance.
+    async fn open_both(&self) -> (Arc<dyn SessionStore>, Arc<dyn SecretStore>) {
         match self {
-            Self::Embedded(dir) => Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
+            Self::Embedded(dir) => {
+                let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+                (store.clone(), store)
+            }
             Self::Mongo(server, database) => {
                 let store = MongoStore::connect(&MongoSettings {
                     mongodb_uri: Some(SecretString::from(server.uri())),
@@ -41,7 +53,8 @@ impl Harness {
                 .await
                 .unwrap();
                 store.prepare().await.unwrap();
-                Arc::new(store)
+                let store = Arc::new(store);
+                (store.clone(), store)
             }
         }
     }
@@ -68,6 +81,7 @@ fn record(id: &str, open_id: &str, expires_in_ms: i64) -> SessionRecord {
         last_seen_at: now,
         expires_at: now + expires_in_ms,
         max_expires_at: now + expires_in_ms.max(0) + 60_000,
+        phone: None,
     }
 }
 
@@ -261,6 +275,178 @@ async fn concurrent_inserts_are_all_kept(h: Harness) {
     assert_eq!(store.remove_by_open_id("user3").await.unwrap(), 8);
 }
 
+fn sealed(tag: &str) -> Sealed {
+    Sealed {
+        key_id: "k1".into(),
+        nonce: format!("nonce-{tag}"),
+        ciphertext: format!("ciphertext-{tag}"),
+    }
+}
+
+async fn tokens_are_kept_per_app_and_survive_reopening(h: Harness) {
+    let token = StoredToken {
+        sealed: sealed("t1"),
+        expires_at: now_millis() + 7_200_000,
+        fetched_at: now_millis(),
+        forced_at: vec![1, 2],
+    };
+    {
+        let (_, secrets) = h.open_both().await;
+        assert_eq!(secrets.load_token("wxapp").await.unwrap(), None);
+        secrets.save_token("wxapp", &token).await.unwrap();
+        let other = StoredToken {
+            sealed: sealed("t2"),
+            ..token.clone()
+        };
+        secrets.save_token("wxother", &other).await.unwrap();
+        let newer = StoredToken {
+            sealed: sealed("t3"),
+            ..token.clone()
+        };
+        secrets.save_token("wxapp", &newer).await.unwrap();
+    }
+    let (_, secrets) = h.open_both().await;
+    let loaded = secrets.load_token("wxapp").await.unwrap().unwrap();
+    assert_eq!(loaded.sealed, sealed("t3"));
+    assert_eq!(loaded.forced_at, vec![1, 2]);
+    assert_eq!(
+        secrets.load_token("wxother").await.unwrap().unwrap().sealed,
+        sealed("t2")
+    );
+}
+
+/// The refresh lease: one holder at a time, renewable by its holder, free once released or
+/// lapsed, and of many takers at once exactly one wins.
+async fn the_lease_has_one_holder(h: Harness) {
+    let (_, secrets) = h.open_both().await;
+    let now = now_millis();
+    assert!(
+        secrets
+            .try_lease("l", "a", now, now + 30_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !secrets
+            .try_lease("l", "b", now, now + 30_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        secrets
+            .try_lease("l", "a", now, now + 30_000)
+            .await
+            .unwrap()
+    );
+    secrets.release_lease("l", "b").await.unwrap();
+    assert!(
+        !secrets
+            .try_lease("l", "b", now, now + 30_000)
+            .await
+            .unwrap()
+    );
+    secrets.release_lease("l", "a").await.unwrap();
+    assert!(
+        secrets
+            .try_lease("l", "b", now, now + 30_000)
+            .await
+            .unwrap()
+    );
+    // Lapsed: b's lease ends at now + 30 s; at now + 31 s c may take it.
+    assert!(
+        secrets
+            .try_lease("l", "c", now + 31_000, now + 61_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !secrets
+            .try_lease("l", "b", now + 32_000, now + 62_000)
+            .await
+            .unwrap()
+    );
+
+    let takers = (0..16).map(|i| {
+        let secrets = secrets.clone();
+        tokio::spawn(async move {
+            secrets
+                .try_lease("contended", &format!("replica-{i}"), now, now + 30_000)
+                .await
+                .unwrap()
+        })
+    });
+    let won = futures::future::join_all(takers)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(won, 1);
+}
+
+async fn session_keys_are_replaced_and_expire(h: Harness) {
+    let (_, secrets) = h.open_both().await;
+    let now = now_millis();
+    let key = |tag: &str, expires_at| StoredSessionKey {
+        open_id: "o1".into(),
+        sealed: sealed(tag),
+        updated_at: now,
+        expires_at,
+    };
+    secrets
+        .put_session_key(&key("first", now + 60_000), false)
+        .await
+        .unwrap();
+    secrets
+        .put_session_key(&key("second", now + 120_000), true)
+        .await
+        .unwrap();
+    let kept = secrets.get_session_key("o1").await.unwrap().unwrap();
+    assert_eq!(kept.sealed, sealed("second"));
+    assert_eq!(kept.expires_at, now + 120_000);
+    assert_eq!(secrets.get_session_key("o2").await.unwrap(), None);
+    let gone = StoredSessionKey {
+        open_id: "o2".into(),
+        ..key("old", now - 1)
+    };
+    secrets.put_session_key(&gone, true).await.unwrap();
+    assert_eq!(secrets.purge_session_keys(now).await.unwrap(), 1);
+    assert_eq!(secrets.get_session_key("o2").await.unwrap(), None);
+    assert!(secrets.get_session_key("o1").await.unwrap().is_some());
+}
+
+async fn a_phone_number_lands_on_every_session_of_its_user(h: Harness) {
+    let store = h.open().await;
+    for (id, user) in [("1", "o1"), ("2", "o1"), ("3", "o2")] {
+        store
+            .insert(&record(&id.repeat(32), user, 60_000))
+            .await
+            .unwrap();
+    }
+    let phone = PhoneNumber {
+        phone_number: "+86 13800138000".into(),
+        pure_phone_number: "13800138000".into(),
+        country_code: "86".into(),
+        verified_at: now_millis(),
+    };
+    assert_eq!(store.set_phone("o1", &phone).await.unwrap(), 2);
+    for id in ["1", "2"] {
+        let r = store.get(&id.repeat(32)).await.unwrap().unwrap();
+        assert_eq!(r.phone.as_ref(), Some(&phone));
+    }
+    assert_eq!(
+        store.get(&"3".repeat(32)).await.unwrap().unwrap().phone,
+        None
+    );
+    // A renewal keeps it.
+    let mut renewed = store.get(&"1".repeat(32)).await.unwrap().unwrap();
+    renewed.expires_at += 1000;
+    assert!(store.renew(&renewed).await.unwrap());
+    assert_eq!(
+        store.get(&"1".repeat(32)).await.unwrap().unwrap().phone,
+        Some(phone)
+    );
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod embedded {
@@ -283,4 +469,8 @@ conformance!(
     concurrent_logins_of_one_user,
     sessions_survive_reopening,
     concurrent_inserts_are_all_kept,
+    tokens_are_kept_per_app_and_survive_reopening,
+    the_lease_has_one_holder,
+    session_keys_are_replaced_and_expire,
+    a_phone_number_lands_on_every_session_of_its_user,
 );

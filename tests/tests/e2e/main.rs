@@ -20,3 +20,4 @@ mod resilience;
 mod sessions;
 mod wafer_fidelity;
 mod websocket;
+mod wechat_apis;

@@ -1,0 +1,176 @@
+//! The embedded store's [`SecretStore`]: three more tables in the same redb file. One process
+//! owns the file, so the lease only matters for the shape of the code that takes it.
+use async_trait::async_trait;
+use redb::{Durability, ReadableTable as _, TableDefinition};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{EmbeddedStore, unavailable};
+use crate::{
+    record::UnixMillis,
+    store::{
+        StoreError,
+        secrets::{SecretStore, StoredSessionKey, StoredToken},
+    },
+};
+
+/// AppId → the sealed access_token as JSON.
+pub(super) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("wechat_tokens");
+/// Lease name → (holder, until).
+pub(super) const LEASES: TableDefinition<&str, (&str, i64)> = TableDefinition::new("leases");
+/// openId → the sealed session_key as JSON.
+pub(super) const SESSION_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("session_keys");
+/// (expires_at, openId), so the sweeper reads only what has expired.
+pub(super) const SESSION_KEYS_BY_EXPIRY: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("session_keys_by_expiry");
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl EmbeddedStore {
+    async fn read_json<T: DeserializeOwned + Send + 'static>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(table).map_err(unavailable)?;
+            match table.get(key.as_str()).map_err(unavailable)? {
+                Some(bytes) => decode(bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SecretStore for EmbeddedStore {
+    async fn load_token(&self, app_id: &str) -> Result<Option<StoredToken>, StoreError> {
+        self.read_json(TOKENS, app_id).await
+    }
+
+    async fn save_token(&self, app_id: &str, token: &StoredToken) -> Result<(), StoreError> {
+        let (app_id, bytes) = (app_id.to_owned(), encode(token)?);
+        self.write(Durability::Immediate, move |txn| {
+            txn.open_table(TOKENS)
+                .map_err(unavailable)?
+                .insert(app_id.as_str(), bytes.as_slice())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(Durability::Eventual, move |txn| {
+            let mut leases = txn.open_table(LEASES).map_err(unavailable)?;
+            let free = match leases.get(name.as_str()).map_err(unavailable)? {
+                Some(entry) => {
+                    let (current, expires) = entry.value();
+                    current == holder || expires <= now
+                }
+                None => true,
+            };
+            if free {
+                leases
+                    .insert(name.as_str(), (holder.as_str(), until))
+                    .map_err(unavailable)?;
+            }
+            Ok(free)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(Durability::Eventual, move |txn| {
+            let mut leases = txn.open_table(LEASES).map_err(unavailable)?;
+            let mine = leases
+                .get(name.as_str())
+                .map_err(unavailable)?
+                .is_some_and(|entry| entry.value().0 == holder);
+            if mine {
+                leases.remove(name.as_str()).map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_session_key(&self, key: &StoredSessionKey, sync: bool) -> Result<(), StoreError> {
+        let (key, bytes) = (key.clone(), encode(key)?);
+        // redb makes an eventual commit durable with the next immediate one.
+        let durability = if sync {
+            Durability::Immediate
+        } else {
+            Durability::Eventual
+        };
+        self.write(durability, move |txn| {
+            let mut keys = txn.open_table(SESSION_KEYS).map_err(unavailable)?;
+            let mut by_expiry = txn
+                .open_table(SESSION_KEYS_BY_EXPIRY)
+                .map_err(unavailable)?;
+            let open_id = key.open_id.as_str();
+            let previous = match keys.get(open_id).map_err(unavailable)? {
+                Some(old) => Some(decode::<StoredSessionKey>(old.value())?.expires_at),
+                None => None,
+            };
+            if let Some(expires_at) = previous {
+                by_expiry
+                    .remove((expires_at, open_id))
+                    .map_err(unavailable)?;
+            }
+            keys.insert(open_id, bytes.as_slice())
+                .map_err(unavailable)?;
+            by_expiry
+                .insert((key.expires_at, open_id), ())
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_session_key(&self, open_id: &str) -> Result<Option<StoredSessionKey>, StoreError> {
+        self.read_json(SESSION_KEYS, open_id).await
+    }
+
+    async fn purge_session_keys(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        self.write(Durability::Eventual, move |txn| {
+            let mut by_expiry = txn
+                .open_table(SESSION_KEYS_BY_EXPIRY)
+                .map_err(unavailable)?;
+            let due: Vec<(i64, String)> = by_expiry
+                .range(..(now.saturating_add(1), ""))
+                .map_err(unavailable)?
+                .map(|entry| {
+                    entry
+                        .map(|(k, _)| (k.value().0, k.value().1.to_owned()))
+                        .map_err(unavailable)
+                })
+                .collect::<Result<_, _>>()?;
+            let mut keys = txn.open_table(SESSION_KEYS).map_err(unavailable)?;
+            for (expires_at, open_id) in &due {
+                by_expiry
+                    .remove((*expires_at, open_id.as_str()))
+                    .map_err(unavailable)?;
+                keys.remove(open_id.as_str()).map_err(unavailable)?;
+            }
+            Ok(due.len() as u64)
+        })
+        .await
+    }
+}
