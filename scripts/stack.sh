@@ -59,6 +59,10 @@ done
 if [ ! -s "$keys_dir/identity.pem" ]; then
   (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$keys_dir/identity.pem" 2>/dev/null)
 fi
+# The key that seals session_keys and the access_token at rest (README, "WeChat's server APIs").
+if [ ! -s "$keys_dir/data.key" ]; then
+  (umask 077 && openssl rand -base64 32 > "$keys_dir/data.key")
+fi
 cat > "$keys_dir/api-keys.toml" <<'KEYS'
 [[key]]
 name = "gateway"
@@ -116,6 +120,7 @@ WEAPP_SESSION_LISTEN=$session_listen \
 WEAPP_DATA_DIR=$stack_dir/data \
 WEAPP_API_KEYS_FILE=$keys_dir/api-keys.toml \
 WEAPP_IDENTITY_KEY_FILES=$keys_dir/identity.pem \
+WEAPP_DATA_KEY_FILES=$keys_dir/data.key \
 WEAPP_WECHAT_BASE_URL="http://$(host_of "$sandbox_listen"):$(port_of "$sandbox_listen")/" \
   "$bin/session-svc" &
 pids+=($!)
@@ -165,6 +170,12 @@ Then, with the "id" and "skey" it answers:
   curl -s -H 'X-WX-Id: <id>' -H 'X-WX-Skey: <skey>' $gw/api/hello        (your API, verified identity)
   curl -s -H 'X-WX-Id: <id>' -H 'X-WX-Skey: <skey>' -d 'hi' $gw/api/push  (pushes to that user's /ws)
   npx wscat -c 'ws://$(host_of "$gateway_listen"):$(port_of "$gateway_listen")/ws?X-WX-Id=<id>&X-WX-Skey=<skey>'
+A phone number (the sandbox plays the getPhoneNumber button):
+  curl -s -X POST $sb/sandbox/phone-code -H 'Content-Type: application/json' -d '{}'
+  curl -s -H 'X-WX-Id: <id>' -H 'X-WX-Skey: <skey>' -H 'X-WX-Phone-Code: <code>' -X POST $gw/phone-number
+The app's access_token, as your backends get it:
+  grpcurl -plaintext -H "authorization: Bearer \$(cat $keys_dir/admin.key)" \\
+    $session_listen weapp.session.v1.SessionService/GetAccessToken
 EOF
 
 # Stay up while all of them run; if one dies, stop the others and fail.

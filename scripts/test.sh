@@ -101,6 +101,10 @@ me=$(curl -fsS -H "X-WX-Id: $id" -H "X-WX-Skey: $skey" "$gw/me")
 printf '%s' "$me" | python3 -c 'import json,sys; me=json.load(sys.stdin); assert me["nickName"]=="Sandbox User", me; print("curl flow: /me answers", me["openId"])'
 hello=$(curl -fsS -H "X-WX-Id: $id" -H "X-WX-Skey: $skey" "$gw/api/hello")
 printf '%s\n%s' "$me" "$hello" | python3 -c 'import json,sys; me,hello=[json.loads(l) for l in sys.stdin]; assert hello["openId"]==me["openId"], hello; print("curl flow: the example backend verified", hello["openId"])'
+phone_code=$(curl -fsS -X POST "$sb/sandbox/phone-code" -H 'Content-Type: application/json' -d '{"purePhoneNumber":"13800138000"}' \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["code"])')
+phone=$(curl -fsS -X POST -H "X-WX-Id: $id" -H "X-WX-Skey: $skey" -H "X-WX-Phone-Code: $phone_code" "$gw/phone-number")
+printf '%s' "$phone" | python3 -c 'import json,sys; p=json.load(sys.stdin); assert p["purePhoneNumber"]=="13800138000", p; print("curl flow: /phone-number answers the number WeChat verified")'
 
 step "wafer-client-sdk (unmodified) against the running stack: directly"
 WEAPP_GATEWAY_URL=$gw WEAPP_SANDBOX_URL=$sb \

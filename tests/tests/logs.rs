@@ -1,6 +1,9 @@
 //! No secret in any log line, at any level: the whole stack runs with every crate at TRACE
-//! while a client logs in, uses its session over HTTP and WebSocket, hits error paths and logs
-//! out, and the captured output is searched for every secret involved. Its own test binary, so
+//! while a client logs in, uses its session over HTTP and WebSocket, has its phone number
+//! verified, has WeRun data decrypted and its session_key checked and reset, a backend gets,
+//! reports and forces the access_token, error paths are hit and the client logs out; the
+//! captured output is searched for every secret and every piece of personal data involved
+//! (access_tokens, session_keys, phone codes and numbers). Its own test binary, so
 //! that it owns the process's log subscriber.
 use std::{
     io::Write,
@@ -11,8 +14,16 @@ use std::{
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
-use weapp_proto::session::v1::{RevokeUserRequest, session_service_client::SessionServiceClient};
-use weapp_tests::{Stack, session_from, wechat_sandbox::MintRequest};
+use weapp_proto::session::v1::{
+    CheckSessionKeyRequest, DecryptUserDataRequest, ForceRefreshAccessTokenRequest,
+    GetAccessTokenRequest, ReportInvalidAccessTokenRequest, ResetSessionKeyRequest,
+    RevokeUserRequest, SessionCredentials, Subject, session_service_client::SessionServiceClient,
+    subject,
+};
+use weapp_tests::{
+    Stack, session_from,
+    wechat_sandbox::{MintRequest, PhoneCodeRequest, UserDataRequest},
+};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -99,6 +110,106 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         assert_eq!(&answer, b"HTTP/1.1 101");
     }
 
+    // The central control server: the access_token (fetched, reported, forced), a phone
+    // number through the gateway, the session_key decrypting, checked and reset.
+    let mut backend = SessionServiceClient::new(stack.session_channel().await);
+    let first = backend
+        .get_access_token(GetAccessTokenRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    secrets.push(("access_token", first.clone()));
+    stack.sandbox.revoke_token(Some(&first));
+    let second = backend
+        .report_invalid_access_token(ReportInvalidAccessTokenRequest {
+            access_token: first.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    secrets.push(("refreshed access_token", second));
+    let forced = backend
+        .force_refresh_access_token(ForceRefreshAccessTokenRequest {
+            reason: "log test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    secrets.push(("forced access_token", forced.clone()));
+    stack.sandbox.revoke_token(Some(&forced));
+    let phone = stack.sandbox.mint_phone_code(PhoneCodeRequest {
+        openid: Some(minted.openid.clone()),
+        pure_phone_number: Some("13912345678".into()),
+        ..Default::default()
+    });
+    secrets.push(("phone code", phone.code.clone()));
+    secrets.push(("phone number", phone.pure_phone_number.clone()));
+    // The phone call meets a refused token (40001): refreshed and retried, logged as such.
+    let answer = stack
+        .http
+        .post(stack.url("/phone-number"))
+        .headers(session.headers())
+        .json(&serde_json::json!({ "code": phone.code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let current = backend
+        .get_access_token(GetAccessTokenRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    secrets.push(("access_token after a 40001", current));
+    assert_eq!(stack.get("/me", Some(&session)).await.status(), 200);
+    let subject = || {
+        Some(Subject {
+            subject: Some(subject::Subject::Session(SessionCredentials {
+                id: session.id.clone(),
+                skey: session.skey.clone(),
+            })),
+        })
+    };
+    let werun = stack
+        .sandbox
+        .encrypt_user_data(UserDataRequest {
+            openid: minted.openid.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+    backend
+        .decrypt_user_data(DecryptUserDataRequest {
+            subject: subject(),
+            encrypted_data: werun.encrypted_data.clone(),
+            iv: werun.iv.clone(),
+        })
+        .await
+        .unwrap();
+    backend
+        .check_session_key(CheckSessionKeyRequest { subject: subject() })
+        .await
+        .unwrap();
+    backend
+        .reset_session_key(ResetSessionKeyRequest { subject: subject() })
+        .await
+        .unwrap();
+    secrets.push((
+        "reset session_key",
+        stack.sandbox.current_session_key(&minted.openid).unwrap(),
+    ));
+    // Data that no longer decrypts (the old key): an error path with the key in hand.
+    let _ = backend
+        .decrypt_user_data(DecryptUserDataRequest {
+            subject: subject(),
+            encrypted_data: werun.encrypted_data,
+            iv: werun.iv,
+        })
+        .await
+        .unwrap_err();
+
     // Error paths: a wrong skey, a replayed code, data that does not decrypt, WeChat refusing.
     let mut wrong = session.clone();
     wrong.skey = format!("{}x", &session.skey[..session.skey.len() - 1]);
@@ -128,7 +239,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     // Logout (closing the WebSocket) and a user revocation.
     assert_eq!(stack.get("/logout", Some(&session)).await.status(), 200);
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.next()).await;
-    let mut client = SessionServiceClient::new(stack.session_channel().await);
+    let mut client = backend;
     client
         .revoke_user(RevokeUserRequest {
             open_id: minted.openid.clone(),
@@ -171,6 +282,8 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         "INFO",
         "WARN",
         "login succeeded",
+        "access_token refreshed",
+        "phone number verified",
         "path=/me",
         "127.0.0.1:9",
     ] {

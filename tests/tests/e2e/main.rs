@@ -1,6 +1,7 @@
 //! End-to-end suite: one test binary, every test on its own stack (sandbox + session-svc +
 //! gateway-svc in-process, each on a reserved port).
 mod access;
+mod access_token;
 mod auth_request;
 mod cache;
 mod conformance;
@@ -20,4 +21,4 @@ mod resilience;
 mod sessions;
 mod wafer_fidelity;
 mod websocket;
-mod wechat_apis;
+mod wechat_users;
