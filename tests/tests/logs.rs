@@ -120,7 +120,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         .into_inner()
         .access_token;
     secrets.push(("access_token", first.clone()));
-    stack.sandbox.revoke_token(Some(&first));
+    stack.sandbox.apis().revoke_token(Some(&first));
     let second = backend
         .report_invalid_access_token(ReportInvalidAccessTokenRequest {
             access_token: first.clone(),
@@ -139,8 +139,8 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         .into_inner()
         .access_token;
     secrets.push(("forced access_token", forced.clone()));
-    stack.sandbox.revoke_token(Some(&forced));
-    let phone = stack.sandbox.mint_phone_code(PhoneCodeRequest {
+    stack.sandbox.apis().revoke_token(Some(&forced));
+    let phone = stack.sandbox.apis().mint_phone_code(PhoneCodeRequest {
         openid: Some(minted.openid.clone()),
         pure_phone_number: Some("13912345678".into()),
         ..Default::default()
@@ -175,6 +175,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     };
     let werun = stack
         .sandbox
+        .apis()
         .encrypt_user_data(UserDataRequest {
             openid: minted.openid.clone(),
             ..Default::default()
@@ -198,7 +199,11 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         .unwrap();
     secrets.push((
         "reset session_key",
-        stack.sandbox.current_session_key(&minted.openid).unwrap(),
+        stack
+            .sandbox
+            .apis()
+            .current_session_key(&minted.openid)
+            .unwrap(),
     ));
     // Data that no longer decrypts (the old key): an error path with the key in hand.
     let _ = backend

@@ -8,6 +8,7 @@
 //! It exists so that the whole stack can run and be tested on a machine that cannot reach
 //! `api.weixin.qq.com`. Production points session-svc at the real WeChat.
 
+mod config;
 mod crypto;
 mod server;
 mod server_api;

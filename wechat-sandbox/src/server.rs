@@ -22,40 +22,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::{App, Fault, SandboxConfig};
 use crate::{
     crypto,
     server_api::{self, ServerApis},
 };
-
-/// One mini-program registered with the sandbox.
-#[derive(Clone, Debug)]
-pub struct App {
-    pub app_id: String,
-    pub app_secret: String,
-}
-
-#[derive(Clone, Debug)]
-pub struct SandboxConfig {
-    /// Registered apps; the first is the default for minting.
-    pub apps: Vec<App>,
-    /// How long a minted code stays exchangeable (WeChat: five minutes).
-    pub code_ttl: Duration,
-    /// Lifetime of a new access_token (WeChat: two hours).
-    pub token_ttl: Duration,
-}
-
-impl SandboxConfig {
-    pub fn single(app_id: impl Into<String>, app_secret: impl Into<String>) -> Self {
-        Self {
-            apps: vec![App {
-                app_id: app_id.into(),
-                app_secret: app_secret.into(),
-            }],
-            code_ttl: Duration::from_secs(300),
-            token_ttl: Duration::from_secs(7200),
-        }
-    }
-}
 
 /// The user profile WeChat reveals in `wx.getUserInfo()`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,18 +53,6 @@ impl Default for Profile {
             avatar_url: "https://sandbox.invalid/avatar.png".into(),
         }
     }
-}
-
-/// Transport-level misbehaviour the code's exchange answers with, to test clients of WeChat.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fault {
-    /// HTTP 500 with an HTML body.
-    Http500,
-    /// HTTP 200 whose body is not JSON.
-    Malformed,
-    /// HTTP 200 with the JSON cut off half-way.
-    Truncated,
 }
 
 /// What `POST /sandbox/mint` takes; every field is optional.
@@ -164,13 +123,20 @@ struct CodeEntry {
 /// Shared sandbox state; cheap to clone. Tests can mint in-process through it.
 #[derive(Clone)]
 pub struct Sandbox {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub(crate) config: SandboxConfig,
+/// The server-API handlers need only their own part of the sandbox.
+impl axum::extract::FromRef<Sandbox> for Arc<ServerApis> {
+    fn from_ref(sandbox: &Sandbox) -> Self {
+        sandbox.inner.apis.clone()
+    }
+}
+
+struct Inner {
+    config: SandboxConfig,
     codes: Mutex<HashMap<String, CodeEntry>>,
-    apis: Mutex<ServerApis>,
+    apis: Arc<ServerApis>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,9 +149,9 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
+                apis: Arc::new(ServerApis::new(config.clone())),
                 config,
                 codes: Mutex::new(HashMap::new()),
-                apis: Mutex::new(ServerApis::default()),
             }),
         }
     }
@@ -195,33 +161,10 @@ impl Sandbox {
         self.inner.codes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn apis(&self) -> MutexGuard<'_, ServerApis> {
-        self.inner.apis.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The first registered app's id (the default for minting).
-    pub(crate) fn default_app_id(&self) -> String {
-        self.inner
-            .config
-            .apps
-            .first()
-            .map(|a| a.app_id.clone())
-            .unwrap_or_default()
-    }
-
-    /// WeChat's checks of an appid and secret: 40013, then 40125.
-    pub(crate) fn check_app(
-        &self,
-        app_id: &str,
-        secret: Option<&str>,
-    ) -> Result<(), serde_json::Value> {
-        let Some(app) = self.inner.config.apps.iter().find(|a| a.app_id == app_id) else {
-            return Err(Exchange::error(40013, "invalid appid").json());
-        };
-        if secret != Some(app.app_secret.as_str()) {
-            return Err(Exchange::error(40125, "invalid appsecret").json());
-        }
-        Ok(())
+    /// WeChat's server APIs as the sandbox plays them (tokens, phone numbers, session_keys),
+    /// for tests to drive and inspect in-process.
+    pub fn apis(&self) -> &ServerApis {
+        &self.inner.apis
     }
 
     /// Mints a one-time code and the user data that goes with it.
@@ -363,7 +306,9 @@ impl Sandbox {
         }
         entry.used = true;
         // This login's session_key is now the user's only valid one.
-        self.remember_session_key(&entry.openid, &app.app_id, &entry.session_key_b64);
+        self.inner
+            .apis
+            .remember_session_key(&entry.openid, &app.app_id, &entry.session_key_b64);
         if let Some(fault) = entry.fault {
             return Exchange {
                 delay,
@@ -392,13 +337,6 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn json(self) -> serde_json::Value {
-        match self.body {
-            ExchangeBody::Json(v) => v,
-            ExchangeBody::Fault(_) => json!({}),
-        }
-    }
-
     fn error(errcode: i64, errmsg: &str) -> Self {
         let rid = hex::encode(crypto::random_bytes::<6>());
         Self {

@@ -12,6 +12,7 @@
 //! sign the empty string with HMAC-SHA256 keyed by the session_key's base64 text.
 use std::{
     collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -29,8 +30,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::{
+    config::{Fault, SandboxConfig},
     crypto,
-    server::{Fault, Sandbox},
 };
 
 const FORCE_PER_DAY: usize = 20;
@@ -84,8 +85,15 @@ pub struct TokenStats {
     pub refused_tokens: u64,
 }
 
+/// WeChat's server APIs as the sandbox plays them; in-process methods for tests to drive and
+/// inspect them.
+pub struct ServerApis {
+    config: SandboxConfig,
+    state: Mutex<ApiState>,
+}
+
 #[derive(Default)]
-pub(crate) struct ServerApis {
+struct ApiState {
     tokens: HashMap<String, Issued>,
     /// The current stable token of each app.
     stable_current: HashMap<String, String>,
@@ -129,7 +137,7 @@ fn expected_signature(session_key_b64: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-impl ServerApis {
+impl ApiState {
     fn issue(&mut self, family: Family, app_id: &str, ttl: Duration) -> (String, Duration) {
         let token = new_token();
         self.tokens.insert(
@@ -168,7 +176,38 @@ impl ServerApis {
     }
 }
 
-impl Sandbox {
+impl ServerApis {
+    pub(crate) fn new(config: SandboxConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::default(),
+        }
+    }
+
+    fn apis(&self) -> MutexGuard<'_, ApiState> {
+        // A poisoned lock only means another request panicked; the state is still sound.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn default_app_id(&self) -> String {
+        self.config
+            .apps
+            .first()
+            .map(|a| a.app_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// WeChat's checks of an appid and secret: 40013, then 40125.
+    fn check_app(&self, app_id: &str, secret: Option<&str>) -> Result<(), Value> {
+        let Some(app) = self.config.apps.iter().find(|a| a.app_id == app_id) else {
+            return Err(error(40013, "invalid appid"));
+        };
+        if secret != Some(app.app_secret.as_str()) {
+            return Err(error(40125, "invalid appsecret"));
+        }
+        Ok(())
+    }
+
     pub(crate) fn remember_session_key(&self, openid: &str, app_id: &str, key_b64: &str) {
         self.apis()
             .session_keys
@@ -294,7 +333,7 @@ impl Sandbox {
         if request.grant_type.as_deref() != Some("client_credential") {
             return error(40002, "invalid grant_type");
         }
-        let ttl = self.inner.config.token_ttl;
+        let ttl = self.config.token_ttl;
         let now = Instant::now();
         let current = apis
             .stable_current
@@ -356,7 +395,7 @@ impl Sandbox {
                 issued.revoked = true;
             }
         }
-        let (token, ttl) = apis.issue(Family::Plain, app_id, self.inner.config.token_ttl);
+        let (token, ttl) = apis.issue(Family::Plain, app_id, self.config.token_ttl);
         json!({ "access_token": token, "expires_in": ttl.as_secs() })
     }
 
@@ -534,16 +573,19 @@ fn answer(value: Value) -> Response {
     Json(value).into_response()
 }
 
-pub(crate) async fn stable_token(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+pub(crate) async fn stable_token(State(sandbox): State<Arc<ServerApis>>, body: Bytes) -> Response {
     answer(sandbox.stable_token(&body))
 }
 
-pub(crate) async fn token(State(sandbox): State<Sandbox>, Query(q): Query<TokenQuery>) -> Response {
+pub(crate) async fn token(
+    State(sandbox): State<Arc<ServerApis>>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
     answer(sandbox.plain_token(&q))
 }
 
 pub(crate) async fn phone_number(
-    State(sandbox): State<Sandbox>,
+    State(sandbox): State<Arc<ServerApis>>,
     Query(q): Query<AccessTokenQuery>,
     body: Bytes,
 ) -> Response {
@@ -551,21 +593,21 @@ pub(crate) async fn phone_number(
 }
 
 pub(crate) async fn check_session(
-    State(sandbox): State<Sandbox>,
+    State(sandbox): State<Arc<ServerApis>>,
     Query(q): Query<SignedQuery>,
 ) -> Response {
     answer(sandbox.signed_user_call(&q, false))
 }
 
 pub(crate) async fn reset_session_key(
-    State(sandbox): State<Sandbox>,
+    State(sandbox): State<Arc<ServerApis>>,
     Query(q): Query<SignedQuery>,
 ) -> Response {
     answer(sandbox.signed_user_call(&q, true))
 }
 
 pub(crate) async fn mint_phone_code(
-    State(sandbox): State<Sandbox>,
+    State(sandbox): State<Arc<ServerApis>>,
     body: Option<Json<PhoneCodeRequest>>,
 ) -> Response {
     let request = body.map(|Json(r)| r).unwrap_or_default();
@@ -573,7 +615,7 @@ pub(crate) async fn mint_phone_code(
 }
 
 pub(crate) async fn user_data(
-    State(sandbox): State<Sandbox>,
+    State(sandbox): State<Arc<ServerApis>>,
     Json(request): Json<UserDataRequest>,
 ) -> Response {
     match sandbox.encrypt_user_data(request) {
@@ -599,7 +641,7 @@ fn one() -> usize {
 }
 
 pub(crate) async fn fail_tokens(
-    State(sandbox): State<Sandbox>,
+    State(sandbox): State<Arc<ServerApis>>,
     Json(request): Json<FailRequest>,
 ) -> Response {
     let failure = match (request.errcode, request.fault) {
@@ -624,7 +666,7 @@ pub(crate) struct RevokeRequest {
 }
 
 pub(crate) async fn revoke_token(
-    State(sandbox): State<Sandbox>,
+    State(sandbox): State<Arc<ServerApis>>,
     body: Option<Json<RevokeRequest>>,
 ) -> Response {
     let request = body.map(|Json(r)| r).unwrap_or_default();
@@ -632,6 +674,6 @@ pub(crate) async fn revoke_token(
     Json(json!({ "revoked": revoked })).into_response()
 }
 
-pub(crate) async fn token_stats(State(sandbox): State<Sandbox>) -> Response {
+pub(crate) async fn token_stats(State(sandbox): State<Arc<ServerApis>>) -> Response {
     Json(sandbox.token_stats()).into_response()
 }

@@ -51,7 +51,7 @@ async fn two_replicas_on_one_mongodb_fetch_the_token_once_and_share_it() {
     let (from_a, from_b) = tokio::join!(fifty_at_once(&a), fifty_at_once(&b));
     assert_eq!(from_a.len(), 1, "one token in replica A: {from_a:?}");
     assert_eq!(from_a, from_b, "the same token in both replicas");
-    let stats = stack.sandbox.token_stats();
+    let stats = stack.sandbox.apis().token_stats();
     assert_eq!(
         stats.stable_token, 1,
         "exactly one stable_token call: {stats:?}"
@@ -61,7 +61,7 @@ async fn two_replicas_on_one_mongodb_fetch_the_token_once_and_share_it() {
 
     // WeChat stops accepting it; backends report it to both replicas at once: one refresh.
     let stale = from_a.into_iter().next().unwrap();
-    assert!(stack.sandbox.revoke_token(Some(&stale)));
+    assert!(stack.sandbox.apis().revoke_token(Some(&stale)));
     let reports = (0..20).map(|i| {
         let mut client = if i % 2 == 0 { a.clone() } else { b.clone() };
         let stale = stale.clone();
@@ -83,7 +83,7 @@ async fn two_replicas_on_one_mongodb_fetch_the_token_once_and_share_it() {
         .collect();
     assert_eq!(fresh.len(), 1, "{fresh:?}");
     assert!(!fresh.contains(&stale));
-    let stats = stack.sandbox.token_stats();
+    let stats = stack.sandbox.apis().token_stats();
     assert_eq!(
         stats.stable_token, 2,
         "exactly one refresh for all reports: {stats:?}"
@@ -102,7 +102,7 @@ async fn two_replicas_on_one_mongodb_fetch_the_token_once_and_share_it() {
         .unwrap()
         .into_inner();
     assert!(fresh.contains(&again.access_token));
-    assert_eq!(stack.sandbox.token_stats().stable_token, 2);
+    assert_eq!(stack.sandbox.apis().token_stats().stable_token, 2);
     replica.stop().await;
 }
 
@@ -127,7 +127,7 @@ async fn the_token_survives_a_restart_and_is_refreshed_ahead_of_expiry() {
         first.access_token
     );
     assert_eq!(
-        stack.sandbox.token_stats().stable_token,
+        stack.sandbox.apis().token_stats().stable_token,
         1,
         "read back from the store after the restart, not fetched again"
     );
@@ -147,7 +147,7 @@ async fn the_token_survives_a_restart_and_is_refreshed_ahead_of_expiry() {
         assert!(Instant::now() < deadline, "no refresh ahead of expiry");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let stats = stack.sandbox.token_stats();
+    let stats = stack.sandbox.apis().token_stats();
     assert_eq!(
         (stats.stable_token, stats.token, stats.stable_token_forced),
         (2, 0, 0)
@@ -163,14 +163,14 @@ async fn while_wechat_is_down_the_token_is_served_until_it_expires_then_unavaila
         .await;
     let mut c = client(&stack).await;
     let first = token(&mut c).await.unwrap();
-    stack.sandbox.fail_token_calls(
+    stack.sandbox.apis().fail_token_calls(
         TokenFailure::Fault(weapp_tests::wechat_sandbox::Fault::Http500),
         1000,
     );
     // The scheduled refresh (15 s in) fails; the current token is still handed out.
     tokio::time::sleep(Duration::from_secs(16)).await;
     assert!(
-        stack.sandbox.token_stats().stable_token >= 2,
+        stack.sandbox.apis().token_stats().stable_token >= 2,
         "a refresh was tried"
     );
     assert_eq!(
@@ -183,7 +183,10 @@ async fn while_wechat_is_down_the_token_is_served_until_it_expires_then_unavaila
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(!err.message().contains(&first.access_token));
     // WeChat back: the next call fetches a new token.
-    stack.sandbox.fail_token_calls(TokenFailure::Errcode(0), 0);
+    stack
+        .sandbox
+        .apis()
+        .fail_token_calls(TokenFailure::Errcode(0), 0);
     let back = token(&mut c).await.unwrap();
     assert_ne!(back.access_token, first.access_token);
 }
@@ -201,6 +204,7 @@ async fn wechat_refusals_say_what_the_operator_must_fix() {
     ] {
         stack
             .sandbox
+            .apis()
             .fail_token_calls(TokenFailure::Errcode(errcode), 1);
         let err = token(&mut c).await.unwrap_err();
         assert_eq!(err.code(), code, "{errcode}: {err:?}");
@@ -269,7 +273,7 @@ async fn a_forced_refresh_is_an_admins_and_keeps_within_wechats_limits() {
         .parse()
         .unwrap();
     assert!((1..=30).contains(&retry_after), "{retry_after}");
-    let stats = stack.sandbox.token_stats();
+    let stats = stack.sandbox.apis().token_stats();
     assert_eq!(
         (stats.stable_token, stats.stable_token_forced),
         (2, 1),

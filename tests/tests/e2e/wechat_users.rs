@@ -47,13 +47,13 @@ async fn a_phone_code_through_the_gateway_gives_the_number_and_the_session_carri
         .start()
         .await;
     let (minted, session) = stack.new_session().await;
-    let phone = stack.sandbox.mint_phone_code(PhoneCodeRequest {
+    let phone = stack.sandbox.apis().mint_phone_code(PhoneCodeRequest {
         openid: Some(minted.openid.clone()),
         ..Default::default()
     });
     // WeChat stopped accepting the current token: session-svc refreshes it and retries once.
     token(&mut client(&stack).await).await.unwrap();
-    assert!(stack.sandbox.revoke_token(None));
+    assert!(stack.sandbox.apis().revoke_token(None));
 
     let answer = stack
         .http
@@ -68,7 +68,7 @@ async fn a_phone_code_through_the_gateway_gives_the_number_and_the_session_carri
     assert_eq!(body["phoneNumber"], phone.phone_number.as_str());
     assert_eq!(body["purePhoneNumber"], phone.pure_phone_number.as_str());
     assert_eq!(body["countryCode"], "86");
-    let stats = stack.sandbox.token_stats();
+    let stats = stack.sandbox.apis().token_stats();
     assert_eq!(
         (stats.refused_tokens, stats.stable_token),
         (1, 2),
@@ -160,7 +160,7 @@ async fn a_phone_code_through_the_gateway_gives_the_number_and_the_session_carri
 async fn backends_get_phone_numbers_by_open_id_whatever_form_the_country_code_takes() {
     let stack = Stack::start().await;
     let (minted, _) = stack.new_session().await;
-    let phone = stack.sandbox.mint_phone_code(PhoneCodeRequest {
+    let phone = stack.sandbox.apis().mint_phone_code(PhoneCodeRequest {
         openid: Some(minted.openid.clone()),
         country_code: Some("852".into()),
         pure_phone_number: Some("51234567".into()),
@@ -181,7 +181,7 @@ async fn backends_get_phone_numbers_by_open_id_whatever_form_the_country_code_ta
     assert_eq!(got.country_code, "852");
     assert_eq!(got.phone_number, "+852 51234567");
     // Another user's code is refused by WeChat; a session-less subject is refused by us.
-    let other = stack.sandbox.mint_phone_code(PhoneCodeRequest {
+    let other = stack.sandbox.apis().mint_phone_code(PhoneCodeRequest {
         openid: Some("o-someone-else".into()),
         ..Default::default()
     });
@@ -210,6 +210,7 @@ async fn the_session_key_decrypts_werun_data_checks_and_resets() {
     let mut c = client(&stack).await;
     let werun = stack
         .sandbox
+        .apis()
         .encrypt_user_data(UserDataRequest {
             openid: minted.openid.clone(),
             ..Default::default()
@@ -236,6 +237,7 @@ async fn the_session_key_decrypts_werun_data_checks_and_resets() {
     // Another app's watermark is refused.
     let foreign = stack
         .sandbox
+        .apis()
         .encrypt_user_data(UserDataRequest {
             openid: minted.openid.clone(),
             watermark_appid: Some("wx-another-app".into()),
@@ -257,14 +259,22 @@ async fn the_session_key_decrypts_werun_data_checks_and_resets() {
             .into_inner()
             .valid
     );
-    let before = stack.sandbox.current_session_key(&minted.openid).unwrap();
+    let before = stack
+        .sandbox
+        .apis()
+        .current_session_key(&minted.openid)
+        .unwrap();
     c.reset_session_key(ResetSessionKeyRequest {
         subject: by_open_id(&minted.openid),
     })
     .await
     .unwrap();
     assert_ne!(
-        stack.sandbox.current_session_key(&minted.openid).unwrap(),
+        stack
+            .sandbox
+            .apis()
+            .current_session_key(&minted.openid)
+            .unwrap(),
         before
     );
     assert!(
@@ -276,6 +286,7 @@ async fn the_session_key_decrypts_werun_data_checks_and_resets() {
     );
     let after_reset = stack
         .sandbox
+        .apis()
         .encrypt_user_data(UserDataRequest {
             openid: minted.openid.clone(),
             ..Default::default()
@@ -347,6 +358,7 @@ async fn decrypts(
 ) -> Result<tonic::Response<weapp_proto::session::v1::DecryptUserDataResponse>, tonic::Status> {
     let data = stack
         .sandbox
+        .apis()
         .encrypt_user_data(UserDataRequest {
             openid: open_id.to_owned(),
             ..Default::default()
