@@ -16,7 +16,8 @@
 //! * A forced refresh (it invalidates the current token at WeChat) is an operator's act only,
 //!   kept within WeChat's 20 a day, 30 s apart, counted in the store for every replica.
 //! * The token is stored sealed (`vault.rs`), so it survives restarts and replicas share it.
-//! * WeChat unreachable: the current token is served until its real expiry; then UNAVAILABLE.
+//! * WeChat unreachable: the current token is served until its real expiry (in its last
+//!   seconds each call first tries WeChat once more); then UNAVAILABLE.
 use std::{
     sync::{
         Arc, Mutex, PoisonError,
@@ -177,13 +178,23 @@ impl AccessTokens {
         token
     }
 
-    /// The current token. Waits on WeChat only when there is no usable one (the first call,
-    /// or after WeChat was unreachable until the token expired).
+    /// The current token. Waits on WeChat only when there is no usable one: the first call,
+    /// or a token in its last seconds because WeChat could not be reached for its refresh.
+    /// Then a token that WeChat still accepts is handed out until its real end.
     pub async fn get(self: &Arc<Self>) -> Result<CurrentToken, SessionError> {
         self.start();
-        match self.cached() {
-            Some(current) if current.usable(now_millis()) => Ok(current),
-            _ => self.refresh(Need::Missing).await,
+        let cached = self.cached();
+        if let Some(current) = &cached {
+            if current.usable(now_millis()) {
+                return Ok(current.clone());
+            }
+        }
+        match self.refresh(Need::Missing).await {
+            Ok(fresh) => Ok(fresh),
+            Err(e) => match cached {
+                Some(current) if current.expires_at > now_millis() => Ok(current),
+                _ => Err(e),
+            },
         }
     }
 

@@ -156,29 +156,35 @@ async fn the_token_survives_a_restart_and_is_refreshed_ahead_of_expiry() {
 
 #[tokio::test]
 async fn while_wechat_is_down_the_token_is_served_until_it_expires_then_unavailable() {
+    // Tokens of 20 s, refreshed 20 s ahead: the first refresh is due at once, tried after
+    // 15 s (the shortest pause between refreshes).
     let stack = Stack::builder()
-        .sandbox_token_ttl(Duration::from_secs(30))
+        .sandbox_token_ttl(Duration::from_secs(20))
         .session_args(["--access-token-refresh-ahead", "20s"])
         .start()
         .await;
     let mut c = client(&stack).await;
     let first = token(&mut c).await.unwrap();
+    let expires_at = Instant::now() + Duration::try_from(first.expires_in.unwrap()).unwrap();
     stack.sandbox.apis().fail_token_calls(
         TokenFailure::Fault(weapp_tests::wechat_sandbox::Fault::Http500),
         1000,
     );
-    // The scheduled refresh (15 s in) fails; the current token is still handed out.
+    // The scheduled refresh fails; the current token is still handed out, to its last second.
     tokio::time::sleep(Duration::from_secs(16)).await;
     assert!(
         stack.sandbox.apis().token_stats().stable_token >= 2,
         "a refresh was tried"
     );
-    assert_eq!(
-        token(&mut c).await.unwrap().access_token,
-        first.access_token
-    );
-    // Within 10 s of its end it is not handed out any more, and there is no other.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    while Instant::now() + Duration::from_millis(1500) < expires_at {
+        assert_eq!(
+            token(&mut c).await.unwrap().access_token,
+            first.access_token
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Past its end there is none: UNAVAILABLE, never the dead token.
+    tokio::time::sleep_until((expires_at + Duration::from_millis(200)).into()).await;
     let err = token(&mut c).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(!err.message().contains(&first.access_token));
