@@ -49,6 +49,8 @@ pub async fn follow(
                                 cache.revoke_user(&open_id);
                                 sockets.revoke_user(&open_id);
                             }
+                            // Not revoked: only the cached answers are stale.
+                            Some(Event::UserChanged(open_id)) => cache.revoke_user(&open_id),
                             Some(Event::Push(push)) => deliver(&sockets, &client, push),
                             Some(Event::Heartbeat(_)) | None => {}
                         }

@@ -1,7 +1,8 @@
 //! The revocation feed: every Logout and RevokeUser is announced to the callers that cache
 //! Validate answers (gateways), so a revocation takes effect everywhere within a bound instead
 //! of when each cache entry happens to expire. Pushes to WebSockets travel on it too
-//! (`push.rs`), in order with the revocations: one stream per gateway, not two.
+//! (`push.rs`), in order with the revocations: one stream per gateway, not two; and so does
+//! word that a user's sessions changed (a verified phone number), for caches to forget them.
 //!
 //! The feed only carries what went through this process. Sessions removed behind its back
 //! (another session-svc on the same MongoDB, a manual delete) reach caches when their entries
@@ -34,6 +35,8 @@ pub enum Revoked {
 enum FeedEvent {
     Revoked(Revoked),
     Push(Arc<(u64, Vec<PushMessage>)>),
+    /// A user's sessions changed (not revoked): caches of them are stale.
+    UserChanged(String),
 }
 
 pub struct RevocationFeed {
@@ -57,6 +60,12 @@ impl RevocationFeed {
     pub fn publish(&self, revoked: Revoked) {
         // No subscribers is fine: nobody has anything cached.
         let _ = self.sender.send(FeedEvent::Revoked(revoked));
+    }
+
+    /// Announces that a user's sessions changed in the store (a verified phone number), so
+    /// that caches forget them; they stay valid.
+    pub fn user_changed(&self, open_id: &str) {
+        let _ = self.sender.send(FeedEvent::UserChanged(open_id.to_owned()));
     }
 
     /// Sends `messages` to every follower and waits (at most `wait`) for their reports.
@@ -94,6 +103,9 @@ impl RevocationFeed {
                 }),
                 Ok(FeedEvent::Revoked(Revoked::User(open_id))) => Ok(Revocation {
                     event: Some(Event::OpenId(open_id)),
+                }),
+                Ok(FeedEvent::UserChanged(open_id)) => Ok(Revocation {
+                    event: Some(Event::UserChanged(open_id)),
                 }),
                 Ok(FeedEvent::Push(push)) => Ok(Revocation {
                     event: Some(Event::Push(Push {

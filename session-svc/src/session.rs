@@ -122,9 +122,12 @@ impl SessionManager {
         Ok(record)
     }
 
-    /// Records a verified phone number on every session of the user; how many.
+    /// Records a verified phone number on every session of the user; how many. Caches of
+    /// those sessions (every gateway's) are told to forget them.
     pub async fn set_phone(&self, open_id: &str, phone: &PhoneNumber) -> Result<u64, SessionError> {
-        Ok(self.store.set_phone(open_id, phone).await?)
+        let updated = self.store.set_phone(open_id, phone).await?;
+        self.revocations.user_changed(open_id);
+        Ok(updated)
     }
 
     /// Revokes the session at once.

@@ -107,6 +107,29 @@ test('a socket opened with the SDK\'s session receives what a backend published 
   shim.wx.closeSocket();
 });
 
+test('the getPhoneNumber button\'s code becomes the verified number through /phone-number', async () => {
+  const { sdk, shim } = freshSdk();
+  await promisify(sdk.login);
+  // What <button open-type="getPhoneNumber"> hands the mini-program: e.detail.code.
+  const minted = await fetch(`${sandboxUrl}/sandbox/phone-code`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ openid: shim.state.lastMinted.openid, purePhoneNumber: '13800138000' }),
+  }).then((r) => r.json());
+  const [response] = await promisify(sdk.request, {
+    url: `${gatewayUrl}/phone-number`, method: 'POST', data: { code: minted.code }, login: true,
+  });
+  assert.equal(response.statusCode, 200);
+  assert.deepEqual(response.data, { phoneNumber: '13800138000', purePhoneNumber: '13800138000', countryCode: '86' });
+  // A code is good once: the second try is the client's error, and the session stays.
+  const [again] = await promisify(sdk.request, {
+    url: `${gatewayUrl}/phone-number`, method: 'POST', data: { code: minted.code }, login: true,
+  });
+  assert.equal(again.statusCode, 400);
+  assert.equal(again.data.error, 'ERR_PHONE_NUMBER_FAILED');
+  assert.equal(shim.state.mints, 1, 'no re-login for a used code');
+});
+
 test('a request without a session goes on without one', async () => {
   const { sdk } = freshSdk();
   const [response] = await promisify(sdk.request, { url: `${gatewayUrl}/me` });

@@ -428,3 +428,71 @@ async fn data_keys_rotate_old_ones_still_open_and_the_next_login_seals_with_the_
     restart_with_keys(&mut stack, &[&k3]).await;
     assert!(decrypts(&stack, &minted.openid, &session).await.is_ok());
 }
+
+/// A number verified through one gateway reaches what another gateway had cached of the
+/// session: session-svc's stream tells every gateway to forget it (the session stays valid,
+/// its WebSockets open).
+#[tokio::test]
+async fn every_gateway_forwards_the_verified_number_at_once() {
+    let upstream = Upstream::start().await;
+    let stack = Stack::builder()
+        .routes(phone_routes(&upstream))
+        .start()
+        .await;
+    let other = stack.extra_gateway().await;
+    stack.wait_for_followers(2).await;
+    let (minted, session) = stack.new_session().await;
+    let forwarded_phone = || async {
+        let (status, seen) = json(
+            stack
+                .http
+                .get(other.url("/api/echo"))
+                .headers(session.headers())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 201, "{seen}");
+        seen["headers"].get("x-weapp-phone").cloned()
+    };
+    assert_eq!(
+        forwarded_phone().await,
+        None,
+        "no number yet (and now cached)"
+    );
+    let phone = stack.sandbox.apis().mint_phone_code(PhoneCodeRequest {
+        openid: Some(minted.openid.clone()),
+        ..Default::default()
+    });
+    let answer = stack
+        .http
+        .post(stack.url("/phone-number"))
+        .headers(session.headers())
+        .header("X-WX-Phone-Code", &phone.code)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let e164 = Value::from(format!("+86{}", phone.pure_phone_number));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while forwarded_phone().await.as_ref() != Some(&e164) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other gateway still forwards its cached identity"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Still the same session there: it was not revoked.
+    assert_eq!(
+        stack
+            .http
+            .get(other.url("/me"))
+            .headers(session.headers())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
