@@ -17,7 +17,7 @@ use redb::{
     ReadableTableMetadata as _, TableDefinition, WriteTransaction,
 };
 
-use super::{SessionStore, StoreError};
+use super::{SessionStore, StoreError, StoredSessionKey};
 use crate::record::{PhoneNumber, SessionRecord, UnixMillis};
 
 /// id → the session record as JSON (readable with any redb tool).
@@ -41,6 +41,9 @@ pub struct EmbeddedStore {
 #[derive(Default)]
 struct InsertQueue {
     pending: Vec<PendingInsert>,
+    /// Users' session_keys, written by the next batch (a login queues its user's key just
+    /// before its session).
+    session_keys: Vec<StoredSessionKey>,
     /// A committer is running and will pick up whatever is pending.
     committing: bool,
 }
@@ -100,6 +103,24 @@ impl EmbeddedStore {
         })
     }
 
+    /// Queues a user's session_key for the next batch of inserts.
+    fn queue_session_key(&self, key: StoredSessionKey) {
+        self.inserts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .session_keys
+            .push(key);
+    }
+
+    /// Drops what is queued for a user's session_key (a newer one is being written).
+    fn unqueue_session_key(&self, open_id: &str) {
+        self.inserts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .session_keys
+            .retain(|k| k.open_id != open_id);
+    }
+
     /// Commits pending inserts, one durable transaction per batch, until none are left.
     ///
     /// Holds the database only while committing, never while answering: once a caller has its
@@ -113,10 +134,14 @@ impl EmbeddedStore {
                     queue.committing = false;
                     return;
                 }
-                std::mem::take(&mut queue.pending)
+                (
+                    std::mem::take(&mut queue.pending),
+                    std::mem::take(&mut queue.session_keys),
+                )
             };
+            let (batch, keys) = batch;
             let outcome = match db.upgrade() {
-                Some(db) => insert_batch(&db, &batch).map_err(|e| e.to_string()),
+                Some(db) => insert_batch(&db, &batch, &keys).map_err(|e| e.to_string()),
                 None => Err("the store is closed".to_owned()),
             };
             for pending in batch {
@@ -159,9 +184,16 @@ impl EmbeddedStore {
     }
 }
 
-fn insert_batch(db: &Database, batch: &[PendingInsert]) -> Result<(), StoreError> {
+fn insert_batch(
+    db: &Database,
+    batch: &[PendingInsert],
+    keys: &[StoredSessionKey],
+) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(unavailable)?;
     txn.set_durability(Durability::Immediate);
+    for key in keys {
+        secrets::put_key_in(&txn, key)?;
+    }
     {
         let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
         let mut by_open_id = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;

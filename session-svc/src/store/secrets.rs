@@ -53,8 +53,9 @@ pub trait SecretStore: Send + Sync + 'static {
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     /// Replaces the user's session_key (only the latest login's is valid at WeChat). With
-    /// `sync` false, a store may make it durable with its next durable write instead of at
-    /// once: a login's session insert follows straight after, and one flush serves both.
+    /// `sync` false, a store may write it with its next session insert instead of at once (and
+    /// only then can it be read): a login's insert follows straight after, and one durable
+    /// commit serves both. A later `sync` write of the user's key always wins.
     async fn put_session_key(&self, key: &StoredSessionKey, sync: bool) -> Result<(), StoreError>;
     /// The user's session_key, expired or not: expiry is the caller's call.
     async fn get_session_key(&self, open_id: &str) -> Result<Option<StoredSessionKey>, StoreError>;

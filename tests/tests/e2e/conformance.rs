@@ -384,7 +384,7 @@ async fn the_lease_has_one_holder(h: Harness) {
 }
 
 async fn session_keys_are_replaced_and_expire(h: Harness) {
-    let (_, secrets) = h.open_both().await;
+    let (store, secrets) = h.open_both().await;
     let now = now_millis();
     let key = |tag: &str, expires_at| StoredSessionKey {
         open_id: "o1".into(),
@@ -392,18 +392,39 @@ async fn session_keys_are_replaced_and_expire(h: Harness) {
         updated_at: now,
         expires_at,
     };
+    let kept = || async { secrets.get_session_key("o1").await.unwrap().unwrap() };
+    // A login's key (not synced) is durable with the session stored right after it.
     secrets
-        .put_session_key(&key("first", now + 60_000), false)
+        .put_session_key(&key("login", now + 60_000), false)
+        .await
+        .unwrap();
+    store
+        .insert(&record(&"a".repeat(32), "o1", 60_000))
+        .await
+        .unwrap();
+    assert_eq!(kept().await.sealed, sealed("login"));
+    secrets
+        .put_session_key(&key("reset", now + 120_000), true)
+        .await
+        .unwrap();
+    assert_eq!(kept().await.sealed, sealed("reset"));
+    assert_eq!(kept().await.expires_at, now + 120_000);
+    // An older key still waiting for a session never lands after a newer one.
+    secrets
+        .put_session_key(&key("stale", now + 60_000), false)
         .await
         .unwrap();
     secrets
-        .put_session_key(&key("second", now + 120_000), true)
+        .put_session_key(&key("newest", now + 180_000), true)
         .await
         .unwrap();
-    let kept = secrets.get_session_key("o1").await.unwrap().unwrap();
-    assert_eq!(kept.sealed, sealed("second"));
-    assert_eq!(kept.expires_at, now + 120_000);
+    store
+        .insert(&record(&"b".repeat(32), "o1", 60_000))
+        .await
+        .unwrap();
+    assert_eq!(kept().await.sealed, sealed("newest"));
     assert_eq!(secrets.get_session_key("o2").await.unwrap(), None);
+
     let gone = StoredSessionKey {
         open_id: "o2".into(),
         ..key("old", now - 1)

@@ -1,7 +1,7 @@
 //! The embedded store's [`SecretStore`]: three more tables in the same redb file. One process
 //! owns the file, so the lease only matters for the shape of the code that takes it.
 use async_trait::async_trait;
-use redb::{Durability, ReadableTable as _, TableDefinition};
+use redb::{Durability, ReadableTable as _, TableDefinition, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{EmbeddedStore, unavailable};
@@ -29,6 +29,31 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Replaces a user's session_key inside `txn`, keeping the expiry index in step.
+pub(super) fn put_key_in(txn: &WriteTransaction, key: &StoredSessionKey) -> Result<(), StoreError> {
+    let bytes = encode(key)?;
+    let mut keys = txn.open_table(SESSION_KEYS).map_err(unavailable)?;
+    let mut by_expiry = txn
+        .open_table(SESSION_KEYS_BY_EXPIRY)
+        .map_err(unavailable)?;
+    let open_id = key.open_id.as_str();
+    let previous = match keys.get(open_id).map_err(unavailable)? {
+        Some(old) => Some(decode::<StoredSessionKey>(old.value())?.expires_at),
+        None => None,
+    };
+    if let Some(expires_at) = previous {
+        by_expiry
+            .remove((expires_at, open_id))
+            .map_err(unavailable)?;
+    }
+    keys.insert(open_id, bytes.as_slice())
+        .map_err(unavailable)?;
+    by_expiry
+        .insert((key.expires_at, open_id), ())
+        .map_err(unavailable)?;
+    Ok(())
 }
 
 impl EmbeddedStore {
@@ -112,36 +137,18 @@ impl SecretStore for EmbeddedStore {
     }
 
     async fn put_session_key(&self, key: &StoredSessionKey, sync: bool) -> Result<(), StoreError> {
-        let (key, bytes) = (key.clone(), encode(key)?);
-        // redb makes an eventual commit durable with the next immediate one.
-        let durability = if sync {
-            Durability::Immediate
-        } else {
-            Durability::Eventual
-        };
-        self.write(durability, move |txn| {
-            let mut keys = txn.open_table(SESSION_KEYS).map_err(unavailable)?;
-            let mut by_expiry = txn
-                .open_table(SESSION_KEYS_BY_EXPIRY)
-                .map_err(unavailable)?;
-            let open_id = key.open_id.as_str();
-            let previous = match keys.get(open_id).map_err(unavailable)? {
-                Some(old) => Some(decode::<StoredSessionKey>(old.value())?.expires_at),
-                None => None,
-            };
-            if let Some(expires_at) = previous {
-                by_expiry
-                    .remove((expires_at, open_id))
-                    .map_err(unavailable)?;
-            }
-            keys.insert(open_id, bytes.as_slice())
-                .map_err(unavailable)?;
-            by_expiry
-                .insert((key.expires_at, open_id), ())
-                .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        if !sync {
+            // Written by the commit of the login's session, queued right after this: one
+            // durable commit for both, and the group commit of concurrent logins intact (a
+            // write transaction of its own would queue behind every fsync in flight).
+            self.queue_session_key(key.clone());
+            return Ok(());
+        }
+        // A key still queued for this user is older than this one: it must not land after it.
+        self.unqueue_session_key(&key.open_id);
+        let key = key.clone();
+        self.write(Durability::Immediate, move |txn| put_key_in(txn, &key))
+            .await
     }
 
     async fn get_session_key(&self, open_id: &str) -> Result<Option<StoredSessionKey>, StoreError> {
