@@ -31,26 +31,18 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// Replaces a user's session_key inside `txn`, keeping the expiry index in step.
+/// Replaces a user's session_key inside `txn`. The expiry index gets an entry for the new
+/// expiry and keeps the old one: the sweep drops entries that no longer match (this runs in
+/// every login's commit, the sweep once a minute).
 pub(super) fn put_key_in(txn: &WriteTransaction, key: &StoredSessionKey) -> Result<(), StoreError> {
     let bytes = encode(key)?;
-    let mut keys = txn.open_table(SESSION_KEYS).map_err(unavailable)?;
-    let mut by_expiry = txn
-        .open_table(SESSION_KEYS_BY_EXPIRY)
-        .map_err(unavailable)?;
     let open_id = key.open_id.as_str();
-    let previous = match keys.get(open_id).map_err(unavailable)? {
-        Some(old) => Some(decode::<StoredSessionKey>(old.value())?.expires_at),
-        None => None,
-    };
-    if let Some(expires_at) = previous {
-        by_expiry
-            .remove((expires_at, open_id))
-            .map_err(unavailable)?;
-    }
-    keys.insert(open_id, bytes.as_slice())
+    txn.open_table(SESSION_KEYS)
+        .map_err(unavailable)?
+        .insert(open_id, bytes.as_slice())
         .map_err(unavailable)?;
-    by_expiry
+    txn.open_table(SESSION_KEYS_BY_EXPIRY)
+        .map_err(unavailable)?
         .insert((key.expires_at, open_id), ())
         .map_err(unavailable)?;
     Ok(())
@@ -170,13 +162,22 @@ impl SecretStore for EmbeddedStore {
                 })
                 .collect::<Result<_, _>>()?;
             let mut keys = txn.open_table(SESSION_KEYS).map_err(unavailable)?;
+            let mut removed = 0;
             for (expires_at, open_id) in &due {
                 by_expiry
                     .remove((*expires_at, open_id.as_str()))
                     .map_err(unavailable)?;
-                keys.remove(open_id.as_str()).map_err(unavailable)?;
+                // The entry of an older login: the user's current key lives longer.
+                let expired = match keys.get(open_id.as_str()).map_err(unavailable)? {
+                    Some(current) => decode::<StoredSessionKey>(current.value())?.expires_at <= now,
+                    None => false,
+                };
+                if expired {
+                    keys.remove(open_id.as_str()).map_err(unavailable)?;
+                    removed += 1;
+                }
             }
-            Ok(due.len() as u64)
+            Ok(removed)
         })
         .await
     }
