@@ -433,6 +433,11 @@ async fn session_keys_are_replaced_and_expire(h: Harness) {
     assert_eq!(secrets.purge_session_keys(now).await.unwrap(), 1);
     assert_eq!(secrets.get_session_key("o2").await.unwrap(), None);
     assert!(secrets.get_session_key("o1").await.unwrap().is_some());
+    // The expiries of o1's earlier keys have passed, not that of its current one: kept.
+    assert_eq!(secrets.purge_session_keys(now + 150_000).await.unwrap(), 0);
+    assert_eq!(kept().await.sealed, sealed("newest"));
+    assert_eq!(secrets.purge_session_keys(now + 180_000).await.unwrap(), 1);
+    assert_eq!(secrets.get_session_key("o1").await.unwrap(), None);
 }
 
 async fn a_phone_number_lands_on_every_session_of_its_user(h: Harness) {
