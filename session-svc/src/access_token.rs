@@ -127,6 +127,9 @@ pub struct AccessTokens {
     lease_name: String,
     lease_ttl: Duration,
     current: Mutex<Option<CurrentToken>>,
+    /// When WeChat last answered a refresh with the very token reported as refused: reports
+    /// of it within [`MIN_RETRY`] do not ask WeChat again (it would answer the same).
+    confirmed_at: Mutex<Option<std::time::Instant>>,
     /// The in-process half of single flight (the store's lease is the other).
     refreshing: tokio::sync::Mutex<()>,
     started: AtomicBool,
@@ -156,6 +159,7 @@ impl AccessTokens {
             holder,
             lease_ttl,
             current: Mutex::new(None),
+            confirmed_at: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
             started: AtomicBool::new(false),
             shutdown,
@@ -211,8 +215,17 @@ impl AccessTokens {
         self.start();
         match self.cached() {
             Some(current) if !current.is(token) && current.usable(now_millis()) => Ok(current),
+            Some(current) if current.usable(now_millis()) && self.just_confirmed() => Ok(current),
             _ => self.refresh(Need::Replace(token)).await,
         }
+    }
+
+    /// WeChat answered the current token again to a report of it, a moment ago.
+    fn just_confirmed(&self) -> bool {
+        self.confirmed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < MIN_RETRY)
     }
 
     /// An operator's forced refresh: a new token at WeChat, the old one dead five minutes on.
@@ -420,6 +433,10 @@ impl AccessTokens {
             .is_none_or(|p| !p.is(token.token.expose_secret()));
         if let Need::Replace(refused) = need {
             if token.is(refused) {
+                *self
+                    .confirmed_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
                 tracing::warn!(
                     "WeChat still answers the access_token reported as refused; if calls keep \
                      failing with 40001, an operator can call ForceRefreshAccessToken"

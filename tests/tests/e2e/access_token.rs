@@ -197,6 +197,36 @@ async fn while_wechat_is_down_the_token_is_served_until_it_expires_then_unavaila
     assert_ne!(back.access_token, first.access_token);
 }
 
+/// A backend that keeps reporting a token WeChat still hands out (its 40001 came from
+/// something else) costs one check at WeChat, not one per report.
+#[tokio::test]
+async fn reports_of_a_token_wechat_still_answers_ask_wechat_once() {
+    let stack = Stack::start().await;
+    let mut c = client(&stack).await;
+    let current = token(&mut c).await.unwrap().access_token;
+    for _ in 0..10 {
+        let answer = c
+            .report_invalid_access_token(ReportInvalidAccessTokenRequest {
+                access_token: current.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.access_token, current,
+            "WeChat answers the same token"
+        );
+    }
+    assert_eq!(stack.sandbox.apis().token_stats().stable_token, 2);
+    let empty = c
+        .report_invalid_access_token(ReportInvalidAccessTokenRequest {
+            access_token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+}
+
 #[tokio::test]
 async fn wechat_refusals_say_what_the_operator_must_fix() {
     let stack = Stack::start().await;
