@@ -212,6 +212,15 @@ fn insert_batch(
     txn.commit().map_err(unavailable)
 }
 
+/// The ids of a user's sessions, from the index.
+fn session_ids_of(txn: &WriteTransaction, open_id: &str) -> Result<Vec<String>, StoreError> {
+    let index = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
+    let values = index.get(open_id).map_err(unavailable)?;
+    values
+        .map(|v| v.map(|g| g.value().to_owned()).map_err(unavailable))
+        .collect()
+}
+
 /// Deletes a session and its index entries inside `txn`; the record it removed.
 fn remove_in(txn: &WriteTransaction, id: &str) -> Result<Option<SessionRecord>, StoreError> {
     let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
@@ -303,13 +312,7 @@ impl SessionStore for EmbeddedStore {
     async fn set_phone(&self, open_id: &str, phone: &PhoneNumber) -> Result<u64, StoreError> {
         let (open_id, phone) = (open_id.to_owned(), phone.clone());
         self.write(Durability::Immediate, move |txn| {
-            let ids: Vec<String> = {
-                let index = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
-                let values = index.get(open_id.as_str()).map_err(unavailable)?;
-                values
-                    .map(|v| v.map(|g| g.value().to_owned()).map_err(unavailable))
-                    .collect::<Result<_, _>>()?
-            };
+            let ids = session_ids_of(txn, &open_id)?;
             let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
             let mut updated = 0;
             for id in ids {
@@ -343,13 +346,7 @@ impl SessionStore for EmbeddedStore {
     async fn remove_by_open_id(&self, open_id: &str) -> Result<u64, StoreError> {
         let open_id = open_id.to_owned();
         self.write(Durability::Immediate, move |txn| {
-            let ids: Vec<String> = {
-                let index = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
-                let values = index.get(open_id.as_str()).map_err(unavailable)?;
-                values
-                    .map(|v| v.map(|g| g.value().to_owned()).map_err(unavailable))
-                    .collect::<Result<_, _>>()?
-            };
+            let ids = session_ids_of(txn, &open_id)?;
             let mut removed = 0;
             for id in ids {
                 if remove_in(txn, &id)?.is_some() {

@@ -32,6 +32,22 @@ fn by_open_id(open_id: &str) -> Option<Subject> {
     })
 }
 
+/// The headers a business upstream received for a request of `session` to `url`.
+async fn forwarded_headers(stack: &Stack, url: &str, session: &ClientSession) -> Value {
+    let (status, seen) = json(
+        stack
+            .http
+            .get(url)
+            .headers(session.headers())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{seen}");
+    seen["headers"].clone()
+}
+
 fn phone_routes(upstream: &Upstream) -> String {
     format!(
         "[[route]]\nprefix = \"/api/\"\nupstream = \"{}\"\nsession = \"required\"\n",
@@ -99,18 +115,8 @@ async fn a_phone_code_through_the_gateway_gives_the_number_and_the_session_carri
     .unwrap();
     assert_eq!(claims["phone_number"], e164.as_str());
     assert_eq!(claims["phone_number_verified"], true);
-    let (status, seen) = json(
-        stack
-            .http
-            .get(stack.url("/api/echo"))
-            .headers(session.headers())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201, "{seen}");
-    assert_eq!(seen["headers"]["x-weapp-phone"], e164.as_str());
+    let headers = forwarded_headers(&stack, &stack.url("/api/echo"), &session).await;
+    assert_eq!(headers["x-weapp-phone"], e164.as_str());
 
     // A used code, no code, no session: clear answers, nothing changes.
     for (request, want) in [
@@ -443,18 +449,10 @@ async fn every_gateway_forwards_the_verified_number_at_once() {
     stack.wait_for_followers(2).await;
     let (minted, session) = stack.new_session().await;
     let forwarded_phone = || async {
-        let (status, seen) = json(
-            stack
-                .http
-                .get(other.url("/api/echo"))
-                .headers(session.headers())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(status, 201, "{seen}");
-        seen["headers"].get("x-weapp-phone").cloned()
+        forwarded_headers(&stack, &other.url("/api/echo"), &session)
+            .await
+            .get("x-weapp-phone")
+            .cloned()
     };
     assert_eq!(
         forwarded_phone().await,
