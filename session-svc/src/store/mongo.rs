@@ -266,15 +266,35 @@ impl SessionStore for MongoStore {
     }
 
     async fn renew(&self, renewed: &SessionRecord) -> Result<bool, StoreError> {
-        // A whole-document replace rather than `$set`: every field but the two timestamps is
-        // immutable, it is one round trip either way, and it keeps BSON dates as dates on
-        // MongoDB-wire servers whose `$set` does not (nx-27017 turns them into strings).
-        let result = self
-            .sessions
-            .replace_one(doc! { "_id": &renewed.id }, SessionDoc::from(renewed))
-            .await
-            .map_err(unavailable)?;
-        Ok(result.matched_count > 0)
+        // A whole-document replace rather than `$set`: every field but the two timestamps and
+        // the phone number is immutable, it is one round trip either way, and it keeps BSON
+        // dates as dates on MongoDB-wire servers whose `$set` does not (nx-27017 turns them
+        // into strings). The phone number is the one field that changes behind a renewal's
+        // back (`set_phone`): the replace only applies over the phone it read, else it is
+        // read again and applied over the new one.
+        let mut renewed = renewed.clone();
+        for _ in 0..2 {
+            let mut filter = doc! { "_id": &renewed.id };
+            match &renewed.phone {
+                Some(phone) => filter.insert("phone.verifiedAt", phone.verified_at),
+                None => filter.insert("phone", mongodb::bson::Bson::Null),
+            };
+            let result = self
+                .sessions
+                .replace_one(filter, SessionDoc::from(&renewed))
+                .await
+                .map_err(unavailable)?;
+            if result.matched_count > 0 {
+                return Ok(true);
+            }
+            match self.get(&renewed.id).await? {
+                Some(stored) => renewed.phone = stored.phone,
+                None => return Ok(false),
+            }
+        }
+        // The phone number changed twice within two round trips: the renewal can wait for
+        // the next request; the session is live.
+        Ok(true)
     }
 
     async fn set_phone(&self, open_id: &str, phone: &PhoneNumber) -> Result<u64, StoreError> {

@@ -454,7 +454,16 @@ async fn a_phone_number_lands_on_every_session_of_its_user(h: Harness) {
         country_code: "86".into(),
         verified_at: now_millis(),
     };
+    // A renewal that read the session before the number arrived (the race a busy session
+    // runs into) does not take the number away.
+    let read_before = store.get(&"2".repeat(32)).await.unwrap().unwrap();
     assert_eq!(store.set_phone("o1", &phone).await.unwrap(), 2);
+    let mut stale = read_before.clone();
+    stale.expires_at += 5000;
+    assert!(store.renew(&stale).await.unwrap());
+    let renewed = store.get(&"2".repeat(32)).await.unwrap().unwrap();
+    assert_eq!(renewed.expires_at, read_before.expires_at + 5000);
+    assert_eq!(renewed.phone.as_ref(), Some(&phone));
     for id in ["1", "2"] {
         let r = store.get(&id.repeat(32)).await.unwrap().unwrap();
         assert_eq!(r.phone.as_ref(), Some(&phone));
