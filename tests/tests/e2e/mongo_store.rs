@@ -62,6 +62,62 @@ async fn a_login_creates_one_readable_document_without_clear_secrets() {
     );
 }
 
+/// What a database dump shows of the central control server's secrets: sealed values with
+/// their key ids, never a session_key or an access_token in the clear.
+#[tokio::test]
+async fn session_keys_and_the_access_token_are_stored_sealed() {
+    use weapp_proto::session::v1::GetAccessTokenRequest;
+    let stack = mongo_stack().await;
+    let (minted, _) = stack.new_session().await;
+    let session_key = stack.sandbox.session_key(&minted.code).unwrap();
+    let token = SessionServiceClient::new(stack.session_channel().await)
+        .get_access_token(GetAccessTokenRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+
+    let (uri, database) = stack.mongo_database();
+    let db = mongodb::Client::with_uri_str(uri)
+        .await
+        .unwrap()
+        .database(&database);
+    let keys = db.collection::<Document>("session_keys");
+    let kept = keys
+        .find_one(doc! { "_id": &minted.openid })
+        .await
+        .unwrap()
+        .expect("the user's session_key is kept");
+    assert!(
+        matches!(kept.get("expiresAt"), Some(Bson::DateTime(_))),
+        "{kept}"
+    );
+    let tokens = db.collection::<Document>("wechat_tokens");
+    let stored_token = tokens
+        .find_one(doc! { "_id": &stack.app_id })
+        .await
+        .unwrap()
+        .expect("the token is stored");
+    for stored in [&kept, &stored_token] {
+        let sealed = stored.get_document("sealed").unwrap();
+        assert_eq!(sealed.get_str("keyId").unwrap().len(), 12, "{stored}");
+        let text = stored.to_string();
+        assert!(
+            !text.contains(&session_key) && !text.contains(&token),
+            "{text}"
+        );
+    }
+    let mut cursor = keys.list_indexes().await.unwrap();
+    let mut ttl = None;
+    while cursor.advance().await.unwrap() {
+        let index = cursor.deserialize_current().unwrap();
+        if index.keys == doc! { "expiresAt": 1 } {
+            ttl = index.options.and_then(|o| o.expire_after);
+        }
+    }
+    assert_eq!(ttl, Some(Duration::ZERO), "TTL index on session_keys.expiresAt");
+}
+
 #[tokio::test]
 async fn the_ttl_and_open_id_indexes_exist_and_start_up_is_idempotent() {
     let mut stack = mongo_stack().await;
