@@ -18,6 +18,7 @@ mod push;
 mod readme;
 mod relay;
 mod resilience;
+mod sandbox;
 mod sessions;
 mod wafer_fidelity;
 mod websocket;

@@ -115,7 +115,11 @@ async fn session_keys_and_the_access_token_are_stored_sealed() {
             ttl = index.options.and_then(|o| o.expire_after);
         }
     }
-    assert_eq!(ttl, Some(Duration::ZERO), "TTL index on session_keys.expiresAt");
+    assert_eq!(
+        ttl,
+        Some(Duration::ZERO),
+        "TTL index on session_keys.expiresAt"
+    );
 }
 
 #[tokio::test]
