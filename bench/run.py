@@ -183,6 +183,7 @@ def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None, gateway_env=None):
         "WEAPP_API_KEYS_FILE": str(keys_file),
         "WEAPP_IDENTITY_KEY_FILES": str(keys_file.parent / "identity.pem"),
         "WEAPP_SESSION_LISTEN": f"127.0.0.1:{session_port}",
+        "WEAPP_METRICS_LISTEN": "127.0.0.1:0",
         "WEAPP_APP_ID": cfg.app_id,
         "WEAPP_APP_SECRET_FILE": str(cfg.work / "app_secret"),
         "WEAPP_WECHAT_BASE_URL": sandbox + "/",
@@ -197,6 +198,7 @@ def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None, gateway_env=None):
         pinned([cfg.bin / "gateway-svc"], pin),
         env={
             "WEAPP_GATEWAY_LISTEN": f"127.0.0.1:{gateway_port}",
+            "WEAPP_METRICS_LISTEN": "127.0.0.1:0",
             "WEAPP_SESSION_SVC_URL": f"http://127.0.0.1:{session_port}",
             "WEAPP_SESSION_SVC_KEY_FILE": str(gateway_key),
             # The default cap is 10,000 per gateway; the WebSocket scenario goes to it.
@@ -223,6 +225,7 @@ def start_gateway(cfg, svc, stack, name, env=None):
     port = free_port()
     svc.start(name, [cfg.bin / "gateway-svc"], port=port, env={
         "WEAPP_GATEWAY_LISTEN": f"127.0.0.1:{port}",
+        "WEAPP_METRICS_LISTEN": "127.0.0.1:0",
         "WEAPP_SESSION_SVC_URL": f"http://127.0.0.1:{stack['session_port']}",
         "WEAPP_SESSION_SVC_KEY_FILE": str(api_keys(cfg)[1]),
         "WEAPP_WS_MAX_CONNECTIONS": str(cfg.push_users + 1000),

@@ -35,7 +35,8 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "prerequisites"
 apt_install_missing curl:curl "${NGINX_BIN:-/usr/sbin/nginx}:nginx" docker-compose:docker-compose \
-  systemd-analyze:systemd node:nodejs npm:npm wrk:wrk openssl:openssl
+  systemd-analyze:systemd node:nodejs npm:npm wrk:wrk openssl:openssl \
+  /usr/bin/prometheus:prometheus /usr/bin/promtool:prometheus
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 npm ci --prefix tests/sdk-compat --no-audit --no-fund --loglevel=error

@@ -1,6 +1,7 @@
 //! Process plumbing shared by the weapp binaries (configuration, logging, listening,
 //! shutdown, exit statuses), and the one concurrency helper both services use.
 pub mod config;
+pub mod metrics;
 pub mod singleflight;
 
 use std::{io::IsTerminal as _, net::SocketAddr};

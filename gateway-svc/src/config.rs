@@ -32,6 +32,10 @@ pub struct Settings {
     #[arg(long, env = "WEAPP_GATEWAY_LISTEN", default_value = "0.0.0.0:8765")]
     pub listen: SocketAddr,
 
+    /// Where Prometheus scrapes `/metrics` (keep it off the public network; `off`: nowhere).
+    #[arg(long, env = "WEAPP_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = weapp_common::metrics::metrics_listen)]
+    pub metrics_listen: weapp_common::metrics::MetricsListen,
+
     #[command(flatten)]
     pub session_svc: SessionSvcLink,
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod forward;
 pub mod identity;
 pub mod legacy_upgrade;
+pub mod metrics;
 pub mod open_sockets;
 pub mod outbox;
 pub mod probe;

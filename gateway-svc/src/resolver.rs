@@ -96,8 +96,10 @@ impl SessionResolver {
         if let Some(resolved) = self.cache.get(&id, &skey)
             && (need == Need::User || resolved.identity.is_some())
         {
+            self.client.metrics().cache_hits.increment(1);
             return Ok(AuthSession::new(id, skey, resolved));
         }
+        self.client.metrics().cache_misses.increment(1);
         // Concurrent requests of one session (a page firing several calls, a cache entry
         // running out under load) share one Validate.
         let (cache, client) = (self.cache.clone(), self.client.clone());

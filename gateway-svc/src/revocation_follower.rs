@@ -109,6 +109,10 @@ fn deliver(sockets: &OpenSockets, client: &SessionClient, push: Push) {
             }
         })
         .collect();
+    client
+        .metrics()
+        .pushes_delivered
+        .increment(counts.iter().sum());
     let client = client.clone();
     tokio::spawn(async move {
         if let Err(status) = client.report_delivery(push.id, push.follower, counts).await {

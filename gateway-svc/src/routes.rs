@@ -99,12 +99,27 @@ async fn login(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let address = state.login_limiter.client_address(peer, &headers);
-    state
-        .login_limiter
-        .check(address)
-        .map_err(ApiError::LoginRateLimited)?;
-    let params = wafer::login_params(&headers, uri.query());
+    let answer = log_in(&state, peer, &headers, &uri).await;
+    let status = match &answer {
+        Ok(_) => 200,
+        Err(e) => e.status().as_u16(),
+    };
+    state.metrics.login(status);
+    answer
+}
+
+async fn log_in(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Response, ApiError> {
+    let address = state.login_limiter.client_address(peer, headers);
+    if let Err(wait) = state.login_limiter.check(address) {
+        state.metrics.login_rate_limited.increment(1);
+        return Err(ApiError::LoginRateLimited(wait));
+    }
+    let params = wafer::login_params(headers, uri.query());
     let code = params.code.ok_or(ApiError::MissingCode)?;
     let answer = state
         .sessions
@@ -131,7 +146,7 @@ async fn login(
 
 /// express's `app.use('/me', …)`: any method, `/me` and any path under `/me/`, matched without
 /// regard to case as express does.
-fn is_me(path: &str) -> bool {
+pub(crate) fn is_me(path: &str) -> bool {
     let Some(head) = path.get(..3) else {
         return false;
     };

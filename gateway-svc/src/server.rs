@@ -12,7 +12,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{Router, extract::ConnectInfo, response::IntoResponse as _};
@@ -33,6 +33,7 @@ use crate::{
     config::HttpLimits,
     error::ApiError,
     legacy_upgrade::{self, FirstRequest},
+    metrics::GatewayMetrics,
     routes::Forwarded,
 };
 
@@ -42,6 +43,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    metrics: Arc<GatewayMetrics>,
     forwarded: Forwarded,
     shutdown: CancellationToken,
 ) {
@@ -78,31 +80,38 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.connections_refused.increment(1);
             tokio::spawn(turn_away(tcp));
             continue;
         };
-        let (app, forwarded) = (app.clone(), forwarded.clone());
+        let (app, forwarded, metrics) = (app.clone(), forwarded.clone(), metrics.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            let started = Instant::now();
             request
                 .extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(peer));
-            // A business route's body is the upstream's business: it streams through under
-            // the route's own limit (`forward.rs`) instead of the gateway's.
-            if let Some(route) = forwarded.route(request.uri().path()) {
-                let route = route.clone();
-                request.extensions_mut().insert(route);
-                let app = app.clone();
-                return futures::future::Either::Left(
-                    app.oneshot(request.map(axum::body::Body::new)),
-                );
-            }
-            let app = app.clone();
-            futures::future::Either::Right(async move {
-                match body_limit::check(request, &limits).await {
-                    Ok(request) => app.oneshot(request).await,
-                    Err(refused) => Ok(refused.into_response()),
+            let path = request.uri().path();
+            let route = forwarded.route(path).cloned();
+            let label = metrics.route_label(path, route.as_ref().map(|r| r.prefix.as_str()));
+            let (app, metrics) = (app.clone(), metrics.clone());
+            async move {
+                let response = match route {
+                    // A business route's body is the upstream's business: it streams through
+                    // under the route's own limit (`forward.rs`) instead of the gateway's.
+                    Some(route) => {
+                        request.extensions_mut().insert(route);
+                        app.oneshot(request.map(axum::body::Body::new)).await
+                    }
+                    None => match body_limit::check(request, &limits).await {
+                        Ok(request) => app.oneshot(request).await,
+                        Err(refused) => Ok(refused.into_response()),
+                    },
+                };
+                if let Ok(response) = &response {
+                    metrics.request(label, response.status().as_u16(), started.elapsed());
                 }
-            })
+                response
+            }
         });
         let (builder, watcher, told) = (builder.clone(), graceful.watcher(), told.clone());
         let shutdown = shutdown.clone();

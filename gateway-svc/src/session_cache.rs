@@ -193,6 +193,19 @@ impl SessionCache {
         }
     }
 
+    /// Sessions cached now (approximate: expired entries leave lazily).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// Time since the revocation stream was last heard from (`MAX` before it ever was).
+    pub fn silence(&self) -> Duration {
+        match self.last_heard.load(Ordering::SeqCst) {
+            NEVER => Duration::MAX,
+            heard => Duration::from_millis(self.elapsed_ms().saturating_sub(heard)),
+        }
+    }
+
     /// The revocation stream spoke: everything revoked until now has been applied.
     pub fn heard(&self) {
         self.last_heard.store(self.elapsed_ms(), Ordering::SeqCst);

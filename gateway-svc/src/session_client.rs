@@ -1,10 +1,10 @@
 //! The gateway's line to session-svc: one shared, lazily connected tonic channel (cheap to
 //! clone, reconnects by itself) and a deadline on every call, enforced here and sent along.
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret as _, SecretString};
 
-use crate::config::SessionSvcLink;
+use crate::{config::SessionSvcLink, metrics::GatewayMetrics};
 use tonic::{
     Request, Status, Streaming,
     metadata::{AsciiMetadataValue, MetadataValue},
@@ -56,12 +56,14 @@ pub struct SessionClient {
     health: HealthClient<Channel>,
     session_timeout: Duration,
     login_timeout: Duration,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl SessionClient {
     pub fn connect_lazy(
         link: &SessionSvcLink,
         timeouts: (Duration, Duration),
+        metrics: Arc<GatewayMetrics>,
     ) -> Result<Self, String> {
         let (session_timeout, login_timeout) = timeouts;
         let key = ApiKey::new(link.key.as_ref())?;
@@ -85,7 +87,13 @@ impl SessionClient {
             health: HealthClient::new(channel),
             session_timeout,
             login_timeout,
+            metrics,
         })
+    }
+
+    /// What the gateway counts (this client counts its calls there).
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
     }
 
     pub async fn validate(
@@ -103,7 +111,7 @@ impl SessionClient {
             },
             self.session_timeout,
         );
-        bounded(self.session_timeout, async move {
+        self.bounded("Validate", self.session_timeout, async move {
             client.validate(request).await
         })
         .await
@@ -112,10 +120,9 @@ impl SessionClient {
     pub async fn login(&self, login: LoginRequest) -> Result<LoginResponse, Status> {
         let mut client = self.client.clone();
         let request = with_deadline(login, self.login_timeout);
-        bounded(
-            self.login_timeout,
-            async move { client.login(request).await },
-        )
+        self.bounded("Login", self.login_timeout, async move {
+            client.login(request).await
+        })
         .await
     }
 
@@ -137,7 +144,7 @@ impl SessionClient {
             },
             self.login_timeout,
         );
-        bounded(self.login_timeout, async move {
+        self.bounded("GetPhoneNumber", self.login_timeout, async move {
             client.get_phone_number(request).await
         })
         .await?
@@ -148,10 +155,9 @@ impl SessionClient {
     pub async fn logout(&self, id: String, skey: String) -> Result<(), Status> {
         let mut client = self.client.clone();
         let request = with_deadline(LogoutRequest { id, skey }, self.session_timeout);
-        bounded(
-            self.session_timeout,
-            async move { client.logout(request).await },
-        )
+        self.bounded("Logout", self.session_timeout, async move {
+            client.logout(request).await
+        })
         .await
         .map(drop)
     }
@@ -163,7 +169,7 @@ impl SessionClient {
     pub async fn watch_revocations(&self) -> Result<Streaming<Revocation>, Status> {
         let mut client = self.client.clone();
         let deadline = self.session_timeout.max(Duration::from_secs(2));
-        bounded(deadline, async move {
+        self.bounded("WatchRevocations", deadline, async move {
             client.watch_revocations(WatchRevocationsRequest {}).await
         })
         .await
@@ -175,10 +181,9 @@ impl SessionClient {
         // Thousands of ids at once: more than a Validate's deadline, still bounded.
         let deadline = self.session_timeout.max(Duration::from_secs(5));
         let request = with_deadline(CheckSessionsRequest { session_ids }, deadline);
-        bounded(
-            deadline,
-            async move { client.check_sessions(request).await },
-        )
+        self.bounded("CheckSessions", deadline, async move {
+            client.check_sessions(request).await
+        })
         .await
         .map(|answer| answer.ended)
     }
@@ -199,7 +204,7 @@ impl SessionClient {
             },
             self.session_timeout,
         );
-        bounded(self.session_timeout, async move {
+        self.bounded("ReportDelivery", self.session_timeout, async move {
             client.report_delivery(request).await
         })
         .await
@@ -210,7 +215,7 @@ impl SessionClient {
     pub async fn identity_keys(&self) -> Result<String, Status> {
         let mut client = self.client.clone();
         let request = with_deadline(GetIdentityKeysRequest {}, self.session_timeout);
-        bounded(self.session_timeout, async move {
+        self.bounded("GetIdentityKeys", self.session_timeout, async move {
             client.get_identity_keys(request).await
         })
         .await
@@ -226,11 +231,13 @@ impl SessionClient {
             },
             self.session_timeout,
         );
-        let answer = bounded(
-            self.session_timeout,
-            async move { health.check(request).await },
-        )
-        .await?;
+        let answer = self
+            .bounded(
+                "grpc.health.v1.Health/Check",
+                self.session_timeout,
+                async move { health.check(request).await },
+            )
+            .await?;
         match answer.status() {
             ServingStatus::Serving => Ok(()),
             other => Err(Status::unavailable(format!(
@@ -247,16 +254,27 @@ fn with_deadline<T>(message: T, deadline: Duration) -> Request<T> {
     request
 }
 
-/// The channel's own timeouts do not cover every stall (a peer that accepted the connection
-/// and went silent), so the deadline is enforced here as well.
-async fn bounded<T>(
-    deadline: Duration,
-    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
-) -> Result<T, Status> {
-    match tokio::time::timeout(deadline, call).await {
-        Ok(result) => result.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "session-svc did not answer within {deadline:?}"
-        ))),
+impl SessionClient {
+    /// One call, counted by method and outcome. The channel's own timeouts do not cover every
+    /// stall (a peer that accepted the connection and went silent), so the deadline is
+    /// enforced here as well.
+    async fn bounded<T>(
+        &self,
+        method: &'static str,
+        deadline: Duration,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        let started = std::time::Instant::now();
+        let outcome = match tokio::time::timeout(deadline, call).await {
+            Ok(result) => result.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "session-svc did not answer within {deadline:?}"
+            ))),
+        };
+        let code = outcome
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.grpc_call(method, code, started.elapsed());
+        outcome
     }
 }

@@ -8,9 +8,12 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::trace::TraceLayer;
 
+use weapp_common::metrics::MetricsListen;
+
 use crate::{
     config::Settings,
     forward::Forwarder,
+    metrics::{self, GatewayMetrics},
     open_sockets::OpenSockets,
     rate_limit::LoginLimiter,
     relay::Relay,
@@ -39,6 +42,9 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics: Arc<GatewayMetrics>,
+    /// `/metrics`, on its own address, when it is on.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
     settings: Arc<Settings>,
     sessions: SessionClient,
     relay: Option<Relay>,
@@ -50,15 +56,31 @@ impl Application {
         // Built here so a bad relay client fails the start, not the first message.
         let relay = Relay::new(&settings.relay, settings.ws.max_message_size)
             .map_err(StartupError::Relay)?;
+        let metrics = GatewayMetrics::new(
+            metrics::own_routes(&settings.login_path),
+            settings
+                .routes
+                .iter()
+                .flat_map(|table| table.routes())
+                .map(|route| route.prefix.clone()),
+        );
         let sessions = SessionClient::connect_lazy(
             &settings.session_svc,
             (settings.session_timeout, settings.login_timeout),
+            metrics.clone(),
         )
         .map_err(StartupError::SessionSvc)?;
+        metrics.ws_limit.set(settings.ws.max_connections as f64);
         let (listener, local_addr) = weapp_common::bind(settings.listen).await?;
+        let metrics_listener = match settings.metrics_listen {
+            MetricsListen::Off => None,
+            MetricsListen::At(addr) => Some(weapp_common::bind(addr).await?),
+        };
         Ok(Self {
             listener,
             local_addr,
+            metrics,
+            metrics_listener,
             settings: Arc::new(settings),
             sessions,
             relay,
@@ -67,6 +89,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
@@ -82,10 +109,27 @@ impl Application {
             self.sessions.clone(),
             shutdown.clone(),
         ));
-        let forwarded = Forwarded::new(self.settings.routes.clone(), &self.settings.login_path);
         if self.settings.routes.is_some() {
             self.warn_if_unsigned().await;
         }
+        let gateway_metrics = self.metrics.clone();
+        let metrics_server = self.metrics_listener.map(|(listener, addr)| {
+            tracing::info!(%addr, "gateway-svc metrics at /metrics");
+            let (metrics, cache) = (gateway_metrics.clone(), cache.clone());
+            let refresh = move || {
+                metrics.cache_entries.set(cache.entry_count() as f64);
+                metrics
+                    .revocation_connected
+                    .set(if cache.live() { 1.0 } else { 0.0 });
+                metrics.revocation_lag.set(cache.silence().as_secs_f64());
+            };
+            tokio::spawn(gateway_metrics.registry.clone().serve(
+                listener,
+                shutdown.clone(),
+                Arc::new(refresh),
+            ))
+        });
+        let forwarded = Forwarded::new(self.settings.routes.clone(), &self.settings.login_path);
         let state = AppState::from(Shared {
             resolver: SessionResolver::new(cache, self.sessions.clone()),
             relay: self.relay,
@@ -96,6 +140,7 @@ impl Application {
                 self.settings.trusted_proxies.clone(),
             ),
             sessions: self.sessions,
+            metrics: self.metrics.clone(),
             ws_slots: Arc::new(Semaphore::new(self.settings.ws.max_connections)),
             settings: self.settings,
             ws_tasks: ws_tasks.clone(),
@@ -104,7 +149,15 @@ impl Application {
         let http_limits = state.settings.http;
         let app = with_tracing(routes::router(state));
         tracing::info!(addr = %self.local_addr, "gateway-svc listening");
-        server::serve(self.listener, app, http_limits, forwarded, shutdown.clone()).await;
+        server::serve(
+            self.listener,
+            app,
+            http_limits,
+            self.metrics,
+            forwarded,
+            shutdown.clone(),
+        )
+        .await;
         shutdown.cancel();
         ws_tasks.close();
         if tokio::time::timeout(WS_DRAIN, ws_tasks.wait())
@@ -115,6 +168,12 @@ impl Application {
         }
         if let Err(e) = revocations.await {
             tracing::warn!(error = %e, "revocation follower ended abnormally");
+        }
+        if let Some(Err(e)) = match metrics_server {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            tracing::warn!(error = %e, "metrics server ended abnormally");
         }
         tracing::info!("gateway-svc stopped");
         Ok(())

@@ -5,8 +5,9 @@ use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::Settings, forward::Forwarder, open_sockets::OpenSockets, rate_limit::LoginLimiter,
-    relay::Relay, resolver::SessionResolver, session_client::SessionClient,
+    config::Settings, forward::Forwarder, metrics::GatewayMetrics, open_sockets::OpenSockets,
+    rate_limit::LoginLimiter, relay::Relay, resolver::SessionResolver,
+    session_client::SessionClient,
 };
 
 #[derive(Clone)]
@@ -31,6 +32,8 @@ pub struct Shared {
     pub resolver: SessionResolver,
     /// session-svc, for what is not session resolution (login, readiness).
     pub sessions: SessionClient,
+    /// What Prometheus scrapes.
+    pub metrics: Arc<GatewayMetrics>,
     /// Business routes' upstreams (their connection pools).
     pub forwarder: Forwarder,
     /// Where WebSocket messages go, when not echoed.

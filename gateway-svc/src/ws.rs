@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::WsSettings,
     error::ApiError,
+    metrics::GatewayMetrics,
     open_sockets::Registration,
     outbox::{Outbox, SLOW_CLIENT},
     relay,
@@ -42,6 +43,7 @@ pub async fn upgrade(
     uri: Uri,
 ) -> Response {
     let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
+        state.metrics.websockets_refused.increment(1);
         return ApiError::TooManyConnections.into_response();
     };
     // Only the user and a place among the open sockets are kept: a WebSocket has no use for
@@ -122,18 +124,21 @@ async fn connection(mut socket: WebSocket, params: Box<Params>) {
     let Params {
         resolution, state, ..
     } = &*params;
-    let (settings, shutdown) = (&state.settings, &state.shutdown);
+    let (settings, shutdown, metrics) = (&state.settings, &state.shutdown, &state.metrics);
     match resolution {
         Ok(Some((user, registration, relay))) => {
-            serve(
+            metrics.ws_opened.increment(1);
+            metrics.ws_open.increment(1.0);
+            let code = serve(
                 &mut socket,
                 user,
-                &settings.ws,
+                (&settings.ws, metrics),
                 registration,
                 relay.as_ref(),
                 shutdown,
             )
-            .await
+            .await;
+            metrics.websocket_closed(code, true);
         }
         // Refusals are boxed: their futures would otherwise widen every open socket's task
         // (measured: 104 bytes each) for a path a served socket never takes.
@@ -141,13 +146,22 @@ async fn connection(mut socket: WebSocket, params: Box<Params>) {
             let refusal =
                 ApiError::InvalidSession("a WebSocket needs a valid session; log in first".into());
             Box::pin(refuse(&mut socket, &refusal, close_code::POLICY)).await;
+            metrics.websocket_closed(close_code::POLICY, false);
         }
         Err(e @ ApiError::InvalidSession(_)) => {
-            Box::pin(refuse(&mut socket, e, close_code::POLICY)).await
+            Box::pin(refuse(&mut socket, e, close_code::POLICY)).await;
+            metrics.websocket_closed(close_code::POLICY, false);
         }
-        Err(e) => Box::pin(refuse(&mut socket, e, TRY_AGAIN_LATER)).await,
+        Err(e) => {
+            Box::pin(refuse(&mut socket, e, TRY_AGAIN_LATER)).await;
+            metrics.websocket_closed(TRY_AGAIN_LATER, false);
+        }
     }
 }
+
+/// What a socket's end is counted as when the client closed it, or the connection broke.
+const CLIENT_CLOSED: u16 = close_code::NORMAL;
+const BROKEN: u16 = close_code::ABNORMAL;
 
 fn close(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
@@ -192,22 +206,24 @@ async fn close_slow(socket: &mut WebSocket) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), closing).await;
 }
 
+/// Serves an accepted socket until it ends; the close code it ended with.
 async fn serve(
     socket: &mut WebSocket,
     user: &User,
-    settings: &WsSettings,
+    (settings, metrics): (&WsSettings, &GatewayMetrics),
     registration: &Registration,
     relay: Option<&mpsc::Sender<Utf8Bytes>>,
     shutdown: &CancellationToken,
-) {
+) -> u16 {
     let (ended, outbox) = (&registration.ended, &*registration.outbox);
     // The tutorial's greeting belongs to its echo; a relayed socket speaks only for the
     // business upstream.
     if relay.is_none() {
         let greeting = format!("Server: 恭喜，{}", user.display_name);
         if socket.send(Message::Text(greeting.into())).await.is_err() {
-            return;
+            return BROKEN;
         }
+        metrics.ws_messages_out.increment(1);
     }
     // One timer for keep-alive: when it fires, either a ping goes out (and the timer is set
     // for its pong) or the pong is overdue. Built once, like the shutdown wait: this loop runs
@@ -224,11 +240,11 @@ async fn serve(
             _ = &mut ended_wait => {
                 if shutdown.is_cancelled() {
                     let _ = socket.send(close(close_code::AWAY, "server shutting down")).await;
-                } else {
-                    let revoked = ApiError::InvalidSession("the session was revoked".into());
-                    Box::pin(refuse(socket, &revoked, close_code::POLICY)).await;
+                    return close_code::AWAY;
                 }
-                break;
+                let revoked = ApiError::InvalidSession("the session was revoked".into());
+                Box::pin(refuse(socket, &revoked, close_code::POLICY)).await;
+                return close_code::POLICY;
             }
             _ = outbox.ready() => {
                 let mut broken = false;
@@ -237,21 +253,23 @@ async fn serve(
                         broken = true;
                         break;
                     }
+                    metrics.ws_messages_out.increment(1);
                 }
-                if broken || outbox.overflowed() {
-                    if outbox.overflowed() {
-                        close_slow(socket).await;
-                    }
-                    break;
+                if outbox.overflowed() {
+                    close_slow(socket).await;
+                    return SLOW_CLIENT;
+                }
+                if broken {
+                    return BROKEN;
                 }
             }
             _ = &mut timer => {
                 if ping_sent.is_some() {
                     let _ = socket.send(close(close_code::AWAY, "keep-alive timeout")).await;
-                    break;
+                    return close_code::AWAY;
                 }
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
+                    return BROKEN;
                 }
                 let now = Instant::now();
                 ping_sent = Some(now);
@@ -259,6 +277,7 @@ async fn serve(
             }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
+                    metrics.ws_messages_in.increment(1);
                     let reply = match relay {
                         None => format!("Server: Received({})", text.as_str()).into(),
                         Some(relay) => match relay.try_send(text) {
@@ -266,18 +285,19 @@ async fn serve(
                             Err(mpsc::error::TrySendError::Full(_)) => {
                                 let reason = "too many messages waiting for an answer";
                                 let _ = socket.send(close(close_code::POLICY, reason)).await;
-                                break;
+                                return close_code::POLICY;
                             }
-                            Err(mpsc::error::TrySendError::Closed(_)) => break,
+                            Err(mpsc::error::TrySendError::Closed(_)) => return BROKEN,
                         },
                     };
                     if socket.send(Message::Text(reply)).await.is_err() {
-                        break;
+                        return BROKEN;
                     }
+                    metrics.ws_messages_out.increment(1);
                 }
                 Some(Ok(Message::Binary(_))) => {
                     let _ = socket.send(close(close_code::UNSUPPORTED, "text messages only")).await;
-                    break;
+                    return close_code::UNSUPPORTED;
                 }
                 // Any sign of life counts; tungstenite answers pings by itself.
                 Some(Ok(Message::Pong(_) | Message::Ping(_))) => {
@@ -286,12 +306,14 @@ async fn serve(
                         timer.as_mut().reset(sent + settings.ping_interval);
                     }
                 }
-                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Close(_))) => return CLIENT_CLOSED,
+                None => return BROKEN,
                 Some(Err(e)) => {
                     if is_too_big(e) {
                         let _ = socket.send(close(close_code::SIZE, "message too big")).await;
+                        return close_code::SIZE;
                     }
-                    break;
+                    return BROKEN;
                 }
             },
         }

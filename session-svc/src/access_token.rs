@@ -34,6 +34,7 @@ use weapp_common::config::duration;
 use crate::{
     credentials,
     error::SessionError,
+    metrics::SessionMetrics,
     record::{UnixMillis, now_millis},
     store::{SecretStore, StoredToken},
     vault::Vault,
@@ -134,6 +135,7 @@ pub struct AccessTokens {
     refreshing: tokio::sync::Mutex<()>,
     started: AtomicBool,
     shutdown: CancellationToken,
+    metrics: Arc<SessionMetrics>,
 }
 
 impl AccessTokens {
@@ -142,7 +144,7 @@ impl AccessTokens {
         store: Arc<dyn SecretStore>,
         vault: Arc<Vault>,
         settings: AccessTokenSettings,
-        shutdown: CancellationToken,
+        (metrics, shutdown): (Arc<SessionMetrics>, CancellationToken),
     ) -> Result<Self, SessionError> {
         let holder = credentials::Credentials::generate()
             .map_err(|e| SessionError::Internal(format!("OS random source: {e}")))?
@@ -163,6 +165,7 @@ impl AccessTokens {
             refreshing: tokio::sync::Mutex::new(()),
             started: AtomicBool::new(false),
             shutdown,
+            metrics,
         })
     }
 
@@ -178,6 +181,12 @@ impl AccessTokens {
     }
 
     fn adopt(&self, token: CurrentToken) -> CurrentToken {
+        self.metrics
+            .token_expires_at
+            .set(token.expires_at as f64 / 1000.0);
+        self.metrics
+            .token_fetched_at
+            .set(token.fetched_at as f64 / 1000.0);
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(token.clone());
         token
     }
@@ -415,7 +424,15 @@ impl AccessTokens {
         if force {
             check_force_limits(&forced_at, now)?;
         }
-        let fresh = self.wechat.stable_token(force).await.inspect_err(|e| {
+        let reason = match need {
+            Need::Missing => "missing",
+            Need::Due => "due",
+            Need::Replace(_) => "reported",
+            Need::Force => "forced",
+        };
+        let fresh = self.wechat.stable_token(force).await;
+        self.metrics.token_refresh(reason, fresh.is_ok());
+        let fresh = fresh.inspect_err(|e| {
             tracing::warn!(error = %e, force, "WeChat's stable_token failed");
         })?;
         let fetched_at = now_millis();

@@ -38,6 +38,10 @@ pub struct Settings {
     #[arg(long, env = "WEAPP_SESSION_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Where Prometheus scrapes `/metrics` (keep it off the public network; `off`: nowhere).
+    #[arg(long, env = "WEAPP_METRICS_LISTEN", default_value = "127.0.0.1:9465", value_parser = weapp_common::metrics::metrics_listen)]
+    pub metrics_listen: weapp_common::metrics::MetricsListen,
+
     #[command(flatten)]
     pub access: AccessSettings,
 

@@ -44,6 +44,30 @@ pub enum SessionError {
     Internal(String),
 }
 
+impl SessionError {
+    /// The gRPC code this error answers with, by name: a bounded label for the metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_) | Self::UserData(_) => "InvalidArgument",
+            Self::Unauthenticated => "Unauthenticated",
+            Self::WeChat(w) => match wechat_code(w) {
+                Code::PermissionDenied => "PermissionDenied",
+                Code::FailedPrecondition => "FailedPrecondition",
+                Code::ResourceExhausted => "ResourceExhausted",
+                Code::DeadlineExceeded => "DeadlineExceeded",
+                Code::Unavailable => "Unavailable",
+                _ => "Internal",
+            },
+            Self::UserRateLimited(_) | Self::Exhausted { .. } => "ResourceExhausted",
+            Self::FailedPrecondition(_) | Self::Vault(VaultError::UnknownKey(_)) => {
+                "FailedPrecondition"
+            }
+            Self::Store(StoreError::Unavailable(_)) | Self::Unavailable(_) => "Unavailable",
+            Self::Store(_) | Self::Vault(_) | Self::Internal(_) => "Internal",
+        }
+    }
+}
+
 fn wechat_code(e: &WeChatError) -> Code {
     match e {
         WeChatError::Refused { errcode, .. } => match *errcode {

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod health;
 pub mod identity;
 pub mod login;
+pub mod metrics;
 pub mod phone;
 pub mod probe;
 pub mod push;

@@ -18,6 +18,7 @@ use weapp_common::{config::duration, singleflight::SingleFlight};
 use crate::{
     credentials::{Credentials, short_hash},
     error::SessionError,
+    metrics::SessionMetrics,
     record::{SessionRecord, UserInfo},
     session::SessionManager,
     session_keys::SessionKeys,
@@ -70,6 +71,7 @@ pub struct LoginService {
     wechat: Arc<WeChatClient>,
     sessions: Arc<SessionManager>,
     session_keys: Arc<SessionKeys>,
+    metrics: Arc<SessionMetrics>,
     policy: LoginPolicy,
     in_flight: SingleFlight<String, Exchange>,
     per_user: Option<DefaultKeyedRateLimiter<String>>,
@@ -85,9 +87,10 @@ impl LoginService {
         wechat: Arc<WeChatClient>,
         sessions: Arc<SessionManager>,
         session_keys: Arc<SessionKeys>,
-        policy: LoginPolicy,
+        (policy, metrics): (LoginPolicy, Arc<SessionMetrics>),
     ) -> Self {
         Self {
+            metrics,
             wechat,
             sessions,
             session_keys,
@@ -107,12 +110,26 @@ impl LoginService {
             limiter.retain_recent();
         }
         limiter.check_key(&open_id.to_owned()).map_err(|not_until| {
+            self.metrics.login_rate_limited.increment(1);
             tracing::info!(user = %short_hash(open_id), "login refused: too many for this user");
             SessionError::UserRateLimited(not_until.wait_time_from(DefaultClock::default().now()))
         })
     }
 
+    /// Logs in, counting the outcome.
     pub async fn login(
+        &self,
+        input: LoginInput,
+    ) -> Result<(Credentials, SessionRecord), SessionError> {
+        let outcome = self.log_in(input).await;
+        self.metrics.login(match &outcome {
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        });
+        outcome
+    }
+
+    async fn log_in(
         &self,
         input: LoginInput,
     ) -> Result<(Credentials, SessionRecord), SessionError> {

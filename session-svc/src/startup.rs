@@ -5,6 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
+use weapp_common::metrics::MetricsListen;
 use weapp_proto::session::v1::session_service_server::SessionServiceServer;
 
 use crate::{
@@ -15,11 +16,12 @@ use crate::{
     health::StoreWatch,
     identity::IdentitySigner,
     login::LoginService,
+    metrics::{GrpcMetricsLayer, SessionMetrics},
     phone::PhoneNumbers,
     record::now_millis,
     session::SessionManager,
     session_keys::SessionKeys,
-    store::{EmbeddedStore, MongoStore, SecretStore, SessionStore, StoreError},
+    store::{EmbeddedStore, Metered, MongoStore, SecretStore, SessionStore, StoreError},
     vault::Vault,
     wechat::{SetupError, WeChatClient},
 };
@@ -45,6 +47,9 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics: Arc<SessionMetrics>,
+    /// `/metrics`, on its own address, when it is on.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
     access: AccessLayer,
     tls: Option<ServerTlsConfig>,
     grpc: SessionGrpc,
@@ -58,6 +63,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         // The parser checked these already; a library caller may have built them by hand.
         settings.check().map_err(StartupError::Config)?;
+        let metrics = SessionMetrics::new();
         let (store, secrets): (Arc<dyn SessionStore>, Arc<dyn SecretStore>) =
             match settings.store.mongo.uri() {
                 None => {
@@ -69,10 +75,12 @@ impl Application {
                     (store.clone(), store)
                 }
             };
+        let store: Arc<dyn SessionStore> = Arc::new(Metered::new(store, metrics.clone()));
+        let secrets: Arc<dyn SecretStore> = Arc::new(Metered::new(secrets, metrics.clone()));
         // Background work started by requests (the access_token refresher) ends with this.
         let background = CancellationToken::new();
         tracing::info!(store = %store.describe(), "session store configured");
-        let wechat = Arc::new(WeChatClient::new(&settings.wechat)?);
+        let wechat = Arc::new(WeChatClient::new(&settings.wechat, metrics.clone())?);
         let app_secret = settings
             .wechat
             .app_secret()
@@ -86,7 +94,7 @@ impl Application {
                 secrets.clone(),
                 vault.clone(),
                 settings.access_token,
-                background.clone(),
+                (metrics.clone(), background.clone()),
             )
             .map_err(|e| StartupError::Config(e.to_string()))?,
         );
@@ -106,12 +114,18 @@ impl Application {
             wechat,
             sessions.clone(),
             session_keys.clone(),
-            settings.login,
+            (settings.login, metrics.clone()),
         ));
         let (listener, local_addr) = weapp_common::bind(settings.listen).await?;
+        let metrics_listener = match settings.metrics_listen {
+            MetricsListen::Off => None,
+            MetricsListen::At(addr) => Some(weapp_common::bind(addr).await?),
+        };
         Ok(Self {
             listener,
             local_addr,
+            metrics,
+            metrics_listener,
             access: AccessLayer(settings.access.api_keys.clone()),
             tls: settings.tls.server_config(),
             grpc: SessionGrpc::new(
@@ -133,6 +147,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The store this instance serves from (for tests and tooling in the same process).
@@ -173,6 +192,14 @@ impl Application {
             self.purge_interval,
             shutdown.clone(),
         ));
+        let metrics_server = self.metrics_listener.map(|(listener, addr)| {
+            tracing::info!(%addr, "session-svc metrics at /metrics");
+            tokio::spawn(self.metrics.registry.clone().serve(
+                listener,
+                shutdown.clone(),
+                Arc::new(|| {}),
+            ))
+        });
         let background = self.background.clone();
         let stop_background = shutdown.clone();
         tokio::spawn(async move {
@@ -186,7 +213,9 @@ impl Application {
             server = server.tls_config(tls).map_err(StartupError::Tls)?;
         }
         let served = server
-            // Health and reflection pass through it open; the session service needs keys.
+            // Every call counted, refused ones included; then health and reflection pass
+            // through the access check open, the session service needs keys.
+            .layer(GrpcMetricsLayer(self.metrics.clone()))
             .layer(self.access)
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -202,7 +231,12 @@ impl Application {
             )
             .await;
         shutdown.cancel();
-        for (name, task) in [("expiry sweeper", sweeper), ("store watch", watcher)] {
+        let tasks = [
+            ("expiry sweeper", Some(sweeper)),
+            ("store watch", Some(watcher)),
+            ("metrics server", metrics_server),
+        ];
+        for (name, task) in tasks.into_iter().filter_map(|(n, t)| t.map(|t| (n, t))) {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "{name} ended abnormally");
             }

@@ -12,6 +12,8 @@ use tokio::sync::Semaphore;
 use url::Url;
 use weapp_common::config::{duration, positive, secret, secret_file};
 
+use crate::metrics::SessionMetrics;
+
 /// Largest answer read from WeChat; a real one is under 200 bytes.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -108,6 +110,19 @@ pub enum WeChatError {
     Malformed(String),
 }
 
+impl WeChatError {
+    /// How the metrics name it: the errcode, or what went wrong when there was none.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Refused { errcode, .. } => errcode.to_string(),
+            Self::Timeout(_) => "timeout".into(),
+            Self::Unreachable(_) => "unreachable".into(),
+            Self::HttpStatus(status) => format!("http_{}xx", status / 100),
+            Self::Malformed(_) => "malformed".into(),
+        }
+    }
+}
+
 impl From<AnswerError> for WeChatError {
     fn from(e: AnswerError) -> Self {
         match e {
@@ -141,10 +156,14 @@ pub struct WeChatClient {
     app_secret: SecretString,
     timeout: Duration,
     slots: Arc<Semaphore>,
+    metrics: Arc<SessionMetrics>,
 }
 
 impl WeChatClient {
-    pub fn new(settings: &WeChatSettings) -> Result<Self, SetupError> {
+    pub fn new(
+        settings: &WeChatSettings,
+        metrics: Arc<SessionMetrics>,
+    ) -> Result<Self, SetupError> {
         settings.check().map_err(SetupError::Settings)?;
         let app_secret = settings
             .app_secret()
@@ -168,6 +187,7 @@ impl WeChatClient {
             app_secret,
             timeout: settings.timeout,
             slots: Arc::new(Semaphore::new(settings.max_concurrent)),
+            metrics,
         })
     }
 
@@ -183,9 +203,7 @@ impl WeChatClient {
     /// Exchanges a login code. Never retried here: a code is single-use, and a retry after a
     /// lost answer would only turn a success into 40163.
     pub async fn code2session(&self, code: &str) -> Result<CodeSession, WeChatError> {
-        tokio::time::timeout(self.timeout, self.exchange(code))
-            .await
-            .unwrap_or(Err(WeChatError::Timeout(self.timeout)))
+        self.timed("jscode2session", self.exchange(code)).await
     }
 
     async fn exchange(&self, code: &str) -> Result<CodeSession, WeChatError> {

@@ -20,6 +20,7 @@ pub mod mongo;
 pub mod nginx;
 pub mod ports;
 pub mod process;
+pub mod prometheus;
 pub mod services;
 pub mod stack;
 pub mod store_door;

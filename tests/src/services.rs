@@ -81,6 +81,9 @@ impl ServiceProcess {
         vars.insert(listen_var.to_owned(), port.addr().to_string());
         vars.entry("RUST_LOG".into())
             .or_insert_with(|| "info".into());
+        // Several services run side by side: each takes a free port for its metrics.
+        vars.entry("WEAPP_METRICS_LISTEN".into())
+            .or_insert_with(|| "127.0.0.1:0".into());
         let mut service = Self {
             name,
             program: bin_dir().join(name),

@@ -66,6 +66,8 @@ pub enum Service {
 
 struct Running {
     addr: SocketAddr,
+    /// Where its `/metrics` is served.
+    metrics: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -82,12 +84,13 @@ async fn run_gateway(args: Vec<String>) -> Running {
     let app = gateway_svc::Application::build(settings)
         .await
         .expect("gateway builds");
-    let addr = app.local_addr();
+    let (addr, metrics) = (app.local_addr(), app.metrics_addr());
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move { app.run(token).await.expect("gateway runs") });
     Running {
         addr,
+        metrics,
         shutdown,
         task,
     }
@@ -298,6 +301,8 @@ impl StackBuilder {
             keys.join("api-keys.toml").display().to_string(),
             "--identity-key-files".into(),
             identity_key.display().to_string(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
         ]);
         let mongo = (self.store == TestStore::Mongo).then(MongoServer::start);
         if let Some(server) = &mongo {
@@ -324,6 +329,8 @@ impl StackBuilder {
             session_svc_url.clone(),
             "--session-svc-key-file".into(),
             keys.join("gateway.key").display().to_string(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
         ]);
         if let Some(certs) = &certificates {
             let dir = data_dir.path().join("tls");
@@ -442,13 +449,14 @@ impl Stack {
         let app = session_svc::Application::build(settings)
             .await
             .expect("session-svc builds");
-        let addr = app.local_addr();
+        let (addr, metrics) = (app.local_addr(), app.metrics_addr());
         self.store = Some(StoreDoor::new(app.store()));
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move { app.run(token).await.expect("session-svc runs") });
         self.session = Some(Running {
             addr,
+            metrics,
             shutdown,
             task,
         });
@@ -494,7 +502,7 @@ impl Stack {
         let app = session_svc::Application::build(settings)
             .await
             .expect("session-svc builds");
-        let addr = app.local_addr();
+        let (addr, metrics) = (app.local_addr(), app.metrics_addr());
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move { app.run(token).await.expect("session-svc runs") });
@@ -502,6 +510,7 @@ impl Stack {
             addr,
             running: Some(Running {
                 addr,
+                metrics,
                 shutdown,
                 task,
             }),
@@ -516,6 +525,18 @@ impl Stack {
             .await
             .expect("session-svc accepts gRPC connections");
         InterceptedService::new(channel, Bearer(Some(self.backend_key.clone())))
+    }
+
+    /// Where a running service serves `/metrics`.
+    pub fn metrics_addr(&self, service: Service) -> SocketAddr {
+        let running = match service {
+            Service::Gateway => &self.gateway,
+            Service::SessionSvc => &self.session,
+        };
+        running
+            .as_ref()
+            .and_then(|r| r.metrics)
+            .expect("the service runs with metrics on")
     }
 
     /// The flags session-svc starts with next time (after `stop_session_svc`).

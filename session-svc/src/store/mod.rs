@@ -1,10 +1,12 @@
 //! Where sessions live. Every store implements [`SessionStore`] and passes the same
 //! conformance suite; the embedded store is the default, MongoDB slots in beside it.
 mod embedded;
+mod metered;
 mod mongo;
 pub mod secrets;
 
 pub use embedded::EmbeddedStore;
+pub use metered::Metered;
 pub use mongo::{MongoSettings, MongoStore};
 pub use secrets::{SecretStore, StoredSessionKey, StoredToken};
 

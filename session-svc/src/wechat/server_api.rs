@@ -115,20 +115,29 @@ struct ResetAnswer {
 }
 
 impl WeChatClient {
-    /// Bounds a call by the client's timeout.
-    async fn timed<T>(
+    /// Bounds a call by the client's timeout, and counts it.
+    pub(super) async fn timed<T>(
         &self,
+        endpoint: &'static str,
         call: impl Future<Output = Result<T, WeChatError>>,
     ) -> Result<T, WeChatError> {
-        tokio::time::timeout(self.timeout, call)
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, call)
             .await
-            .unwrap_or(Err(WeChatError::Timeout(self.timeout)))
+            .unwrap_or(Err(WeChatError::Timeout(self.timeout)));
+        let label = match &outcome {
+            Ok(_) => "0".to_owned(),
+            Err(e) => e.label(),
+        };
+        self.metrics
+            .wechat_call(endpoint, &label, started.elapsed());
+        outcome
     }
 
     /// `POST /cgi-bin/stable_token` (JSON body). `force` invalidates the current token: only
     /// an operator's explicit request may ask for it.
     pub async fn stable_token(&self, force: bool) -> Result<FreshToken, WeChatError> {
-        self.timed(async {
+        self.timed("stable_token", async {
             let url = self.endpoint("cgi-bin/stable_token")?;
             let body = serde_json::json!({
                 "grant_type": "client_credential",
@@ -155,7 +164,7 @@ impl WeChatClient {
         code: &str,
         open_id: Option<&str>,
     ) -> Result<PhoneInfo, WeChatError> {
-        self.timed(async {
+        self.timed("getuserphonenumber", async {
             let mut url = self.endpoint("wxa/business/getuserphonenumber")?;
             url.query_pairs_mut()
                 .append_pair("access_token", access_token.expose_secret());
@@ -183,7 +192,7 @@ impl WeChatClient {
         open_id: &str,
         session_key: &SecretString,
     ) -> Result<(), WeChatError> {
-        self.timed(async {
+        self.timed("checksession", async {
             let url = self.signed_url("wxa/checksession", access_token, open_id, session_key)?;
             parse::<serde::de::IgnoredAny>(&self.send(self.http.get(url)).await?)?;
             Ok(())
@@ -199,7 +208,7 @@ impl WeChatClient {
         open_id: &str,
         session_key: &SecretString,
     ) -> Result<SecretString, WeChatError> {
-        self.timed(async {
+        self.timed("resetusersessionkey", async {
             let url = self.signed_url(
                 "wxa/resetusersessionkey",
                 access_token,

@@ -14,6 +14,7 @@ mod limits;
 mod login;
 mod mongo_store;
 mod nginx;
+mod observability;
 mod push;
 mod readme;
 mod relay;

@@ -1,0 +1,287 @@
+//! What the gateway counts for Prometheus, served at `/metrics` on `WEAPP_METRICS_LISTEN`.
+//! Every label set is bounded: routes are templates (the gateway's own paths, business route
+//! prefixes, or `other`), never raw paths, and no openId or session id is ever a label.
+//!
+//! Handles are registered once and kept: recording on the hot paths (every request, every
+//! WebSocket message) is an atomic add, not a registry lookup.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use dashmap::DashMap;
+use metrics::{Counter, Gauge, Histogram};
+use weapp_common::metrics::{Registry, status_class};
+
+use crate::config::{AUTH_PATH, PHONE_PATH};
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The label of requests that match no template.
+const OTHER: &str = "other";
+
+/// One route's request counters and latency, by status class.
+struct RouteHandles {
+    requests: [Counter; 5],
+    duration: [Histogram; 5],
+}
+
+impl RouteHandles {
+    fn new(registry: &Registry, route: &str) -> Self {
+        let requests = STATUS_CLASSES.map(|class| {
+            registry.counter(
+                "weapp_http_requests_total",
+                &[("route", route), ("status", class)],
+            )
+        });
+        let duration = STATUS_CLASSES.map(|class| {
+            registry.histogram(
+                "weapp_http_request_duration_seconds",
+                &[("route", route), ("status", class)],
+            )
+        });
+        Self { requests, duration }
+    }
+}
+
+/// Which route template a request was counted under (an index into the handles).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteLabel(usize);
+
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    /// Route template → its index in `handles`; `other` is the last.
+    routes: HashMap<String, usize>,
+    handles: Vec<RouteHandles>,
+    /// By (method, gRPC code).
+    grpc: DashMap<(&'static str, i32), (Counter, Histogram)>,
+    pub ws_open: Gauge,
+    /// The cap (`WEAPP_WS_MAX_CONNECTIONS`), for "near the cap" alerts.
+    pub ws_limit: Gauge,
+    pub ws_opened: Counter,
+    /// By close code.
+    ws_closed: DashMap<u16, Counter>,
+    pub ws_messages_in: Counter,
+    pub ws_messages_out: Counter,
+    pub pushes_delivered: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_entries: Gauge,
+    pub revocation_connected: Gauge,
+    pub revocation_lag: Gauge,
+    /// By outcome: `ok`, `refused` (the client's or WeChat's no), `failed` (ours or WeChat's
+    /// trouble).
+    logins: [Counter; 3],
+    pub login_rate_limited: Counter,
+    pub connections_refused: Counter,
+    pub websockets_refused: Counter,
+}
+
+/// The gateway's own paths, as route labels.
+pub fn own_routes(login_path: &str) -> Vec<String> {
+    [
+        login_path,
+        "/me",
+        "/logout",
+        "/ws",
+        PHONE_PATH,
+        AUTH_PATH,
+        "/.well-known/jwks.json",
+        "/healthz",
+        "/readyz",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+impl GatewayMetrics {
+    /// Handles for the gateway's own routes and the business route prefixes.
+    pub fn new(own: Vec<String>, prefixes: impl IntoIterator<Item = String>) -> Arc<Self> {
+        let registry = Registry::new();
+        describe(&registry);
+        let mut routes = HashMap::new();
+        let mut handles = Vec::new();
+        for route in own.into_iter().chain(prefixes) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = routes.entry(route) {
+                handles.push(RouteHandles::new(&registry, slot.key()));
+                slot.insert(handles.len() - 1);
+            }
+        }
+        handles.push(RouteHandles::new(&registry, OTHER));
+        let gauge = |name| registry.gauge(name, &[]);
+        let counter = |name| registry.counter(name, &[]);
+        let login = |outcome| registry.counter("weapp_logins_total", &[("outcome", outcome)]);
+        Arc::new(Self {
+            routes,
+            handles,
+            grpc: DashMap::new(),
+            ws_open: gauge("weapp_websockets_open"),
+            ws_limit: gauge("weapp_websockets_limit"),
+            ws_opened: counter("weapp_websockets_opened_total"),
+            ws_closed: DashMap::new(),
+            ws_messages_in: registry
+                .counter("weapp_websocket_messages_total", &[("direction", "in")]),
+            ws_messages_out: registry
+                .counter("weapp_websocket_messages_total", &[("direction", "out")]),
+            pushes_delivered: counter("weapp_push_messages_delivered_total"),
+            cache_hits: registry
+                .counter("weapp_session_cache_requests_total", &[("result", "hit")]),
+            cache_misses: registry
+                .counter("weapp_session_cache_requests_total", &[("result", "miss")]),
+            cache_entries: gauge("weapp_session_cache_entries"),
+            revocation_connected: gauge("weapp_revocation_stream_connected"),
+            revocation_lag: gauge("weapp_revocation_stream_lag_seconds"),
+            logins: ["ok", "refused", "failed"].map(login),
+            login_rate_limited: registry.counter(
+                "weapp_rate_limited_total",
+                &[("limit", "login_per_address")],
+            ),
+            connections_refused: registry.counter(
+                "weapp_connections_refused_total",
+                &[("cap", "http_connections")],
+            ),
+            websockets_refused: registry
+                .counter("weapp_connections_refused_total", &[("cap", "websockets")]),
+            registry,
+        })
+    }
+
+    /// The route template of a request: its business route's prefix, one of the gateway's
+    /// own paths, or `other`.
+    pub fn route_label(&self, path: &str, business_prefix: Option<&str>) -> RouteLabel {
+        let template = match business_prefix {
+            Some(prefix) => prefix,
+            None if crate::routes::is_me(path) => "/me",
+            None => path,
+        };
+        RouteLabel(
+            self.routes
+                .get(template)
+                .copied()
+                .unwrap_or(self.handles.len() - 1),
+        )
+    }
+
+    /// One HTTP request: its route template, status and time to its response head.
+    pub fn request(&self, route: RouteLabel, status: u16, elapsed: Duration) {
+        let Some(handles) = self.handles.get(route.0) else {
+            return;
+        };
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        debug_assert_eq!(STATUS_CLASSES[class], status_class(status));
+        handles.requests[class].increment(1);
+        handles.duration[class].record(elapsed.as_secs_f64());
+    }
+
+    /// One gRPC call to session-svc.
+    pub fn grpc_call(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
+        let entry = self.grpc.entry((method, code as i32)).or_insert_with(|| {
+            let code_name = format!("{code:?}");
+            let labels = [("method", method), ("code", code_name.as_str())];
+            (
+                self.registry
+                    .counter("weapp_grpc_client_calls_total", &labels),
+                self.registry
+                    .histogram("weapp_grpc_client_call_duration_seconds", &labels),
+            )
+        });
+        entry.0.increment(1);
+        entry.1.record(elapsed.as_secs_f64());
+    }
+
+    /// A WebSocket ended with this close code (`served`: it was open, not refused at once).
+    pub fn websocket_closed(&self, code: u16, served: bool) {
+        if served {
+            self.ws_open.decrement(1.0);
+        }
+        self.ws_closed
+            .entry(code)
+            .or_insert_with(|| {
+                self.registry.counter(
+                    "weapp_websockets_closed_total",
+                    &[("code", code.to_string().as_str())],
+                )
+            })
+            .increment(1);
+    }
+
+    /// A login answered with `status`.
+    pub fn login(&self, status: u16) {
+        let outcome = match status {
+            200..=299 => 0,
+            400..=499 => 1,
+            _ => 2,
+        };
+        self.logins[outcome].increment(1);
+    }
+}
+
+fn describe(registry: &Registry) {
+    for (name, help) in [
+        (
+            "weapp_http_requests_total",
+            "HTTP requests answered, by route template and status class.",
+        ),
+        (
+            "weapp_http_request_duration_seconds",
+            "Time to the response head, by route template and status class.",
+        ),
+        (
+            "weapp_grpc_client_calls_total",
+            "Calls to session-svc, by method and gRPC code.",
+        ),
+        (
+            "weapp_grpc_client_call_duration_seconds",
+            "Calls to session-svc, by method and gRPC code.",
+        ),
+        ("weapp_websockets_open", "WebSockets open now."),
+        (
+            "weapp_websockets_limit",
+            "The most WebSockets this gateway accepts (WEAPP_WS_MAX_CONNECTIONS).",
+        ),
+        ("weapp_websockets_opened_total", "WebSockets accepted."),
+        (
+            "weapp_websockets_closed_total",
+            "WebSockets ended, by the close code the gateway sent (1000 when the client closed, 1006 when the connection broke).",
+        ),
+        (
+            "weapp_websocket_messages_total",
+            "WebSocket text messages, in from clients and out to them.",
+        ),
+        (
+            "weapp_push_messages_delivered_total",
+            "Pushed messages handed to open WebSockets.",
+        ),
+        (
+            "weapp_session_cache_requests_total",
+            "Session resolutions answered from the cache (hit) or by session-svc (miss).",
+        ),
+        ("weapp_session_cache_entries", "Sessions in the cache."),
+        (
+            "weapp_revocation_stream_connected",
+            "1 while session-svc's revocation stream is open and heard from, else 0 (the cache is off).",
+        ),
+        (
+            "weapp_revocation_stream_lag_seconds",
+            "Time since the revocation stream was last heard from.",
+        ),
+        (
+            "weapp_logins_total",
+            "Logins, by outcome: ok, refused (the client's or WeChat's no), failed (ours or WeChat's trouble).",
+        ),
+        (
+            "weapp_rate_limited_total",
+            "Requests refused by a rate limit, by limit.",
+        ),
+        (
+            "weapp_connections_refused_total",
+            "Connections refused at a cap, by cap.",
+        ),
+    ] {
+        registry.describe(name, help);
+    }
+}

@@ -1,0 +1,282 @@
+//! What session-svc counts for Prometheus, served at `/metrics` on `WEAPP_METRICS_LISTEN`:
+//! gRPC calls (a tower layer, so every RPC is counted the same way, refused ones included),
+//! WeChat calls by endpoint and errcode, store operations, the access_token, logins and the
+//! per-user login limit. Label sets are bounded: RPC and endpoint names from fixed lists,
+//! errcodes as WeChat sends them, never an openId or a session id.
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use dashmap::DashMap;
+use metrics::{Counter, Gauge, Histogram};
+use weapp_common::metrics::Registry;
+
+/// The RPCs counted by name; anything else is `other`.
+const RPCS: [&str; 19] = [
+    "Login",
+    "Validate",
+    "Logout",
+    "RevokeUser",
+    "WatchRevocations",
+    "CheckSessions",
+    "GetIdentityKeys",
+    "Publish",
+    "PublishBatch",
+    "ReportDelivery",
+    "GetAccessToken",
+    "ReportInvalidAccessToken",
+    "ForceRefreshAccessToken",
+    "GetPhoneNumber",
+    "DecryptUserData",
+    "CheckSessionKey",
+    "ResetSessionKey",
+    "grpc.health.v1.Health",
+    "grpc.reflection",
+];
+
+/// The method label of a gRPC path.
+fn rpc_label(path: &str) -> &'static str {
+    let name = match path.strip_prefix("/weapp.session.v1.SessionService/") {
+        Some(method) => method,
+        None if path.starts_with("/grpc.health.v1.Health/") => "grpc.health.v1.Health",
+        None if path.starts_with("/grpc.reflection.") => "grpc.reflection",
+        None => "other",
+    };
+    RPCS.iter()
+        .find(|rpc| **rpc == name)
+        .copied()
+        .unwrap_or("other")
+}
+
+pub struct SessionMetrics {
+    pub registry: Registry,
+    /// By (method, gRPC code).
+    grpc: DashMap<(&'static str, i32), (Counter, Histogram)>,
+    /// By (endpoint, errcode or failure).
+    wechat: DashMap<(&'static str, String), (Counter, Histogram)>,
+    /// By (operation, outcome).
+    store: DashMap<(&'static str, bool), (Counter, Histogram)>,
+    /// By (why, outcome).
+    token_refreshes: DashMap<(&'static str, bool), Counter>,
+    pub token_expires_at: Gauge,
+    pub token_fetched_at: Gauge,
+    /// By outcome (`ok`, or the status code's name).
+    logins: DashMap<&'static str, Counter>,
+    pub login_rate_limited: Counter,
+}
+
+impl SessionMetrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        for (name, help) in [
+            (
+                "weapp_grpc_server_calls_total",
+                "gRPC calls answered, by method and code.",
+            ),
+            (
+                "weapp_grpc_server_call_duration_seconds",
+                "Time to the answer's head, by method and code (a stream's: to its opening).",
+            ),
+            (
+                "weapp_wechat_calls_total",
+                "Calls to WeChat's API, by endpoint and errcode (0: success; timeout, unreachable, http_5xx, malformed when there was no errcode).",
+            ),
+            (
+                "weapp_wechat_call_duration_seconds",
+                "Calls to WeChat's API, by endpoint and errcode.",
+            ),
+            (
+                "weapp_store_operations_total",
+                "Store operations, by operation and outcome.",
+            ),
+            (
+                "weapp_store_operation_duration_seconds",
+                "Store operations, by operation and outcome.",
+            ),
+            (
+                "weapp_access_token_refreshes_total",
+                "access_token refreshes that called WeChat, by reason and outcome.",
+            ),
+            (
+                "weapp_access_token_expiry_timestamp_seconds",
+                "When the access_token this process hands out expires (Unix time).",
+            ),
+            (
+                "weapp_access_token_fetched_timestamp_seconds",
+                "When the access_token this process hands out was fetched (Unix time).",
+            ),
+            (
+                "weapp_logins_total",
+                "Logins, by outcome (ok, or the gRPC code of the refusal).",
+            ),
+            (
+                "weapp_rate_limited_total",
+                "Requests refused by a rate limit, by limit.",
+            ),
+        ] {
+            registry.describe(name, help);
+        }
+        Arc::new(Self {
+            grpc: DashMap::new(),
+            wechat: DashMap::new(),
+            store: DashMap::new(),
+            token_refreshes: DashMap::new(),
+            token_expires_at: registry.gauge("weapp_access_token_expiry_timestamp_seconds", &[]),
+            token_fetched_at: registry.gauge("weapp_access_token_fetched_timestamp_seconds", &[]),
+            logins: DashMap::new(),
+            login_rate_limited: registry
+                .counter("weapp_rate_limited_total", &[("limit", "login_per_user")]),
+            registry,
+        })
+    }
+
+    pub fn grpc_call(&self, method: &'static str, code: i32, elapsed: Duration) {
+        let entry = self.grpc.entry((method, code)).or_insert_with(|| {
+            let code_name = format!("{:?}", tonic::Code::from_i32(code));
+            let labels = [("method", method), ("code", code_name.as_str())];
+            (
+                self.registry
+                    .counter("weapp_grpc_server_calls_total", &labels),
+                self.registry
+                    .histogram("weapp_grpc_server_call_duration_seconds", &labels),
+            )
+        });
+        entry.0.increment(1);
+        entry.1.record(elapsed.as_secs_f64());
+    }
+
+    /// One call to WeChat: `outcome` is its errcode (`0` for success) or what went wrong.
+    pub fn wechat_call(&self, endpoint: &'static str, outcome: &str, elapsed: Duration) {
+        let key = (endpoint, outcome.to_owned());
+        let entry = self.wechat.entry(key).or_insert_with(|| {
+            let labels = [("endpoint", endpoint), ("errcode", outcome)];
+            (
+                self.registry.counter("weapp_wechat_calls_total", &labels),
+                self.registry
+                    .histogram("weapp_wechat_call_duration_seconds", &labels),
+            )
+        });
+        entry.0.increment(1);
+        entry.1.record(elapsed.as_secs_f64());
+    }
+
+    pub fn store_operation(&self, operation: &'static str, ok: bool, elapsed: Duration) {
+        let entry = self.store.entry((operation, ok)).or_insert_with(|| {
+            let labels = [
+                ("operation", operation),
+                ("outcome", if ok { "ok" } else { "error" }),
+            ];
+            (
+                self.registry
+                    .counter("weapp_store_operations_total", &labels),
+                self.registry
+                    .histogram("weapp_store_operation_duration_seconds", &labels),
+            )
+        });
+        entry.0.increment(1);
+        entry.1.record(elapsed.as_secs_f64());
+    }
+
+    pub fn token_refresh(&self, reason: &'static str, ok: bool) {
+        self.token_refreshes
+            .entry((reason, ok))
+            .or_insert_with(|| {
+                self.registry.counter(
+                    "weapp_access_token_refreshes_total",
+                    &[
+                        ("reason", reason),
+                        ("outcome", if ok { "ok" } else { "error" }),
+                    ],
+                )
+            })
+            .increment(1);
+    }
+
+    pub fn login(&self, outcome: &'static str) {
+        self.logins
+            .entry(outcome)
+            .or_insert_with(|| {
+                self.registry
+                    .counter("weapp_logins_total", &[("outcome", outcome)])
+            })
+            .increment(1);
+    }
+}
+
+/// Counts every gRPC call by method and status code.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer(pub Arc<SessionMetrics>);
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: Arc<SessionMetrics>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = rpc_label(request.uri().path());
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            // An error answers with its status in the head (trailers-only); a success puts
+            // "0" in the trailers after the body, so no status in the head means OK.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(0);
+            metrics.grpc_call(method, code, started.elapsed());
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_labels_are_bounded() {
+        assert_eq!(
+            rpc_label("/weapp.session.v1.SessionService/Validate"),
+            "Validate"
+        );
+        assert_eq!(rpc_label("/weapp.session.v1.SessionService/Nope"), "other");
+        assert_eq!(
+            rpc_label("/grpc.health.v1.Health/Check"),
+            "grpc.health.v1.Health"
+        );
+        assert_eq!(rpc_label("/x/y"), "other");
+    }
+}

@@ -1,0 +1,158 @@
+//! Observability as an on-call engineer meets it: real Prometheus scrapes both services while
+//! a client logs in, uses `/me`, fails a login and holds a WebSocket; the series move as the
+//! traffic says; `promtool` accepts both expositions and the shipped alert rules.
+use futures::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::Message;
+use weapp_tests::{
+    Service, Stack,
+    prometheus::{self, Prometheus},
+    wechat_sandbox::MintRequest,
+};
+
+async fn exposition(stack: &Stack, service: Service) -> String {
+    let addr = stack.metrics_addr(service);
+    let answer = stack
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(
+        answer.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "Prometheus' text format"
+    );
+    answer.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn prometheus_sees_the_traffic_and_promtool_accepts_what_is_shipped() {
+    let stack = Stack::start().await;
+    let prometheus = Prometheus::scraping(&[
+        ("weapp-gateway", stack.metrics_addr(Service::Gateway)),
+        ("weapp-session", stack.metrics_addr(Service::SessionSvc)),
+    ]);
+    prometheus.wait_for("sum(up)", 2.0).await;
+
+    // A login, five /me, a login WeChat refuses (40029), a WebSocket held open.
+    let (minted, session) = stack.new_session().await;
+    for _ in 0..5 {
+        assert_eq!(stack.get("/me", Some(&session)).await.status(), 200);
+    }
+    let refused = stack.mint(MintRequest {
+        errcode: Some(40029),
+        ..Default::default()
+    });
+    assert_eq!(stack.login_encrypted(&refused).await.status(), 401);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(stack.ws_url(&format!("/ws?{}", session.query())))
+            .await
+            .unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.send(Message::Text("hi".into())).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+
+    let gateway = |q: &str| q.replace("JOB", r#"job="weapp-gateway""#);
+    let session_svc = |q: &str| q.replace("JOB", r#"job="weapp-session""#);
+    prometheus
+        .wait_for(&gateway("weapp_websockets_open{JOB}"), 1.0)
+        .await;
+    prometheus
+        .wait_for(
+            &gateway(r#"sum(weapp_http_requests_total{JOB,route="/me",status="2xx"})"#),
+            5.0,
+        )
+        .await;
+    prometheus
+        .wait_for(&gateway(r#"weapp_logins_total{JOB,outcome="ok"}"#), 1.0)
+        .await;
+    prometheus
+        .wait_for(
+            &gateway(r#"weapp_logins_total{JOB,outcome="refused"}"#),
+            1.0,
+        )
+        .await;
+    // The refused login's errcode, as session-svc saw it at WeChat.
+    prometheus
+        .wait_for(
+            &session_svc(
+                r#"weapp_wechat_calls_total{JOB,endpoint="jscode2session",errcode="40029"}"#,
+            ),
+            1.0,
+        )
+        .await;
+    prometheus
+        .wait_for(
+            &session_svc(r#"weapp_logins_total{JOB,outcome="PermissionDenied"}"#),
+            1.0,
+        )
+        .await;
+    prometheus
+        .wait_for(
+            &session_svc(r#"weapp_grpc_server_calls_total{JOB,method="Login",code="Ok"}"#),
+            1.0,
+        )
+        .await;
+    prometheus
+        .wait_for(
+            &gateway(
+                r#"weapp_grpc_client_calls_total{JOB,method="Login",code="PermissionDenied"}"#,
+            ),
+            1.0,
+        )
+        .await;
+    prometheus
+        .wait_for(
+            &gateway(r#"sum(weapp_websocket_messages_total{JOB,direction="in"})"#),
+            1.0,
+        )
+        .await;
+    prometheus
+        .wait_for(&gateway("weapp_revocation_stream_connected{JOB}"), 1.0)
+        .await;
+    prometheus
+        .wait_for(
+            &session_svc(
+                r#"sum(weapp_store_operations_total{JOB,operation="insert",outcome="ok"})"#,
+            ),
+            1.0,
+        )
+        .await;
+
+    // The socket closes: the gauge comes down, the close is counted by its code.
+    ws.close(None).await.unwrap();
+    prometheus
+        .wait_for(&gateway("weapp_websockets_open{JOB}"), 0.0)
+        .await;
+    prometheus
+        .wait_for(
+            &gateway(r#"weapp_websockets_closed_total{JOB,code="1000"}"#),
+            1.0,
+        )
+        .await;
+
+    // Nothing personal in a label: no openId, session id or raw path anywhere.
+    for service in [Service::Gateway, Service::SessionSvc] {
+        let text = exposition(&stack, service).await;
+        for private in [&minted.openid, &session.id, &session.skey] {
+            assert!(
+                !text.contains(private.as_str()),
+                "{service:?} exposes {private}"
+            );
+        }
+        assert_eq!(prometheus::check_metrics(&text), "", "{service:?}:\n{text}");
+    }
+    // A 404-ish path is counted as `other`, not as itself.
+    assert_eq!(stack.get("/no/such/page", None).await.status(), 200);
+    let text = exposition(&stack, Service::Gateway).await;
+    assert!(!text.contains("/no/such/page"));
+    assert!(text.contains(r#"route="other""#));
+
+    let rules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/rules.yml");
+    let report = prometheus::check_rules(&rules).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains("SUCCESS"), "{report}");
+}
