@@ -50,9 +50,9 @@ def check_compose():
 
     config = yaml.safe_load(rendered.stdout)
     services = config["services"]
-    check("compose: services", set(services) == {"mongo", "session-svc", "gateway-svc", "nginx", "tls-init"}, sorted(services))
+    check("compose: services", set(services) == {"mongo", "session-svc", "gateway-svc", "nginx", "tls-init", "prometheus"}, sorted(services))
 
-    for name in ["mongo", "session-svc", "gateway-svc", "nginx"]:
+    for name in ["mongo", "session-svc", "gateway-svc", "nginx", "prometheus"]:
         svc = services[name]
         test = svc.get("healthcheck", {}).get("test")
         check(f"compose: {name} has a health check", bool(test), svc.get("healthcheck"))
@@ -74,6 +74,13 @@ def check_compose():
     depends("gateway-svc", "session-svc", "service_healthy")
     depends("nginx", "gateway-svc", "service_healthy")
     depends("nginx", "tls-init", "service_completed_successfully")
+    prometheus_mounts = " ".join(str(v) for v in services["prometheus"].get("volumes", []))
+    check("compose: prometheus uses the shipped scrape config and rules",
+          "deploy/prometheus/prometheus.yml" in prometheus_mounts and "deploy/prometheus/rules.yml" in prometheus_mounts,
+          prometheus_mounts)
+    metrics = {name: services[name]["environment"].get("WEAPP_METRICS_LISTEN") for name in ["session-svc", "gateway-svc"]}
+    check("compose: both services serve /metrics on the compose network",
+          metrics == {"session-svc": "0.0.0.0:9465", "gateway-svc": "0.0.0.0:9464"}, metrics)
 
     nginx_mounts = " ".join(str(v) for v in services["nginx"].get("volumes", []))
     check("compose: nginx uses the shipped site config", "deploy/nginx/weapp.conf" in nginx_mounts, nginx_mounts)
