@@ -3,6 +3,7 @@
 pub mod config;
 pub mod metrics;
 pub mod singleflight;
+pub mod trace;
 
 use std::{io::IsTerminal as _, net::SocketAddr};
 

@@ -27,6 +27,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
+use weapp_common::trace::{self, TraceContext};
 
 use crate::{
     body_limit,
@@ -94,7 +95,17 @@ pub async fn serve(
             let route = forwarded.route(path).cloned();
             let label = metrics.route_label(path, route.as_ref().map(|r| r.prefix.as_str()));
             let (app, metrics) = (app.clone(), metrics.clone());
-            async move {
+            // The request's trace: the caller's (a traceparent from nginx or a client), or a
+            // new one; the gateway's span is a child of it.
+            let context = TraceContext::continue_or_start(
+                request
+                    .headers()
+                    .get(trace::TRACEPARENT)
+                    .and_then(|v| v.to_str().ok()),
+            )
+            .child();
+            request.extensions_mut().insert(context);
+            trace::within(Some(context), async move {
                 let response = match route {
                     // A business route's body is the upstream's business: it streams through
                     // under the route's own limit (`forward.rs`) instead of the gateway's.
@@ -111,7 +122,7 @@ pub async fn serve(
                     metrics.request(label, response.status().as_u16(), started.elapsed());
                 }
                 response
-            }
+            })
         });
         let (builder, watcher, told) = (builder.clone(), graceful.watcher(), told.clone());
         let shutdown = shutdown.clone();

@@ -4,6 +4,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret as _, SecretString};
 
+use weapp_common::trace;
+
 use crate::{config::SessionSvcLink, metrics::GatewayMetrics};
 use tonic::{
     Request, Status, Streaming,
@@ -39,12 +41,18 @@ impl ApiKey {
     }
 }
 
+/// Every call presents the key, and carries the request's trace on to session-svc.
 impl Interceptor for ApiKey {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
+        }
+        if let Some(context) = trace::current()
+            && let Ok(value) = context.child().header().parse()
+        {
+            request.metadata_mut().insert(trace::TRACEPARENT, value);
         }
         Ok(request)
     }

@@ -8,7 +8,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::trace::TraceLayer;
 
-use weapp_common::metrics::MetricsListen;
+use weapp_common::{metrics::MetricsListen, trace::TraceContext};
 
 use crate::{
     config::Settings,
@@ -198,9 +198,24 @@ impl Application {
     }
 }
 
-/// Request spans carry the method and path only: query strings can hold X-WX-Skey.
+/// Request spans carry the method, the path (never the query string: it can hold X-WX-Skey)
+/// and the trace id, which every log line written for the request then shows.
 fn with_tracing(router: Router) -> Router {
     router.layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-        tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+        let trace_id = request
+            .extensions()
+            .get::<TraceContext>()
+            .map(TraceContext::trace_id);
+        match trace_id {
+            Some(trace_id) => tracing::info_span!(
+                "http",
+                method = %request.method(),
+                path = %request.uri().path(),
+                %trace_id
+            ),
+            None => {
+                tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+            }
+        }
     }))
 }

@@ -12,6 +12,7 @@ pub mod health;
 pub mod identity;
 pub mod login;
 pub mod metrics;
+pub mod observe;
 pub mod phone;
 pub mod probe;
 pub mod push;

@@ -1,56 +1,13 @@
 //! What session-svc counts for Prometheus, served at `/metrics` on `WEAPP_METRICS_LISTEN`:
-//! gRPC calls (a tower layer, so every RPC is counted the same way, refused ones included),
+//! gRPC calls (counted by `observe.rs`, a tower layer, refused ones included),
 //! WeChat calls by endpoint and errcode, store operations, the access_token, logins and the
 //! per-user login limit. Label sets are bounded: RPC and endpoint names from fixed lists,
 //! errcodes as WeChat sends them, never an openId or a session id.
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use dashmap::DashMap;
 use metrics::{Counter, Gauge, Histogram};
 use weapp_common::metrics::Registry;
-
-/// The RPCs counted by name; anything else is `other`.
-const RPCS: [&str; 19] = [
-    "Login",
-    "Validate",
-    "Logout",
-    "RevokeUser",
-    "WatchRevocations",
-    "CheckSessions",
-    "GetIdentityKeys",
-    "Publish",
-    "PublishBatch",
-    "ReportDelivery",
-    "GetAccessToken",
-    "ReportInvalidAccessToken",
-    "ForceRefreshAccessToken",
-    "GetPhoneNumber",
-    "DecryptUserData",
-    "CheckSessionKey",
-    "ResetSessionKey",
-    "grpc.health.v1.Health",
-    "grpc.reflection",
-];
-
-/// The method label of a gRPC path.
-fn rpc_label(path: &str) -> &'static str {
-    let name = match path.strip_prefix("/weapp.session.v1.SessionService/") {
-        Some(method) => method,
-        None if path.starts_with("/grpc.health.v1.Health/") => "grpc.health.v1.Health",
-        None if path.starts_with("/grpc.reflection.") => "grpc.reflection",
-        None => "other",
-    };
-    RPCS.iter()
-        .find(|rpc| **rpc == name)
-        .copied()
-        .unwrap_or("other")
-}
 
 pub struct SessionMetrics {
     pub registry: Registry,
@@ -204,79 +161,5 @@ impl SessionMetrics {
                     .counter("weapp_logins_total", &[("outcome", outcome)])
             })
             .increment(1);
-    }
-}
-
-/// Counts every gRPC call by method and status code.
-#[derive(Clone)]
-pub struct GrpcMetricsLayer(pub Arc<SessionMetrics>);
-
-impl<S> tower::Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetrics {
-            inner,
-            metrics: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct GrpcMetrics<S> {
-    inner: S,
-    metrics: Arc<SessionMetrics>,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for GrpcMetrics<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = rpc_label(request.uri().path());
-        let started = Instant::now();
-        let metrics = self.metrics.clone();
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let response = answer.await?;
-            // An error answers with its status in the head (trailers-only); a success puts
-            // "0" in the trailers after the body, so no status in the head means OK.
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .unwrap_or(0);
-            metrics.grpc_call(method, code, started.elapsed());
-            Ok(response)
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rpc_labels_are_bounded() {
-        assert_eq!(
-            rpc_label("/weapp.session.v1.SessionService/Validate"),
-            "Validate"
-        );
-        assert_eq!(rpc_label("/weapp.session.v1.SessionService/Nope"), "other");
-        assert_eq!(
-            rpc_label("/grpc.health.v1.Health/Check"),
-            "grpc.health.v1.Health"
-        );
-        assert_eq!(rpc_label("/x/y"), "other");
     }
 }

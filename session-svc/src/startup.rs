@@ -16,7 +16,8 @@ use crate::{
     health::StoreWatch,
     identity::IdentitySigner,
     login::LoginService,
-    metrics::{GrpcMetricsLayer, SessionMetrics},
+    metrics::SessionMetrics,
+    observe::ObserveLayer,
     phone::PhoneNumbers,
     record::now_millis,
     session::SessionManager,
@@ -213,9 +214,9 @@ impl Application {
             server = server.tls_config(tls).map_err(StartupError::Tls)?;
         }
         let served = server
-            // Every call counted, refused ones included; then health and reflection pass
-            // through the access check open, the session service needs keys.
-            .layer(GrpcMetricsLayer(self.metrics.clone()))
+            // Every call traced and counted, refused ones included; then health and
+            // reflection pass through the access check open, the session service needs keys.
+            .layer(ObserveLayer(self.metrics.clone()))
             .layer(self.access)
             .add_service(health_service)
             .add_service(reflection_v1)

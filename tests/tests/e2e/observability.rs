@@ -156,3 +156,86 @@ async fn prometheus_sees_the_traffic_and_promtool_accepts_what_is_shipped() {
     let report = prometheus::check_rules(&rules).unwrap_or_else(|e| panic!("{e}"));
     assert!(report.contains("SUCCESS"), "{report}");
 }
+
+/// One trace id across the gRPC hop, in both services' log lines: the shipped binaries with
+/// their logs at debug, a login that brings a W3C `traceparent` (as nginx or a client may
+/// send), and a `/me` that brings none (the gateway starts a trace).
+#[tokio::test]
+async fn one_trace_id_appears_in_both_services_log_lines() {
+    use weapp_tests::{WeChat, services::ServiceProcess};
+    let wechat = WeChat::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let debug = "info,gateway_svc=debug,session_svc=debug,tower_http=debug".to_owned();
+    let mut env = wechat.session_svc_env();
+    env.extend([
+        ("WEAPP_DATA_DIR", data.path().display().to_string()),
+        ("RUST_LOG", debug.clone()),
+    ]);
+    let session_svc = ServiceProcess::session_svc(&env);
+    let gateway = ServiceProcess::gateway(&[
+        ("WEAPP_SESSION_SVC_URL", session_svc.url()),
+        ("RUST_LOG", debug),
+    ]);
+    let http = reqwest::Client::new();
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let minted = wechat.mint(MintRequest::default());
+    let login = http
+        .get(format!("{}/login", gateway.url()))
+        .header("X-WX-Code", &minted.code)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    let session = weapp_tests::session_from(login).await;
+    let lines_with = |log: &str, id: &str| -> Vec<String> {
+        log.lines()
+            .filter(|line| line.contains(&format!("trace_id={id}")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let eventually = |process: &ServiceProcess, id: &str, what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let lines = lines_with(&process.log(), id);
+            if lines.iter().any(|line| line.contains(what)) {
+                return lines;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no line with trace_id={id} and {what:?}: {}",
+                process.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    eventually(&gateway, trace_id, "finished processing request");
+    eventually(&session_svc, trace_id, "login succeeded");
+
+    // No traceparent: the gateway starts a trace, and session-svc's lines for the Validate
+    // behind this /me carry its id.
+    let me = http
+        .get(format!("{}/me", gateway.url()))
+        .headers(session.headers())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let log = gateway.log();
+    let started = log
+        .lines()
+        .filter(|line| line.contains("path=/me") && line.contains("finished processing request"))
+        .find_map(|line| {
+            let at = line.find("trace_id=")? + "trace_id=".len();
+            line.get(at..at + 32).map(str::to_owned)
+        })
+        .expect("the gateway logged /me with a trace id");
+    assert_ne!(started, trace_id);
+    let lines = eventually(&session_svc, &started, "rpc answered");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("method=\"Validate\"") || line.contains("method=Validate")),
+        "{lines:#?}"
+    );
+}
