@@ -149,7 +149,7 @@ impl GatewayMetrics {
     pub fn route_label(&self, path: &str, business_prefix: Option<&str>) -> RouteLabel {
         let template = match business_prefix {
             Some(prefix) => prefix,
-            None if crate::routes::is_me(path) => "/me",
+            None if crate::wafer::is_me(path) => "/me",
             None => path,
         };
         RouteLabel(

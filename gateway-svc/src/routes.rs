@@ -22,7 +22,8 @@ use crate::{
     resolver::{AuthSession, Need},
     route_table::{Route, RouteTable, SessionRule},
     state::AppState,
-    wafer, ws,
+    wafer::{self, is_me},
+    ws,
 };
 
 /// Which business route, if any, a request path goes to: never one the gateway serves itself.
@@ -142,15 +143,6 @@ async fn log_in(
         .transpose()
         .map_err(|_| ApiError::BadAnswer("session service sent a user without an openId"))?;
     Ok(Json(wafer::login_body(&session.id, &session.skey, user.as_ref())).into_response())
-}
-
-/// express's `app.use('/me', …)`: any method, `/me` and any path under `/me/`, matched without
-/// regard to case as express does.
-pub(crate) fn is_me(path: &str) -> bool {
-    let Some(head) = path.get(..3) else {
-        return false;
-    };
-    head.eq_ignore_ascii_case("/me") && matches!(path.as_bytes().get(3), None | Some(b'/'))
 }
 
 /// A business route's requests go to its upstream; `/me` answers the session's user object
@@ -295,19 +287,4 @@ async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
         .await
         .map_err(|status| ApiError::NotReady(status.message().to_owned()))?;
     Ok(Json(json!({ "status": "ready" })).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_me;
-
-    #[test]
-    fn me_matches_as_express_mounts_it() {
-        for path in ["/me", "/me/", "/me/x/y", "/ME", "/Me/profile"] {
-            assert!(is_me(path), "{path}");
-        }
-        for path in ["/", "/m", "/mex", "/me.json", "/api/me", "/ме"] {
-            assert!(!is_me(path), "{path}");
-        }
-    }
 }

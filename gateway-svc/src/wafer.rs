@@ -48,6 +48,15 @@ pub fn logout_body() -> Value {
     json!({ MAGIC_KEY: 1, "logout": true })
 }
 
+/// express's `app.use('/me', …)`: any method, `/me` and any path under `/me/`, matched without
+/// regard to case as express does.
+pub fn is_me(path: &str) -> bool {
+    let Some(head) = path.get(..3) else {
+        return false;
+    };
+    head.eq_ignore_ascii_case("/me") && matches!(path.as_bytes().get(3), None | Some(b'/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +73,15 @@ mod tests {
         let user = UserInfo::code_only("o", Some("u"));
         let body = login_body("i", "s", Some(&user));
         assert_eq!(body["userInfo"], json!({"openId": "o", "unionId": "u"}));
+    }
+
+    #[test]
+    fn me_matches_as_express_mounts_it() {
+        for path in ["/me", "/me/", "/me/x/y", "/ME", "/Me/profile"] {
+            assert!(is_me(path), "{path}");
+        }
+        for path in ["/", "/m", "/mex", "/me.json", "/api/me", "/ме"] {
+            assert!(!is_me(path), "{path}");
+        }
     }
 }
