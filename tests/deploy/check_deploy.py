@@ -6,6 +6,9 @@
   ports, health checks, start-up order, restart policies and secrets the README promises.
 * Dockerfile: both service targets, non-root runtime, health checks.
 * deploy/systemd: `systemd-analyze verify` finds nothing to say; hardening is present.
+* deploy/prometheus and deploy/grafana: `promtool check config` accepts the scrape config (its
+  rule file path pointed at the shipped rules), and every query of the Grafana dashboard is
+  PromQL that `promtool check rules` parses, over metric names the services export.
 
 Run by scripts/test.sh; exits non-zero on any failed check.
 """
@@ -150,9 +153,47 @@ def check_systemd():
         check("systemd: `systemd-analyze verify` is silent", verify.returncode == 0 and not said, said)
 
 
+def check_observability():
+    import json
+    promtool = shutil.which("promtool")
+    check("prometheus: promtool available", promtool is not None)
+    if promtool is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(ROOT, "deploy", "prometheus", "prometheus.yml")) as f:
+            config = f.read().replace("/etc/prometheus/weapp-rules.yml",
+                                      os.path.join(ROOT, "deploy", "prometheus", "rules.yml"))
+        config_file = os.path.join(tmp, "prometheus.yml")
+        with open(config_file, "w") as f:
+            f.write(config)
+        checked = subprocess.run([promtool, "check", "config", config_file], capture_output=True, text=True)
+        check("prometheus: promtool accepts the shipped scrape config and rules", checked.returncode == 0,
+              checked.stdout + checked.stderr)
+
+        with open(os.path.join(ROOT, "deploy", "grafana", "weapp-dashboard.json")) as f:
+            dashboard = json.load(f)
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+        check("grafana: the dashboard has panels with queries", len(exprs) >= 10, len(exprs))
+        rules = {"groups": [{"name": "dashboard", "rules": [
+            {"record": f"weapp:dashboard_query_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+        rules_file = os.path.join(tmp, "dashboard-rules.yml")
+        with open(rules_file, "w") as f:
+            yaml.safe_dump(rules, f)
+        parsed = subprocess.run([promtool, "check", "rules", rules_file], capture_output=True, text=True)
+        check("grafana: every dashboard query is valid PromQL", parsed.returncode == 0, parsed.stdout + parsed.stderr)
+        sources = ""
+        for path in ["gateway-svc/src/metrics.rs", "session-svc/src/metrics.rs"]:
+            with open(os.path.join(ROOT, path)) as f:
+                sources += f.read()
+        names = set(re.findall(r"\b(weapp_[a-z_]+?)(?:_bucket)?\b", " ".join(exprs)))
+        unknown = sorted(n for n in names if n not in sources)
+        check("grafana: the dashboard asks only for series the services export", not unknown, unknown)
+
+
 check_compose()
 check_dockerfile()
 check_systemd()
+check_observability()
 passed, failed = results.count(True), results.count(False)
 print(f"deploy: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
