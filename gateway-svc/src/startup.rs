@@ -121,7 +121,12 @@ impl Application {
                 metrics
                     .revocation_connected
                     .set(if cache.live() { 1.0 } else { 0.0 });
-                metrics.revocation_lag.set(cache.silence().as_secs_f64());
+                // Never heard from: +Inf, not a huge number that looks like a measurement.
+                let lag = match cache.silence() {
+                    Duration::MAX => f64::INFINITY,
+                    silence => silence.as_secs_f64(),
+                };
+                metrics.revocation_lag.set(lag);
             };
             tokio::spawn(gateway_metrics.registry.clone().serve(
                 listener,

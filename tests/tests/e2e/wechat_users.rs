@@ -32,6 +32,18 @@ fn by_open_id(open_id: &str) -> Option<Subject> {
     })
 }
 
+/// The mini-program's getPhoneNumber code, sent to the gateway as the README says.
+async fn send_phone_code(stack: &Stack, session: &ClientSession, code: &str) -> reqwest::Response {
+    stack
+        .http
+        .post(stack.url("/phone-number"))
+        .headers(session.headers())
+        .header("X-WX-Phone-Code", code)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The headers a business upstream received for a request of `session` to `url`.
 async fn forwarded_headers(stack: &Stack, url: &str, session: &ClientSession) -> Value {
     let (status, seen) = json(
@@ -71,14 +83,7 @@ async fn a_phone_code_through_the_gateway_gives_the_number_and_the_session_carri
     token(&mut client(&stack).await).await.unwrap();
     assert!(stack.sandbox.apis().revoke_token(None));
 
-    let answer = stack
-        .http
-        .post(stack.url("/phone-number"))
-        .headers(session.headers())
-        .header("X-WX-Phone-Code", &phone.code)
-        .send()
-        .await
-        .unwrap();
+    let answer = send_phone_code(&stack, &session, &phone.code).await;
     let (status, body) = json(answer).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["phoneNumber"], phone.phone_number.as_str());
@@ -463,14 +468,7 @@ async fn every_gateway_forwards_the_verified_number_at_once() {
         openid: Some(minted.openid.clone()),
         ..Default::default()
     });
-    let answer = stack
-        .http
-        .post(stack.url("/phone-number"))
-        .headers(session.headers())
-        .header("X-WX-Phone-Code", &phone.code)
-        .send()
-        .await
-        .unwrap();
+    let answer = send_phone_code(&stack, &session, &phone.code).await;
     assert_eq!(answer.status(), 200);
     let e164 = Value::from(format!("+86{}", phone.pure_phone_number));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
