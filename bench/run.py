@@ -176,7 +176,7 @@ def api_keys(cfg):
     return keys / "api-keys.toml", keys / "gateway.key"
 
 
-def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None, gateway_env=None):
+def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None, gateway_env=None, session_env=None, name="weapp"):
     session_port, gateway_port = free_port(), free_port()
     keys_file, gateway_key = api_keys(cfg)
     env = {
@@ -192,9 +192,11 @@ def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None, gateway_env=None):
         env["WEAPP_MONGODB_URI"] = mongo_uri
     else:
         env["WEAPP_DATA_DIR"] = tempfile.mkdtemp(dir=cfg.work, prefix="weapp-data-")
-    session = svc.start("session-svc", pinned([cfg.bin / "session-svc"], pin), env=env, port=session_port)
+    env.update(session_env or {})
+    suffix = "" if name == "weapp" else f"-{name}"
+    session = svc.start(f"session-svc{suffix}", pinned([cfg.bin / "session-svc"], pin), env=env, port=session_port)
     gateway = svc.start(
-        "gateway-svc",
+        f"gateway-svc{suffix}",
         pinned([cfg.bin / "gateway-svc"], pin),
         env={
             "WEAPP_GATEWAY_LISTEN": f"127.0.0.1:{gateway_port}",
@@ -410,6 +412,84 @@ def push(cfg, svc, results):
     svc.check_alive()
 
 
+def observability(cfg, svc, results):
+    """/me with metrics and tracing off, and on: three stacks side by side, their wrk runs
+    interleaved (rounds of off, on, on with every trace exported), the median of each kept.
+
+    Off: no /metrics (recording is a no-op), no OTLP export. On: /metrics on both services,
+    scraped every second meanwhile (Prometheus' usual interval is 15 s), and spans exported over
+    OTLP to a real receiver (tests/otlp/receiver.py) at the default sample ratio. Trace ids are
+    made and passed on in both: they are what the logs carry, not an option."""
+    receiver_out = cfg.work / "spans.jsonl"
+    python = Path(os.environ.get("TEST_VENV", ROOT / "target" / "test-venv")) / "bin" / "python"
+    svc.start("otlp-receiver", [python, ROOT / "tests" / "otlp" / "receiver.py", receiver_out])
+    deadline = time.time() + 30
+    while not receiver_out.exists() or not receiver_out.read_text().strip():
+        if time.time() > deadline:
+            raise SystemExit("the OTLP receiver did not start")
+        time.sleep(0.1)
+    otlp = f"http://127.0.0.1:{json.loads(receiver_out.read_text().splitlines()[0])['listening']}"
+    off = {"WEAPP_METRICS_LISTEN": "off"}
+    stacks = {"off": start_weapp(cfg, svc, cfg.sandbox, gateway_env=off, session_env=off, name="off")}
+    scraped = []
+    for name, ratio_ in (("on", None), ("on_all", "1")):
+        ports = free_port(), free_port()
+        tracing_env = {"WEAPP_OTLP_ENDPOINT": otlp, **({"WEAPP_TRACE_SAMPLE_RATIO": ratio_} if ratio_ else {})}
+        stacks[name] = start_weapp(
+            cfg, svc, cfg.sandbox, name=name,
+            gateway_env={"WEAPP_METRICS_LISTEN": f"127.0.0.1:{ports[0]}", **tracing_env},
+            session_env={"WEAPP_METRICS_LISTEN": f"127.0.0.1:{ports[1]}", **tracing_env})
+        scraped += [f"http://127.0.0.1:{p}/metrics" for p in ports]
+    for name, stack in stacks.items():
+        _, stack["headers"], _ = sessions_for(cfg, stack, f"observability-{name}", 1)
+
+    import threading
+    import urllib.request
+
+    stop = threading.Event()
+    scrapes = {"ok": 0, "failed": 0}
+
+    def scrape():
+        while not stop.wait(1.0):
+            for url in scraped:
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as answer:
+                        answer.read()
+                    scrapes["ok"] += 1
+                except OSError:
+                    scrapes["failed"] += 1
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    runs = {name: [] for name in stacks}
+    rounds = 1 if cfg.smoke else 5
+    try:
+        for round_ in range(rounds):
+            # Every trace exported is a different question (what full sampling costs), asked
+            # twice; off and on are the comparison, asked in every round.
+            for name, stack in stacks.items():
+                if name == "on_all" and round_ >= 2:
+                    continue
+                runs[name].append(wrk(cfg, stack["base"] + "/me", f"/me, metrics and tracing {name}", stack["headers"]))
+                svc.check_alive()
+                time.sleep(1)  # the receiver catches up: its work is not the next run's
+    finally:
+        stop.set()
+        scraper.join()
+    time.sleep(6)  # the exporters' batch delay (5 s): what was sampled reaches the receiver
+    spans = receiver_out.read_text().splitlines()[1:]
+    for name, measured in runs.items():
+        results[f"observability_{name}"] = sorted(measured, key=lambda x: x["rps"])[len(measured) // 2]
+        results[f"observability_{name}_runs"] = [round(x["rps"]) for x in measured]
+    # On against off within each round (the machine's state is shared by the two runs of a
+    # round, not across rounds): the median of those ratios.
+    paired = sorted(on["rps"] / off["rps"] for off, on in zip(runs["off"], runs["on"]))
+    results["observability_on_vs_off"] = paired[len(paired) // 2]
+    results["observability_on_vs_off_rounds"] = [round(x, 3) for x in paired]
+    results["observability_spans"] = len(spans)
+    results["observability_scrapes"] = scrapes
+
+
 def websockets(cfg, svc, results):
     """Fresh processes, so neither stack's figure carries memory from earlier scenarios.
 
@@ -514,6 +594,11 @@ def report(cfg, results, env, started, finished):
     target("push: publish → receive p99", "—", fmt(p["publish_to_receive_p99_ms"], 1), "—", "≤ 50 ms",
            p["publish_to_receive_p99_ms"] <= 50, "")
 
+    oo, on, oa = r["observability_off"], r["observability_on"], r["observability_on_all"]
+    q = r["observability_on_vs_off"]
+    target("/me with metrics and tracing on vs off, req/s (median of paired rounds)", "—",
+           f"{fmt(on['rps'], 0)} vs {fmt(oo['rps'], 0)}", f"{q:.1%}", "≥ 97%", q >= 0.97)
+
     def http_table(title, rows):
         lines.extend(["", f"### {title}", "", "| | req/s | p50 | p99 | non-2xx | socket errors |", "| --- | --- | --- | --- | --- | --- |"])
         for label, x in rows:
@@ -562,6 +647,19 @@ def report(cfg, results, env, started, finished):
     lines.append(f"\n/me on weapp is {ratio(wd['rps'], r['hello']['rps']):.0%} of the bare hello and "
                  f"{ratio(wd['rps'], r['nginx_static']['rps']):.0%} of nginx serving a file; Node's /me is "
                  f"{ratio(nd['rps'], r['hello']['rps']):.0%} of the bare hello.")
+    rounds = len(r["observability_off_runs"])
+    http_table(f"8. /me with metrics and tracing off and on, {cfg.connections} connections, {cfg.duration} s, "
+               f"{rounds} rounds (medians)", [
+        ("off: no /metrics (recording is a no-op), no span export", oo),
+        ("on: /metrics on both services, scraped every second; spans over OTLP at the default sample ratio (1%)", on),
+        ("on, every trace exported (`WEAPP_TRACE_SAMPLE_RATIO=1`), to a receiver on the same two cores", oa)])
+    lines.append(f"\nThe three stacks ran side by side, their runs interleaved in rounds (off, on, every trace); "
+                 f"req/s per round: off {r['observability_off_runs']}, on {r['observability_on_runs']}, every trace "
+                 f"{r['observability_on_all_runs']}. On against off, round by round: {r['observability_on_vs_off_rounds']} "
+                 f"(median {r['observability_on_vs_off']:.1%}). The receiver (tests/otlp/receiver.py) got "
+                 f"{r['observability_spans']:,} spans; {r['observability_scrapes']['ok']:,} scrapes answered, "
+                 f"{r['observability_scrapes']['failed']} failed. Trace ids are made and passed on in every "
+                 "configuration: the logs carry them.")
     lines += ["", "## Commands", "", "```"] + COMMANDS + ["```", ""]
     return "\n".join(lines), all(targets)
 
@@ -603,7 +701,7 @@ def main():
     parser.add_argument("--profile", default="release")
     parser.add_argument("--ws-connections", type=int, default=10_000)
     parser.add_argument("--only", help="comma-separated scenarios to run (physical_limit, in_memory, forwarding, "
-                        "push, websockets, with_mongo); prints their figures as JSON instead of writing the report")
+                        "push, websockets, with_mongo, observability); prints their figures as JSON instead of writing the report")
     args = parser.parse_args()
 
     # 10,000 WebSockets need more descriptors than the usual 1,024: the load generator and the
@@ -650,7 +748,8 @@ def main():
                      ("forwarding to a business upstream", forwarding),
                      ("push to 10,000 sockets over 2 gateways", push),
                      ("WebSockets", websockets),
-                     ("MongoDB-wire stores", with_mongo))
+                     ("MongoDB-wire stores", with_mongo),
+                     ("/me with metrics and tracing off and on", observability))
         only = set(args.only.split(",")) if args.only else None
         for title, scenario in scenarios:
             if only and scenario.__name__ not in only:

@@ -2,6 +2,7 @@
 //! shutdown, exit statuses), and the one concurrency helper both services use.
 pub mod config;
 pub mod metrics;
+pub mod otlp;
 pub mod singleflight;
 pub mod trace;
 

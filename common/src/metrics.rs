@@ -36,16 +36,23 @@ pub fn metrics_listen(value: &str) -> Result<MetricsListen, String> {
         .map_err(|_| "an address like 127.0.0.1:9464, or off".to_owned())
 }
 
-/// One service instance's metrics.
+/// One service instance's metrics; or, when `/metrics` is off, nothing: every handle it gives
+/// is a no-op, so that a service with metrics off pays no recording either.
 #[derive(Clone)]
-pub struct Registry {
-    recorder: Arc<PrometheusRecorder>,
+pub struct Registry(Option<Arc<Exposition>>);
+
+struct Exposition {
+    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Registry")
+        f.write_str(if self.0.is_some() {
+            "Registry"
+        } else {
+            "Registry(off)"
+        })
     }
 }
 
@@ -75,16 +82,27 @@ impl Registry {
             Err(_) => PrometheusBuilder::new().build_recorder(),
         };
         let handle = recorder.handle();
-        Self {
-            recorder: Arc::new(recorder),
-            handle,
+        Self(Some(Arc::new(Exposition { recorder, handle })))
+    }
+
+    /// Records nothing.
+    pub fn off() -> Self {
+        Self(None)
+    }
+
+    /// The registry a service with this `/metrics` setting records into.
+    pub fn for_listen(listen: MetricsListen) -> Self {
+        match listen {
+            MetricsListen::Off => Self::off(),
+            MetricsListen::At(_) => Self::new(),
         }
     }
 
     /// The `# HELP` line of a metric (promtool wants one for each).
     pub fn describe(&self, name: &'static str, help: &'static str) {
+        let Some(exposition) = &self.0 else { return };
         // The exporter keeps one description per name whatever its type.
-        self.recorder.describe_counter(
+        exposition.recorder.describe_counter(
             KeyName::from_const_str(name),
             None,
             SharedString::const_str(help),
@@ -92,22 +110,32 @@ impl Registry {
     }
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        self.recorder
-            .register_counter(&key(name, labels), &METADATA)
+        match &self.0 {
+            Some(e) => e.recorder.register_counter(&key(name, labels), &METADATA),
+            None => Counter::noop(),
+        }
     }
 
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
-        self.recorder.register_gauge(&key(name, labels), &METADATA)
+        match &self.0 {
+            Some(e) => e.recorder.register_gauge(&key(name, labels), &METADATA),
+            None => Gauge::noop(),
+        }
     }
 
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.recorder
-            .register_histogram(&key(name, labels), &METADATA)
+        match &self.0 {
+            Some(e) => e.recorder.register_histogram(&key(name, labels), &METADATA),
+            None => Histogram::noop(),
+        }
     }
 
-    /// The exposition, in Prometheus' text format.
+    /// The exposition, in Prometheus' text format (empty when off).
     pub fn render(&self) -> String {
-        self.handle.render()
+        self.0
+            .as_ref()
+            .map(|e| e.handle.render())
+            .unwrap_or_default()
     }
 
     /// Serves `/metrics` on `listener` until `shutdown`, folding histogram samples in now and
@@ -119,14 +147,17 @@ impl Registry {
         shutdown: CancellationToken,
         refresh: Arc<dyn Fn() + Send + Sync>,
     ) {
+        let Some(exposition) = self.0.clone() else {
+            return;
+        };
         let upkeep = {
-            let (handle, shutdown) = (self.handle.clone(), shutdown.clone());
+            let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(UPKEEP);
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tick.tick() => handle.run_upkeep(),
+                        _ = tick.tick() => exposition.handle.run_upkeep(),
                     }
                 }
             })
@@ -198,6 +229,16 @@ mod tests {
             "{text}"
         );
         assert!(!b.render().contains("weapp_test_events_total"));
+    }
+
+    #[test]
+    fn an_off_registry_records_nothing() {
+        let off = Registry::for_listen(MetricsListen::Off);
+        off.describe("weapp_test_events_total", "Events seen.");
+        off.counter("weapp_test_events_total", &[]).increment(1);
+        off.histogram("weapp_test_duration_seconds", &[])
+            .record(0.1);
+        assert_eq!(off.render(), "");
     }
 
     #[test]

@@ -38,7 +38,8 @@ where
 {
     /// Runs `work` unless a call with `key` is already in flight, in which case its result is
     /// shared. The work runs on its own task, so it finishes (and its entry is removed) even if
-    /// every caller gives up. `None` if the work panicked.
+    /// every caller gives up; it carries the trace of the caller that started it (calls it
+    /// makes are that request's children). `None` if the work panicked.
     pub async fn run<F>(&self, key: K, work: F) -> Option<V>
     where
         F: Future<Output = V> + Send + 'static,
@@ -50,11 +51,12 @@ where
             } else {
                 let registry = self.calls.clone();
                 let own_key = key.clone();
-                let task = tokio::spawn(async move {
-                    let value = work.await;
-                    lock(&registry).remove(&own_key);
-                    value
-                });
+                let task =
+                    tokio::spawn(crate::trace::within(crate::trace::current(), async move {
+                        let value = work.await;
+                        lock(&registry).remove(&own_key);
+                        value
+                    }));
                 let shared = task.map(Result::ok).boxed().shared();
                 calls.insert(key, shared.clone());
                 shared

@@ -16,6 +16,8 @@ pub struct TraceContext {
     trace_id: [u8; 16],
     /// The id of the span that sends this context onwards.
     span_id: [u8; 8],
+    /// The caller's span, when this context is a span of ours serving a caller's request.
+    parent: Option<[u8; 8]>,
     flags: u8,
 }
 
@@ -84,13 +86,23 @@ fn hex_to<const N: usize>(text: &str) -> Option<[u8; N]> {
     (out != [0u8; N]).then_some(out)
 }
 
+/// The `sampled` bit of the flags.
+const SAMPLED: u8 = 1;
+
 impl TraceContext {
-    /// A new trace, sampled.
-    pub fn start() -> Self {
+    /// A new trace, sampled with probability `sample_ratio`. The decision is a function of the
+    /// trace id (as OpenTelemetry's ratio sampler makes it), so it is the same wherever taken.
+    pub fn start(sample_ratio: f64) -> Self {
+        let trace_id: [u8; 16] = random();
+        let [.., a, b, c, d, e, f, g, h] = trace_id;
+        let draw = u64::from_be_bytes([a, b, c, d, e, f, g, h]) >> 1;
+        // `as` saturates: a ratio of 1 gives 2^63, above every draw.
+        let sampled = draw < (sample_ratio * (1u64 << 63) as f64) as u64;
         Self {
-            trace_id: random(),
+            trace_id,
             span_id: random(),
-            flags: 1,
+            parent: None,
+            flags: if sampled { SAMPLED } else { 0 },
         }
     }
 
@@ -111,21 +123,45 @@ impl TraceContext {
         Some(Self {
             trace_id: hex_to(trace)?,
             span_id: hex_to(span)?,
+            parent: None,
             flags: u8::from_str_radix(flags, 16).ok()?,
         })
     }
 
-    /// The incoming context if there is a valid one, else a new trace.
-    pub fn continue_or_start(value: Option<&str>) -> Self {
-        value.and_then(Self::parse).unwrap_or_else(Self::start)
+    /// The context of a span of ours that serves a request: a child of the caller's span when
+    /// the request carries a valid `traceparent` (whose sampled flag then decides), else the
+    /// root of a new trace sampled with probability `sample_ratio`.
+    pub fn serve(traceparent: Option<&str>, sample_ratio: f64) -> Self {
+        match traceparent.and_then(Self::parse) {
+            Some(caller) => caller.child(),
+            None => Self::start(sample_ratio),
+        }
     }
 
-    /// The same trace, as sent on by a new span of ours.
+    /// A new span of ours within this one's trace, this one its parent.
     pub fn child(&self) -> Self {
         Self {
             span_id: random(),
+            parent: Some(self.span_id),
             ..*self
         }
+    }
+
+    /// Whether this trace is sampled (its spans are exported).
+    pub fn sampled(&self) -> bool {
+        self.flags & SAMPLED != 0
+    }
+
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    pub fn span_id_bytes(&self) -> [u8; 8] {
+        self.span_id
+    }
+
+    pub fn parent_span_id_bytes(&self) -> Option<[u8; 8]> {
+        self.parent
     }
 
     /// The trace id, 32 lowercase hex digits: what log lines carry.
@@ -133,7 +169,7 @@ impl TraceContext {
         TraceId(self.trace_id)
     }
 
-    /// The `traceparent` value.
+    /// The `traceparent` value that makes this span the parent of the receiver's.
     pub fn header(&self) -> String {
         format!(
             "00-{}-{}-{:02x}",
@@ -188,17 +224,52 @@ mod tests {
         ] {
             assert!(TraceContext::parse(bad).is_none(), "{bad}");
         }
-        let started = TraceContext::continue_or_start(Some("garbage"));
+        let started = TraceContext::serve(Some("garbage"), 1.0);
         assert_eq!(started.trace_id().to_string().len(), 32);
+        assert_eq!(started.parent_span_id_bytes(), None);
         assert_ne!(
-            TraceContext::start().header(),
-            TraceContext::start().header()
+            TraceContext::start(1.0).header(),
+            TraceContext::start(1.0).header()
         );
+    }
+
+    #[test]
+    fn a_served_span_is_the_child_of_the_callers() {
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let served = TraceContext::serve(Some(caller), 0.0);
+        assert_eq!(
+            served.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            served.parent_span_id_bytes().map(hex::encode).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_ne!(hex::encode(served.span_id_bytes()), "00f067aa0ba902b7");
+        // The caller's decision holds, whatever our ratio.
+        assert!(served.sampled());
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(!TraceContext::serve(Some(unsampled), 1.0).sampled());
+        assert!(
+            TraceContext::serve(Some(unsampled), 1.0)
+                .header()
+                .ends_with("-00")
+        );
+    }
+
+    #[test]
+    fn new_traces_are_sampled_at_the_ratio() {
+        assert!((0..1000).all(|_| TraceContext::start(1.0).sampled()));
+        assert!((0..1000).all(|_| !TraceContext::start(0.0).sampled()));
+        let sampled = (0..20_000)
+            .filter(|_| TraceContext::start(0.25).sampled())
+            .count();
+        assert!((4_000..6_000).contains(&sampled), "{sampled}");
     }
 
     #[tokio::test]
     async fn the_context_is_current_within_its_scope_only() {
-        let context = TraceContext::start();
+        let context = TraceContext::start(1.0);
         assert!(current().is_none());
         let seen = within(Some(context), async { current() }).await;
         assert_eq!(seen, Some(context));

@@ -37,6 +37,9 @@ pub struct Settings {
     pub metrics_listen: weapp_common::metrics::MetricsListen,
 
     #[command(flatten)]
+    pub tracing: weapp_common::otlp::TracingSettings,
+
+    #[command(flatten)]
     pub session_svc: SessionSvcLink,
 
     /// Deadline for resolving a session; past it the request fails closed with 503.

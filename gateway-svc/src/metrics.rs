@@ -19,6 +19,7 @@ const OTHER: &str = "other";
 
 /// One route's request counters and latency, by status class.
 struct RouteHandles {
+    template: String,
     requests: [Counter; 5],
     duration: [Histogram; 5],
 }
@@ -37,7 +38,11 @@ impl RouteHandles {
                 &[("route", route), ("status", class)],
             )
         });
-        Self { requests, duration }
+        Self {
+            template: route.to_owned(),
+            requests,
+            duration,
+        }
     }
 }
 
@@ -94,8 +99,11 @@ pub fn own_routes(login_path: &str) -> Vec<String> {
 
 impl GatewayMetrics {
     /// Handles for the gateway's own routes and the business route prefixes.
-    pub fn new(own: Vec<String>, prefixes: impl IntoIterator<Item = String>) -> Arc<Self> {
-        let registry = Registry::new();
+    pub fn new(
+        registry: Registry,
+        own: Vec<String>,
+        prefixes: impl IntoIterator<Item = String>,
+    ) -> Arc<Self> {
         describe(&registry);
         let mut routes = HashMap::new();
         let mut handles = Vec::new();
@@ -161,6 +169,13 @@ impl GatewayMetrics {
     }
 
     /// One HTTP request: its route template, status and time to its response head.
+    /// The template a label stands for (what spans are named by, too).
+    pub fn route_template(&self, route: RouteLabel) -> &str {
+        self.handles
+            .get(route.0)
+            .map_or(OTHER, |handles| handles.template.as_str())
+    }
+
     pub fn request(&self, route: RouteLabel, status: u16, elapsed: Duration) {
         let Some(handles) = self.handles.get(route.0) else {
             return;

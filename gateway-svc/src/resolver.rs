@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::http::{HeaderMap, HeaderValue};
 use tonic::Status;
-use weapp_common::{singleflight::SingleFlight, trace};
+use weapp_common::singleflight::SingleFlight;
 
 use crate::{
     error::ApiError,
@@ -106,14 +106,9 @@ impl SessionResolver {
         let (call_id, call_skey) = (id.clone(), skey.clone());
         let answer = self
             .in_flight
-            .run(
-                (id.clone(), skey.clone(), need),
-                // The shared call runs in a task of its own: it carries the trace of the
-                // request that started it.
-                trace::within(trace::current(), async move {
-                    validate(&cache, &client, call_id, call_skey, need).await
-                }),
-            )
+            .run((id.clone(), skey.clone(), need), async move {
+                validate(&cache, &client, call_id, call_skey, need).await
+            })
             .await
             .ok_or_else(|| ApiError::SessionUnavailable("session check failed".into()))?;
         let resolved = answer.map_err(|s| ApiError::validate(&s))?;

@@ -27,14 +27,17 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
-use weapp_common::trace::{self, TraceContext};
+use weapp_common::{
+    otlp::{FinishedSpan, KeyValue, SpanKind, Spans},
+    trace,
+};
 
 use crate::{
     body_limit,
     config::HttpLimits,
     error::ApiError,
     legacy_upgrade::{self, FirstRequest},
-    metrics::GatewayMetrics,
+    metrics::{GatewayMetrics, RouteLabel},
     routes::Forwarded,
 };
 
@@ -46,6 +49,7 @@ pub async fn serve(
     limits: HttpLimits,
     metrics: Arc<GatewayMetrics>,
     forwarded: Forwarded,
+    spans: Spans,
     shutdown: CancellationToken,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -86,6 +90,7 @@ pub async fn serve(
             continue;
         };
         let (app, forwarded, metrics) = (app.clone(), forwarded.clone(), metrics.clone());
+        let spans = spans.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             let started = Instant::now();
             request
@@ -94,17 +99,17 @@ pub async fn serve(
             let path = request.uri().path();
             let route = forwarded.route(path).cloned();
             let label = metrics.route_label(path, route.as_ref().map(|r| r.prefix.as_str()));
-            let (app, metrics) = (app.clone(), metrics.clone());
+            let (app, metrics, spans) = (app.clone(), metrics.clone(), spans.clone());
             // The request's trace: the caller's (a traceparent from nginx or a client), or a
             // new one; the gateway's span is a child of it.
-            let context = TraceContext::continue_or_start(
+            let context = spans.serve(
                 request
                     .headers()
                     .get(trace::TRACEPARENT)
                     .and_then(|v| v.to_str().ok()),
-            )
-            .child();
+            );
             request.extensions_mut().insert(context);
+            let method = spans.exports(&context).then(|| request.method().clone());
             trace::within(Some(context), async move {
                 let response = match route {
                     // A business route's body is the upstream's business: it streams through
@@ -119,7 +124,13 @@ pub async fn serve(
                     },
                 };
                 if let Ok(response) = &response {
-                    metrics.request(label, response.status().as_u16(), started.elapsed());
+                    let status = response.status().as_u16();
+                    metrics.request(label, status, started.elapsed());
+                    if let Some(method) = method {
+                        spans.record(server_span(
+                            context, method, &metrics, label, status, started,
+                        ));
+                    }
                 }
                 response
             })
@@ -155,6 +166,33 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The gateway's span of one request, named as OpenTelemetry names HTTP server spans
+/// (`GET /me`: the method and the route template, never the raw path). It ends when the
+/// response's head is ready.
+fn server_span(
+    context: trace::TraceContext,
+    method: http::Method,
+    metrics: &GatewayMetrics,
+    label: RouteLabel,
+    status: u16,
+    started: Instant,
+) -> FinishedSpan {
+    let route = metrics.route_template(label).to_owned();
+    FinishedSpan {
+        context,
+        name: format!("{method} {route}").into(),
+        kind: SpanKind::Server,
+        started,
+        attributes: vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("http.route", route),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+        ],
+        // Per the HTTP conventions a server span fails on 5xx only: a 4xx is the client's.
+        error: (status >= 500).then(|| status.to_string()),
+    }
 }
 
 /// Answers a connection over the cap with 503 (the gateway's one error mapping, as for any

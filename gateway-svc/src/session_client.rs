@@ -49,8 +49,9 @@ impl Interceptor for ApiKey {
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
+        // The gateway's request span is the parent of session-svc's.
         if let Some(context) = trace::current()
-            && let Ok(value) = context.child().header().parse()
+            && let Ok(value) = context.header().parse()
         {
             request.metadata_mut().insert(trace::TRACEPARENT, value);
         }

@@ -8,7 +8,11 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::trace::TraceLayer;
 
-use weapp_common::{metrics::MetricsListen, trace::TraceContext};
+use weapp_common::{
+    metrics::{MetricsListen, Registry},
+    otlp::Spans,
+    trace::TraceContext,
+};
 
 use crate::{
     config::Settings,
@@ -37,6 +41,8 @@ pub enum StartupError {
     SessionSvc(String),
     #[error("{0}")]
     Relay(String),
+    #[error(transparent)]
+    Otlp(#[from] weapp_common::otlp::OtlpError),
 }
 
 pub struct Application {
@@ -48,6 +54,7 @@ pub struct Application {
     settings: Arc<Settings>,
     sessions: SessionClient,
     relay: Option<Relay>,
+    spans: Spans,
 }
 
 impl Application {
@@ -57,6 +64,7 @@ impl Application {
         let relay = Relay::new(&settings.relay, settings.ws.max_message_size)
             .map_err(StartupError::Relay)?;
         let metrics = GatewayMetrics::new(
+            Registry::for_listen(settings.metrics_listen),
             metrics::own_routes(&settings.login_path),
             settings
                 .routes
@@ -71,6 +79,7 @@ impl Application {
         )
         .map_err(StartupError::SessionSvc)?;
         metrics.ws_limit.set(settings.ws.max_connections as f64);
+        let spans = Spans::start(&settings.tracing, "gateway-svc")?;
         let (listener, local_addr) = weapp_common::bind(settings.listen).await?;
         let metrics_listener = match settings.metrics_listen {
             MetricsListen::Off => None,
@@ -84,6 +93,7 @@ impl Application {
             settings: Arc::new(settings),
             sessions,
             relay,
+            spans,
         })
     }
 
@@ -160,6 +170,7 @@ impl Application {
             http_limits,
             self.metrics,
             forwarded,
+            self.spans.clone(),
             shutdown.clone(),
         )
         .await;
@@ -180,6 +191,7 @@ impl Application {
         } {
             tracing::warn!(error = %e, "metrics server ended abnormally");
         }
+        self.spans.shutdown().await;
         tracing::info!("gateway-svc stopped");
         Ok(())
     }

@@ -43,6 +43,9 @@ pub struct Settings {
     pub metrics_listen: weapp_common::metrics::MetricsListen,
 
     #[command(flatten)]
+    pub tracing: weapp_common::otlp::TracingSettings,
+
+    #[command(flatten)]
     pub access: AccessSettings,
 
     #[command(flatten)]

@@ -27,8 +27,7 @@ pub struct SessionMetrics {
 }
 
 impl SessionMetrics {
-    pub fn new() -> Arc<Self> {
-        let registry = Registry::new();
+    pub fn new(registry: Registry) -> Arc<Self> {
         for (name, help) in [
             (
                 "weapp_grpc_server_calls_total",

@@ -1,7 +1,8 @@
 //! What every gRPC call goes through before its handler: a span carrying the call's trace
 //! (W3C `traceparent` from the caller's metadata, or a new one), so that every log line written
-//! while answering shows the same `trace_id` as the gateway's lines for the request; and the
-//! call's count and latency by method and code (`metrics.rs`).
+//! while answering shows the same `trace_id` as the gateway's lines for the request, exported
+//! over OTLP when that is on (`weapp_common::otlp`); and the call's count and latency by method
+//! and code (`metrics.rs`).
 use std::{
     future::Future,
     pin::Pin,
@@ -11,7 +12,10 @@ use std::{
 };
 
 use tracing::Instrument as _;
-use weapp_common::trace::{TRACEPARENT, TraceContext};
+use weapp_common::{
+    otlp::{FinishedSpan, KeyValue, SpanKind, Spans},
+    trace::{self, TRACEPARENT, TraceContext},
+};
 
 use crate::metrics::SessionMetrics;
 
@@ -54,7 +58,16 @@ fn rpc_label(path: &str) -> &'static str {
 
 /// Counts every gRPC call by method and status code, within a span that carries its trace.
 #[derive(Clone)]
-pub struct ObserveLayer(pub Arc<SessionMetrics>);
+pub struct ObserveLayer {
+    metrics: Arc<SessionMetrics>,
+    spans: Spans,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: Arc<SessionMetrics>, spans: Spans) -> Self {
+        Self { metrics, spans }
+    }
+}
 
 impl<S> tower::Layer<S> for ObserveLayer {
     type Service = Observe<S>;
@@ -62,7 +75,8 @@ impl<S> tower::Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Observe {
             inner,
-            metrics: self.0.clone(),
+            metrics: self.metrics.clone(),
+            spans: self.spans.clone(),
         }
     }
 }
@@ -71,6 +85,7 @@ impl<S> tower::Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     metrics: Arc<SessionMetrics>,
+    spans: Spans,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Observe<S>
@@ -89,20 +104,23 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = rpc_label(request.uri().path());
         let started = Instant::now();
-        let metrics = self.metrics.clone();
+        let (metrics, spans) = (self.metrics.clone(), self.spans.clone());
         // The caller's trace (the gateway sends its request's), or a new one: every log line
-        // written while answering carries its id.
-        let context = TraceContext::continue_or_start(
+        // written while answering carries its id, and calls made meanwhile (to WeChat) are
+        // its children.
+        let context = spans.serve(
             request
                 .headers()
                 .get(TRACEPARENT)
                 .and_then(|v| v.to_str().ok()),
-        )
-        .child();
+        );
+        let path = spans
+            .exports(&context)
+            .then(|| request.uri().path().to_owned());
         let span = tracing::info_span!("grpc", method, trace_id = %context.trace_id());
         let answer = span.in_scope(|| self.inner.call(request));
         Box::pin(
-            async move {
+            trace::within(Some(context), async move {
                 let response = answer.await?;
                 // An error answers with its status in the head (trailers-only); a success puts
                 // "0" in the trailers after the body, so no status in the head means OK.
@@ -114,10 +132,36 @@ where
                     .unwrap_or(0);
                 metrics.grpc_call(method, code, started.elapsed());
                 tracing::debug!(code, elapsed = ?started.elapsed(), "rpc answered");
+                if let Some(path) = path {
+                    spans.record(server_span(context, &path, code, started));
+                }
                 Ok(response)
-            }
+            })
             .instrument(span),
         )
+    }
+}
+
+/// session-svc's span of one call, named and described as OpenTelemetry's RPC conventions say
+/// (`weapp.session.v1.SessionService/Validate`).
+fn server_span(context: TraceContext, path: &str, code: i32, started: Instant) -> FinishedSpan {
+    let name = path.trim_start_matches('/').to_owned();
+    let (service, method) = name.split_once('/').unwrap_or((name.as_str(), ""));
+    let attributes = vec![
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", service.to_owned()),
+        KeyValue::new("rpc.method", method.to_owned()),
+        KeyValue::new("rpc.grpc.status_code", i64::from(code)),
+    ];
+    // The codes that are the server's failure, not the caller's (the conventions' list).
+    let failed = matches!(code, 2 | 4 | 12 | 13 | 14 | 15);
+    FinishedSpan {
+        context,
+        name: name.into(),
+        kind: SpanKind::Server,
+        started,
+        attributes,
+        error: failed.then(|| format!("gRPC status {code}")),
     }
 }
 

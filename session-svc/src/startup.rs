@@ -5,7 +5,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
-use weapp_common::metrics::MetricsListen;
+use weapp_common::{
+    metrics::{MetricsListen, Registry},
+    otlp::Spans,
+};
 use weapp_proto::session::v1::session_service_server::SessionServiceServer;
 
 use crate::{
@@ -43,6 +46,8 @@ pub enum StartupError {
     Serve(#[from] tonic::transport::Error),
     #[error("TLS on the gRPC port: {0}")]
     Tls(tonic::transport::Error),
+    #[error(transparent)]
+    Otlp(#[from] weapp_common::otlp::OtlpError),
 }
 
 pub struct Application {
@@ -58,13 +63,14 @@ pub struct Application {
     secrets: Arc<dyn SecretStore>,
     background: CancellationToken,
     purge_interval: Duration,
+    spans: Spans,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         // The parser checked these already; a library caller may have built them by hand.
         settings.check().map_err(StartupError::Config)?;
-        let metrics = SessionMetrics::new();
+        let metrics = SessionMetrics::new(Registry::for_listen(settings.metrics_listen));
         let (store, secrets): (Arc<dyn SessionStore>, Arc<dyn SecretStore>) =
             match settings.store.mongo.uri() {
                 None => {
@@ -81,7 +87,12 @@ impl Application {
         // Background work started by requests (the access_token refresher) ends with this.
         let background = CancellationToken::new();
         tracing::info!(store = %store.describe(), "session store configured");
-        let wechat = Arc::new(WeChatClient::new(&settings.wechat, metrics.clone())?);
+        let spans = Spans::start(&settings.tracing, "session-svc")?;
+        let wechat = Arc::new(WeChatClient::new(
+            &settings.wechat,
+            metrics.clone(),
+            spans.clone(),
+        )?);
         let app_secret = settings
             .wechat
             .app_secret()
@@ -143,6 +154,7 @@ impl Application {
             secrets,
             background,
             purge_interval: settings.purge_interval,
+            spans,
         })
     }
 
@@ -216,7 +228,7 @@ impl Application {
         let served = server
             // Every call traced and counted, refused ones included; then health and
             // reflection pass through the access check open, the session service needs keys.
-            .layer(ObserveLayer(self.metrics.clone()))
+            .layer(ObserveLayer::new(self.metrics.clone(), self.spans.clone()))
             .layer(self.access)
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -242,6 +254,7 @@ impl Application {
                 tracing::warn!(error = %e, "{name} ended abnormally");
             }
         }
+        self.spans.shutdown().await;
         tracing::info!("session-svc stopped");
         Ok(served?)
     }

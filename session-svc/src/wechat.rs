@@ -10,7 +10,11 @@ use std::{sync::Arc, time::Duration};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 use url::Url;
-use weapp_common::config::{duration, positive, secret, secret_file};
+use weapp_common::{
+    config::{duration, positive, secret, secret_file},
+    otlp::{FinishedSpan, KeyValue, SpanKind, Spans},
+    trace,
+};
 
 use crate::metrics::SessionMetrics;
 
@@ -157,12 +161,14 @@ pub struct WeChatClient {
     timeout: Duration,
     slots: Arc<Semaphore>,
     metrics: Arc<SessionMetrics>,
+    spans: Spans,
 }
 
 impl WeChatClient {
     pub fn new(
         settings: &WeChatSettings,
         metrics: Arc<SessionMetrics>,
+        spans: Spans,
     ) -> Result<Self, SetupError> {
         settings.check().map_err(SetupError::Settings)?;
         let app_secret = settings
@@ -188,6 +194,7 @@ impl WeChatClient {
             timeout: settings.timeout,
             slots: Arc::new(Semaphore::new(settings.max_concurrent)),
             metrics,
+            spans,
         })
     }
 
@@ -198,6 +205,44 @@ impl WeChatClient {
     /// The budget of one call.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Bounds a call by the client's timeout, counts it, and (when spans are exported) records
+    /// it as a client span of the RPC it serves.
+    async fn timed<T>(
+        &self,
+        endpoint: &'static str,
+        call: impl Future<Output = Result<T, WeChatError>>,
+    ) -> Result<T, WeChatError> {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(WeChatError::Timeout(self.timeout)));
+        let label = match &outcome {
+            Ok(_) => "0".to_owned(),
+            Err(e) => e.label(),
+        };
+        self.metrics
+            .wechat_call(endpoint, &label, started.elapsed());
+        if let Some(context) = trace::current().filter(|c| self.spans.exports(c)) {
+            self.spans.record(FinishedSpan {
+                context: context.child(),
+                name: format!("WeChat {endpoint}").into(),
+                kind: SpanKind::Client,
+                started,
+                attributes: vec![
+                    KeyValue::new("server.address", self.host()),
+                    KeyValue::new("wechat.endpoint", endpoint),
+                    KeyValue::new("wechat.outcome", label.clone()),
+                ],
+                error: outcome.is_err().then_some(label),
+            });
+        }
+        outcome
+    }
+
+    fn host(&self) -> String {
+        self.base_url.host_str().unwrap_or_default().to_owned()
     }
 
     /// Exchanges a login code. Never retried here: a code is single-use, and a retry after a

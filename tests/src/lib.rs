@@ -18,6 +18,7 @@ pub mod client;
 pub mod load;
 pub mod mongo;
 pub mod nginx;
+pub mod otlp;
 pub mod ports;
 pub mod process;
 pub mod prometheus;

@@ -115,25 +115,6 @@ struct ResetAnswer {
 }
 
 impl WeChatClient {
-    /// Bounds a call by the client's timeout, and counts it.
-    pub(super) async fn timed<T>(
-        &self,
-        endpoint: &'static str,
-        call: impl Future<Output = Result<T, WeChatError>>,
-    ) -> Result<T, WeChatError> {
-        let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or(Err(WeChatError::Timeout(self.timeout)));
-        let label = match &outcome {
-            Ok(_) => "0".to_owned(),
-            Err(e) => e.label(),
-        };
-        self.metrics
-            .wechat_call(endpoint, &label, started.elapsed());
-        outcome
-    }
-
     /// `POST /cgi-bin/stable_token` (JSON body). `force` invalidates the current token: only
     /// an operator's explicit request may ask for it.
     pub async fn stable_token(&self, force: bool) -> Result<FreshToken, WeChatError> {

@@ -239,3 +239,142 @@ async fn one_trace_id_appears_in_both_services_log_lines() {
         "{lines:#?}"
     );
 }
+
+/// Spans over OTLP into a real receiver process (the collector's TraceService on the official
+/// protocol definitions): a login that brings a `traceparent` is one trace holding the gateway's
+/// span (its parent the caller's), session-svc's span (its parent the gateway's) and the WeChat
+/// call (its parent session-svc's); a `/me` with no traceparent is a trace the gateway started,
+/// whose id is the one in its log line; a caller's "not sampled" is obeyed; the gateway's spans,
+/// held back by a long batch delay, are sent when it stops.
+#[tokio::test]
+async fn one_trace_holds_the_gateways_span_and_session_svcs() {
+    use weapp_tests::{WeChat, otlp::OtlpReceiver, services::ServiceProcess};
+    let receiver = OtlpReceiver::start();
+    let wechat = WeChat::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut env = wechat.session_svc_env();
+    env.extend([
+        ("WEAPP_DATA_DIR", data.path().display().to_string()),
+        ("WEAPP_OTLP_ENDPOINT", receiver.endpoint()),
+        ("WEAPP_TRACE_SAMPLE_RATIO", "1".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ]);
+    let session_svc = ServiceProcess::session_svc(&env);
+    let mut gateway = ServiceProcess::gateway(&[
+        ("WEAPP_SESSION_SVC_URL", session_svc.url()),
+        ("WEAPP_OTLP_ENDPOINT", receiver.endpoint()),
+        ("WEAPP_TRACE_SAMPLE_RATIO", "1".to_owned()),
+        // Held until the batch fills or the gateway stops.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000".to_owned()),
+        ("RUST_LOG", "info,tower_http=debug".to_owned()),
+    ]);
+    let http = reqwest::Client::new();
+
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let minted = wechat.mint(MintRequest::default());
+    let login = http
+        .get(format!("{}/login", gateway.url()))
+        .header("X-WX-Code", &minted.code)
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .send()
+        .await
+        .unwrap();
+    let session = weapp_tests::session_from(login).await;
+    let me = http
+        .get(format!("{}/me", gateway.url()))
+        .headers(session.headers())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    // The caller says "not sampled": nothing of this trace is exported, by either service.
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let logout = http
+        .get(format!("{}/me", gateway.url()))
+        .headers(session.headers())
+        .header("traceparent", format!("00-{unsampled}-b7ad6b7169203331-00"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 200);
+
+    // session-svc's spans arrive; the gateway's are still held.
+    let login_rpc = receiver
+        .wait_for("for session-svc's Login", |s| {
+            s.service == "session-svc" && s.name == "weapp.session.v1.SessionService/Login"
+        })
+        .await;
+    assert_eq!(login_rpc.trace_id, caller_trace);
+    assert_eq!(login_rpc.kind, "SPAN_KIND_SERVER");
+    assert_eq!(login_rpc.attributes["rpc.system"], "grpc");
+    assert_eq!(login_rpc.attributes["rpc.method"], "Login");
+    assert_eq!(login_rpc.attributes["rpc.grpc.status_code"], 0);
+    let exchange = receiver
+        .wait_for("for the jscode2session call", |s| {
+            s.name == "WeChat jscode2session"
+        })
+        .await;
+    assert_eq!(
+        (exchange.service.as_str(), exchange.kind.as_str()),
+        ("session-svc", "SPAN_KIND_CLIENT")
+    );
+    assert_eq!(exchange.trace_id, caller_trace);
+    assert_eq!(exchange.parent_span_id, login_rpc.span_id);
+    assert!(login_rpc.start_ns <= exchange.start_ns && exchange.end_ns <= login_rpc.end_ns);
+    let validate = receiver
+        .wait_for("for session-svc's Validate", |s| {
+            s.name == "weapp.session.v1.SessionService/Validate" && s.trace_id != unsampled
+        })
+        .await;
+    assert!(
+        receiver.spans().iter().all(|s| s.service == "session-svc"),
+        "the gateway's spans wait for its batch: {:#?}",
+        receiver.spans()
+    );
+
+    // Stopped, the gateway sends what it held.
+    assert!(
+        gateway
+            .terminate(std::time::Duration::from_secs(10))
+            .success()
+    );
+    let login_request = receiver
+        .wait_for("for the gateway's /login", |s| {
+            s.service == "gateway-svc" && s.name == "GET /login"
+        })
+        .await;
+    assert_eq!(login_request.trace_id, caller_trace);
+    assert_eq!(login_request.kind, "SPAN_KIND_SERVER");
+    assert_eq!(login_request.parent_span_id, caller_span);
+    assert_eq!(login_request.attributes["http.route"], "/login");
+    assert_eq!(login_request.attributes["http.response.status_code"], 200);
+    // The trace: caller → gateway → session-svc → WeChat.
+    assert_eq!(login_rpc.parent_span_id, login_request.span_id);
+
+    let me_request = receiver
+        .wait_for("for the gateway's /me", |s| {
+            s.service == "gateway-svc" && s.name == "GET /me" && s.trace_id != unsampled
+        })
+        .await;
+    assert!(
+        me_request.parent_span_id.is_empty(),
+        "the gateway started this trace"
+    );
+    assert_eq!(validate.trace_id, me_request.trace_id);
+    assert_eq!(validate.parent_span_id, me_request.span_id);
+    let logged = gateway.log().lines().any(|line| {
+        line.contains("path=/me") && line.contains(&format!("trace_id={}", me_request.trace_id))
+    });
+    assert!(
+        logged,
+        "the exported trace id is the logged one: {}",
+        gateway.log()
+    );
+
+    assert!(
+        receiver.spans().iter().all(|s| s.trace_id != unsampled),
+        "{:#?}",
+        receiver.spans()
+    );
+}
