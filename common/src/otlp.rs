@@ -9,9 +9,14 @@
 //! endpoint nothing is built and recording is one branch.
 use std::{
     borrow::Cow,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
+
+use metrics::Counter;
 
 use opentelemetry::{
     InstrumentationScope,
@@ -20,10 +25,13 @@ use opentelemetry::{
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{
     Resource,
-    trace::{BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor as _},
+    error::OTelSdkResult,
+    trace::{
+        BatchSpanProcessor, SpanData, SpanEvents, SpanExporter, SpanLinks, SpanProcessor as _,
+    },
 };
 
-use crate::trace::TraceContext;
+use crate::{metrics::Registry, trace::TraceContext};
 
 /// What describing a span takes, re-exported so that the services need no OpenTelemetry
 /// dependency of their own.
@@ -32,7 +40,7 @@ pub use opentelemetry::{KeyValue, trace::SpanKind};
 /// How long one export may take before the batch is given up.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where spans go: `off`, or an OTLP/gRPC endpoint (`http://collector:4317`).
+/// Where spans go: `off`, or an OTLP/gRPC endpoint (`http://collector:4317`; plain text).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OtlpEndpoint {
     Off,
@@ -45,9 +53,17 @@ pub fn otlp_endpoint(value: &str) -> Result<OtlpEndpoint, String> {
     if value.is_empty() || value.eq_ignore_ascii_case("off") {
         return Ok(OtlpEndpoint::Off);
     }
+    if value.starts_with("https://") {
+        // No TLS roots are built in: export in plain text to a collector on this host or the
+        // private network (the usual agent), which forwards over TLS.
+        return Err(
+            "https is not supported: export to a collector on this host or your \
+                    private network (http://collector:4317), and let it forward over TLS"
+                .into(),
+        );
+    }
     let rest = value
         .strip_prefix("http://")
-        .or_else(|| value.strip_prefix("https://"))
         .ok_or("an OTLP/gRPC URL like http://127.0.0.1:4317, or off")?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err("the URL names no host (write it like http://127.0.0.1:4317)".into());
@@ -81,6 +97,57 @@ pub struct TracingSettings {
 pub struct OtlpError {
     endpoint: String,
     source: opentelemetry_otlp::ExporterBuildError,
+}
+
+const EXPORTED: &str = "weapp_spans_exported_total";
+
+/// The OTLP exporter, with what it achieves counted and its failures logged when they start
+/// and when they end (the SDK's own reports are off).
+#[derive(Debug)]
+struct Reported<E> {
+    inner: E,
+    endpoint: String,
+    failing: AtomicBool,
+    exported: Counter,
+    failed: Counter,
+}
+
+impl<E: SpanExporter> SpanExporter for Reported<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) => {
+                self.exported.increment(spans);
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(endpoint = %self.endpoint, "spans reach the OTLP endpoint again");
+                }
+            }
+            Err(e) => {
+                self.failed.increment(spans);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        endpoint = %self.endpoint,
+                        error = %e,
+                        "cannot export spans: they are dropped until the OTLP endpoint answers"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// A span that has ended, as the services describe it.
@@ -136,7 +203,15 @@ impl Spans {
     /// Spans as `settings` say, exported as `service`. Must run within the Tokio runtime that
     /// will carry the exports (the gRPC channel lives there); connecting is lazy, so a
     /// collector that is down costs dropped spans, never a failed start.
-    pub fn start(settings: &TracingSettings, service: &'static str) -> Result<Self, OtlpError> {
+    ///
+    /// What reaches the collector and what does not is counted in `registry`
+    /// (`weapp_spans_exported_total{outcome}`), and a collector that stops answering is logged
+    /// once, not per batch.
+    pub fn start(
+        settings: &TracingSettings,
+        service: &'static str,
+        registry: &Registry,
+    ) -> Result<Self, OtlpError> {
         let OtlpEndpoint::At(url) = &settings.otlp_endpoint else {
             return Ok(Self {
                 sample_ratio: settings.trace_sample_ratio,
@@ -152,6 +227,17 @@ impl Spans {
                 endpoint: url.clone(),
                 source,
             })?;
+        let exporter = Reported {
+            inner: exporter,
+            endpoint: url.clone(),
+            failing: AtomicBool::new(false),
+            exported: registry.counter(EXPORTED, &[("outcome", "ok")]),
+            failed: registry.counter(EXPORTED, &[("outcome", "failed")]),
+        };
+        registry.describe(
+            EXPORTED,
+            "Spans sent to the OTLP endpoint, by outcome (failed: the collector did not take them).",
+        );
         let mut processor = BatchSpanProcessor::builder(exporter).build();
         processor.set_resource(
             &Resource::builder()
@@ -254,6 +340,7 @@ mod tests {
             Ok(OtlpEndpoint::At("http://127.0.0.1:4317".into()))
         );
         assert!(otlp_endpoint("127.0.0.1:4317").is_err());
+        assert!(otlp_endpoint("https://collector:4317").is_err());
         assert!(otlp_endpoint("http://").is_err());
         assert_eq!(ratio("0.25"), Ok(0.25));
         assert!(ratio("1.5").is_err());

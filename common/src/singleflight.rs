@@ -117,4 +117,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(flight.in_flight(), 0);
     }
+
+    #[tokio::test]
+    async fn the_work_carries_the_trace_of_the_caller_that_started_it() {
+        use crate::trace::{self, TraceContext};
+        let flight = SingleFlight::<u8, Option<TraceContext>>::default();
+        let context = TraceContext::start(1.0);
+        let seen = trace::within(Some(context), flight.run(1, async { trace::current() })).await;
+        assert_eq!(seen, Some(Some(context)));
+    }
 }

@@ -79,7 +79,7 @@ impl Application {
         )
         .map_err(StartupError::SessionSvc)?;
         metrics.ws_limit.set(settings.ws.max_connections as f64);
-        let spans = Spans::start(&settings.tracing, "gateway-svc")?;
+        let spans = Spans::start(&settings.tracing, "gateway-svc", &metrics.registry)?;
         let (listener, local_addr) = weapp_common::bind(settings.listen).await?;
         let metrics_listener = match settings.metrics_listen {
             MetricsListen::Off => None,

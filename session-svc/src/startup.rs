@@ -87,7 +87,7 @@ impl Application {
         // Background work started by requests (the access_token refresher) ends with this.
         let background = CancellationToken::new();
         tracing::info!(store = %store.describe(), "session store configured");
-        let spans = Spans::start(&settings.tracing, "session-svc")?;
+        let spans = Spans::start(&settings.tracing, "session-svc", &metrics.registry)?;
         let wechat = Arc::new(WeChatClient::new(
             &settings.wechat,
             metrics.clone(),

@@ -2,11 +2,11 @@
 official OpenTelemetry protocol definitions (PyPI `opentelemetry-proto`), independent of the
 Rust exporter it receives from.
 
-It listens on a free loopback port and writes, one JSON object per line to the file named by
-its argument: first {"listening": port}, then one line per span received, ids in lowercase hex
-as the W3C traceparent writes them.
+It listens on a loopback port (the second argument, or a free one) and writes, one JSON object
+per line to the file named by its first argument: first {"listening": port}, then one line per
+span received, ids in lowercase hex as the W3C traceparent writes them.
 
-    python receiver.py spans.jsonl
+    python receiver.py spans.jsonl [port]
 """
 
 import json
@@ -64,7 +64,9 @@ def main():
     out = open(sys.argv[1], "a", encoding="utf-8")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(out), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{sys.argv[2] if len(sys.argv) > 2 else 0}")
+    if port == 0:
+        sys.exit("cannot listen")
     server.start()
     out.write(json.dumps({"listening": port}) + "\n")
     out.flush()

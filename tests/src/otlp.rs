@@ -34,7 +34,17 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
+    /// A receiver on a free port.
     pub fn start() -> Self {
+        Self::spawn(None)
+    }
+
+    /// A receiver on `port` (one a service was told to export to before anything listened).
+    pub fn start_on(port: u16) -> Self {
+        Self::spawn(Some(port))
+    }
+
+    fn spawn(port: Option<u16>) -> Self {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let python = root.join("../target/test-venv/bin/python");
         assert!(
@@ -48,6 +58,7 @@ impl OtlpReceiver {
         let mut child = Command::new(python)
             .arg(root.join("otlp/receiver.py"))
             .arg(&out)
+            .args(port.map(|p| p.to_string()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -378,3 +378,70 @@ async fn one_trace_holds_the_gateways_span_and_session_svcs() {
         receiver.spans()
     );
 }
+
+/// A collector that is down costs spans, never requests: the gateway starts, answers at once,
+/// counts the spans it could not send and says so once; when the collector comes up, spans
+/// flow again and that is said too.
+#[tokio::test]
+async fn a_collector_that_is_down_costs_spans_not_requests() {
+    use weapp_tests::{otlp::OtlpReceiver, ports::Port, services::ServiceProcess};
+    let collector = Port::reserve();
+    let metrics = Port::reserve();
+    let gateway = ServiceProcess::gateway(&[
+        (
+            "WEAPP_OTLP_ENDPOINT",
+            format!("http://{}", collector.addr()),
+        ),
+        ("WEAPP_TRACE_SAMPLE_RATIO", "1".to_owned()),
+        ("WEAPP_METRICS_LISTEN", metrics.addr().to_string()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ]);
+    let http = reqwest::Client::new();
+    let exported = |outcome: &'static str| {
+        let (http, url) = (http.clone(), format!("http://{}/metrics", metrics.addr()));
+        async move {
+            let text = http.get(url).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find(|line| {
+                    line.starts_with(&format!(
+                        "weapp_spans_exported_total{{outcome=\"{outcome}\"}}"
+                    ))
+                })
+                .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        }
+    };
+    let ask = || async {
+        for _ in 0..20 {
+            let started = std::time::Instant::now();
+            let answer = http
+                .get(format!("{}/healthz", gateway.url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200);
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
+    };
+    ask().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while exported("failed").await < 20.0 {
+        assert!(std::time::Instant::now() < deadline, "{}", gateway.log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    ask().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let said = |what: &str| gateway.log().matches(what).count();
+    assert_eq!(said("cannot export spans"), 1, "{}", gateway.log());
+
+    let receiver = OtlpReceiver::start_on(collector.addr().port());
+    ask().await;
+    receiver
+        .wait_for("after the collector came up", |s| s.name == "GET /healthz")
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while said("spans reach the OTLP endpoint again") != 1 || exported("ok").await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "{}", gateway.log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
