@@ -68,6 +68,14 @@ pub fn otlp_endpoint(value: &str) -> Result<OtlpEndpoint, String> {
     if rest.is_empty() || rest.starts_with('/') {
         return Err("the URL names no host (write it like http://127.0.0.1:4317)".into());
     }
+    // The endpoint is logged at start-up: no place for a password.
+    if rest
+        .split('/')
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+    {
+        return Err("the URL must not carry credentials".into());
+    }
     Ok(OtlpEndpoint::At(value.to_owned()))
 }
 
@@ -341,6 +349,8 @@ mod tests {
         );
         assert!(otlp_endpoint("127.0.0.1:4317").is_err());
         assert!(otlp_endpoint("https://collector:4317").is_err());
+        let refused = otlp_endpoint("http://user:hunter2@collector:4317").unwrap_err();
+        assert!(!refused.contains("hunter2"), "{refused}");
         assert!(otlp_endpoint("http://").is_err());
         assert_eq!(ratio("0.25"), Ok(0.25));
         assert!(ratio("1.5").is_err());

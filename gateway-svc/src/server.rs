@@ -99,7 +99,7 @@ pub async fn serve(
             let path = request.uri().path();
             let route = forwarded.route(path).cloned();
             let label = metrics.route_label(path, route.as_ref().map(|r| r.prefix.as_str()));
-            let (app, metrics, spans) = (app.clone(), metrics.clone(), spans.clone());
+            let (app, metrics) = (app.clone(), metrics.clone());
             // The request's trace: the caller's (a traceparent from nginx or a client), or a
             // new one; the gateway's span is a child of it.
             let context = spans.serve(
@@ -109,7 +109,10 @@ pub async fn serve(
                     .and_then(|v| v.to_str().ok()),
             );
             request.extensions_mut().insert(context);
-            let method = spans.exports(&context).then(|| request.method().clone());
+            // Only a sampled request with export on pays for describing its span.
+            let export = spans
+                .exports(&context)
+                .then(|| (request.method().clone(), spans.clone()));
             trace::within(Some(context), async move {
                 let response = match route {
                     // A business route's body is the upstream's business: it streams through
@@ -126,7 +129,7 @@ pub async fn serve(
                 if let Ok(response) = &response {
                     let status = response.status().as_u16();
                     metrics.request(label, status, started.elapsed());
-                    if let Some(method) = method {
+                    if let Some((method, spans)) = export {
                         spans.record(server_span(
                             context, method, &metrics, label, status, started,
                         ));

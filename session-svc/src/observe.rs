@@ -104,19 +104,20 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = rpc_label(request.uri().path());
         let started = Instant::now();
-        let (metrics, spans) = (self.metrics.clone(), self.spans.clone());
+        let metrics = self.metrics.clone();
         // The caller's trace (the gateway sends its request's), or a new one: every log line
         // written while answering carries its id, and calls made meanwhile (to WeChat) are
         // its children.
-        let context = spans.serve(
+        let context = self.spans.serve(
             request
                 .headers()
                 .get(TRACEPARENT)
                 .and_then(|v| v.to_str().ok()),
         );
-        let path = spans
+        let export = self
+            .spans
             .exports(&context)
-            .then(|| request.uri().path().to_owned());
+            .then(|| (request.uri().path().to_owned(), self.spans.clone()));
         let span = tracing::info_span!("grpc", method, trace_id = %context.trace_id());
         let answer = span.in_scope(|| self.inner.call(request));
         Box::pin(
@@ -132,7 +133,7 @@ where
                     .unwrap_or(0);
                 metrics.grpc_call(method, code, started.elapsed());
                 tracing::debug!(code, elapsed = ?started.elapsed(), "rpc answered");
-                if let Some(path) = path {
+                if let Some((path, spans)) = export {
                     spans.record(server_span(context, &path, code, started));
                 }
                 Ok(response)

@@ -157,6 +157,24 @@ async fn prometheus_sees_the_traffic_and_promtool_accepts_what_is_shipped() {
     assert!(report.contains("SUCCESS"), "{report}");
 }
 
+/// A login at `gateway` that brings `traceparent`, as nginx or a client may send it.
+async fn login_with(
+    http: &reqwest::Client,
+    wechat: &weapp_tests::WeChat,
+    gateway: &str,
+    traceparent: &str,
+) -> weapp_tests::ClientSession {
+    let minted = wechat.mint(MintRequest::default());
+    let login = http
+        .get(format!("{gateway}/login"))
+        .header("X-WX-Code", &minted.code)
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .unwrap();
+    weapp_tests::session_from(login).await
+}
+
 /// One trace id across the gRPC hop, in both services' log lines: the shipped binaries with
 /// their logs at debug, a login that brings a W3C `traceparent` (as nginx or a client may
 /// send), and a `/me` that brings none (the gateway starts a trace).
@@ -179,15 +197,8 @@ async fn one_trace_id_appears_in_both_services_log_lines() {
     let http = reqwest::Client::new();
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let minted = wechat.mint(MintRequest::default());
-    let login = http
-        .get(format!("{}/login", gateway.url()))
-        .header("X-WX-Code", &minted.code)
-        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-        .send()
-        .await
-        .unwrap();
-    let session = weapp_tests::session_from(login).await;
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let session = login_with(&http, &wechat, &gateway.url(), &traceparent).await;
     let lines_with = |log: &str, id: &str| -> Vec<String> {
         log.lines()
             .filter(|line| line.contains(&format!("trace_id={id}")))
@@ -272,15 +283,8 @@ async fn one_trace_holds_the_gateways_span_and_session_svcs() {
 
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let minted = wechat.mint(MintRequest::default());
-    let login = http
-        .get(format!("{}/login", gateway.url()))
-        .header("X-WX-Code", &minted.code)
-        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
-        .send()
-        .await
-        .unwrap();
-    let session = weapp_tests::session_from(login).await;
+    let traceparent = format!("00-{caller_trace}-{caller_span}-01");
+    let session = login_with(&http, &wechat, &gateway.url(), &traceparent).await;
     let me = http
         .get(format!("{}/me", gateway.url()))
         .headers(session.headers())
