@@ -46,6 +46,25 @@ impl RouteHandles {
     }
 }
 
+/// Sessions dropped from the gateway's cache, by cause.
+#[derive(Clone)]
+pub struct CacheEvictions {
+    pub capacity: Counter,
+    pub expired: Counter,
+    pub invalidated: Counter,
+}
+
+impl Default for CacheEvictions {
+    /// Counted nowhere (a cache built without metrics).
+    fn default() -> Self {
+        Self {
+            capacity: Counter::noop(),
+            expired: Counter::noop(),
+            invalidated: Counter::noop(),
+        }
+    }
+}
+
 /// Which route template a request was counted under (an index into the handles).
 #[derive(Clone, Copy, Debug)]
 pub struct RouteLabel(usize);
@@ -69,6 +88,7 @@ pub struct GatewayMetrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub cache_entries: Gauge,
+    pub cache_evictions: CacheEvictions,
     pub revocation_connected: Gauge,
     pub revocation_lag: Gauge,
     /// By outcome: `ok`, `refused` (the client's or WeChat's no), `failed` (ours or WeChat's
@@ -117,6 +137,8 @@ impl GatewayMetrics {
         let gauge = |name| registry.gauge(name, &[]);
         let counter = |name| registry.counter(name, &[]);
         let login = |outcome| registry.counter("weapp_logins_total", &[("outcome", outcome)]);
+        let eviction =
+            |cause| registry.counter("weapp_session_cache_evictions_total", &[("cause", cause)]);
         Arc::new(Self {
             routes,
             handles,
@@ -135,6 +157,11 @@ impl GatewayMetrics {
             cache_misses: registry
                 .counter("weapp_session_cache_requests_total", &[("result", "miss")]),
             cache_entries: gauge("weapp_session_cache_entries"),
+            cache_evictions: CacheEvictions {
+                capacity: eviction("capacity"),
+                expired: eviction("expired"),
+                invalidated: eviction("invalidated"),
+            },
             revocation_connected: gauge("weapp_revocation_stream_connected"),
             revocation_lag: gauge("weapp_revocation_stream_lag_seconds"),
             logins: ["ok", "refused", "failed"].map(login),
@@ -276,6 +303,11 @@ fn describe(registry: &Registry) {
             "Session resolutions answered from the cache (hit) or by session-svc (miss).",
         ),
         ("weapp_session_cache_entries", "Sessions in the cache."),
+        (
+            "weapp_session_cache_evictions_total",
+            "Sessions dropped from the cache, by cause: capacity (least recently used), expired \
+             (their time in the cache ran out), invalidated (revoked, logged out or changed).",
+        ),
         (
             "weapp_revocation_stream_connected",
             "1 while session-svc's revocation stream is open and heard from, else 0 (the cache is off).",

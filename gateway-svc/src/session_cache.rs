@@ -23,11 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use moka::{policy::EvictionPolicy, sync::Cache};
+use moka::{notification::RemovalCause, policy::EvictionPolicy, sync::Cache};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{identity::Identity, user::User};
+use crate::{identity::Identity, metrics::CacheEvictions, user::User};
 
 /// Longest time a revocation can take to reach this gateway's cache: past this much silence
 /// from session-svc's revocation stream, the cache is not used.
@@ -97,14 +97,21 @@ fn hash(skey: &str) -> [u8; 32] {
 
 impl SessionCache {
     /// A cache of at most `capacity` sessions, each kept at most `ttl`; either at zero turns
-    /// it off.
-    pub fn new(ttl: Duration, capacity: u64) -> Self {
+    /// it off. What it drops is counted in `evictions`.
+    pub fn new(ttl: Duration, capacity: u64, evictions: CacheEvictions) -> Self {
         let ttl = if capacity == 0 { Duration::ZERO } else { ttl };
         Self {
             entries: Cache::builder()
                 .max_capacity(capacity)
                 .eviction_policy(EvictionPolicy::lru())
                 .expire_after(EntryLifetime)
+                .eviction_listener(move |_, _, cause| match cause {
+                    RemovalCause::Size => evictions.capacity.increment(1),
+                    RemovalCause::Expired => evictions.expired.increment(1),
+                    RemovalCause::Explicit => evictions.invalidated.increment(1),
+                    // A fresher answer for the same session: nothing left the cache.
+                    RemovalCause::Replaced => {}
+                })
                 .build(),
             ttl,
             epoch: AtomicU64::new(0),
@@ -235,7 +242,7 @@ mod tests {
     }
 
     fn live_cache() -> SessionCache {
-        let cache = SessionCache::new(Duration::from_secs(30), 100);
+        let cache = SessionCache::new(Duration::from_secs(30), 100, CacheEvictions::default());
         cache.heard();
         cache
     }
@@ -251,7 +258,7 @@ mod tests {
 
     #[test]
     fn nothing_is_used_or_cached_without_a_live_revocation_stream() {
-        let cache = SessionCache::new(Duration::from_secs(30), 100);
+        let cache = SessionCache::new(Duration::from_secs(30), 100, CacheEvictions::default());
         put(&cache, "id", "skey", "o", Duration::from_secs(60));
         cache.heard();
         assert!(
@@ -293,7 +300,7 @@ mod tests {
     // that feature in one crate's dev-dependencies changes tokio for every test build.
     #[test]
     fn entries_end_at_half_the_session_or_the_ttl_whichever_is_first() {
-        let cache = SessionCache::new(Duration::from_secs(1), 100);
+        let cache = SessionCache::new(Duration::from_secs(1), 100, CacheEvictions::default());
         cache.heard();
         let start = Instant::now();
         // Half of 200 ms: gone after 100 ms. The TTL (1 s) ends the other one.
@@ -322,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_evicts_old_sessions_for_new_ones() {
-        let cache = SessionCache::new(Duration::from_secs(30), 10);
+        let cache = SessionCache::new(Duration::from_secs(30), 10, CacheEvictions::default());
         cache.heard();
         for i in 0..100 {
             put(&cache, &format!("s{i}"), "k", "o", Duration::from_secs(60));
@@ -336,10 +343,42 @@ mod tests {
     }
 
     #[test]
+    fn what_leaves_the_cache_is_counted_by_cause() {
+        let registry = weapp_common::metrics::Registry::new();
+        let eviction =
+            |cause| registry.counter("weapp_session_cache_evictions_total", &[("cause", cause)]);
+        let evictions = CacheEvictions {
+            capacity: eviction("capacity"),
+            expired: eviction("expired"),
+            invalidated: eviction("invalidated"),
+        };
+        let cache = SessionCache::new(Duration::from_secs(30), 10, evictions);
+        cache.heard();
+        for i in 0..30 {
+            put(&cache, &format!("s{i}"), "k", "o", Duration::from_secs(60));
+            cache.entries.run_pending_tasks();
+        }
+        put(&cache, "s29", "k", "o", Duration::from_secs(60));
+        assert!(cache.get("s29", "k").is_some());
+        cache.revoke_session("s29");
+        cache.entries.run_pending_tasks();
+        let text = registry.render();
+        let count = |cause: &str| -> f64 {
+            let series = format!("weapp_session_cache_evictions_total{{cause=\"{cause}\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        assert!(count("capacity") >= 20.0, "{text}");
+        assert_eq!(count("invalidated"), 1.0, "{text}");
+        assert_eq!(count("expired"), 0.0, "{text}");
+    }
+
+    #[test]
     fn a_zero_ttl_or_capacity_turns_the_cache_off() {
         for cache in [
-            SessionCache::new(Duration::ZERO, 10),
-            SessionCache::new(Duration::from_secs(30), 0),
+            SessionCache::new(Duration::ZERO, 10, CacheEvictions::default()),
+            SessionCache::new(Duration::from_secs(30), 0, CacheEvictions::default()),
         ] {
             cache.heard();
             put(&cache, "id", "k", "o", Duration::from_secs(60));

@@ -111,6 +111,7 @@ impl Application {
         let cache = Arc::new(SessionCache::new(
             self.settings.cache.ttl,
             self.settings.cache.capacity,
+            self.metrics.cache_evictions.clone(),
         ));
         let sockets = Arc::new(OpenSockets::default());
         let revocations = tokio::spawn(revocation_follower::follow(

@@ -134,6 +134,15 @@ async fn prometheus_sees_the_traffic_and_promtool_accepts_what_is_shipped() {
         )
         .await;
 
+    // A logout evicts the session from the gateway's cache: counted by its cause.
+    assert_eq!(stack.get("/logout", Some(&session)).await.status(), 200);
+    prometheus
+        .wait_for(
+            &gateway(r#"weapp_session_cache_evictions_total{JOB,cause="invalidated"}"#),
+            1.0,
+        )
+        .await;
+
     // Nothing personal in a label: no openId, session id or raw path anywhere.
     for service in [Service::Gateway, Service::SessionSvc] {
         let text = exposition(&stack, service).await;
