@@ -22,6 +22,23 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Whether Prometheus at `addr` says it is ready (`GET /-/ready` answers 200).
+fn ready(addr: SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /-/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
+}
+
 pub struct Prometheus {
     port: Port,
     dir: tempfile::TempDir,
@@ -66,6 +83,17 @@ impl Prometheus {
             Duration::from_secs(30),
             || std::fs::read_to_string(&log).unwrap_or_default(),
         );
+        // Listening is not ready: until its storage is open, Prometheus answers its API with
+        // a plain-text 503.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready(port.addr()) {
+            assert!(
+                Instant::now() < deadline,
+                "prometheus never became ready: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Self {
             port,
             dir,
@@ -76,16 +104,17 @@ impl Prometheus {
 
     /// An instant query; the result vector (`[{metric, value: [t, "v"]}, …]`).
     pub async fn query(&self, promql: &str) -> Vec<Value> {
-        let answer: Value = self
+        let response = self
             .http
             .get(format!("http://{}/api/v1/query", self.port.addr()))
             .query(&[("query", promql)])
             .send()
             .await
-            .expect("prometheus answers")
-            .json()
-            .await
-            .expect("prometheus answers JSON");
+            .expect("prometheus answers");
+        let status = response.status();
+        let body = response.text().await.expect("prometheus' answer");
+        let answer: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{promql}: prometheus answered {status} {body:?}: {e}"));
         assert_eq!(answer["status"], "success", "{promql}: {answer}");
         answer["data"]["result"]
             .as_array()
