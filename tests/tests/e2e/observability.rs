@@ -184,6 +184,20 @@ async fn login_with(
     weapp_tests::session_from(login).await
 }
 
+/// `/me` at `gateway` in `session`, with a `traceparent` or none: the answer's status.
+async fn me(
+    http: &reqwest::Client,
+    gateway: &str,
+    session: &weapp_tests::ClientSession,
+    traceparent: Option<&str>,
+) -> reqwest::StatusCode {
+    let mut request = http.get(format!("{gateway}/me")).headers(session.headers());
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    request.send().await.unwrap().status()
+}
+
 /// One trace id across the gRPC hop, in both services' log lines: the shipped binaries with
 /// their logs at debug, a login that brings a W3C `traceparent` (as nginx or a client may
 /// send), and a `/me` that brings none (the gateway starts a trace).
@@ -234,13 +248,7 @@ async fn one_trace_id_appears_in_both_services_log_lines() {
 
     // No traceparent: the gateway starts a trace, and session-svc's lines for the Validate
     // behind this /me carry its id.
-    let me = http
-        .get(format!("{}/me", gateway.url()))
-        .headers(session.headers())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(me.status(), 200);
+    assert_eq!(me(&http, &gateway.url(), &session, None).await, 200);
     let log = gateway.log();
     let started = log
         .lines()
@@ -294,23 +302,14 @@ async fn one_trace_holds_the_gateways_span_and_session_svcs() {
     let caller_span = "00f067aa0ba902b7";
     let traceparent = format!("00-{caller_trace}-{caller_span}-01");
     let session = login_with(&http, &wechat, &gateway.url(), &traceparent).await;
-    let me = http
-        .get(format!("{}/me", gateway.url()))
-        .headers(session.headers())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(me.status(), 200);
+    assert_eq!(me(&http, &gateway.url(), &session, None).await, 200);
     // The caller says "not sampled": nothing of this trace is exported, by either service.
     let unsampled = "0af7651916cd43dd8448eb211c80319c";
-    let logout = http
-        .get(format!("{}/me", gateway.url()))
-        .headers(session.headers())
-        .header("traceparent", format!("00-{unsampled}-b7ad6b7169203331-00"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(logout.status(), 200);
+    let traceparent = format!("00-{unsampled}-b7ad6b7169203331-00");
+    assert_eq!(
+        me(&http, &gateway.url(), &session, Some(&traceparent)).await,
+        200
+    );
 
     // session-svc's spans arrive; the gateway's are still held.
     let login_rpc = receiver
