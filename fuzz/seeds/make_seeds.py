@@ -94,3 +94,19 @@ requests = {
 }
 for name, text in requests.items():
     write("wafer_params", name, text)
+
+paths = {
+    "plain": "/api/orders",
+    "dot-dot": "/pub/../api/orders",
+    "encoded-dots": "/pub/%2e%2e/api/orders",
+    "encoded-slash": "/pub/..%2fapi/orders",
+    "path-parameter": "/pub/..;/api/orders",
+    "double-encoded": "/pub/%252e%252e/api/orders",
+    "slashes-and-dots": "//a//b/./c/../d/",
+    "unreserved": "/%61pi/%7euser/a%20b",
+    "broken": "/a%zz/b%2",
+    "above-root": "/../../x",
+    "asterisk": "*",
+}
+for name, text in paths.items():
+    write("path", name, text)

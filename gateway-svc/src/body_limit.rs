@@ -1,7 +1,9 @@
-//! Request bodies. No gateway route reads one (wafer logs in with headers), so a body is only
-//! ever a cost: past the limit it is refused with 413 before the request is routed — no
-//! session check, no WeChat call, no code spent. An announced length is judged at once; a
-//! chunked body is read and thrown away, within the header deadline, never kept in memory.
+//! Request bodies of the gateway's own routes (business routes stream theirs under their own
+//! limit, `forward.rs`). Few read one — `/phone-number` takes `{"code": …}` — and for the rest
+//! a body is only a cost, so past the limit it is refused with 413 before the request is
+//! routed: no session check, no WeChat call, no code spent. An announced length is judged at
+//! once; a chunked body is read within the header deadline and, being at most the limit
+//! (1 MiB by default), handed on whole, so a route reads it whatever its framing.
 //! Checked in the server loop rather than as a router layer: as an axum middleware on every
 //! request it cost a few percent of `/me` throughput (wrk, release build).
 use axum::{
@@ -13,9 +15,9 @@ use hyper::body::Incoming;
 
 use crate::{config::HttpLimits, error::ApiError};
 
-/// Lets `request` through, with an announced body of at most the limit (left for the route
-/// to ignore) or none at all (a chunked body drained and replaced by an empty one), or says
-/// why not. No await on the common path: requests without a body cost one header lookup.
+/// Lets `request` through with a body of at most the limit (an announced one as it streams,
+/// a chunked one read whole), or says why not. No await on the common path: requests without
+/// a body cost one header lookup.
 pub async fn check(
     request: Request<Incoming>,
     limits: &HttpLimits,
@@ -37,19 +39,20 @@ pub async fn check(
     }
     let (parts, body) = request.into_parts();
     let mut chunks = Body::new(body).into_data_stream();
-    let drained = tokio::time::timeout(limits.header_timeout, async {
-        let mut total = 0usize;
+    let read = tokio::time::timeout(limits.header_timeout, async {
+        let mut whole = Vec::new();
         while let Some(chunk) = chunks.next().await {
-            total = total.saturating_add(chunk.map_err(|_| ApiError::BadBody)?.len());
-            if total > max {
+            let chunk = chunk.map_err(|_| ApiError::BadBody)?;
+            if whole.len().saturating_add(chunk.len()) > max {
                 return Err(ApiError::BodyTooLarge(max));
             }
+            whole.extend_from_slice(&chunk);
         }
-        Ok(())
+        Ok(whole)
     })
     .await;
-    match drained {
-        Ok(Ok(())) => Ok(Request::from_parts(parts, Body::empty())),
+    match read {
+        Ok(Ok(whole)) => Ok(Request::from_parts(parts, Body::from(whole))),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(ApiError::BodyTimeout),
     }

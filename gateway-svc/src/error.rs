@@ -56,6 +56,9 @@ pub enum ApiError {
     UpstreamTimeout(String),
     #[error("the request path cannot be forwarded")]
     BadRequestTarget,
+    /// A path that cannot be normalized safely (`path.rs`).
+    #[error("the request path is refused: {0}")]
+    BadPath(weapp_wire::path::Refused),
     #[error("the phone code is missing: send it in X-WX-Phone-Code or as {{\"code\": …}}")]
     MissingPhoneCode,
     #[error("{message}")]
@@ -166,7 +169,7 @@ impl ApiError {
             | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::BadBody | Self::BadRequestTarget | Self::MissingPhoneCode => {
+            Self::BadBody | Self::BadRequestTarget | Self::BadPath(_) | Self::MissingPhoneCode => {
                 StatusCode::BAD_REQUEST
             }
             Self::PhoneFailed { status, .. } => *status,
@@ -196,7 +199,7 @@ impl ApiError {
             Self::BodyTooLarge(_) => {
                 json!({ "error": wafer::ERR_REQUEST_TOO_LARGE, "message": message })
             }
-            Self::BodyTimeout | Self::BadBody | Self::BadRequestTarget => {
+            Self::BodyTimeout | Self::BadBody | Self::BadRequestTarget | Self::BadPath(_) => {
                 json!({ "error": wafer::ERR_BAD_REQUEST, "message": message })
             }
             // No magic key: the session is fine, the business upstream is not.

@@ -188,8 +188,7 @@ fn request_headers(
     remove_hop_by_hop(headers);
     // The upstream answers in full; hyper does not speak 100-continue as a client.
     headers.remove(header::EXPECT);
-    headers.remove(wafer::HEADER_ID);
-    headers.remove(wafer::HEADER_SKEY);
+    // The session credentials (`X-WX-Id`, `X-WX-Skey`) and every identity the client made up.
     identity::strip_client_headers(headers);
     if let Some(session) = session {
         session.insert_identity(headers);

@@ -1,7 +1,8 @@
 //! The identity the gateway hands to the business: headers on forwarded requests, on
 //! `auth_request` answers and on relayed WebSocket messages. Every header the gateway sets
-//! starts with `X-Weapp-`, and a client's own `X-Weapp-*` headers are always removed first:
-//! nothing a client sends can pass for an identity. The headers are for convenience; the
+//! starts with `X-Weapp-`, and before any is set, a client's own identity headers of every
+//! naming are removed (`strip_client_headers`): nothing a client sends can pass for an
+//! identity. The headers are for convenience; the
 //! assertion (a JWT signed by session-svc, verifiable against `/.well-known/jwks.json`) is
 //! the proof.
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -9,7 +10,17 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use crate::user::User;
 
+/// weapp's identity headers.
 pub const PREFIX: &str = "x-weapp-";
+/// wafer's session parameters and WeChat Cloud Run's identity headers (`X-WX-OPENID`,
+/// `X-WX-UNIONID`, `X-WX-APPID`, …), which containers written for Cloud Run trust.
+pub const WX_PREFIX: &str = "x-wx-";
+/// Cloud Run's name for the client's address, trusted like its identity headers.
+const ORIGINAL_FORWARDED_FOR: &str = "x-original-forwarded-for";
+/// nginx's name for the client's address: the gateway believes it from trusted proxies for its
+/// own rate limit, and passes on none (the upstream gets `X-Forwarded-For`), so a client
+/// cannot name its own address to a business either.
+const REAL_IP: &str = "x-real-ip";
 /// The user's openId.
 pub const OPEN_ID: HeaderName = HeaderName::from_static("x-weapp-open-id");
 /// The user's unionId, when WeChat gave one.
@@ -24,11 +35,19 @@ pub const ASSERTION: HeaderName = HeaderName::from_static("x-weapp-assertion");
 /// The user's phone number (E.164), once WeChat has verified it (`/phone-number`).
 pub const PHONE: HeaderName = HeaderName::from_static("x-weapp-phone");
 
-/// Removes every `X-Weapp-*` header: only the gateway may set them.
+/// Removes every header that names a user or a client address: `X-Weapp-*`, `X-WX-*` (the
+/// session credentials among them), `X-Original-Forwarded-For` and `X-Real-IP`. Only the
+/// gateway says who the user is.
 pub fn strip_client_headers(headers: &mut HeaderMap) {
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with(PREFIX))
+        .filter(|name| {
+            let name = name.as_str();
+            name.starts_with(PREFIX)
+                || name.starts_with(WX_PREFIX)
+                || name == ORIGINAL_FORWARDED_FOR
+                || name == REAL_IP
+        })
         .cloned()
         .collect();
     for name in spoofed {
@@ -95,8 +114,22 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-weapp-open-id", HeaderValue::from_static("someone-else"));
         headers.insert("X-Weapp-Anything", HeaderValue::from_static("x"));
+        headers.insert("X-WX-OpenId", HeaderValue::from_static("attacker"));
+        headers.insert("X-WX-UNIONID", HeaderValue::from_static("attacker"));
+        headers.insert("x-wx-skey", HeaderValue::from_static("secret"));
+        headers.insert("X-Real-IP", HeaderValue::from_static("6.6.6.6"));
+        headers.insert(
+            "X-Original-Forwarded-For",
+            HeaderValue::from_static("6.6.6.6"),
+        );
+        headers.insert(
+            "x-wxother",
+            HeaderValue::from_static("kept: not the namespace"),
+        );
         headers.insert("x-other", HeaderValue::from_static("kept"));
         strip_client_headers(&mut headers);
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        headers.remove("x-wxother");
         assert_eq!(headers.len(), 1);
         let user = User::new(&UserInfo::code_only("o-1", Some("u-1")));
         Identity::new(

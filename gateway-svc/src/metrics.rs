@@ -195,7 +195,6 @@ impl GatewayMetrics {
         )
     }
 
-    /// One HTTP request: its route template, status and time to its response head.
     /// The template a label stands for (what spans are named by, too).
     pub fn route_template(&self, route: RouteLabel) -> &str {
         self.handles
@@ -203,6 +202,7 @@ impl GatewayMetrics {
             .map_or(OTHER, |handles| handles.template.as_str())
     }
 
+    /// One HTTP request: its route template, status and time to its response head.
     pub fn request(&self, route: RouteLabel, status: u16, elapsed: Duration) {
         let Some(handles) = self.handles.get(route.0) else {
             return;

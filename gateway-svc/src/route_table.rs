@@ -73,8 +73,9 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether `path` is under this route: the prefix itself, or below it at a segment
-    /// boundary (`/api` takes `/api` and `/api/x`, not `/apix`).
+    /// Whether `path` (normalized, `path.rs`) is under this route: the prefix itself, or
+    /// below it at a segment boundary (`/api` takes `/api` and `/api/x`, not `/apix`), in
+    /// any letter case.
     fn takes(&self, path: &str) -> bool {
         under(path, &self.prefix)
     }
@@ -91,8 +92,12 @@ impl Route {
     }
 }
 
+/// In any letter case: an upstream on express (case-insensitive by default) or on a
+/// case-insensitive file system reads `/API/x` as `/api/x`, so it must meet `/api/`'s rules.
 fn under(path: &str, prefix: &str) -> bool {
-    path.starts_with(prefix)
+    path.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
         && (prefix.ends_with('/')
             || path.len() == prefix.len()
             || path.as_bytes().get(prefix.len()) == Some(&b'/'))
@@ -164,6 +169,16 @@ impl Entry {
         let prefix = self.prefix;
         if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) || prefix.contains("//") {
             return Err("the prefix must be a path like /api/".into());
+        }
+        // Requests are matched after normalization: a prefix that is not normal would never
+        // match, or match something else than it says.
+        if !matches!(
+            weapp_wire::path::normalize(&prefix),
+            Ok(std::borrow::Cow::Borrowed(_))
+        ) {
+            return Err(
+                "the prefix must be a plain path like /api/ (no %, ;, \\, . or .. segments)".into(),
+            );
         }
         let uri: Uri = self
             .upstream
@@ -262,6 +277,8 @@ mod tests {
         assert_eq!(api.upstream_path("/api/orders"), "/v1/api/orders");
         assert!(t.find("/api").is_some());
         assert!(t.find("/apix").is_none());
+        assert!(t.find("/API/orders").is_some(), "any letter case");
+        assert!(t.find("/Api").is_some());
         let public = t.find("/public/a/b").unwrap();
         assert_eq!(public.upstream_path("/public/a/b"), "/a/b");
         assert_eq!(public.upstream_path("/public/"), "/");

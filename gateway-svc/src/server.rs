@@ -3,9 +3,11 @@
 //! dropped; hyper runs the same clock on an idle keep-alive connection, so it is the idle
 //! timeout too), a cap on their number and total size (431 past it), a cap on connections
 //! (503 past it), bodies over the limit refused before routing (413, `body_limit.rs`) — plus
-//! TCP_NODELAY and the client address for every connection, WebSocket upgrades from proxies
+//! TCP_NODELAY and the client address for every connection, paths normalized before anything
+//! routes on them (`path.rs`), WebSocket upgrades from proxies
 //! that speak HTTP/1.0 upstream (`legacy_upgrade.rs`), and a graceful stop.
 use std::{
+    borrow::Cow,
     convert::Infallible,
     net::SocketAddr,
     sync::{
@@ -31,6 +33,7 @@ use weapp_common::{
     otlp::{FinishedSpan, KeyValue, SpanKind, Spans},
     trace,
 };
+use weapp_wire::path;
 
 use crate::{
     body_limit,
@@ -96,8 +99,24 @@ pub async fn serve(
             request
                 .extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(peer));
+            // Every later step — routing, the gateway's own paths, forwarding — sees the
+            // normalized path, or the request is refused here (`path.rs`).
+            let refused = match path::normalize(request.uri().path()) {
+                Ok(Cow::Borrowed(_)) => None,
+                Ok(Cow::Owned(normal)) => match with_path(request.uri(), &normal) {
+                    Some(uri) => {
+                        *request.uri_mut() = uri;
+                        None
+                    }
+                    None => Some(ApiError::BadRequestTarget),
+                },
+                Err(refused) => Some(ApiError::BadPath(refused)),
+            };
             let path = request.uri().path();
-            let route = forwarded.route(path).cloned();
+            let route = match refused {
+                Some(_) => None,
+                None => forwarded.route(path).cloned(),
+            };
             let label = metrics.route_label(path, route.as_ref().map(|r| r.prefix.as_str()));
             let (app, metrics) = (app.clone(), metrics.clone());
             // The request's trace: the caller's (a traceparent from nginx or a client), or a
@@ -114,14 +133,15 @@ pub async fn serve(
                 .exports(&context)
                 .then(|| (request.method().clone(), spans.clone()));
             trace::within(Some(context), async move {
-                let response = match route {
+                let response = match (refused, route) {
+                    (Some(refused), _) => Ok(refused.into_response()),
                     // A business route's body is the upstream's business: it streams through
                     // under the route's own limit (`forward.rs`) instead of the gateway's.
-                    Some(route) => {
+                    (None, Some(route)) => {
                         request.extensions_mut().insert(route);
                         app.oneshot(request.map(axum::body::Body::new)).await
                     }
-                    None => match body_limit::check(request, &limits).await {
+                    (None, None) => match body_limit::check(request, &limits).await {
                         Ok(request) => app.oneshot(request).await,
                         Err(refused) => Ok(refused.into_response()),
                     },
@@ -196,6 +216,17 @@ fn server_span(
         // Per the HTTP conventions a server span fails on 5xx only: a 4xx is the client's.
         error: (status >= 500).then(|| status.to_string()),
     }
+}
+
+/// `uri` with `path` in place of its own, the query kept.
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let mut parts = uri.clone().into_parts();
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 /// Answers a connection over the cap with 503 (the gateway's one error mapping, as for any

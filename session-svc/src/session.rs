@@ -75,7 +75,8 @@ impl SessionManager {
         }
     }
 
-    /// Logouts and user revocations, for caches of Validate answers.
+    /// The feed gateways follow: logouts, user revocations and user changes (for caches of
+    /// Validate answers and open sockets), and the pushes that ride it.
     pub fn revocations(&self) -> &RevocationFeed {
         &self.revocations
     }

@@ -5,6 +5,7 @@
 //! * `client.rs` — a wafer client of the gateway; `ws.rs` — WebSocket frames;
 //! * `store_door.rs` — session-svc's store behind its back;
 //! * `upstream.rs` — a business upstream behind the gateway's forwarding;
+//! * `raw.rs` — HTTP requests written byte for byte (paths no URL parser would leave alone);
 //! * `ports.rs` — ports that cannot race; `process.rs` — waiting for spawned servers;
 //! * `mongo.rs`, `nginx.rs`, `services.rs` — real nx-27017, real nginx and the shipped
 //!   binaries as processes; `load.rs` — a recording load for the fault tests.
@@ -22,6 +23,7 @@ pub mod otlp;
 pub mod ports;
 pub mod process;
 pub mod prometheus;
+pub mod raw;
 pub mod services;
 pub mod stack;
 pub mod store_door;

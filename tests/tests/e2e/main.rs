@@ -21,6 +21,7 @@ mod relay;
 mod resilience;
 mod sandbox;
 mod sessions;
+mod spoofing;
 mod wafer_fidelity;
 mod websocket;
 mod wechat_users;

@@ -3,7 +3,10 @@
 //! frame and the socket stays open.
 use futures::SinkExt as _;
 use serde_json::Value;
-use tokio_tungstenite::{connect_async, tungstenite::Message};
+use tokio_tungstenite::{
+    connect_async,
+    tungstenite::{Message, client::IntoClientRequest as _},
+};
 use weapp_tests::{
     Stack,
     upstream::Upstream,
@@ -19,7 +22,17 @@ async fn each_message_reaches_the_upstream_with_the_identity_and_answers_come_ba
         .await;
     let (minted, session) = stack.new_session().await;
     let url = stack.ws_url(&format!("/ws?{}", session.query()));
-    let (mut ws, _) = connect_async(url).await.unwrap();
+    // Identities the client made up on the upgrade never reach the relayed POSTs.
+    let mut upgrade = url.into_client_request().unwrap();
+    for (name, value) in [
+        ("X-WX-OPENID", "attacker"),
+        ("X-WX-UnionId", "attacker"),
+        ("X-Weapp-Open-Id", "attacker"),
+        ("X-Real-IP", "6.6.6.6"),
+    ] {
+        upgrade.headers_mut().insert(name, value.parse().unwrap());
+    }
+    let (mut ws, _) = connect_async(upgrade).await.unwrap();
     for i in 0..20 {
         ws.send(Message::Text(format!("message {i}").into()))
             .await
@@ -47,6 +60,10 @@ async fn each_message_reaches_the_upstream_with_the_identity_and_answers_come_ba
         assert!(
             !text.contains(&session.skey),
             "the skey stays in the gateway"
+        );
+        assert!(
+            !text.contains("attacker") && !text.contains("6.6.6.6"),
+            "{text}"
         );
     }
 }

@@ -10,7 +10,7 @@ use weapp_proto::session::v1::{
     SessionCredentials, Subject, ValidateRequest, subject,
 };
 use weapp_tests::{
-    ClientSession, Stack, json,
+    ClientSession, Stack, json, raw,
     upstream::Upstream,
     wechat_sandbox::{PhoneCodeRequest, UserDataRequest},
 };
@@ -165,6 +165,59 @@ async fn a_phone_code_through_the_gateway_gives_the_number_and_the_session_carri
         1,
         "the SDK logs in and retries"
     );
+}
+
+/// A body sent chunked (no Content-Length) reaches the route that reads it, as one with a
+/// length does: the code in `{"code": …}` either way.
+#[tokio::test]
+async fn a_phone_code_in_a_chunked_body_is_read_as_one_with_a_length() {
+    let stack = Stack::start().await;
+    let (minted, session) = stack.new_session().await;
+    let credentials = format!("X-WX-Id: {}\r\nX-WX-Skey: {}", session.id, session.skey);
+    for chunked in [true, false] {
+        let phone = stack.sandbox.apis().mint_phone_code(PhoneCodeRequest {
+            openid: Some(minted.openid.clone()),
+            ..Default::default()
+        });
+        let body = serde_json::json!({ "code": phone.code }).to_string();
+        let (framing, bytes) = match chunked {
+            true => (
+                "Transfer-Encoding: chunked".to_owned(),
+                raw::chunked(body.as_bytes(), 7),
+            ),
+            false => (
+                format!("Content-Length: {}", body.len()),
+                body.clone().into_bytes(),
+            ),
+        };
+        let head = format!(
+            "POST /phone-number HTTP/1.1\r\nContent-Type: application/json\r\n{credentials}\r\n{framing}"
+        );
+        let answer = raw::request(stack.gateway_addr(), &head, &bytes).await;
+        assert_eq!(answer.status, 200, "chunked {chunked}: {}", answer.body);
+        assert_eq!(
+            answer.json()["purePhoneNumber"],
+            phone.pure_phone_number.as_str()
+        );
+    }
+    // Past the gateway's body limit, chunked or not: 413 before anything is asked.
+    let stack = Stack::builder()
+        .gateway_args(["--http-max-body-bytes", "64"])
+        .start()
+        .await;
+    let (_, session) = stack.new_session().await;
+    let credentials = format!("X-WX-Id: {}\r\nX-WX-Skey: {}", session.id, session.skey);
+    let big = format!("{{\"code\": \"{}\"}}", "x".repeat(100));
+    let head = format!(
+        "POST /phone-number HTTP/1.1\r\nContent-Type: application/json\r\n{credentials}\r\nTransfer-Encoding: chunked"
+    );
+    let answer = raw::request(
+        stack.gateway_addr(),
+        &head,
+        &raw::chunked(big.as_bytes(), 16),
+    )
+    .await;
+    assert_eq!(answer.status, 413, "{}", answer.body);
 }
 
 #[tokio::test]
