@@ -90,7 +90,8 @@ pub struct Settings {
 /// How the gateway reaches session-svc: where, with which API key, over which TLS.
 #[derive(Args, Clone, Debug)]
 pub struct SessionSvcLink {
-    /// session-svc's gRPC URL; https:// for TLS (then WEAPP_SESSION_SVC_CA_FILE too).
+    /// session-svc's gRPC URL, or several comma-separated (replicas); a DNS name counts each of
+    /// its addresses, re-resolved every 5 s. https:// for TLS (then WEAPP_SESSION_SVC_CA_FILE).
     #[arg(id = "session_svc_url", value_name = "SESSION_SVC_URL", long = "session-svc-url", env = "WEAPP_SESSION_SVC_URL", default_value = "http://127.0.0.1:50051", value_parser = grpc_url)]
     pub url: String,
 
@@ -116,7 +117,7 @@ pub struct SessionSvcLink {
 impl SessionSvcLink {
     /// The TLS configuration of an https:// link.
     pub fn tls_config(&self) -> Option<ClientTlsConfig> {
-        if !self.url.starts_with("https://") {
+        if !self.url.trim_start().starts_with("https://") {
             return None;
         }
         let mut tls = ClientTlsConfig::new();
@@ -133,7 +134,7 @@ impl SessionSvcLink {
     }
 
     fn check(&self) -> Result<(), String> {
-        let tls = self.url.starts_with("https://");
+        let tls = self.url.trim_start().starts_with("https://");
         if tls && self.ca.is_none() {
             return Err(
                 "an https:// session-svc URL needs WEAPP_SESSION_SVC_CA_FILE, the CA \
@@ -317,12 +318,10 @@ fn login_path(path: &str) -> Result<String, String> {
     Ok(path.to_owned())
 }
 
+/// One session-svc URL or several, comma-separated (`replicas.rs`).
 fn grpc_url(url: &str) -> Result<String, String> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(url.to_owned())
-    } else {
-        Err("session-svc's URL must start with http:// or https://".into())
-    }
+    crate::replicas::Target::parse_list(url)?;
+    Ok(url.trim().to_owned())
 }
 
 /// Whether `peer` is one of the trusted reverse proxies (`WEAPP_TRUSTED_PROXIES`), whose

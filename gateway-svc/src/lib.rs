@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod probe;
 pub mod rate_limit;
 pub mod relay;
+pub mod replicas;
 pub mod resolver;
 pub mod revocation_follower;
 pub mod route_table;

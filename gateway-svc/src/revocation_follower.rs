@@ -1,5 +1,6 @@
 //! The gateway's side of session-svc's revocation feed (`revocations.rs` there): follows
-//! `WatchRevocations` for as long as the gateway runs, reconnecting with a short backoff.
+//! `WatchRevocations` of one live replica for as long as the gateway runs, moving to another
+//! (after a short backoff) when its stream breaks.
 //! Each revocation evicts the session from the cache and closes its open WebSockets; a broken
 //! or silent stream empties the cache, and once a new stream has spoken, the sessions of open
 //! WebSockets are checked again (revocations may have been missed meanwhile). Pushes come on
@@ -12,8 +13,9 @@ use weapp_proto::session::v1::{Push, push_message, revocation::Event};
 
 use crate::{
     open_sockets::{OpenSockets, Target},
+    replicas::Replica,
     session_cache::{REVOCATION_BOUND, SessionCache},
-    session_client::SessionClient,
+    session_client::{Followed, SessionClient},
 };
 
 /// Most ids sent in one CheckSessions call (session-svc takes up to 10,000).
@@ -33,7 +35,10 @@ pub async fn follow(
         };
         let mut recheck = true;
         match stream {
-            Ok(mut stream) => loop {
+            Ok(Followed {
+                mut stream,
+                replica,
+            }) => loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     next = tokio::time::timeout(REVOCATION_BOUND, stream.message()) => next,
@@ -51,7 +56,7 @@ pub async fn follow(
                             }
                             // Not revoked: only the cached answers are stale.
                             Some(Event::UserChanged(open_id)) => cache.revoke_user(&open_id),
-                            Some(Event::Push(push)) => deliver(&sockets, &client, push),
+                            Some(Event::Push(push)) => deliver(&sockets, &client, &replica, push),
                             Some(Event::Heartbeat(_)) | None => {}
                         }
                         // After applying the event: "heard" means "up to date".
@@ -94,7 +99,7 @@ pub async fn follow(
 
 /// Hands a push's messages to the open sockets, in order, and reports the counts without
 /// holding up the stream.
-fn deliver(sockets: &OpenSockets, client: &SessionClient, push: Push) {
+fn deliver(sockets: &OpenSockets, client: &SessionClient, replica: &Arc<Replica>, push: Push) {
     let counts: Vec<u64> = push
         .messages
         .into_iter()
@@ -113,9 +118,12 @@ fn deliver(sockets: &OpenSockets, client: &SessionClient, push: Push) {
         .metrics()
         .pushes_delivered
         .increment(counts.iter().sum());
-    let client = client.clone();
+    let (client, replica) = (client.clone(), replica.clone());
     tokio::spawn(async move {
-        if let Err(status) = client.report_delivery(push.id, push.follower, counts).await {
+        if let Err(status) = client
+            .report_delivery(&replica, push.id, push.follower, counts)
+            .await
+        {
             tracing::debug!(code = ?status.code(), "push delivery not reported");
         }
     });

@@ -1,26 +1,34 @@
-//! The gateway's line to session-svc: one shared, lazily connected tonic channel (cheap to
-//! clone, reconnects by itself) and a deadline on every call, enforced here and sent along.
-use std::{future::Future, sync::Arc, time::Duration};
+//! The gateway's line to session-svc: the RPCs, each over the replicas (`replicas.rs`) with
+//! one deadline per call, enforced here and sent along. A replica that cannot be reached is
+//! skipped for the next within that deadline, so a request that a live replica could answer
+//! does not fail because another is down.
+use std::{
+    future::{Future, IntoFuture},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use secrecy::{ExposeSecret as _, SecretString};
 
 use weapp_common::trace;
 
-use crate::{config::SessionSvcLink, metrics::GatewayMetrics};
+use crate::{
+    config::SessionSvcLink,
+    metrics::GatewayMetrics,
+    replicas::{Connector, Replica, Replicas, Target},
+};
+use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status, Streaming,
     metadata::{AsciiMetadataValue, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
-};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    transport::Channel,
 };
 use weapp_proto::session::v1::{
     CheckSessionsRequest, GetIdentityKeysRequest, GetPhoneNumberRequest, LoginRequest,
     LoginResponse, LogoutRequest, PhoneNumber, ReportDeliveryRequest, Revocation,
     SessionCredentials, Subject, ValidateRequest, ValidateResponse, WatchRevocationsRequest,
-    session_service_client::SessionServiceClient, session_service_server::SERVICE_NAME, subject,
+    session_service_client::SessionServiceClient, subject,
 };
 
 /// The gateway's API key, on every call to session-svc (health checks are open and go
@@ -59,13 +67,32 @@ impl Interceptor for ApiKey {
     }
 }
 
+/// Which failed calls may be sent again to another replica.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Asking again changes nothing (Validate, CheckSessions, the JWKS): any failure to
+    /// reach a replica, or its own UNAVAILABLE, is tried on the next.
+    Idempotent,
+    /// Spends something (a login code, a phone code, a session): tried again only when the
+    /// replica was never reached or its connection broke (a replica that stops gracefully
+    /// finishes what it took; one that crashed mid-exchange costs that login a retry by the
+    /// SDK at worst), never after a deadline (it may still be at work).
+    Once,
+}
+
 #[derive(Clone)]
 pub struct SessionClient {
-    client: SessionServiceClient<InterceptedService<Channel, ApiKey>>,
-    health: HealthClient<Channel>,
+    replicas: Arc<Replicas>,
     session_timeout: Duration,
     login_timeout: Duration,
     metrics: Arc<GatewayMetrics>,
+}
+
+/// The revocation stream of one replica: reports on its pushes go back to that replica (its
+/// follower ids are its own).
+pub struct Followed {
+    pub stream: Streaming<Revocation>,
+    pub replica: Arc<Replica>,
 }
 
 impl SessionClient {
@@ -75,29 +102,24 @@ impl SessionClient {
         metrics: Arc<GatewayMetrics>,
     ) -> Result<Self, String> {
         let (session_timeout, login_timeout) = timeouts;
-        let key = ApiKey::new(link.key.as_ref())?;
-        let url = &link.url;
-        let mut endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| format!("bad session-svc URL {url:?}: {e}"))?;
-        if let Some(tls) = link.tls_config() {
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| format!("TLS to session-svc: {e}"))?;
-        }
-        let endpoint = endpoint
-            .connect_timeout(session_timeout.max(Duration::from_millis(100)))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        let connector = Connector {
+            key: ApiKey::new(link.key.as_ref())?,
+            tls: link.tls_config(),
+            connect_timeout: session_timeout.max(Duration::from_millis(100)),
+        };
+        let replicas = Replicas::new(Target::parse_list(&link.url)?, connector)?;
         Ok(Self {
-            client: SessionServiceClient::with_interceptor(channel.clone(), key),
-            health: HealthClient::new(channel),
+            replicas,
             session_timeout,
             login_timeout,
             metrics,
         })
+    }
+
+    /// Keeps the replicas' health and addresses current, until `shutdown`.
+    pub async fn maintain(self, shutdown: CancellationToken) {
+        let timeout = self.session_timeout.max(Duration::from_millis(250));
+        self.replicas.maintain(timeout, shutdown).await
     }
 
     /// What the gateway counts (this client counts its calls there).
@@ -111,27 +133,33 @@ impl SessionClient {
         skey: String,
         want_identity_assertion: bool,
     ) -> Result<ValidateResponse, Status> {
-        let mut client = self.client.clone();
-        let request = with_deadline(
-            ValidateRequest {
-                id,
-                skey,
-                want_identity_assertion,
-            },
+        let message = ValidateRequest {
+            id,
+            skey,
+            want_identity_assertion,
+        };
+        self.call(
+            "Validate",
             self.session_timeout,
-        );
-        self.bounded("Validate", self.session_timeout, async move {
-            client.validate(request).await
-        })
+            Retry::Idempotent,
+            |mut client, time| {
+                let request = with_deadline(message.clone(), time);
+                async move { client.validate(request).await }
+            },
+        )
         .await
     }
 
     pub async fn login(&self, login: LoginRequest) -> Result<LoginResponse, Status> {
-        let mut client = self.client.clone();
-        let request = with_deadline(login, self.login_timeout);
-        self.bounded("Login", self.login_timeout, async move {
-            client.login(request).await
-        })
+        self.call(
+            "Login",
+            self.login_timeout,
+            Retry::Once,
+            |mut client, time| {
+                let request = with_deadline(login.clone(), time);
+                async move { client.login(request).await }
+            },
+        )
         .await
     }
 
@@ -143,68 +171,89 @@ impl SessionClient {
         skey: String,
         code: String,
     ) -> Result<PhoneNumber, Status> {
-        let mut client = self.client.clone();
-        let request = with_deadline(
-            GetPhoneNumberRequest {
-                subject: Some(Subject {
-                    subject: Some(subject::Subject::Session(SessionCredentials { id, skey })),
-                }),
-                code,
-            },
+        let message = GetPhoneNumberRequest {
+            subject: Some(Subject {
+                subject: Some(subject::Subject::Session(SessionCredentials { id, skey })),
+            }),
+            code,
+        };
+        self.call(
+            "GetPhoneNumber",
             self.login_timeout,
-        );
-        self.bounded("GetPhoneNumber", self.login_timeout, async move {
-            client.get_phone_number(request).await
-        })
+            Retry::Once,
+            |mut client, time| {
+                let request = with_deadline(message.clone(), time);
+                async move { client.get_phone_number(request).await }
+            },
+        )
         .await?
         .phone
         .ok_or_else(|| Status::internal("session service sent no phone number"))
     }
 
     pub async fn logout(&self, id: String, skey: String) -> Result<(), Status> {
-        let mut client = self.client.clone();
-        let request = with_deadline(LogoutRequest { id, skey }, self.session_timeout);
-        self.bounded("Logout", self.session_timeout, async move {
-            client.logout(request).await
-        })
+        let message = LogoutRequest { id, skey };
+        self.call(
+            "Logout",
+            self.session_timeout,
+            Retry::Once,
+            |mut client, time| {
+                let request = with_deadline(message.clone(), time);
+                async move { client.logout(request).await }
+            },
+        )
         .await
         .map(drop)
     }
-}
 
-impl SessionClient {
-    /// Opens session-svc's revocation stream. Only the opening has a deadline: the stream
+    /// Opens a live replica's revocation stream. Only the opening has a deadline: the stream
     /// itself lives as long as both ends do.
-    pub async fn watch_revocations(&self) -> Result<Streaming<Revocation>, Status> {
-        let mut client = self.client.clone();
+    pub async fn watch_revocations(&self) -> Result<Followed, Status> {
         let deadline = self.session_timeout.max(Duration::from_secs(2));
-        self.bounded("WatchRevocations", deadline, async move {
-            client.watch_revocations(WatchRevocationsRequest {}).await
-        })
-        .await
+        let mut chosen = None;
+        let stream = self
+            .call(
+                "WatchRevocations",
+                deadline,
+                Retry::Idempotent,
+                |mut client, _| async move {
+                    client.watch_revocations(WatchRevocationsRequest {}).await
+                },
+            )
+            .with_replica(&mut chosen)
+            .await?;
+        let replica = chosen.ok_or_else(|| Status::internal("no replica answered"))?;
+        Ok(Followed { stream, replica })
     }
 
     /// Which of `session_ids` have ended, asked by id alone (see `CheckSessions`).
     pub async fn ended_sessions(&self, session_ids: Vec<String>) -> Result<Vec<String>, Status> {
-        let mut client = self.client.clone();
         // Thousands of ids at once: more than a Validate's deadline, still bounded.
         let deadline = self.session_timeout.max(Duration::from_secs(5));
-        let request = with_deadline(CheckSessionsRequest { session_ids }, deadline);
-        self.bounded("CheckSessions", deadline, async move {
-            client.check_sessions(request).await
-        })
+        let message = CheckSessionsRequest { session_ids };
+        self.call(
+            "CheckSessions",
+            deadline,
+            Retry::Idempotent,
+            |mut client, time| {
+                let request = with_deadline(message.clone(), time);
+                async move { client.check_sessions(request).await }
+            },
+        )
         .await
         .map(|answer| answer.ended)
     }
 
-    /// How many of this gateway's sockets took each message of a push.
+    /// How many of this gateway's sockets took each message of a push, told to the replica
+    /// whose stream carried it.
     pub async fn report_delivery(
         &self,
+        replica: &Replica,
         push_id: u64,
         follower: u64,
         sockets: Vec<u64>,
     ) -> Result<(), Status> {
-        let mut client = self.client.clone();
+        let mut client = replica.client.clone();
         let request = with_deadline(
             ReportDeliveryRequest {
                 push_id,
@@ -222,38 +271,58 @@ impl SessionClient {
 
     /// The public keys of identity assertions (a JWKS document), for `/.well-known/jwks.json`.
     pub async fn identity_keys(&self) -> Result<String, Status> {
-        let mut client = self.client.clone();
-        let request = with_deadline(GetIdentityKeysRequest {}, self.session_timeout);
-        self.bounded("GetIdentityKeys", self.session_timeout, async move {
-            client.get_identity_keys(request).await
-        })
+        self.call(
+            "GetIdentityKeys",
+            self.session_timeout,
+            Retry::Idempotent,
+            |mut client, time| {
+                let request = with_deadline(GetIdentityKeysRequest {}, time);
+                async move { client.get_identity_keys(request).await }
+            },
+        )
         .await
         .map(|answer| answer.jwks)
     }
 
-    /// Whether session-svc reports its session service SERVING (its store answers).
+    /// Whether some replica serves sessions (its store answers) *and* takes this gateway's
+    /// key: a gateway that could only answer 502 and 503 is not ready. The key's refusal is
+    /// the answer as soon as a serving replica gives it.
     pub async fn ready(&self) -> Result<(), Status> {
-        let mut health = self.health.clone();
-        let request = with_deadline(
-            HealthCheckRequest {
-                service: SERVICE_NAME.into(),
-            },
-            self.session_timeout,
-        );
-        let answer = self
-            .bounded(
-                "grpc.health.v1.Health/Check",
-                self.session_timeout,
-                async move { health.check(request).await },
-            )
-            .await?;
-        match answer.status() {
-            ServingStatus::Serving => Ok(()),
-            other => Err(Status::unavailable(format!(
-                "session-svc reports {}",
-                other.as_str_name()
-            ))),
+        let deadline = self.session_timeout.max(Duration::from_millis(500));
+        let started = Instant::now();
+        let mut last = Status::unavailable("no session-svc replica is known yet");
+        for replica in self.replicas.candidates().await {
+            let Some(left) = deadline.checked_sub(started.elapsed()) else {
+                break;
+            };
+            if let Err(status) = replica.serving(left).await {
+                last = status;
+                continue;
+            }
+            let mut client = replica.client.clone();
+            let left = deadline.saturating_sub(started.elapsed());
+            let request = with_deadline(
+                CheckSessionsRequest {
+                    session_ids: Vec::new(),
+                },
+                left,
+            );
+            match tokio::time::timeout(left, client.check_sessions(request)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(status)) if key_refused(&status) => {
+                    return Err(Status::permission_denied(format!(
+                        "session-svc ({}) refuses this gateway's API key: {} — check \
+                         WEAPP_SESSION_SVC_KEY_FILE and the key's scopes (validate, login, \
+                         follow) in session-svc's WEAPP_API_KEYS_FILE",
+                        replica.name,
+                        status.message()
+                    )));
+                }
+                Ok(Err(status)) => last = status,
+                Err(_) => last = Status::deadline_exceeded("session-svc did not answer in time"),
+            }
         }
+        Err(last)
     }
 }
 
@@ -263,17 +332,166 @@ fn with_deadline<T>(message: T, deadline: Duration) -> Request<T> {
     request
 }
 
+/// session-svc refused the key itself (not the caller's input).
+fn key_refused(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(weapp_proto::metadata::API_KEY_REFUSED)
+        .is_some()
+}
+
+/// Whether the call never left this gateway: the connection to the replica could not be made.
+fn unsent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if cause.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Whether the failure was the connection's (refused, reset, closed by a replica that went
+/// away), not an answer the replica sent: those carry no source.
+fn broken_connection(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && std::error::Error::source(status).is_some()
+}
+
+/// A call over the replicas, which may say which replica answered.
+struct Call<'a, T, F> {
+    client: &'a SessionClient,
+    method: &'static str,
+    deadline: Duration,
+    retry: Retry,
+    attempt: F,
+    chosen: Option<&'a mut Option<Arc<Replica>>>,
+    _answer: std::marker::PhantomData<T>,
+}
+
+impl<'a, T, F, Fut> Call<'a, T, F>
+where
+    F: FnMut(Client, Duration) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    fn with_replica(mut self, chosen: &'a mut Option<Arc<Replica>>) -> Self {
+        self.chosen = Some(chosen);
+        self
+    }
+
+    /// Tries the replicas in turn within the one deadline. While another replica is left to
+    /// try, an attempt gets half the time that remains, so a replica that accepted the
+    /// connection and went silent cannot use it all.
+    async fn run(mut self) -> Result<T, Status> {
+        let started = Instant::now();
+        let candidates = self.client.replicas.candidates().await;
+        let mut outcome = Err(Status::unavailable(
+            "no session-svc replica is known (WEAPP_SESSION_SVC_URL resolves to nothing)",
+        ));
+        let count = candidates.len();
+        for (index, replica) in candidates.into_iter().enumerate() {
+            let Some(left) = self.deadline.checked_sub(started.elapsed()) else {
+                break;
+            };
+            let more = index + 1 < count;
+            let budget = if more { left / 2 } else { left };
+            let attempt = (self.attempt)(replica.client.clone(), budget);
+            let answer = match tokio::time::timeout(budget, attempt).await {
+                Ok(answer) => answer.map(tonic::Response::into_inner),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "session-svc did not answer within {budget:?}"
+                ))),
+            };
+            let again = match &answer {
+                Ok(_) => false,
+                Err(status) if unsent(status) || broken_connection(status) => {
+                    replica.failed();
+                    true
+                }
+                Err(status) => {
+                    self.retry == Retry::Idempotent
+                        && matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                        )
+                }
+            };
+            if answer.is_ok()
+                && let Some(chosen) = self.chosen.as_deref_mut()
+            {
+                *chosen = Some(replica.clone());
+            }
+            outcome = answer;
+            if !again || !more {
+                break;
+            }
+            tracing::debug!(replica = %replica.name, method = self.method, "trying the next session-svc replica");
+        }
+        if outcome.is_err() && started.elapsed() >= self.deadline {
+            outcome = Err(Status::deadline_exceeded(format!(
+                "session-svc did not answer within {:?}",
+                self.deadline
+            )));
+        }
+        let code = outcome
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.client
+            .metrics
+            .grpc_call(self.method, code, started.elapsed());
+        outcome
+    }
+}
+
+impl<'a, T, F, Fut> IntoFuture for Call<'a, T, F>
+where
+    F: FnMut(Client, Duration) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>> + Send + 'a,
+    T: Send + 'a,
+{
+    type Output = Result<T, Status>;
+    type IntoFuture = std::pin::Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+type Client = SessionServiceClient<InterceptedService<Channel, ApiKey>>;
+
 impl SessionClient {
-    /// One call, counted by method and outcome. The channel's own timeouts do not cover every
-    /// stall (a peer that accepted the connection and went silent), so the deadline is
-    /// enforced here as well.
+    fn call<'a, T, F, Fut>(
+        &'a self,
+        method: &'static str,
+        deadline: Duration,
+        retry: Retry,
+        attempt: F,
+    ) -> Call<'a, T, F>
+    where
+        F: FnMut(Client, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        Call {
+            client: self,
+            method,
+            deadline,
+            retry,
+            attempt,
+            chosen: None,
+            _answer: std::marker::PhantomData,
+        }
+    }
+
+    /// One call to one replica, counted by method and outcome. The channel's own timeouts do
+    /// not cover every stall (a peer that accepted the connection and went silent), so the
+    /// deadline is enforced here as well.
     async fn bounded<T>(
         &self,
         method: &'static str,
         deadline: Duration,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, Status> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let outcome = match tokio::time::timeout(deadline, call).await {
             Ok(result) => result.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(

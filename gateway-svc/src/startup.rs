@@ -114,6 +114,7 @@ impl Application {
             self.metrics.cache_evictions.clone(),
         ));
         let sockets = Arc::new(OpenSockets::default());
+        let replicas = tokio::spawn(self.sessions.clone().maintain(shutdown.clone()));
         let revocations = tokio::spawn(revocation_follower::follow(
             cache.clone(),
             sockets.clone(),
@@ -185,6 +186,9 @@ impl Application {
         }
         if let Err(e) = revocations.await {
             tracing::warn!(error = %e, "revocation follower ended abnormally");
+        }
+        if let Err(e) = replicas.await {
+            tracing::warn!(error = %e, "session-svc replica prober ended abnormally");
         }
         if let Some(Err(e)) = match metrics_server {
             Some(task) => Some(task.await),

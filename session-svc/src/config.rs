@@ -75,6 +75,11 @@ pub struct Settings {
     /// How often expired sessions are swept from the store.
     #[arg(long, env = "WEAPP_PURGE_INTERVAL", default_value = "1m", value_parser = duration)]
     pub purge_interval: Duration,
+
+    /// On SIGTERM, how long to keep answering while reporting NOT_SERVING, so that gateways
+    /// (which probe every 500 ms) move to other replicas before the port closes.
+    #[arg(long, env = "WEAPP_SHUTDOWN_DRAIN", default_value = "1s", value_parser = duration)]
+    pub shutdown_drain: Duration,
 }
 
 /// Where sessions live: MongoDB when a URI is set, else the embedded store.

@@ -24,11 +24,15 @@ use crate::{
     login::{LoginInput, LoginService},
     phone::PhoneNumbers,
     push,
+    push::Pushes,
     record::{PhoneNumber, UnixMillis, now_millis},
     revocations::RevocationStream,
     session::SessionManager,
     session_keys::SessionKeys,
 };
+
+/// How long a new follower waits for a feed that is not live yet before it is refused.
+const FOLLOWER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What session-svc does as the app's central control server for WeChat's server APIs.
 pub struct WeChatServices {
@@ -40,6 +44,7 @@ pub struct WeChatServices {
 pub struct SessionGrpc {
     login: Arc<LoginService>,
     sessions: Arc<SessionManager>,
+    pushes: Arc<Pushes>,
     wechat: WeChatServices,
     /// Signs identity assertions, when a key is configured.
     identity: Option<Arc<IdentitySigner>>,
@@ -50,18 +55,23 @@ pub struct SessionGrpc {
 
 impl SessionGrpc {
     pub fn new(
-        login: Arc<LoginService>,
-        sessions: Arc<SessionManager>,
+        (login, sessions, pushes): (Arc<LoginService>, Arc<SessionManager>, Arc<Pushes>),
         wechat: WeChatServices,
         identity: Option<Arc<IdentitySigner>>,
     ) -> Self {
         Self {
             login,
             sessions,
+            pushes,
             wechat,
             identity,
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// The revocation feed its followers read.
+    pub fn feed(&self) -> Arc<crate::revocations::RevocationFeed> {
+        self.sessions.feed()
     }
 
     pub fn with_shutdown(self, shutdown: CancellationToken) -> Self {
@@ -258,7 +268,7 @@ impl SessionService for SessionGrpc {
             .ok_or_else(|| SessionError::InvalidArgument("no message to publish".into()))?;
         let messages = vec![message];
         push::check(&messages)?;
-        let outcome = self.sessions.revocations().push(messages, wait).await;
+        let outcome = self.pushes.publish(messages, wait).await;
         Ok(Response::new(PublishResponse {
             sockets: outcome.sockets.first().copied().unwrap_or_default(),
             gateways: outcome.gateways,
@@ -273,7 +283,7 @@ impl SessionService for SessionGrpc {
         let wait = push_wait(&request);
         let messages = request.into_inner().messages;
         push::check(&messages)?;
-        let outcome = self.sessions.revocations().push(messages, wait).await;
+        let outcome = self.pushes.publish(messages, wait).await;
         Ok(Response::new(PublishBatchResponse {
             sockets: outcome.sockets,
             gateways: outcome.gateways,
@@ -286,9 +296,7 @@ impl SessionService for SessionGrpc {
         request: Request<ReportDeliveryRequest>,
     ) -> Result<Response<ReportDeliveryResponse>, Status> {
         let r = request.into_inner();
-        self.sessions
-            .revocations()
-            .report(r.push_id, r.follower, &r.sockets);
+        self.pushes.report(r.push_id, r.follower, &r.sockets);
         Ok(Response::new(ReportDeliveryResponse {}))
     }
 
@@ -365,9 +373,28 @@ impl SessionService for SessionGrpc {
         &self,
         _request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let stream = self.sessions.revocations().subscribe();
+        // A replica that is still opening its feed (it just started, or MongoDB is back)
+        // gets a moment before the follower is sent elsewhere.
+        let feed = self.sessions.revocations();
+        let patience = tokio::time::Instant::now() + FOLLOWER_PATIENCE;
+        while !feed.is_live() && tokio::time::Instant::now() < patience {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let revocations = feed.subscribe();
+        if !feed.is_live() {
+            return Ok(Response::new(revocations));
+        }
+        // Two lanes on one stream: revocations first whenever both have something, and the
+        // stream ends when the revocations do (a cut feed must reach the follower).
+        let revocations = revocations.map(Some).chain(tokio_stream::once(None));
+        let pushes = self.pushes.subscribe().map(Some);
+        let merged = futures::stream::select_with_strategy(revocations, pushes, |_: &mut ()| {
+            futures::stream::PollNext::Left
+        })
+        .take_while(|item| std::future::ready(item.is_some()))
+        .filter_map(std::future::ready);
         Ok(Response::new(Box::pin(
-            stream.take_until(self.shutdown.clone().cancelled_owned()),
+            merged.take_until(self.shutdown.clone().cancelled_owned()),
         )))
     }
 }

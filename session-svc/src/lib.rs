@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod access_token;
+pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod grpc;
 pub mod health;
 pub mod identity;
 pub mod login;
+pub mod login_limit;
 pub mod metrics;
 pub mod observe;
 pub mod phone;

@@ -2,14 +2,8 @@
 //! many identical requests are in flight), check the user data, then create the session. A
 //! session is only created when every step succeeded.
 use std::{
-    num::NonZeroU32,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
-};
-
-use governor::{
-    DefaultKeyedRateLimiter, Quota, RateLimiter,
-    clock::{Clock as _, DefaultClock},
 };
 
 use secrecy::ExposeSecret;
@@ -18,6 +12,7 @@ use weapp_common::{config::duration, singleflight::SingleFlight};
 use crate::{
     credentials::{Credentials, short_hash},
     error::SessionError,
+    login_limit::LoginLimit,
     metrics::SessionMetrics,
     record::{SessionRecord, UserInfo},
     session::SessionManager,
@@ -74,7 +69,7 @@ pub struct LoginService {
     metrics: Arc<SessionMetrics>,
     policy: LoginPolicy,
     in_flight: SingleFlight<String, Exchange>,
-    per_user: Option<DefaultKeyedRateLimiter<String>>,
+    per_user: LoginLimit,
 }
 
 /// Present-and-non-empty, so that an empty header counts as absent.
@@ -87,7 +82,7 @@ impl LoginService {
         wechat: Arc<WeChatClient>,
         sessions: Arc<SessionManager>,
         session_keys: Arc<SessionKeys>,
-        (policy, metrics): (LoginPolicy, Arc<SessionMetrics>),
+        (policy, metrics, per_user): (LoginPolicy, Arc<SessionMetrics>, LoginLimit),
     ) -> Self {
         Self {
             metrics,
@@ -96,23 +91,22 @@ impl LoginService {
             session_keys,
             policy,
             in_flight: SingleFlight::default(),
-            per_user: NonZeroU32::new(policy.max_per_user_per_minute)
-                .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            per_user,
         }
     }
 
+    /// Creates what the per-user limit needs in the store (MongoDB's indexes). Idempotent.
+    pub async fn prepare(&self) -> Result<(), crate::store::StoreError> {
+        self.per_user.prepare().await
+    }
+
     /// Counts a login of `open_id`; refuses it past the per-user rate.
-    fn admit_user(&self, open_id: &str) -> Result<(), SessionError> {
-        let Some(limiter) = &self.per_user else {
-            return Ok(());
-        };
-        if limiter.len() > 100_000 {
-            limiter.retain_recent();
-        }
-        limiter.check_key(&open_id.to_owned()).map_err(|not_until| {
-            self.metrics.login_rate_limited.increment(1);
-            tracing::info!(user = %short_hash(open_id), "login refused: too many for this user");
-            SessionError::UserRateLimited(not_until.wait_time_from(DefaultClock::default().now()))
+    async fn admit_user(&self, open_id: &str) -> Result<(), SessionError> {
+        self.per_user.admit(open_id).await.inspect_err(|e| {
+            if matches!(e, SessionError::UserRateLimited(_)) {
+                self.metrics.login_rate_limited.increment(1);
+                tracing::info!(user = %short_hash(open_id), "login refused: too many for this user");
+            }
         })
     }
 
@@ -169,7 +163,7 @@ impl LoginService {
         };
 
         let exchanged = self.exchange(code).await?;
-        self.admit_user(&exchanged.open_id)?;
+        self.admit_user(&exchanged.open_id).await?;
         let session_key = exchanged.session_key.expose_secret();
 
         let mut user = match encrypted {

@@ -1,18 +1,30 @@
-//! Pushes to users' WebSockets. A backend publishes here; the messages travel to every gateway
-//! on the stream the gateways already follow (`revocations.rs`), each gateway hands them to
-//! its open sockets and reports how many took each one (`ReportDelivery`), and the publisher
-//! gets the sum. This file keeps the accounting: which followers are connected, and which of
-//! them a push still waits for. A follower that goes away stops being waited for.
+//! Pushes to users' WebSockets, all of it: a backend publishes here; the messages go to every
+//! gateway that follows this replica, in a lane of their own beside the revocations on the
+//! same stream (`revocations.rs` keeps that one small and first), and, on MongoDB, to the
+//! other replicas' followers through the feed between replicas (`cluster.rs`). Each gateway
+//! hands them to its open sockets and reports how many took each one (`ReportDelivery`); each
+//! other replica sums its own gateways' reports and writes the sum back to the feed; the
+//! publisher gets the total. A follower that goes away, or a replica that does not answer in
+//! time, stops being waited for.
 use std::{
     collections::{HashMap, HashSet},
+    pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
-use tokio::sync::oneshot;
-use weapp_proto::session::v1::{PushMessage, push_message::Target};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use futures::Stream;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, oneshot};
+use tokio_stream::{StreamExt as _, wrappers::BroadcastStream};
+use tonic::Status;
+use weapp_proto::session::v1::{
+    Push, PushMessage, Revocation, push_message::Target, revocation::Event,
+};
 
-use crate::error::SessionError;
+use crate::{cluster::ClusterFeed, error::SessionError};
 
 /// Largest message text: the gateway's default WebSocket message limit.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -22,6 +34,12 @@ pub const MAX_BATCH: usize = 10_000;
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Longest a publish waits for the gateways' reports.
 pub const MAX_WAIT: Duration = Duration::from_secs(2);
+/// Longest another replica waits for its gateways before writing their sum back: inside the
+/// publisher's own wait, with room for the way back.
+const RELAY_WAIT: Duration = Duration::from_millis(1500);
+/// Pushes a follower may fall behind by. Past it, the oldest are dropped for that follower
+/// (its clients miss them; its cache and its revocations are untouched).
+const BACKLOG: usize = 4096;
 
 /// Refuses what no gateway should be asked to send.
 pub fn check(messages: &[PushMessage]) -> Result<(), SessionError> {
@@ -72,6 +90,8 @@ pub struct Outcome {
 
 struct Pending {
     waiting: HashSet<u64>,
+    /// Other replicas whose sums are still to come.
+    replicas_waiting: u64,
     followers: u32,
     answered: u32,
     sockets: Vec<u64>,
@@ -81,6 +101,7 @@ struct Pending {
 impl Pending {
     fn settle_if_done(&mut self) {
         if self.waiting.is_empty()
+            && self.replicas_waiting == 0
             && let Some(done) = self.done.take()
         {
             let _ = done.send(());
@@ -142,12 +163,12 @@ impl Deliveries {
     }
 
     /// Starts waiting for the reports on a push of `count` messages, from the followers
-    /// connected now.
-    pub fn open(&self, count: usize) -> Opened {
+    /// connected now and from `replicas` other replicas.
+    pub fn open(&self, count: usize, replicas: u64) -> Opened {
         let mut state = self.lock();
         state.next_id += 1;
         let id = state.next_id;
-        if state.followers.is_empty() {
+        if state.followers.is_empty() && replicas == 0 {
             return Opened { id, done: None };
         }
         let (done, wait) = oneshot::channel();
@@ -157,6 +178,7 @@ impl Deliveries {
             id,
             Pending {
                 waiting,
+                replicas_waiting: replicas,
                 followers,
                 answered: 0,
                 sockets: vec![0; count],
@@ -187,6 +209,24 @@ impl Deliveries {
         }
     }
 
+    /// Another replica's sum over its followers. Late ones change nothing.
+    pub fn replica_report(&self, report: &ReplicaReport) {
+        let mut state = self.lock();
+        let Some(pending) = state.pending.get_mut(&report.push) else {
+            return;
+        };
+        if pending.replicas_waiting == 0 {
+            return;
+        }
+        pending.replicas_waiting -= 1;
+        pending.followers = pending.followers.saturating_add(report.gateways);
+        pending.answered = pending.answered.saturating_add(report.answered);
+        for (total, took) in pending.sockets.iter_mut().zip(&report.sockets) {
+            *total += took;
+        }
+        pending.settle_if_done();
+    }
+
     /// A follower's report. Late, repeated or foreign reports change nothing.
     pub fn report(&self, push: u64, follower: u64, sockets: &[u64]) {
         let mut state = self.lock();
@@ -201,6 +241,111 @@ impl Deliveries {
             *total += took;
         }
         pending.settle_if_done();
+    }
+}
+
+/// What another replica's gateways did with a push, written back to its publisher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    /// The push's id at its publisher.
+    pub push: u64,
+    pub gateways: u32,
+    pub answered: u32,
+    pub sockets: Vec<u64>,
+}
+
+type Shared = Arc<(u64, Vec<PushMessage>)>;
+
+pub type PushStream = Pin<Box<dyn Stream<Item = Result<Revocation, Status>> + Send>>;
+
+/// The push lane of one replica.
+pub struct Pushes {
+    sender: broadcast::Sender<Shared>,
+    deliveries: Arc<Deliveries>,
+    cluster: Option<Arc<ClusterFeed>>,
+}
+
+impl Pushes {
+    pub fn new(cluster: Option<Arc<ClusterFeed>>) -> Self {
+        Self {
+            sender: broadcast::channel(BACKLOG).0,
+            deliveries: Arc::default(),
+            cluster,
+        }
+    }
+
+    /// Sends `messages` to every gateway (this replica's followers, and the other replicas'
+    /// through the feed) and waits (at most `wait`) for their counts.
+    pub async fn publish(&self, messages: Vec<PushMessage>, wait: Duration) -> Outcome {
+        let count = messages.len();
+        let replicas = self.cluster.as_ref().map_or(0, |c| c.others());
+        let opened = self.deliveries.open(count, replicas);
+        if let Some(cluster) = &self.cluster {
+            let push = Push {
+                id: opened.id,
+                follower: 0,
+                messages: messages.clone(),
+            };
+            cluster
+                .announce_push(STANDARD.encode(push.encode_to_vec()))
+                .await;
+        }
+        let _ = self.sender.send(Arc::new((opened.id, messages)));
+        self.deliveries.settle(opened, count, wait).await
+    }
+
+    /// Another replica's push (`push` as `publish` wrote it): sent to this replica's
+    /// followers, and their sum returned for the feed.
+    pub async fn relay(&self, encoded: &str) -> Option<ReplicaReport> {
+        let push = STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|bytes| Push::decode(bytes.as_slice()).ok())?;
+        let count = push.messages.len();
+        let opened = self.deliveries.open(count, 0);
+        let _ = self.sender.send(Arc::new((opened.id, push.messages)));
+        let outcome = self.deliveries.settle(opened, count, RELAY_WAIT).await;
+        Some(ReplicaReport {
+            push: push.id,
+            gateways: outcome.gateways,
+            answered: outcome.answered,
+            sockets: outcome.sockets,
+        })
+    }
+
+    /// Another replica's sum for one of this replica's pushes.
+    pub fn replica_report(&self, report: &ReplicaReport) {
+        self.deliveries.replica_report(report);
+    }
+
+    /// A follower's report on a push.
+    pub fn report(&self, push: u64, follower: u64, sockets: &[u64]) {
+        self.deliveries.report(push, follower, sockets);
+    }
+
+    /// One follower's pushes, as `Revocation` events for its stream. Joined as a follower for
+    /// as long as the stream lives: pushes wait for its report until then. A follower that
+    /// falls behind loses the oldest pushes, nothing else.
+    pub fn subscribe(&self) -> PushStream {
+        let following = self.deliveries.join();
+        let pushes = BroadcastStream::new(self.sender.subscribe()).filter_map(move |item| {
+            // The whole guard lives in the closure (not just its id): the stream's life.
+            let following = &following;
+            match item {
+                Ok(push) => Some(Ok(Revocation {
+                    event: Some(Event::Push(Push {
+                        id: push.0,
+                        follower: following.id,
+                        messages: push.1.clone(),
+                    })),
+                })),
+                Err(lagged) => {
+                    tracing::warn!(%lagged, "a gateway fell behind on pushes; the oldest were dropped for it");
+                    None
+                }
+            }
+        });
+        Box::pin(pushes)
     }
 }
 
@@ -219,7 +364,7 @@ mod tests {
     async fn reports_are_summed_and_a_follower_that_leaves_is_not_waited_for() {
         let deliveries = Arc::new(Deliveries::default());
         let (a, b) = (deliveries.join(), deliveries.join());
-        let opened = deliveries.open(2);
+        let opened = deliveries.open(2, 0);
         deliveries.report(opened.id, a.id, &[1, 2]);
         deliveries.report(opened.id, a.id, &[5, 5]);
         drop(b);
@@ -231,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn nobody_following_means_nobody_took_it_at_once() {
         let deliveries = Arc::new(Deliveries::default());
-        let opened = deliveries.open(3);
+        let opened = deliveries.open(3, 0);
         let outcome = deliveries.settle(opened, 3, Duration::from_secs(5)).await;
         assert_eq!(outcome.sockets, [0, 0, 0]);
         assert_eq!(outcome.gateways, 0);

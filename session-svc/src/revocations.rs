@@ -1,21 +1,21 @@
 //! The revocation feed: every Logout and RevokeUser is announced to the callers that cache
 //! Validate answers (gateways), so a revocation takes effect everywhere within a bound instead
-//! of when each cache entry happens to expire. Pushes to WebSockets travel on it too
-//! (`push.rs`), in order with the revocations: one stream per gateway, not two; and so does
-//! word that a user's sessions changed (a verified phone number), for caches to forget them.
+//! of when each cache entry happens to expire; and so is word that a user's sessions changed
+//! (a verified phone number), for caches to forget them. Pushes to WebSockets reach the same
+//! followers on the same gRPC stream but in a lane of their own (`push.rs`): no burst of
+//! them can fill this feed's buffer or hold a revocation up.
 //!
-//! The feed only carries what went through this process. Sessions removed behind its back
-//! (another session-svc on the same MongoDB, a manual delete) reach caches when their entries
-//! expire: run one session-svc per store, or turn the gateway's cache off.
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use futures::Stream;
 use tokio::sync::broadcast;
 use tokio_stream::{StreamExt, wrappers::BroadcastStream, wrappers::IntervalStream};
 use tonic::Status;
-use weapp_proto::session::v1::{Heartbeat, Push, PushMessage, Revocation, revocation::Event};
-
-use crate::push::{Deliveries, Outcome};
+use weapp_proto::session::v1::{Heartbeat, Revocation, revocation::Event};
 
 /// How often an idle stream says it is alive. Gateways stop trusting their cache after a
 /// second of silence, so this leaves room for three missed beats.
@@ -34,21 +34,22 @@ pub enum Revoked {
 #[derive(Clone, Debug)]
 enum FeedEvent {
     Revoked(Revoked),
-    Push(Arc<(u64, Vec<PushMessage>)>),
     /// A user's sessions changed (not revoked): caches of them are stale.
     UserChanged(String),
+    /// What other replicas revoke cannot be heard: followers must not trust their caches.
+    Suspended,
 }
 
 pub struct RevocationFeed {
     sender: broadcast::Sender<FeedEvent>,
-    deliveries: Arc<Deliveries>,
+    live: AtomicBool,
 }
 
 impl Default for RevocationFeed {
     fn default() -> Self {
         Self {
             sender: broadcast::channel(BACKLOG).0,
-            deliveries: Arc::default(),
+            live: AtomicBool::new(true),
         }
     }
 }
@@ -56,6 +57,29 @@ impl Default for RevocationFeed {
 pub type RevocationStream = Pin<Box<dyn Stream<Item = Result<Revocation, Status>> + Send>>;
 
 impl RevocationFeed {
+    /// A feed that refuses followers until [`RevocationFeed::resume`]: a replica's, before it
+    /// hears the other replicas.
+    pub fn suspended() -> Self {
+        let feed = Self::default();
+        feed.live.store(false, Ordering::SeqCst);
+        feed
+    }
+
+    /// Cuts every follower's stream and refuses new ones, until resumed.
+    pub fn suspend(&self) {
+        if self.live.swap(false, Ordering::SeqCst) {
+            let _ = self.sender.send(FeedEvent::Suspended);
+        }
+    }
+
+    pub fn resume(&self) {
+        self.live.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
     /// Announces a revocation that has already been applied to the store.
     pub fn publish(&self, revoked: Revoked) {
         // No subscribers is fine: nobody has anything cached.
@@ -68,36 +92,20 @@ impl RevocationFeed {
         let _ = self.sender.send(FeedEvent::UserChanged(open_id.to_owned()));
     }
 
-    /// Sends `messages` to every follower and waits (at most `wait`) for their reports.
-    pub async fn push(&self, messages: Vec<PushMessage>, wait: Duration) -> Outcome {
-        let count = messages.len();
-        let opened = self.deliveries.open(count);
-        let _ = self
-            .sender
-            .send(FeedEvent::Push(Arc::new((opened.id, messages))));
-        self.deliveries.settle(opened, count, wait).await
-    }
-
-    /// A follower's report on a push.
-    pub fn report(&self, push: u64, follower: u64, sockets: &[u64]) {
-        self.deliveries.report(push, follower, sockets);
-    }
-
     /// A stream for one subscriber: a heartbeat at once, then revocations and heartbeats.
     pub fn subscribe(&self) -> RevocationStream {
+        if !self.is_live() {
+            return Box::pin(tokio_stream::once(Err(suspended())));
+        }
         let heartbeat = || Revocation {
             event: Some(Event::Heartbeat(Heartbeat {
                 heartbeat_interval: prost_types::Duration::try_from(HEARTBEAT_INTERVAL).ok(),
             })),
         };
         // Subscribed before the first heartbeat goes out, so nothing published after the
-        // subscriber has seen that heartbeat can be missed. Joined as a follower for as long as
-        // the stream lives: pushes wait for its report until then.
-        let following = self.deliveries.join();
-        let revocations = BroadcastStream::new(self.sender.subscribe()).map(move |item| {
-            // The whole guard lives in the closure (not just its id): the stream's life.
-            let following = &following;
-            match item {
+        // subscriber has seen that heartbeat can be missed.
+        let revocations =
+            BroadcastStream::new(self.sender.subscribe()).map(move |item| match item {
                 Ok(FeedEvent::Revoked(Revoked::Session(id))) => Ok(Revocation {
                     event: Some(Event::SessionId(id)),
                 }),
@@ -107,18 +115,11 @@ impl RevocationFeed {
                 Ok(FeedEvent::UserChanged(open_id)) => Ok(Revocation {
                     event: Some(Event::UserChanged(open_id)),
                 }),
-                Ok(FeedEvent::Push(push)) => Ok(Revocation {
-                    event: Some(Event::Push(Push {
-                        id: push.0,
-                        follower: following.id,
-                        messages: push.1.clone(),
-                    })),
-                }),
+                Ok(FeedEvent::Suspended) => Err(suspended()),
                 Err(_lagged) => Err(Status::resource_exhausted(
                     "revocation subscriber fell behind; resubscribe with an empty cache",
                 )),
-            }
-        });
+            });
         let beats = IntervalStream::new(tokio::time::interval_at(
             tokio::time::Instant::now() + HEARTBEAT_INTERVAL,
             HEARTBEAT_INTERVAL,
@@ -127,6 +128,12 @@ impl RevocationFeed {
         // A lagged subscriber's stream ends at the error: tonic closes the call after it.
         Box::pin(tokio_stream::once(Ok(heartbeat())).chain(beats.merge(revocations)))
     }
+}
+
+fn suspended() -> Status {
+    Status::unavailable(
+        "this replica cannot hear the other replicas' revocations right now; follow another",
+    )
 }
 
 #[cfg(test)]
@@ -174,5 +181,31 @@ mod tests {
             }
         }
         assert!(saw_error);
+    }
+
+    #[tokio::test]
+    async fn a_suspended_feed_cuts_its_followers_and_refuses_new_ones() {
+        let feed = RevocationFeed::default();
+        let mut stream = feed.subscribe();
+        assert!(
+            matches!(stream.next().await, Some(Ok(_))),
+            "the first heartbeat"
+        );
+        feed.suspend();
+        let cut = loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(cut.unwrap().unwrap_err().code(), tonic::Code::Unavailable);
+        let mut refused = feed.subscribe();
+        assert_eq!(
+            refused.next().await.unwrap().unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+        assert!(refused.next().await.is_none());
+        feed.resume();
+        assert!(matches!(feed.subscribe().next().await, Some(Ok(_))));
     }
 }

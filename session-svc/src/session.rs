@@ -6,6 +6,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use weapp_common::config::duration;
 
 use crate::{
+    cluster::{ClusterFeed, Event},
     credentials::{self, Credentials},
     error::SessionError,
     record::{PhoneNumber, SessionRecord, UserInfo, now_millis},
@@ -63,7 +64,9 @@ impl SessionPolicy {
 pub struct SessionManager {
     store: Arc<dyn SessionStore>,
     policy: SessionPolicy,
-    revocations: RevocationFeed,
+    revocations: Arc<RevocationFeed>,
+    /// The other replicas, on MongoDB.
+    cluster: Option<Arc<ClusterFeed>>,
 }
 
 impl SessionManager {
@@ -71,7 +74,34 @@ impl SessionManager {
         Self {
             store,
             policy,
-            revocations: RevocationFeed::default(),
+            revocations: Arc::default(),
+            cluster: None,
+        }
+    }
+
+    /// A replica among others: what it revokes is announced to them, and its followers wait
+    /// until it hears them (`cluster.rs`).
+    pub fn in_cluster(
+        store: Arc<dyn SessionStore>,
+        policy: SessionPolicy,
+        cluster: Arc<ClusterFeed>,
+    ) -> Self {
+        Self {
+            store,
+            policy,
+            revocations: Arc::new(RevocationFeed::suspended()),
+            cluster: Some(cluster),
+        }
+    }
+
+    /// The local feed, shared with the reader of the other replicas' announcements.
+    pub fn feed(&self) -> Arc<RevocationFeed> {
+        self.revocations.clone()
+    }
+
+    async fn announce(&self, event: Event) {
+        if let Some(cluster) = &self.cluster {
+            cluster.announce(&event).await;
         }
     }
 
@@ -128,6 +158,7 @@ impl SessionManager {
     pub async fn set_phone(&self, open_id: &str, phone: &PhoneNumber) -> Result<u64, SessionError> {
         let updated = self.store.set_phone(open_id, phone).await?;
         self.revocations.user_changed(open_id);
+        self.announce(Event::UserChanged(open_id.to_owned())).await;
         Ok(updated)
     }
 
@@ -135,7 +166,10 @@ impl SessionManager {
     pub async fn logout(&self, id: &str, skey: &str) -> Result<(), SessionError> {
         let record = self.authenticate(id, skey).await?;
         self.store.remove(&record.id).await?;
-        self.revocations.publish(Revoked::Session(record.id));
+        self.revocations
+            .publish(Revoked::Session(record.id.clone()));
+        self.announce(Event::Revoked(Revoked::Session(record.id)))
+            .await;
         Ok(())
     }
 
@@ -150,6 +184,8 @@ impl SessionManager {
         // Announced even when the store had none: a cache may still hold one that expired
         // in the store a moment ago.
         self.revocations.publish(Revoked::User(open_id.to_owned()));
+        self.announce(Event::Revoked(Revoked::User(open_id.to_owned())))
+            .await;
         tracing::info!(user = %credentials::short_hash(open_id), revoked, "user's sessions revoked");
         Ok(revoked)
     }

@@ -14,15 +14,20 @@ use weapp_proto::session::v1::session_service_server::SessionServiceServer;
 use crate::{
     access::AccessLayer,
     access_token::AccessTokens,
+    cluster::ClusterFeed,
     config::Settings,
+    credentials,
     grpc::{SessionGrpc, WeChatServices},
     health::StoreWatch,
     identity::IdentitySigner,
     login::LoginService,
+    login_limit::LoginLimit,
     metrics::SessionMetrics,
     observe::ObserveLayer,
     phone::PhoneNumbers,
+    push::Pushes,
     record::now_millis,
+    revocations::RevocationFeed,
     session::SessionManager,
     session_keys::SessionKeys,
     store::{EmbeddedStore, Metered, MongoStore, SecretStore, SessionStore, StoreError},
@@ -59,10 +64,14 @@ pub struct Application {
     access: AccessLayer,
     tls: Option<ServerTlsConfig>,
     grpc: SessionGrpc,
+    login: Arc<LoginService>,
     store: Arc<dyn SessionStore>,
     secrets: Arc<dyn SecretStore>,
+    /// On MongoDB: the feed between replicas, and the local feed it fills.
+    cluster: Option<(Arc<ClusterFeed>, Arc<RevocationFeed>, Arc<Pushes>)>,
     background: CancellationToken,
     purge_interval: Duration,
+    shutdown_drain: Duration,
     spans: Spans,
 }
 
@@ -71,17 +80,28 @@ impl Application {
         // The parser checked these already; a library caller may have built them by hand.
         settings.check().map_err(StartupError::Config)?;
         let metrics = SessionMetrics::new(Registry::for_listen(settings.metrics_listen));
-        let (store, secrets): (Arc<dyn SessionStore>, Arc<dyn SecretStore>) =
-            match settings.store.mongo.uri() {
-                None => {
-                    let store = Arc::new(EmbeddedStore::open(&settings.store.data_dir)?);
-                    (store.clone(), store)
-                }
-                Some(_) => {
-                    let store = Arc::new(MongoStore::connect(&settings.store.mongo).await?);
-                    (store.clone(), store)
-                }
-            };
+        let per_user = settings.login.max_per_user_per_minute;
+        let (store, secrets, cluster, login_limit): (
+            Arc<dyn SessionStore>,
+            Arc<dyn SecretStore>,
+            _,
+            _,
+        ) = match settings.store.mongo.uri() {
+            None => {
+                let store = Arc::new(EmbeddedStore::open(&settings.store.data_dir)?);
+                (store.clone(), store, None, LoginLimit::local(per_user))
+            }
+            Some(_) => {
+                let store = Arc::new(MongoStore::connect(&settings.store.mongo).await?);
+                let replica = credentials::Credentials::generate()
+                    .map_err(|e| StartupError::Config(format!("OS random source: {e}")))?
+                    .id;
+                let login_limit = LoginLimit::shared(per_user, store.database(), replica.clone());
+                let cluster =
+                    ClusterFeed::new(store.database(), replica, settings.store.mongo.replica_feed);
+                (store.clone(), store, Some(cluster), login_limit)
+            }
+        };
         let store: Arc<dyn SessionStore> = Arc::new(Metered::new(store, metrics.clone()));
         let secrets: Arc<dyn SecretStore> = Arc::new(Metered::new(secrets, metrics.clone()));
         // Background work started by requests (the access_token refresher) ends with this.
@@ -99,7 +119,12 @@ impl Application {
             .ok_or_else(|| StartupError::Config("the AppSecret is missing".into()))?;
         let vault = Arc::new(Vault::new(&settings.vault, app_secret));
         tracing::info!(data_key = %vault.sealing_key_id(), "secrets at rest are sealed");
-        let sessions = Arc::new(SessionManager::new(store.clone(), settings.sessions));
+        let sessions = Arc::new(match &cluster {
+            None => SessionManager::new(store.clone(), settings.sessions),
+            Some(cluster) => {
+                SessionManager::in_cluster(store.clone(), settings.sessions, cluster.clone())
+            }
+        });
         let tokens = Arc::new(
             AccessTokens::new(
                 wechat.clone(),
@@ -122,11 +147,13 @@ impl Application {
             tokens.clone(),
             sessions.clone(),
         ));
+        let feed = sessions.feed();
+        let pushes = Arc::new(Pushes::new(cluster.clone()));
         let login = Arc::new(LoginService::new(
             wechat,
             sessions.clone(),
             session_keys.clone(),
-            (settings.login, metrics.clone()),
+            (settings.login, metrics.clone(), login_limit),
         ));
         let (listener, local_addr) = weapp_common::bind(settings.listen).await?;
         let metrics_listener = match settings.metrics_listen {
@@ -140,9 +167,9 @@ impl Application {
             metrics_listener,
             access: AccessLayer(settings.access.api_keys.clone()),
             tls: settings.tls.server_config(),
+            login: login.clone(),
             grpc: SessionGrpc::new(
-                login,
-                sessions,
+                (login, sessions, pushes.clone()),
                 WeChatServices {
                     tokens,
                     phones,
@@ -152,8 +179,10 @@ impl Application {
             ),
             store,
             secrets,
+            cluster: cluster.map(|c| (c, feed, pushes)),
             background,
             purge_interval: settings.purge_interval,
+            shutdown_drain: settings.shutdown_drain,
             spans,
         })
     }
@@ -172,19 +201,42 @@ impl Application {
         self.store.clone()
     }
 
-    /// Serves until `shutdown` is cancelled, then lets in-flight RPCs finish. Returns only
-    /// once every task holding the store has ended, so the store can be reopened at once.
+    /// Serves until `shutdown` is cancelled, then drains: reports NOT_SERVING, ends and
+    /// refuses revocation streams (their gateways follow another replica), keeps answering
+    /// for the drain time, and lets in-flight RPCs finish. Returns only once every task
+    /// holding the store has ended, so the store can be reopened at once.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let (health, health_service) = tonic_health::server::health_reporter();
+        let feed = self.grpc.feed();
+        let stop_serving = CancellationToken::new();
         // Not serving until the store has answered once (milliseconds for the embedded store).
         StoreWatch::set(&health, tonic_health::ServingStatus::NotServing).await;
         let watch = StoreWatch {
             store: self.store.clone(),
-            reporter: health,
+            reporter: health.clone(),
             every: Duration::from_secs(5),
             check_timeout: Duration::from_secs(3),
         };
         let watcher = tokio::spawn(watch.run(shutdown.clone()));
+        let draining = {
+            let (health, shutdown, stop_serving) =
+                (health.clone(), shutdown.clone(), stop_serving.clone());
+            let drain = self.shutdown_drain;
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                feed.suspend();
+                // Once the store watch has stopped, nothing sets it back to SERVING.
+                if let Err(e) = watcher.await {
+                    tracing::warn!(error = %e, "store watch ended abnormally");
+                }
+                StoreWatch::set(&health, tonic_health::ServingStatus::NotServing).await;
+                if !drain.is_zero() {
+                    tracing::info!(?drain, "session-svc draining: NOT_SERVING, still answering");
+                    tokio::time::sleep(drain).await;
+                }
+                stop_serving.cancel();
+            })
+        };
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -199,6 +251,28 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| StartupError::Reflection(e.to_string()))?;
 
+        let (follower, presence) = match self.cluster {
+            Some((cluster, feed, pushes)) => (
+                Some(tokio::spawn(cluster.clone().follow(
+                    feed,
+                    pushes,
+                    shutdown.clone(),
+                ))),
+                Some(tokio::spawn(cluster.be_present(shutdown.clone()))),
+            ),
+            None => (None, None),
+        };
+        // The login limit's indexes, once the store answers (MongoDB may come up later).
+        let (login, stop_preparing) = (self.login.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            while let Err(e) = login.prepare().await {
+                tracing::debug!(error = %e, "login limit indexes not created yet");
+                tokio::select! {
+                    _ = stop_preparing.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
         let sweeper = tokio::spawn(sweep_expired(
             self.store.clone(),
             self.secrets.clone(),
@@ -240,14 +314,18 @@ impl Application {
                 // Without TCP_NODELAY, a reply's HEADERS, DATA and trailers frames can wait on
                 // a delayed ACK (40 ms) between them.
                 TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-                shutdown.clone().cancelled_owned(),
+                stop_serving.clone().cancelled_owned(),
             )
             .await;
         shutdown.cancel();
+        if let Err(e) = draining.await {
+            tracing::warn!(error = %e, "drain ended abnormally");
+        }
         let tasks = [
             ("expiry sweeper", Some(sweeper)),
-            ("store watch", Some(watcher)),
             ("metrics server", metrics_server),
+            ("feed between replicas", follower),
+            ("replica presence", presence),
         ];
         for (name, task) in tasks.into_iter().filter_map(|(n, t)| t.map(|t| (n, t))) {
             if let Err(e) = task.await {

@@ -69,6 +69,24 @@ def check_compose():
     check("compose: gateway-svc scales (no fixed port, no container_name)",
           "ports" not in gateway and "container_name" not in gateway)
 
+    session = services["session-svc"]
+    check("compose: session-svc scales (no fixed port, no container_name)",
+          "ports" not in session and "container_name" not in session)
+    check("compose: gateways find every session-svc replica by the service's DNS name",
+          gateway["environment"].get("WEAPP_SESSION_SVC_URL") == "http://session-svc:50051",
+          gateway["environment"].get("WEAPP_SESSION_SVC_URL"))
+    mongo = services["mongo"]
+    mongo_entry = " ".join(str(v) for v in (mongo.get("entrypoint") or []))
+    with open(os.path.join(ROOT, "deploy", "compose", "mongo-replica-set.sh")) as f:
+        replica_script = f.read()
+    check("compose: MongoDB runs as a replica set (change streams), initiated by its health check",
+          "mongo-replica-set.sh" in mongo_entry and "--replSet rs0" in replica_script
+          and "rs.initiate" in replica_script and "--keyFile" in replica_script
+          and "mongo-replica-set.sh" in " ".join(str(v) for v in mongo["healthcheck"]["test"]),
+          (mongo_entry, mongo.get("healthcheck")))
+    uri = str(services["session-svc"]["environment"].get("WEAPP_MONGODB_URI", ""))
+    check("compose: session-svc's URI names the replica set", "replicaSet=rs0" in uri, uri)
+
     def depends(name, on, condition):
         got = services[name].get("depends_on", {}).get(on, {}).get("condition")
         check(f"compose: {name} waits for {on} ({condition})", got == condition, got)

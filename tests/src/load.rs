@@ -1,5 +1,6 @@
 //! A steady load of `/me` requests with real sessions, recording every answer: what the fault
-//! tests hold while they break something, and the figures docs/RELIABILITY.md reports.
+//! and replica tests hold while they break something, the users they log in first, and the
+//! figures docs/RELIABILITY.md reports.
 use std::{
     collections::BTreeMap,
     fmt,
@@ -10,7 +11,51 @@ use std::{
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ClientSession, MAGIC_KEY};
+use futures::future::join_all;
+use wechat_sandbox::MintRequest;
+
+use crate::{ClientSession, MAGIC_KEY, WeChat, session_from};
+
+/// A client with a timeout well past every deadline the services have.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// Logs `n` new users in through the gateway at `gateway` (`http://host:port`; code-only
+/// logins, 32 at a time).
+pub async fn log_in(wechat: &WeChat, gateway: &str, n: usize) -> Arc<Vec<ClientSession>> {
+    let http = http();
+    let mut sessions = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+        let logins = chunk.iter().map(|_| {
+            let code = wechat.mint(MintRequest::default()).code;
+            let request = http
+                .get(format!("{gateway}/login"))
+                .header("X-WX-Code", code);
+            async move { session_from(request.send().await.expect("gateway answers")).await }
+        });
+        sessions.extend(join_all(logins).await);
+    }
+    Arc::new(sessions)
+}
+
+/// A figure for docs/RELIABILITY.md: printed (shown with `--nocapture`) and, when
+/// `WEAPP_FAULT_FIGURES` names a file, appended to it (scripts/test.sh prints that file).
+pub fn figure(line: String) {
+    println!("FIGURE {line}");
+    if let Some(path) = std::env::var_os("WEAPP_FAULT_FIGURES") {
+        use std::io::Write as _;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| writeln!(file, "{line}"));
+        written.expect("the figures file is writable");
+    }
+}
 
 /// What a client saw for one request.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

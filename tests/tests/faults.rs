@@ -6,10 +6,7 @@
 //!
 //! The tests run one at a time: each holds the machine busy with its load, and the recovery
 //! times they measure would otherwise measure each other.
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt as _, future::join_all};
 use tokio::sync::Mutex;
@@ -21,10 +18,9 @@ use tokio_util::sync::CancellationToken;
 use weapp_proto::session::v1::{RevokeUserRequest, session_service_client::SessionServiceClient};
 use weapp_tests::{
     ClientSession, WeChat,
-    load::{Load, Outcome, Samples},
+    load::{Load, Outcome, Samples, figure, http, log_in},
     mongo::MongoServer,
     services::ServiceProcess,
-    session_from,
     wechat_sandbox::{Fault, MintRequest},
     ws::{next_frame, next_text},
 };
@@ -56,30 +52,6 @@ fn gateway_env(
     ];
     env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     env
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client")
-}
-
-/// Logs `n` new users in through the gateway (code-only logins, 32 at a time).
-async fn log_in(wechat: &WeChat, gateway: &ServiceProcess, n: usize) -> Arc<Vec<ClientSession>> {
-    let http = http();
-    let mut sessions = Vec::with_capacity(n);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
-        let logins = chunk.iter().map(|_| {
-            let code = wechat.mint(MintRequest::default()).code;
-            let request = http
-                .get(format!("{}/login", gateway.url()))
-                .header("X-WX-Code", code);
-            async move { session_from(request.send().await.expect("gateway answers")).await }
-        });
-        sessions.extend(join_all(logins).await);
-    }
-    Arc::new(sessions)
 }
 
 /// How many of `sessions` the gateway no longer accepts (`/me` is not 200). Must be 0.
@@ -193,21 +165,6 @@ fn assert_recovered_before(samples: &Samples, end: Duration) {
     );
 }
 
-/// A figure for docs/RELIABILITY.md: printed (shown with `--nocapture`) and, when
-/// `WEAPP_FAULT_FIGURES` names a file, appended to it (scripts/test.sh prints that file).
-fn figure(line: String) {
-    println!("FIGURE {line}");
-    if let Some(path) = std::env::var_os("WEAPP_FAULT_FIGURES") {
-        use std::io::Write as _;
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut file| writeln!(file, "{line}"));
-        written.expect("the figures file is writable");
-    }
-}
-
 /// Prints what the load saw before, during and after a fault (`FIGURE` lines).
 fn print_windows(fault: &str, samples: &Samples, [began, ended, end]: [Duration; 3]) {
     for (window, from, to) in [
@@ -235,7 +192,7 @@ async fn session_svc_killed_under_load_fails_closed_and_loses_no_session() {
     env.push(("WEAPP_DATA_DIR", data.path().display().to_string()));
     let mut session_svc = ServiceProcess::session_svc(&env);
     let gateway = ServiceProcess::gateway(&gateway_env(&session_svc, &[]));
-    let sessions = log_in(&wechat, &gateway, 200).await;
+    let sessions = log_in(&wechat, &gateway.url(), 200).await;
     let mut sockets = open_websockets(&gateway, &sessions[..20]).await;
 
     let load = Load::start(format!("{}/me", gateway.url()), sessions.clone(), 16);
@@ -288,7 +245,7 @@ async fn the_store_killed_under_load_fails_closed_and_heals_without_a_restart() 
         &[("WEAPP_SESSION_CACHE_TTL", "0s")],
     ));
     let cached = ServiceProcess::gateway(&gateway_env(&session_svc, &[]));
-    let sessions = log_in(&wechat, &gateway, 100).await;
+    let sessions = log_in(&wechat, &gateway.url(), 100).await;
     let mut sockets = open_websockets(&gateway, &sessions[..10]).await;
     let http = http();
     let me_on_cached = |session: &ClientSession| {
@@ -427,7 +384,7 @@ async fn wechat_failing_or_slow_under_load_maps_to_statuses_and_spends_no_code_t
     // Every failing login below is a different user; the per-user limit is not in play.
     let session_svc = ServiceProcess::session_svc(&env);
     let gateway = ServiceProcess::gateway(&gateway_env(&session_svc, &[]));
-    let sessions = log_in(&wechat, &gateway, 50).await;
+    let sessions = log_in(&wechat, &gateway.url(), 50).await;
     let http = http();
     let load = Load::start(format!("{}/me", gateway.url()), sessions.clone(), 8);
 
@@ -607,7 +564,7 @@ async fn a_gateway_restart_closes_websockets_with_1001_and_clients_resume_their_
     env.push(("WEAPP_DATA_DIR", data.path().display().to_string()));
     let session_svc = ServiceProcess::session_svc(&env);
     let mut gateway = ServiceProcess::gateway(&gateway_env(&session_svc, &[]));
-    let sessions = log_in(&wechat, &gateway, 50).await;
+    let sessions = log_in(&wechat, &gateway.url(), 50).await;
     let mut sockets = open_websockets(&gateway, &sessions).await;
     let load = Load::start(format!("{}/me", gateway.url()), sessions.clone(), 8);
     hold(Duration::from_millis(1000)).await;

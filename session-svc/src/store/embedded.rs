@@ -84,8 +84,17 @@ impl EmbeddedStore {
             StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join(FILE_NAME);
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::create(&path).map_err(|e| match e {
+            // redb holds a lock on the file for as long as a process has it open.
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Misconfigured(format!(
+                "{} is in use by another session-svc: the embedded store serves one process \
+                 per data directory. Stop the other one, give this one its own \
+                 WEAPP_DATA_DIR (its own sessions), or run replicas on MongoDB \
+                 (WEAPP_MONGODB_URI), which they share",
+                path.display()
+            )),
+            e => StoreError::Unavailable(format!("cannot open {}: {e}", path.display())),
+        })?;
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(SESSIONS).map_err(unavailable)?;
         txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
@@ -398,5 +407,29 @@ impl SessionStore for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(|db| db.begin_read().map(drop).map_err(unavailable))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_process_on_the_same_data_directory_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = EmbeddedStore::open(dir.path()).unwrap();
+        let Err(StoreError::Misconfigured(message)) = EmbeddedStore::open(dir.path()) else {
+            panic!("a second store on the same directory must be refused");
+        };
+        assert!(
+            message.contains("in use by another session-svc"),
+            "{message}"
+        );
+        assert!(message.contains("WEAPP_MONGODB_URI"), "{message}");
+        drop(first);
+        assert!(
+            EmbeddedStore::open(dir.path()).is_ok(),
+            "free again once closed"
+        );
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mongodb::{
-    Client, Collection, IndexModel,
+    Client, Collection, Database, IndexModel,
     bson::{DateTime, doc},
     options::{ClientOptions, IndexOptions},
 };
@@ -56,6 +56,18 @@ pub struct MongoSettings {
         env = "WEAPP_MONGODB_DATABASE"
     )]
     pub database: Option<String>,
+
+    /// How replicas on this MongoDB hear each other's revocations: `auto` (change streams, or
+    /// polling on a standalone server, which has none), `change-streams`, `poll`.
+    #[arg(
+        id = "replica_feed",
+        value_name = "REPLICA_FEED",
+        long = "replica-feed",
+        env = "WEAPP_REPLICA_FEED",
+        default_value = "auto",
+        value_enum
+    )]
+    pub replica_feed: crate::cluster::FeedMode,
 
     /// Server-selection timeout: a MongoDB outage becomes UNAVAILABLE this fast.
     #[arg(id = "mongodb_timeout", value_name = "MONGODB_TIMEOUT", long = "mongodb-timeout", env = "WEAPP_MONGODB_TIMEOUT", default_value = "1s", value_parser = duration)]
@@ -139,6 +151,7 @@ pub struct MongoStore {
     secrets: secrets::Collections,
     database: String,
     hosts: String,
+    db: Database,
 }
 
 /// Driver errors become "unavailable": the only thing a caller can do is try again later.
@@ -205,7 +218,13 @@ impl MongoStore {
             secrets: secrets::Collections::new(&db),
             database,
             hosts,
+            db,
         })
+    }
+
+    /// The database, for what replicas share beside the sessions (`cluster.rs`).
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 }
 

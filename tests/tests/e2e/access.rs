@@ -122,6 +122,27 @@ async fn a_gateway_whose_key_is_refused_fails_closed_and_logs_no_one_out() {
     let (status, body) = json(login).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(stack.get("/me", Some(&session)).await.status(), 200);
+
+    // Readiness tells the truth: a load balancer must not send it traffic it can only refuse.
+    let ready = stack
+        .http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(ready).await;
+    assert_eq!(status, 503, "{body}");
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("refuses this gateway's API key")
+            && reason.contains("WEAPP_SESSION_SVC_KEY_FILE"),
+        "{body}"
+    );
+    assert_eq!(
+        stack.get("/readyz", None).await.status(),
+        200,
+        "the right key is ready"
+    );
     shutdown.cancel();
 }
 

@@ -48,6 +48,7 @@ impl Harness {
                     mongodb_uri_file: None,
                     password: None,
                     database: Some(database.clone()),
+                    replica_feed: session_svc::cluster::FeedMode::Auto,
                     timeout: Duration::from_secs(2),
                 })
                 .await

@@ -203,3 +203,98 @@ async fn a_client_that_does_not_read_is_closed_instead_of_queued_without_bound()
         assert_eq!(code, CloseCode::from(4008));
     }
 }
+
+/// The gateway's count of session cache misses, from its `/metrics`.
+async fn cache_misses(stack: &Stack) -> f64 {
+    let addr = stack.metrics_addr(weapp_tests::Service::Gateway);
+    let text = stack
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("weapp_session_cache_requests_total{result=\"miss\"} "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no cache miss count in:\n{text}"))
+}
+
+/// Pushes have a lane of their own: a flood of them neither delays a revocation past the
+/// bound nor turns the gateway's session cache off (which a cut stream would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_pushes_neither_delays_a_logout_nor_turns_the_cache_off() {
+    let stack = Stack::start().await;
+    let (flooded, flooded_session) = stack.new_session().await;
+    let _socket = open(stack.gateway_addr(), &flooded_session).await;
+    let (_, leaving) = stack.new_session().await;
+    let (_, staying) = stack.new_session().await;
+    stack.wait_for_followers(1).await;
+    for session in [&leaving, &staying] {
+        assert_eq!(stack.get("/me", Some(session)).await.status(), 200);
+    }
+    let misses_before = cache_misses(&stack).await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut client = SessionServiceClient::new(stack.session_channel().await);
+        let (stop, open_id) = (stop.clone(), flooded.openid.clone());
+        flood.spawn(async move {
+            let mut sent = 0u64;
+            while !stop.is_cancelled() {
+                let messages = (0..1_000)
+                    .map(|i| to_user(&open_id, &format!("{i}")))
+                    .collect();
+                if client
+                    .publish_batch(PublishBatchRequest { messages })
+                    .await
+                    .is_ok()
+                {
+                    sent += 1_000;
+                }
+            }
+            sent
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A logout taken by session-svc directly (not through this gateway, which would evict its
+    // own entry at once): only the revocation feed can tell the gateway.
+    let mut client = SessionServiceClient::new(stack.session_channel().await);
+    let logged_out = std::time::Instant::now();
+    client
+        .logout(weapp_proto::session::v1::LogoutRequest {
+            id: leaving.id.clone(),
+            skey: leaving.skey.clone(),
+        })
+        .await
+        .expect("logout");
+    let heard = loop {
+        let status = stack.get("/me", Some(&leaving)).await.status();
+        if status == 401 {
+            break logged_out.elapsed();
+        }
+        assert_eq!(status, 200);
+        assert!(
+            logged_out.elapsed() < Duration::from_secs(5),
+            "the logout never arrived"
+        );
+    };
+    for _ in 0..20 {
+        assert_eq!(stack.get("/me", Some(&staying)).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.cancel();
+    let mut pushed = 0;
+    while let Some(sent) = flood.join_next().await {
+        pushed += sent.expect("flood task");
+    }
+    assert!(heard < Duration::from_secs(1), "the logout took {heard:?}");
+    assert!(pushed >= 10_000, "a flood: {pushed} messages");
+    // One miss: the logged-out session, asked once more. The staying one was served from
+    // the cache all along: it was never emptied.
+    let misses = cache_misses(&stack).await - misses_before;
+    assert_eq!(misses, 1.0, "the cache was emptied under the flood");
+}
