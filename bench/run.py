@@ -529,6 +529,95 @@ def with_mongo(cfg, svc, results):
 # The report
 
 
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far (/proc/PID/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def session_svc_counts(metrics_port):
+    """session-svc's store operations (all kinds) and its Validate and Login calls so far."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+
+    def total(prefix, needle=""):
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix) and needle in line)
+
+    return {"store": total("weapp_store_operations_total"),
+            "validate": total("weapp_grpc_server_calls_total", 'method="Validate"'),
+            "login": total("weapp_grpc_server_calls_total", 'method="Login"')}
+
+
+def capacity(cfg, svc, results):
+    """What one core of each process does, on each store: the CPU time each process spends per
+    operation under load (read from /proc, so the shared machine's other processes do not
+    count), turned into operations per core-second, and session-svc's store operations per
+    request. docs/SCALING.md builds its capacity model on these figures."""
+    figures = {}
+    for store in ("embedded", "nx-27017"):
+        mongo_uri = None
+        if store == "nx-27017":
+            mongo_uri = f"mongodb://127.0.0.1:{start_mongo(cfg, svc, 'capacity-mongo')}/weapp_capacity"
+        metrics_port = free_port()
+        stack = start_weapp(cfg, svc, cfg.sandbox, mongo_uri=mongo_uri, name=f"capacity-{store}",
+                            session_env={"WEAPP_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"})
+        gateway_pid, session_pid = stack["all_pids"]
+        uncached = start_uncached_gateway(cfg, svc, stack)
+        uncached_pid = svc.procs[-1].pid
+        _, headers, _ = sessions_for(cfg, stack, f"capacity-{store}", 1)
+
+        def measure(load, pids):
+            before = [cpu_seconds(p) for p in pids]
+            counts = session_svc_counts(metrics_port)
+            done = load()
+            spent = [cpu_seconds(p) - b for p, b in zip(pids, before)]
+            after = session_svc_counts(metrics_port)
+            return done, spent, {k: after[k] - counts[k] for k in counts}
+
+        def per(n, d):
+            return n / max(d, 1e-9)
+
+        # /me, cache on: the gateway's own work (session-svc is idle after the first Validate).
+        done, (gw_cpu,), n = measure(lambda: wrk(cfg, stack["base"] + "/me", f"/me, {store}", headers),
+                                     [gateway_pid])
+        requests = done["rps"] * cfg.duration
+        me = {"rps": done["rps"], "gateway_per_core": per(requests, gw_cpu),
+              "store_ops_per_request": per(n["store"], requests)}
+        # /me, cache off, over many sessions (the gateway coalesces concurrent checks of one
+        # session): the work of session-svc and its store per Validate it served.
+        many, _, _ = sessions_for(cfg, stack, f"capacity-{store}-many", max(cfg.logins // 10, 16))
+        script = cfg.work / f"capacity-{store}.lua"
+        pairs = [line.split(" ")[:2] for line in Path(many).read_text().splitlines() if line.strip()]
+        script.write_text(
+            "local s = {" + ",".join(f'{{"{i}","{k}"}}' for i, k in pairs) + "}\n"
+            "local n = 0\n"
+            "request = function()\n"
+            "  n = n + 1\n"
+            "  local p = s[(n % #s) + 1]\n"
+            '  return wrk.format("GET", "/me", {["X-WX-Id"] = p[1], ["X-WX-Skey"] = p[2]})\n'
+            "end\n")
+        done, (gw_cpu, ss_cpu), n = measure(
+            lambda: wrk(cfg, uncached + "/me", f"/me cache off, {store}", script=script),
+            [uncached_pid, session_pid])
+        validate = {"rps": done["rps"], "validates": n["validate"],
+                    "session_svc_per_core": per(n["validate"], ss_cpu),
+                    "store_ops_per_validate": per(n["store"], n["validate"])}
+        # Logins: session-svc's share of each (the sandbox's and the load generator's are not ours).
+        count = max(cfg.logins // 3, 20)
+        done, (gw_cpu, ss_cpu), n = measure(
+            lambda: bench_json(cfg, ["logins", "--base", stack["base"], "--sandbox", cfg.sandbox,
+                                     "--count", count, "--concurrency", 16], f"logins, {store}"),
+            [gateway_pid, session_pid])
+        logins = {"per_second": done["per_second"], "session_svc_per_core": per(n["login"], ss_cpu),
+                  "gateway_per_core": per(count, gw_cpu), "store_ops_per_login": per(n["store"], n["login"])}
+        figures[store] = {"me_cached": me, "validate": validate, "logins": logins}
+        svc.check_alive()
+        svc.stop_all()
+    results["capacity"] = figures
+
+
 def ratio(a, b):
     return a / b if b else float("inf")
 
@@ -701,7 +790,7 @@ def main():
     parser.add_argument("--profile", default="release")
     parser.add_argument("--ws-connections", type=int, default=10_000)
     parser.add_argument("--only", help="comma-separated scenarios to run (physical_limit, in_memory, forwarding, "
-                        "push, websockets, with_mongo, observability); prints their figures as JSON instead of writing the report")
+                        "push, websockets, with_mongo, observability, capacity); prints their figures as JSON instead of writing the report")
     args = parser.parse_args()
 
     # 10,000 WebSockets need more descriptors than the usual 1,024: the load generator and the
@@ -749,7 +838,8 @@ def main():
                      ("push to 10,000 sockets over 2 gateways", push),
                      ("WebSockets", websockets),
                      ("MongoDB-wire stores", with_mongo),
-                     ("/me with metrics and tracing off and on", observability))
+                     ("/me with metrics and tracing off and on", observability),
+                     ("capacity per core of each process (docs/SCALING.md)", capacity))
         only = set(args.only.split(",")) if args.only else None
         for title, scenario in scenarios:
             if only and scenario.__name__ not in only:
