@@ -6,6 +6,7 @@
 pub mod body_limit;
 pub mod config;
 pub mod error;
+pub mod failover;
 pub mod forward;
 pub mod identity;
 pub mod legacy_upgrade;

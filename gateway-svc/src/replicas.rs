@@ -104,12 +104,15 @@ impl Target {
     }
 }
 
+/// A replica's session service, with this gateway's key on every call.
+pub type Client = SessionServiceClient<InterceptedService<Channel, ApiKey>>;
+
 /// One session-svc process, at one address.
 pub struct Replica {
     /// `host (address)`, for logs.
     pub name: String,
     pub addr: SocketAddr,
-    pub client: SessionServiceClient<InterceptedService<Channel, ApiKey>>,
+    pub client: Client,
     pub health: HealthClient<Channel>,
     up: AtomicBool,
 }

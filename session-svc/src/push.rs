@@ -1,7 +1,7 @@
 //! Pushes to users' WebSockets, all of it: a backend publishes here; the messages go to every
 //! gateway that follows this replica, in a lane of their own beside the revocations on the
 //! same stream (`revocations.rs` keeps that one small and first), and, on MongoDB, to the
-//! other replicas' followers through the feed between replicas (`cluster.rs`). Each gateway
+//! other replicas' followers through the feed between replicas (`cluster/`). Each gateway
 //! hands them to its open sockets and reports how many took each one (`ReportDelivery`); each
 //! other replica sums its own gateways' reports and writes the sum back to the feed; the
 //! publisher gets the total. A follower that goes away, or a replica that does not answer in

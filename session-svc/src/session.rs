@@ -80,7 +80,7 @@ impl SessionManager {
     }
 
     /// A replica among others: what it revokes is announced to them, and its followers wait
-    /// until it hears them (`cluster.rs`).
+    /// until it hears them (`cluster/`).
     pub fn in_cluster(
         store: Arc<dyn SessionStore>,
         policy: SessionPolicy,

@@ -222,7 +222,7 @@ impl MongoStore {
         })
     }
 
-    /// The database, for what replicas share beside the sessions (`cluster.rs`).
+    /// The database, for what replicas share beside the sessions (`cluster/`).
     pub fn database(&self) -> &Database {
         &self.db
     }

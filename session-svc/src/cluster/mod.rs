@@ -3,7 +3,7 @@
 //! asked to push to the `feed` collection, and reads what the others wrote — by a change stream where MongoDB
 //! has them (a replica set, a sharded cluster, nx-27017), else by polling the collection
 //! every [`POLL_EVERY`] (a standalone `mongod`). What it reads goes to its own followers
-//! (`revocations.rs`), so a revocation taken by any replica reaches every gateway, whichever
+//! (`revocations.rs`; read in `read.rs`), so a revocation taken by any replica reaches every gateway, whichever
 //! replica each follows.
 //!
 //! While this replica cannot read the feed and other replicas are about, its followers cannot
@@ -20,19 +20,20 @@
 //!           "push_report" (value: JSON, another replica's count for the publisher)
 //! replicas  { _id: "<replica>:<n>", origin: "<replica>", at: ISODate }      TTL 1 min
 //! ```
+mod presence;
+mod read;
+
 use std::{
-    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use futures::TryStreamExt as _;
 use mongodb::{
     Collection, Database, IndexModel,
-    bson::{Bson, DateTime, Document, doc},
+    bson::{DateTime, Document, doc},
     options::IndexOptions,
 };
 use serde::{Deserialize, Serialize};
@@ -150,63 +151,6 @@ impl ClusterFeed {
         self.others.load(Ordering::Relaxed)
     }
 
-    /// Says this replica is about, and counts the others, every second until `shutdown`;
-    /// then says it is gone. Each word is a new document (replacing one in place is where
-    /// MongoDB-wire servers differ most), and a replica clears its own old ones.
-    pub async fn be_present(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut n = 0u64;
-        loop {
-            n += 1;
-            let now = now_millis();
-            let said = self
-                .replicas
-                .insert_one(Presence {
-                    id: format!("{}:{n}", self.origin),
-                    origin: self.origin.clone(),
-                    at: DateTime::from_millis(now),
-                })
-                .await;
-            let since = DateTime::from_millis(now - millis(PRESENCE_WINDOW));
-            let found = match self.replicas.find(doc! { "at": { "$gte": since } }).await {
-                Ok(cursor) => cursor.try_collect::<Vec<Presence>>().await,
-                Err(e) => Err(e),
-            };
-            match (said, found) {
-                (Ok(_), Ok(found)) => {
-                    let mut others: Vec<&str> = found
-                        .iter()
-                        .map(|p| p.origin.as_str())
-                        .filter(|o| *o != self.origin)
-                        .collect();
-                    others.sort_unstable();
-                    others.dedup();
-                    let others = others.len() as u64;
-                    if self.others.swap(others, Ordering::Relaxed) != others {
-                        tracing::info!(
-                            others,
-                            "session-svc replicas on this MongoDB besides this one"
-                        );
-                    }
-                    let _ = self
-                        .replicas
-                        .delete_many(doc! { "origin": &self.origin, "at": { "$lt": since } })
-                        .await;
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::debug!(error = %e, "replica presence not updated");
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(PRESENCE_EVERY) => {}
-            }
-        }
-        let _ = self
-            .replicas
-            .delete_many(doc! { "origin": &self.origin })
-            .await;
-    }
-
     /// Tells the other replicas. Failing here cannot undo what the store already did: it is
     /// logged, and the other replicas' followers learn of it when their cache entries end.
     pub async fn announce(&self, event: &Event) {
@@ -295,134 +239,6 @@ impl ClusterFeed {
         }
     }
 
-    /// A change stream, run as the `aggregate` and `getMore` commands themselves rather than
-    /// through the driver's typed `watch()`: that one insists on 64-bit cursor ids, which
-    /// nx-27017 does not send. Resumes after the last event seen, so a reconnection misses
-    /// nothing the server still has.
-    async fn watch(
-        self: &Arc<Self>,
-        (local, pushes): (&RevocationFeed, &Arc<Pushes>),
-        resume: &mut Option<Document>,
-        shutdown: &CancellationToken,
-    ) -> Ended {
-        let mut stage = doc! {};
-        if let Some(token) = resume.clone() {
-            stage.insert("resumeAfter", token);
-        }
-        let opened = self
-            .db
-            .run_command(doc! {
-                "aggregate": COLLECTION,
-                "pipeline": [
-                    { "$changeStream": stage },
-                    { "$match": { "operationType": "insert" } },
-                ],
-                "cursor": {},
-            })
-            .await;
-        let reply = match opened {
-            Ok(reply) => reply,
-            Err(e) if no_change_streams(&e) => return Ended::NoChangeStreams,
-            Err(e) => return Ended::Failed(e.to_string()),
-        };
-        let Some(mut batch) = Batch::read(&reply, "firstBatch") else {
-            return Ended::Failed(format!("unexpected answer to $changeStream: {reply}"));
-        };
-        // Open: from here on nothing written is missed.
-        local.resume();
-        tracing::info!("following the other session-svc replicas by change stream");
-        loop {
-            for event in &batch.events {
-                // Read field by field: only these three are needed, and servers differ in
-                // how they render the rest (nx-27017 hands `at` back as extended JSON).
-                if let Ok(entry) = event.get_document("fullDocument") {
-                    let field = |name| entry.get_str(name).unwrap_or_default();
-                    self.apply(
-                        (local, pushes),
-                        field("origin"),
-                        field("kind"),
-                        field("value"),
-                    );
-                }
-                if let Ok(token) = event.get_document("_id") {
-                    *resume = Some(token.clone());
-                }
-            }
-            if let Some(token) = batch.resume_token.take() {
-                *resume = Some(token);
-            }
-            let asked = Instant::now();
-            let more = self.db.run_command(doc! {
-                "getMore": batch.cursor,
-                "collection": COLLECTION,
-                "maxTimeMS": 1000,
-            });
-            let reply = tokio::select! {
-                _ = shutdown.cancelled() => return Ended::Shutdown,
-                reply = more => reply,
-            };
-            batch = match reply {
-                Ok(reply) => match Batch::read(&reply, "nextBatch") {
-                    Some(batch) => batch,
-                    None => return Ended::Failed(format!("unexpected answer to getMore: {reply}")),
-                },
-                Err(e) => return Ended::Failed(e.to_string()),
-            };
-            // A server that answers an empty batch at once (instead of waiting up to
-            // maxTimeMS, as MongoDB does) is asked again a little later.
-            if batch.events.is_empty() && asked.elapsed() < WATCH_PAUSE {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ended::Shutdown,
-                    _ = tokio::time::sleep(WATCH_PAUSE) => {}
-                }
-            }
-        }
-    }
-
-    async fn poll(
-        self: &Arc<Self>,
-        (local, pushes): (&RevocationFeed, &Arc<Pushes>),
-        since: &mut i64,
-        shutdown: &CancellationToken,
-    ) -> Ended {
-        // Entries seen in the overlap window, so each is applied once.
-        let mut seen: HashMap<String, i64> = HashMap::new();
-        let mut resumed = false;
-        loop {
-            let from = DateTime::from_millis(*since - millis(POLL_OVERLAP));
-            let found = self
-                .entries
-                .find(doc! { "at": { "$gte": from }, "origin": { "$ne": &self.origin } })
-                .sort(doc! { "at": 1 })
-                .await;
-            let entries: Vec<Entry> = match found {
-                Ok(cursor) => match cursor.try_collect().await {
-                    Ok(entries) => entries,
-                    Err(e) => return Ended::Failed(e.to_string()),
-                },
-                Err(e) => return Ended::Failed(e.to_string()),
-            };
-            if !resumed {
-                local.resume();
-                resumed = true;
-                tracing::info!("following the other session-svc replicas by polling MongoDB");
-            }
-            for entry in entries {
-                let at = entry.at.timestamp_millis();
-                *since = (*since).max(at);
-                if seen.insert(entry.id.clone(), at).is_none() {
-                    self.apply((local, pushes), &entry.origin, &entry.kind, &entry.value);
-                }
-            }
-            let horizon = *since - 2 * millis(POLL_OVERLAP);
-            seen.retain(|_, at| *at >= horizon);
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ended::Shutdown,
-                _ = tokio::time::sleep(POLL_EVERY) => {}
-            }
-        }
-    }
-
     fn apply(
         self: &Arc<Self>,
         (local, pushes): (&RevocationFeed, &Arc<Pushes>),
@@ -505,48 +321,10 @@ impl Event {
     }
 }
 
-/// One batch of a change stream's cursor.
-struct Batch {
-    cursor: i64,
-    events: Vec<Document>,
-    resume_token: Option<Document>,
-}
-
-impl Batch {
-    fn read(reply: &Document, batch: &str) -> Option<Self> {
-        let cursor = reply.get_document("cursor").ok()?;
-        let id = match cursor.get("id")? {
-            Bson::Int64(id) => *id,
-            Bson::Int32(id) => i64::from(*id),
-            _ => return None,
-        };
-        let events = cursor
-            .get_array(batch)
-            .ok()?
-            .iter()
-            .filter_map(|event| event.as_document().cloned())
-            .collect();
-        Some(Self {
-            cursor: id,
-            events,
-            resume_token: cursor.get_document("postBatchResumeToken").ok().cloned(),
-        })
-    }
-}
-
 enum Ended {
     Shutdown,
     NoChangeStreams,
     Failed(String),
-}
-
-fn no_change_streams(e: &mongodb::error::Error) -> bool {
-    match e.kind.as_ref() {
-        mongodb::error::ErrorKind::Command(command) => {
-            command.code == NO_CHANGE_STREAMS || command.message.contains("replica set")
-        }
-        _ => false,
-    }
 }
 
 fn millis(d: Duration) -> i64 {
