@@ -156,10 +156,10 @@ cat <<EOF
 
 weapp is running (Ctrl-C stops it):
   gateway-svc   $gw          (HTTP: /login, /me, /ws; /api/ goes to the example backend)
-  session-svc   $session_listen    (gRPC; try: grpcurl -plaintext $session_listen list)
-                API keys in $keys_dir; e.g. grpcurl -plaintext \\
-                  -H "authorization: Bearer \$(cat $keys_dir/admin.key)" \\
-                  -d '{"open_id": "…"}' $session_listen weapp.session.v1.SessionService/RevokeUser
+  session-svc   $session_listen    (gRPC; API keys in $keys_dir)
+                operator commands, e.g.: $bin/session-svc admin token \\
+                  --url http://$session_listen --key-file $keys_dir/admin.key
+                (revoke-user <openId>, sessions <id>..., force-refresh --reason …, publish)
   WeChat sandbox $sb
 
 Log in as a mini-program would (the sandbox plays wx.login + wx.getUserInfo):

@@ -87,8 +87,8 @@ pub trait ServiceCli: CommandFactory + FromArgMatches + Sized {
 
     fn into_settings(self) -> Self::Settings;
 
-    /// The subcommand given, if any: then the service's settings are not checked.
-    fn subcommand(&self) -> Option<Command>;
+    /// Whether a subcommand was given: then the service's settings are not checked.
+    fn has_subcommand(&self) -> bool;
 
     /// Checks that need several settings at once.
     fn check(&self) -> Result<(), String>;
@@ -100,7 +100,7 @@ pub trait ServiceCli: CommandFactory + FromArgMatches + Sized {
         T: Into<OsString> + Clone,
     {
         let cli: Self = parse(args, Self::ENV_ONLY)?;
-        if cli.subcommand().is_none() {
+        if !cli.has_subcommand() {
             cli.check().map_err(invalid)?;
         }
         Ok(cli)

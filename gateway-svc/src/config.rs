@@ -250,8 +250,8 @@ impl ServiceCli for Cli {
         self.settings
     }
 
-    fn subcommand(&self) -> Option<weapp_common::Command> {
-        self.command
+    fn has_subcommand(&self) -> bool {
+        self.command.is_some()
     }
 
     fn check(&self) -> Result<(), String> {

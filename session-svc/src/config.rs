@@ -25,9 +25,21 @@ use crate::{
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<weapp_common::Command>,
+    pub command: Option<SessionCommand>,
     #[command(flatten)]
     pub settings: Settings,
+}
+
+/// What `session-svc` does besides serving.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// Exits 0 when the service listening on --listen is ready, for container health checks
+    /// (no curl or grpcurl needed in the image).
+    Healthcheck,
+    /// Operator commands against a running session-svc, over gRPC with an API key
+    /// (revoke-user, sessions, token, force-refresh, publish).
+    #[command(subcommand)]
+    Admin(crate::admin::AdminCommand),
 }
 
 /// Everything session-svc needs to run.
@@ -102,8 +114,8 @@ impl ServiceCli for Cli {
         self.settings
     }
 
-    fn subcommand(&self) -> Option<weapp_common::Command> {
-        self.command
+    fn has_subcommand(&self) -> bool {
+        self.command.is_some()
     }
 
     fn check(&self) -> Result<(), String> {
@@ -233,6 +245,8 @@ mod tests {
     #[test]
     fn healthcheck_needs_no_app_id() {
         let cli = Cli::parse_checked(["session-svc", "healthcheck"]).unwrap();
-        assert_eq!(cli.command, Some(weapp_common::Command::Healthcheck));
+        assert_eq!(cli.command, Some(SessionCommand::Healthcheck));
+        let cli = Cli::parse_checked(["session-svc", "admin", "token"]).unwrap();
+        assert!(matches!(cli.command, Some(SessionCommand::Admin(_))));
     }
 }

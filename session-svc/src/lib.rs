@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod access_token;
+pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod credentials;

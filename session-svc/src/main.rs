@@ -1,13 +1,35 @@
-use session_svc::{Application, config::Cli};
-use weapp_common::{Command, config::ServiceCli as _};
+use session_svc::{
+    Application,
+    config::{Cli, SessionCommand},
+};
+use weapp_common::config::ServiceCli as _;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     weapp_common::init_tracing();
     let cli = Cli::parse_env();
-    if let Some(Command::Healthcheck) = cli.command {
-        let tls = cli.settings.tls.cert.is_some();
-        return weapp_common::probe_exit(session_svc::probe::check(cli.settings.listen, tls).await);
+    match cli.command {
+        Some(SessionCommand::Healthcheck) => {
+            let tls = cli.settings.tls.cert.is_some();
+            return weapp_common::probe_exit(
+                session_svc::probe::check(cli.settings.listen, tls).await,
+            );
+        }
+        Some(SessionCommand::Admin(command)) => {
+            use std::io::Write as _;
+            // The command's answer is its output, not a log line.
+            return match command.run().await {
+                Ok(answer) => match writeln!(std::io::stdout().lock(), "{answer}") {
+                    Ok(()) => std::process::ExitCode::SUCCESS,
+                    Err(_) => std::process::ExitCode::FAILURE,
+                },
+                Err(why) => {
+                    let _ = writeln!(std::io::stderr().lock(), "session-svc admin: {why}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     weapp_common::serve("session-svc", |shutdown| async move {
         Application::build(cli.settings).await?.run(shutdown).await

@@ -2,6 +2,7 @@
 //! gateway-svc in-process, each on a reserved port).
 mod access;
 mod access_token;
+mod admin;
 mod auth_request;
 mod cache;
 mod conformance;
