@@ -14,19 +14,57 @@ use std::{
     time::Duration,
 };
 
+use secrecy::{ExposeSecret as _, SecretString};
 use tokio_util::sync::CancellationToken;
 use tonic::{
-    service::interceptor::InterceptedService,
+    Request, Status,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use weapp_common::trace;
 use weapp_proto::session::v1::{
     session_service_client::SessionServiceClient, session_service_server::SERVICE_NAME,
 };
 
-use crate::session_client::ApiKey;
+/// The gateway's API key, on every call to session-svc (health checks are open and go
+/// without it).
+#[derive(Clone)]
+pub struct ApiKey(Option<AsciiMetadataValue>);
+
+impl ApiKey {
+    pub fn new(key: Option<&SecretString>) -> Result<Self, String> {
+        let Some(key) = key else {
+            return Ok(Self(None));
+        };
+        let mut value = MetadataValue::try_from(format!("Bearer {}", key.expose_secret()))
+            .map_err(|_| "the session-svc key must be visible ASCII characters".to_owned())?;
+        // Kept out of Debug output.
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+}
+
+/// Every call presents the key, and carries the request's trace on to session-svc.
+impl Interceptor for ApiKey {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        // The gateway's request span is the parent of session-svc's.
+        if let Some(context) = trace::current()
+            && let Ok(value) = context.header().parse()
+        {
+            request.metadata_mut().insert(trace::TRACEPARENT, value);
+        }
+        Ok(request)
+    }
+}
 
 /// How often each replica's health is asked, and DNS names are resolved again.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -141,18 +179,18 @@ impl Replica {
     }
 
     /// Asks its health service, within `timeout`.
-    pub async fn serving(&self, timeout: Duration) -> Result<(), tonic::Status> {
+    pub async fn serving(&self, timeout: Duration) -> Result<(), Status> {
         let mut health = self.health.clone();
-        let mut request = tonic::Request::new(HealthCheckRequest {
+        let mut request = Request::new(HealthCheckRequest {
             service: SERVICE_NAME.into(),
         });
         request.set_timeout(timeout);
         let answer = tokio::time::timeout(timeout, health.check(request))
             .await
-            .map_err(|_| tonic::Status::deadline_exceeded("health check timed out"))??;
+            .map_err(|_| Status::deadline_exceeded("health check timed out"))??;
         match answer.into_inner().status() {
             ServingStatus::Serving => Ok(()),
-            other => Err(tonic::Status::unavailable(format!(
+            other => Err(Status::unavailable(format!(
                 "session-svc reports {}",
                 other.as_str_name()
             ))),

@@ -6,64 +6,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use secrecy::{ExposeSecret as _, SecretString};
-
-use weapp_common::trace;
-
 use crate::{
     config::SessionSvcLink,
     failover::{Call, Retry},
     metrics::GatewayMetrics,
-    replicas::{Client, Connector, Replica, Replicas, Target},
+    replicas::{ApiKey, Client, Connector, Replica, Replicas, Target},
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    Request, Status, Streaming,
-    metadata::{AsciiMetadataValue, MetadataValue},
-    service::Interceptor,
-};
+use tonic::{Request, Status, Streaming};
 use weapp_proto::session::v1::{
     CheckSessionsRequest, GetIdentityKeysRequest, GetPhoneNumberRequest, LoginRequest,
     LoginResponse, LogoutRequest, PhoneNumber, ReportDeliveryRequest, Revocation,
     SessionCredentials, Subject, ValidateRequest, ValidateResponse, WatchRevocationsRequest,
     subject,
 };
-
-/// The gateway's API key, on every call to session-svc (health checks are open and go
-/// without it).
-#[derive(Clone)]
-pub struct ApiKey(Option<AsciiMetadataValue>);
-
-impl ApiKey {
-    fn new(key: Option<&SecretString>) -> Result<Self, String> {
-        let Some(key) = key else {
-            return Ok(Self(None));
-        };
-        let mut value = MetadataValue::try_from(format!("Bearer {}", key.expose_secret()))
-            .map_err(|_| "the session-svc key must be visible ASCII characters".to_owned())?;
-        // Kept out of Debug output.
-        value.set_sensitive(true);
-        Ok(Self(Some(value)))
-    }
-}
-
-/// Every call presents the key, and carries the request's trace on to session-svc.
-impl Interceptor for ApiKey {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        // The gateway's request span is the parent of session-svc's.
-        if let Some(context) = trace::current()
-            && let Ok(value) = context.header().parse()
-        {
-            request.metadata_mut().insert(trace::TRACEPARENT, value);
-        }
-        Ok(request)
-    }
-}
 
 #[derive(Clone)]
 pub struct SessionClient {

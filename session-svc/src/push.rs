@@ -24,7 +24,17 @@ use weapp_proto::session::v1::{
     Push, PushMessage, Revocation, push_message::Target, revocation::Event,
 };
 
-use crate::{cluster::ClusterFeed, error::SessionError};
+use crate::error::SessionError;
+
+/// The other replicas, as the push lane sees them (the feed between replicas, `cluster/`,
+/// implements it).
+#[async_trait::async_trait]
+pub trait OtherReplicas: Send + Sync {
+    /// How many are about now: a publish waits for that many sums.
+    fn count(&self) -> u64;
+    /// Hands them a push (`publish` encodes it; their `relay` reads it).
+    async fn push(&self, encoded: String);
+}
 
 /// Largest message text: the gateway's default WebSocket message limit.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -262,15 +272,15 @@ pub type PushStream = Pin<Box<dyn Stream<Item = Result<Revocation, Status>> + Se
 pub struct Pushes {
     sender: broadcast::Sender<Shared>,
     deliveries: Arc<Deliveries>,
-    cluster: Option<Arc<ClusterFeed>>,
+    others: Option<Arc<dyn OtherReplicas>>,
 }
 
 impl Pushes {
-    pub fn new(cluster: Option<Arc<ClusterFeed>>) -> Self {
+    pub fn new(others: Option<Arc<dyn OtherReplicas>>) -> Self {
         Self {
             sender: broadcast::channel(BACKLOG).0,
             deliveries: Arc::default(),
-            cluster,
+            others,
         }
     }
 
@@ -278,17 +288,15 @@ impl Pushes {
     /// through the feed) and waits (at most `wait`) for their counts.
     pub async fn publish(&self, messages: Vec<PushMessage>, wait: Duration) -> Outcome {
         let count = messages.len();
-        let replicas = self.cluster.as_ref().map_or(0, |c| c.others());
+        let replicas = self.others.as_ref().map_or(0, |o| o.count());
         let opened = self.deliveries.open(count, replicas);
-        if let Some(cluster) = &self.cluster {
+        if let Some(others) = &self.others {
             let push = Push {
                 id: opened.id,
                 follower: 0,
                 messages: messages.clone(),
             };
-            cluster
-                .announce_push(STANDARD.encode(push.encode_to_vec()))
-                .await;
+            others.push(STANDARD.encode(push.encode_to_vec())).await;
         }
         let _ = self.sender.send(Arc::new((opened.id, messages)));
         self.deliveries.settle(opened, count, wait).await

@@ -148,7 +148,11 @@ impl Application {
             sessions.clone(),
         ));
         let feed = sessions.feed();
-        let pushes = Arc::new(Pushes::new(cluster.clone()));
+        let pushes = Arc::new(Pushes::new(
+            cluster
+                .clone()
+                .map(|c| c as Arc<dyn crate::push::OtherReplicas>),
+        ));
         let login = Arc::new(LoginService::new(
             wechat,
             sessions.clone(),

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    push::{Pushes, ReplicaReport},
+    push::{OtherReplicas, Pushes, ReplicaReport},
     record::now_millis,
     revocations::{RevocationFeed, Revoked},
 };
@@ -156,11 +156,6 @@ impl ClusterFeed {
     pub async fn announce(&self, event: &Event) {
         let (kind, value) = event.parts();
         self.write(kind, value).await;
-    }
-
-    /// A push for the other replicas' followers (`push.rs` encodes it).
-    pub async fn announce_push(&self, encoded: String) {
-        self.write(PUSH, &encoded).await;
     }
 
     async fn write(&self, kind: &str, value: &str) {
@@ -284,6 +279,17 @@ impl ClusterFeed {
             // A newer replica's kind of entry: not ours to act on.
             None => tracing::debug!(kind, "unknown feed entry skipped"),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl OtherReplicas for ClusterFeed {
+    fn count(&self) -> u64 {
+        self.others()
+    }
+
+    async fn push(&self, encoded: String) {
+        self.write(PUSH, &encoded).await;
     }
 }
 

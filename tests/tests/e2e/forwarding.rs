@@ -180,8 +180,13 @@ async fn bodies_stream_both_ways_without_being_buffered() {
     const CHUNK: usize = 1 << 20;
     const CHUNKS: usize = 96;
     let (tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    let request = stack
-        .http
+    // 96 MiB through a debug build on a busy 2-core machine can take longer than the stack
+    // client's 10 s budget for a whole request: this one gets a minute.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let request = http
         .put(stack.url("/api/upload"))
         .headers(session.headers())
         .body(reqwest::Body::wrap_stream(rx))
