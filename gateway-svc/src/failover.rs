@@ -98,6 +98,10 @@ where
             "no session-svc replica is known (WEAPP_SESSION_SVC_URL resolves to nothing)",
         ));
         let count = candidates.len();
+        // Whether the last failure was one another replica could have answered: only that
+        // one becomes "no answer in time" when the deadline ran out. A replica's definite
+        // answer (an invalid session, a refused code) is passed on as it is.
+        let mut unanswered = true;
         for (index, replica) in candidates.into_iter().enumerate() {
             let Some(left) = self.deadline.checked_sub(started.elapsed()) else {
                 break;
@@ -131,12 +135,13 @@ where
                 *chosen = Some(replica.clone());
             }
             outcome = answer;
+            unanswered = again;
             if !again || !more {
                 break;
             }
             tracing::debug!(replica = %replica.name, method = self.method, "trying the next session-svc replica");
         }
-        if outcome.is_err() && started.elapsed() >= self.deadline {
+        if outcome.is_err() && unanswered && started.elapsed() >= self.deadline {
             outcome = Err(Status::deadline_exceeded(format!(
                 "session-svc did not answer within {:?}",
                 self.deadline

@@ -66,7 +66,7 @@ impl Interceptor for ApiKey {
     }
 }
 
-/// How often each replica's health is asked, and DNS names are resolved again.
+/// How often each replica's health is asked.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How often DNS names are resolved again.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -360,12 +360,6 @@ impl Replicas {
                 _ = tokio::time::sleep(PROBE_INTERVAL) => {}
             }
         }
-    }
-
-    /// How many replicas are known, and how many are believed up.
-    pub fn counts(&self) -> (usize, usize) {
-        let all = self.snapshot();
-        (all.len(), all.iter().filter(|r| r.is_up()).count())
     }
 }
 

@@ -49,10 +49,6 @@ struct Topology {
 }
 
 impl Topology {
-    fn start(wechat: WeChat) -> Self {
-        Self::with_feed(wechat, "auto")
-    }
-
     /// With `WEAPP_REPLICA_FEED` set to `feed` on both replicas.
     fn with_feed(wechat: WeChat, feed: &str) -> Self {
         let mongo = MongoServer::start();
@@ -87,6 +83,15 @@ impl Topology {
             b,
             c,
         }
+    }
+
+    /// The whole topology with its own WeChat sandbox, settled (every gateway ready and
+    /// following).
+    async fn up(feed: &str) -> Self {
+        let wechat = WeChat::start().await;
+        let topology = tokio::task::block_in_place(|| Self::with_feed(wechat, feed));
+        topology.settle().await;
+        topology
     }
 
     /// Waits until `gateway` is ready (some replica takes its key) and its session cache is
@@ -195,9 +200,7 @@ async fn replicas_that_poll_the_feed_keep_the_same_promise() {
 
 async fn revocations_cross_replicas(feed: &str) {
     let _one = ONE_AT_A_TIME.lock().await;
-    let wechat = WeChat::start().await;
-    let topology = tokio::task::block_in_place(|| Topology::with_feed(wechat, feed));
-    topology.settle().await;
+    let topology = Topology::up(feed).await;
     let Topology { a, b, c, .. } = &topology;
 
     // A logout through A (replica 1) reaches B's cache (replica 2) and C's.
@@ -326,9 +329,7 @@ async fn revocations_cross_replicas(feed: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_killed_under_load_is_invisible_through_a_gateway_that_knows_both() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let wechat = WeChat::start().await;
-    let mut topology = tokio::task::block_in_place(|| Topology::start(wechat));
-    topology.settle().await;
+    let mut topology = Topology::up("auto").await;
     let sessions = log_in(&topology.wechat, &topology.c.url(), 100).await;
 
     let load = Load::start(format!("{}/me", topology.c.url()), sessions.clone(), 16);
@@ -384,9 +385,7 @@ async fn one_replica_killed_under_load_is_invisible_through_a_gateway_that_knows
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_both_replicas_costs_no_request() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let wechat = WeChat::start().await;
-    let mut topology = tokio::task::block_in_place(|| Topology::start(wechat));
-    topology.settle().await;
+    let mut topology = Topology::up("auto").await;
     let sessions = log_in(&topology.wechat, &topology.c.url(), 100).await;
 
     let stop_logins = Arc::new(AtomicBool::new(false));

@@ -184,6 +184,8 @@ const SPOOFED: [(&str, &str); 12] = [
     ("x-wx-code", "attacker"),
 ];
 
+/// Neither a spoofed name nor a spoofed value among `headers` (a JSON object, as the
+/// recording upstream describes them).
 fn assert_nothing_spoofed(headers: &Value) {
     let headers = headers.as_object().expect("headers");
     for (name, value) in headers {
@@ -230,11 +232,10 @@ async fn no_client_made_identity_reaches_an_upstream_or_the_auth_answer() {
         answer.header("x-weapp-open-id"),
         Some(minted.openid.as_str())
     );
-    for (name, value) in &answer.headers {
-        assert!(!name.starts_with("x-wx-") && name != "x-real-ip", "{name}");
-        assert!(
-            !value.contains("attacker") && !value.contains("6.6.6.6"),
-            "{name}"
-        );
-    }
+    let answered: serde_json::Map<String, Value> = answer
+        .headers
+        .iter()
+        .map(|(name, value)| (name.clone(), Value::from(value.as_str())))
+        .collect();
+    assert_nothing_spoofed(&Value::Object(answered));
 }
