@@ -54,6 +54,20 @@ pub fn pem_file(path: &str) -> Result<String, String> {
     Ok(text)
 }
 
+/// An address ("10.0.0.5") or a network ("172.16.0.0/12").
+pub fn ip_net(value: &str) -> Result<ipnet::IpNet, String> {
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| "neither an IP address nor a network like 10.0.0.0/8".into())
+}
+
+/// Whether `address` is in one of `networks` (an IPv4-mapped IPv6 address counts as IPv4).
+pub fn within(networks: &[ipnet::IpNet], address: std::net::IpAddr) -> bool {
+    let address = address.to_canonical();
+    networks.iter().any(|net| net.contains(&address))
+}
+
 /// A configuration error in clap's form, so that it is reported like every other one.
 pub fn invalid(message: impl std::fmt::Display) -> clap::Error {
     clap::Error::raw(ErrorKind::ValueValidation, format!("{message}\n"))

@@ -12,7 +12,7 @@ use clap::{Args, Parser};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret as _, SecretString};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-use weapp_common::config::{ServiceCli, duration, pem_file, positive, secret_file};
+use weapp_common::config::{ServiceCli, duration, ip_net, pem_file, positive, secret_file};
 
 use crate::route_table::{RouteTable, routes_file};
 
@@ -327,16 +327,7 @@ fn grpc_url(url: &str) -> Result<String, String> {
 /// Whether `peer` is one of the trusted reverse proxies (`WEAPP_TRUSTED_PROXIES`), whose
 /// client-address headers are believed.
 pub fn is_trusted_proxy(proxies: &[IpNet], peer: IpAddr) -> bool {
-    let peer = peer.to_canonical();
-    proxies.iter().any(|net| net.contains(&peer))
-}
-
-/// An address ("10.0.0.5") or a network ("172.16.0.0/12").
-fn ip_net(value: &str) -> Result<IpNet, String> {
-    value
-        .parse::<IpNet>()
-        .or_else(|_| value.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| "neither an IP address nor a network like 10.0.0.0/8".into())
+    weapp_common::config::within(proxies, peer)
 }
 
 #[cfg(test)]

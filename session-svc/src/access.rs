@@ -47,9 +47,11 @@ pub enum Scope {
     WechatPhone,
     /// DecryptUserData, CheckSessionKey and ResetSessionKey: a user's session_key.
     WechatUserData,
+    /// The open-API proxy (`openapi/`), for the paths the key's `openapi` list names.
+    WechatOpenapi,
 }
 
-const SCOPES: [(Scope, &str); 8] = [
+const SCOPES: [(Scope, &str); 9] = [
     (Scope::Validate, "validate"),
     (Scope::Login, "login"),
     (Scope::Follow, "follow"),
@@ -58,6 +60,7 @@ const SCOPES: [(Scope, &str); 8] = [
     (Scope::WechatToken, "wechat.token"),
     (Scope::WechatPhone, "wechat.phone"),
     (Scope::WechatUserData, "wechat.user_data"),
+    (Scope::WechatOpenapi, "wechat.openapi"),
 ];
 
 impl Scope {
@@ -107,6 +110,26 @@ struct Key {
     name: Arc<str>,
     digest: [u8; 32],
     scopes: u16,
+    /// The WeChat API paths this key may call through the open-API proxy.
+    openapi: AllowList,
+}
+
+/// Why a presented credential is not a known key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// No `authorization: Bearer …` at all.
+    Missing,
+    /// A bearer credential that is no key in the file.
+    Unknown,
+}
+
+impl KeyRefusal {
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Missing => "an API key is required: send `authorization: Bearer <key>`",
+            Self::Unknown => "unknown API key",
+        }
+    }
 }
 
 /// The API keys session-svc accepts.
@@ -133,6 +156,9 @@ struct KeyEntry {
     name: String,
     file: PathBuf,
     scopes: Vec<String>,
+    /// With the `wechat.openapi` scope: the WeChat API paths the key may call.
+    #[serde(default)]
+    openapi: Vec<String>,
 }
 
 /// Shortest key accepted: 32 characters (`openssl rand -hex 32` makes 64).
@@ -170,6 +196,22 @@ impl ApiKeys {
             if scopes == 0 {
                 return Err(problem("no scopes".into()));
             }
+            let openapi = match (scopes & Scope::WechatOpenapi.bit() != 0, entry.openapi) {
+                (false, paths) if paths.is_empty() => AllowList::default(),
+                (false, _) => {
+                    return Err(problem(
+                        "an `openapi` list needs the \"wechat.openapi\" scope too".into(),
+                    ));
+                }
+                (true, paths) if paths.is_empty() => {
+                    return Err(problem(
+                        "the \"wechat.openapi\" scope needs an `openapi` list of the WeChat \
+                         API paths the key may call, e.g. openapi = [\"/wxa/msg_sec_check\"]"
+                            .into(),
+                    ));
+                }
+                (true, paths) => AllowList::new(paths).map_err(problem)?,
+            };
             let key_path = dir.join(&entry.file);
             let key = std::fs::read_to_string(&key_path)
                 .map_err(|e| problem(format!("cannot read {}: {e}", key_path.display())))?;
@@ -189,22 +231,19 @@ impl ApiKeys {
                 name: name.into(),
                 digest,
                 scopes,
+                openapi,
             });
         }
         Ok(Self(Arc::new(keys)))
     }
 
-    /// The caller behind an `authorization` header, if its key may do `scope`.
-    pub fn authorize(&self, authorization: Option<&[u8]>, scope: Scope) -> Result<Caller, Status> {
+    /// The key behind an `authorization` header.
+    fn identify(&self, authorization: Option<&[u8]>) -> Result<&Key, KeyRefusal> {
         // The scheme is case-insensitive (RFC 7235); the key is not.
         let presented = authorization
             .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
             .map(|v| &v[7..])
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "an API key is required: send `authorization: Bearer <key>`",
-                )
-            })?;
+            .ok_or(KeyRefusal::Missing)?;
         let digest: [u8; 32] = Sha256::digest(presented).into();
         // Every key is compared, matched or not: the time taken says nothing about which.
         let mut found: Option<&Key> = None;
@@ -213,7 +252,14 @@ impl ApiKeys {
                 found = Some(key);
             }
         }
-        let key = found.ok_or_else(|| Status::unauthenticated("unknown API key"))?;
+        found.ok_or(KeyRefusal::Unknown)
+    }
+
+    /// The caller behind an `authorization` header, if its key may do `scope`.
+    pub fn authorize(&self, authorization: Option<&[u8]>, scope: Scope) -> Result<Caller, Status> {
+        let key = self
+            .identify(authorization)
+            .map_err(|refusal| Status::unauthenticated(refusal.message()))?;
         if key.scopes & scope.bit() == 0 {
             return Err(Status::permission_denied(format!(
                 "API key {:?} lacks the {:?} scope",
@@ -222,6 +268,75 @@ impl ApiKeys {
             )));
         }
         Ok(Caller(key.name.clone()))
+    }
+
+    /// The caller behind an `authorization` header and the WeChat API paths it may call
+    /// through the open-API proxy (empty for a key without the `wechat.openapi` scope).
+    pub fn openapi(&self, authorization: Option<&[u8]>) -> Result<(Caller, AllowList), KeyRefusal> {
+        let key = self.identify(authorization)?;
+        Ok((Caller(key.name.clone()), key.openapi.clone()))
+    }
+}
+
+/// WeChat API paths a caller of the open-API proxy may call: exact, normalized paths. Each
+/// lives as long as the process, so that it can label metrics (`&'static str`) — the list
+/// is the operator's, read once, so this is bounded.
+#[derive(Clone, Default)]
+pub struct AllowList(Arc<[&'static str]>);
+
+/// WeChat's token endpoints: never proxied (they take the AppSecret, and the token they
+/// hand out is session-svc's to keep; a backend asks GetAccessToken for it).
+pub const TOKEN_PATHS: [&str; 2] = ["/cgi-bin/token", "/cgi-bin/stable_token"];
+
+/// A path an allow-list may name: like `/wxa/msg_sec_check`, normalized, no query, not a
+/// token endpoint (a clap value parser too).
+pub fn allow_listed_path(path: &str) -> Result<String, String> {
+    let path = path.trim();
+    let normal = matches!(
+        weapp_wire::path::normalize(path),
+        Ok(std::borrow::Cow::Borrowed(_))
+    );
+    if !path.starts_with('/') || path.len() < 2 || !normal || path.contains(['?', '#']) {
+        return Err(format!(
+            "{path:?} is not a WeChat API path like \"/wxa/msg_sec_check\" (no host, query, \
+             %, . or .. segments)"
+        ));
+    }
+    if TOKEN_PATHS.iter().any(|t| t.eq_ignore_ascii_case(path)) {
+        return Err(format!(
+            "{path:?} is never proxied: session-svc keeps the access_token; a backend that \
+             needs it asks GetAccessToken (scope \"wechat.token\")"
+        ));
+    }
+    Ok(path.to_owned())
+}
+
+impl AllowList {
+    /// Keeps `paths`, each checked by [`allow_listed_path`].
+    pub fn new(paths: Vec<String>) -> Result<Self, String> {
+        let mut list: Vec<&'static str> = Vec::with_capacity(paths.len());
+        for path in paths {
+            let path = allow_listed_path(&path)?;
+            if !list.contains(&path.as_str()) {
+                list.push(Box::leak(path.into_boxed_str()));
+            }
+        }
+        Ok(Self(list.into()))
+    }
+
+    /// The listed path equal to `path`, as the label to count it by.
+    pub fn find(&self, path: &str) -> Option<&'static str> {
+        self.0.iter().copied().find(|listed| *listed == path)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for AllowList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
     }
 }
 
@@ -371,6 +486,37 @@ mod tests {
     }
 
     #[test]
+    fn a_key_names_the_wechat_apis_it_may_call_through_the_open_api_proxy() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys_file(
+            &dir,
+            &format!(
+                "{GOOD}\n[[key]]\nname = \"backend\"\nfile = \"open.key\"\nscopes = [\"wechat.openapi\"]\n\
+                 openapi = [\"/wxa/msg_sec_check\", \"/wxa/getwxacodeunlimit\"]"
+            ),
+        );
+        // The keys file names open.key, written after the fact: the helper writes only two.
+        assert!(keys.is_err());
+        std::fs::write(dir.path().join("open.key"), format!("{GATEWAY_KEY}-open")).unwrap();
+        let keys = ApiKeys::load(dir.path().join("api-keys.toml").to_str().unwrap()).unwrap();
+        let bearer = format!("Bearer {GATEWAY_KEY}-open").into_bytes();
+        let (caller, allowed) = keys.openapi(Some(&bearer)).unwrap();
+        assert_eq!(&*caller.0, "backend");
+        assert_eq!(
+            allowed.find("/wxa/msg_sec_check"),
+            Some("/wxa/msg_sec_check")
+        );
+        assert_eq!(allowed.find("/wxa/generate_urllink"), None);
+        let gateway = format!("Bearer {GATEWAY_KEY}").into_bytes();
+        assert!(keys.openapi(Some(&gateway)).unwrap().1.is_empty());
+        assert_eq!(keys.openapi(None).err(), Some(KeyRefusal::Missing));
+        assert_eq!(
+            keys.openapi(Some(b"Bearer nope")).err(),
+            Some(KeyRefusal::Unknown)
+        );
+    }
+
+    #[test]
     fn every_rpc_needs_a_scope_and_unknown_ones_need_admin() {
         let rpc = |m: &str| required_scope(&format!("{SERVICE_PREFIX}{m}"));
         assert_eq!(rpc("Validate"), Some(Scope::Validate));
@@ -423,6 +569,22 @@ mod tests {
                 "no scopes",
             ),
             ("key = []", "no [[key]]"),
+            (
+                "[[key]]\nname = \"a\"\nfile = \"gateway.key\"\nscopes = [\"admin\"]\nopenapi = [\"/wxa/msg_sec_check\"]",
+                "needs the \"wechat.openapi\" scope",
+            ),
+            (
+                "[[key]]\nname = \"a\"\nfile = \"gateway.key\"\nscopes = [\"wechat.openapi\"]",
+                "needs an `openapi` list",
+            ),
+            (
+                "[[key]]\nname = \"a\"\nfile = \"gateway.key\"\nscopes = [\"wechat.openapi\"]\nopenapi = [\"/cgi-bin/stable_token\"]",
+                "never proxied",
+            ),
+            (
+                "[[key]]\nname = \"a\"\nfile = \"gateway.key\"\nscopes = [\"wechat.openapi\"]\nopenapi = [\"/wxa/../cgi-bin/token\"]",
+                "not a WeChat API path",
+            ),
             (
                 "[[key]]\nname = \"a\"\nfile = \"gateway.key\"\nscopes = [\"admin\"]\n\
                  [[key]]\nname = \"b\"\nfile = \"gateway.key\"\nscopes = [\"admin\"]",

@@ -11,8 +11,8 @@ use weapp_common::config::{ServiceCli, duration};
 
 use crate::{
     access::AccessSettings, access_token::AccessTokenSettings, identity::IdentitySettings,
-    login::LoginPolicy, session::SessionPolicy, store::MongoSettings, tls::TlsSettings,
-    vault::VaultSettings, wechat::WeChatSettings,
+    login::LoginPolicy, openapi::OpenApiSettings, session::SessionPolicy, store::MongoSettings,
+    tls::TlsSettings, vault::VaultSettings, wechat::WeChatSettings,
 };
 
 /// weapp session-svc: WeChat login and sessions over gRPC.
@@ -79,6 +79,9 @@ pub struct Settings {
     pub access_token: AccessTokenSettings,
 
     #[command(flatten)]
+    pub openapi: OpenApiSettings,
+
+    #[command(flatten)]
     pub sessions: SessionPolicy,
 
     #[command(flatten)]
@@ -141,6 +144,7 @@ impl Settings {
         self.wechat.check()?;
         self.store.mongo.check()?;
         self.access_token.check()?;
+        self.openapi.check()?;
         self.sessions.check()
     }
 }

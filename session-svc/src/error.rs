@@ -1,4 +1,10 @@
-//! session-svc's errors and their one mapping to gRPC status codes.
+//! session-svc's errors and their one mapping to gRPC status codes; and the open-API
+//! proxy's refusals (`openapi/`) and their one mapping to HTTP answers.
+use axum::{
+    Json,
+    response::{IntoResponse, Response},
+};
+use http::StatusCode;
 use tonic::{Code, Status, metadata::MetadataValue};
 
 use crate::{
@@ -159,6 +165,75 @@ impl From<SessionError> for Status {
                 Status::internal("internal error")
             }
         }
+    }
+}
+
+/// Why the open-API proxy did not hand a call to WeChat, or has no answer from it. The body
+/// is shaped like WeChat's own errors (`errcode`, `errmsg`) so that a backend's WeChat SDK
+/// reads it, with an errcode that means the same to it: 41001 no credential, 48001 API not
+/// authorized, -1 busy (retry); `errmsg` says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenApiError {
+    #[error(
+        "send `authorization: Bearer <key>` with a key that has the \"wechat.openapi\" scope, or call from WEAPP_OPENAPI_TRUSTED_NETWORKS"
+    )]
+    NoCredential,
+    #[error("unknown API key")]
+    UnknownKey,
+    #[error("{path} is not in the open-API allow-list of {caller}")]
+    NotAllowed { path: String, caller: String },
+    #[error(
+        "{0} is never proxied: session-svc keeps the access_token (a backend that needs it asks GetAccessToken)"
+    )]
+    TokenEndpoint(String),
+    #[error("this proxy forwards to api.weixin.qq.com over http:// only, not to {0}")]
+    ForeignHost(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the request body is over {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("no access_token to call WeChat with: {0}")]
+    NoToken(String),
+    #[error("WeChat: {0}")]
+    WeChat(#[from] WeChatError),
+}
+
+impl OpenApiError {
+    /// A bounded label for the refusals' metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoCredential => "no_credential",
+            Self::UnknownKey => "unknown_key",
+            Self::NotAllowed { .. } => "not_allowed",
+            Self::TokenEndpoint(_) => "token_endpoint",
+            Self::ForeignHost(_) => "foreign_host",
+            Self::BadRequest(_) => "bad_request",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::NoToken(_) => "no_token",
+            Self::WeChat(_) => "wechat",
+        }
+    }
+}
+
+impl IntoResponse for OpenApiError {
+    fn into_response(self) -> Response {
+        let (status, errcode) = match &self {
+            Self::NoCredential | Self::UnknownKey => (StatusCode::UNAUTHORIZED, 41001),
+            Self::NotAllowed { .. } | Self::TokenEndpoint(_) | Self::ForeignHost(_) => {
+                (StatusCode::FORBIDDEN, 48001)
+            }
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, 40097),
+            Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 40097),
+            Self::NoToken(_) => (StatusCode::SERVICE_UNAVAILABLE, -1),
+            Self::WeChat(WeChatError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, -1),
+            Self::WeChat(_) => (StatusCode::BAD_GATEWAY, -1),
+        };
+        let errmsg = format!("weapp open-API proxy: {self}");
+        (
+            status,
+            Json(serde_json::json!({ "errcode": errcode, "errmsg": errmsg })),
+        )
+            .into_response()
     }
 }
 

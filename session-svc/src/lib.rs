@@ -16,6 +16,7 @@ pub mod login;
 pub mod login_limit;
 pub mod metrics;
 pub mod observe;
+pub mod openapi;
 pub mod phone;
 pub mod probe;
 pub mod push;

@@ -1,7 +1,7 @@
 //! What session-svc counts for Prometheus, served at `/metrics` on `WEAPP_METRICS_LISTEN`:
 //! gRPC calls (counted by `observe.rs`, a tower layer, refused ones included),
 //! WeChat calls by endpoint and errcode, store operations, the access_token, logins and the
-//! per-user login limit. Label sets are bounded: RPC and endpoint names from fixed lists,
+//! per-user login limit, the open-API proxy's refusals. Label sets are bounded: RPC and endpoint names from fixed lists,
 //! errcodes as WeChat sends them, never an openId or a session id.
 use std::{sync::Arc, time::Duration};
 
@@ -24,6 +24,8 @@ pub struct SessionMetrics {
     /// By outcome (`ok`, or the status code's name).
     logins: DashMap<&'static str, Counter>,
     pub login_rate_limited: Counter,
+    /// Open-API calls not handed to WeChat (or not answered by it), by reason.
+    openapi_refused: DashMap<&'static str, Counter>,
 }
 
 impl SessionMetrics {
@@ -73,6 +75,10 @@ impl SessionMetrics {
                 "weapp_rate_limited_total",
                 "Requests refused by a rate limit, by limit.",
             ),
+            (
+                "weapp_openapi_refused_total",
+                "Open-API proxy calls answered without WeChat's answer, by reason (no_credential, not_allowed, token_endpoint, …; wechat: WeChat could not be reached). Calls WeChat answered are weapp_wechat_calls_total by allow-listed path.",
+            ),
         ] {
             registry.describe(name, help);
         }
@@ -86,6 +92,7 @@ impl SessionMetrics {
             logins: DashMap::new(),
             login_rate_limited: registry
                 .counter("weapp_rate_limited_total", &[("limit", "login_per_user")]),
+            openapi_refused: DashMap::new(),
             registry,
         })
     }
@@ -158,6 +165,16 @@ impl SessionMetrics {
             .or_insert_with(|| {
                 self.registry
                     .counter("weapp_logins_total", &[("outcome", outcome)])
+            })
+            .increment(1);
+    }
+
+    pub fn openapi_refused(&self, reason: &'static str) {
+        self.openapi_refused
+            .entry(reason)
+            .or_insert_with(|| {
+                self.registry
+                    .counter("weapp_openapi_refused_total", &[("reason", reason)])
             })
             .increment(1);
     }

@@ -24,6 +24,7 @@ use crate::{
     login_limit::LoginLimit,
     metrics::SessionMetrics,
     observe::ObserveLayer,
+    openapi::{Callers, OpenApi},
     phone::PhoneNumbers,
     push::Pushes,
     record::now_millis,
@@ -61,6 +62,8 @@ pub struct Application {
     metrics: Arc<SessionMetrics>,
     /// `/metrics`, on its own address, when it is on.
     metrics_listener: Option<(TcpListener, SocketAddr)>,
+    /// The open-API proxy and its listener, when it is on.
+    openapi: Option<(Arc<OpenApi>, TcpListener, SocketAddr)>,
     access: AccessLayer,
     tls: Option<ServerTlsConfig>,
     grpc: SessionGrpc,
@@ -153,6 +156,21 @@ impl Application {
                 .clone()
                 .map(|c| c as Arc<dyn crate::push::OtherReplicas>),
         ));
+        let openapi = match settings.openapi.listen {
+            None => None,
+            Some(addr) => {
+                let callers = Callers::new(&settings.openapi, settings.access.api_keys.clone())
+                    .map_err(StartupError::Config)?;
+                let proxy = OpenApi::new(
+                    wechat.clone(),
+                    tokens.clone(),
+                    (callers, settings.openapi.max_body_bytes),
+                    metrics.clone(),
+                );
+                let (listener, addr) = weapp_common::bind(addr).await?;
+                Some((Arc::new(proxy), listener, addr))
+            }
+        };
         let login = Arc::new(LoginService::new(
             wechat,
             sessions.clone(),
@@ -169,6 +187,7 @@ impl Application {
             local_addr,
             metrics,
             metrics_listener,
+            openapi,
             access: AccessLayer(settings.access.api_keys.clone()),
             tls: settings.tls.server_config(),
             login: login.clone(),
@@ -198,6 +217,11 @@ impl Application {
     /// Where `/metrics` is served, when it is.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// Where the open-API proxy listens, when it does.
+    pub fn openapi_addr(&self) -> Option<SocketAddr> {
+        self.openapi.as_ref().map(|(_, _, addr)| *addr)
     }
 
     /// The store this instance serves from (for tests and tooling in the same process).
@@ -291,6 +315,11 @@ impl Application {
                 Arc::new(|| {}),
             ))
         });
+        // Stops with the gRPC server, after the drain: calls in flight get their answer.
+        let openapi_server = self.openapi.map(|(proxy, listener, addr)| {
+            tracing::info!(%addr, "session-svc open-API proxy listening");
+            tokio::spawn(proxy.serve(listener, stop_serving.clone()))
+        });
         let background = self.background.clone();
         let stop_background = shutdown.clone();
         tokio::spawn(async move {
@@ -328,6 +357,7 @@ impl Application {
         let tasks = [
             ("expiry sweeper", Some(sweeper)),
             ("metrics server", metrics_server),
+            ("open-API proxy", openapi_server),
             ("feed between replicas", follower),
             ("replica presence", presence),
         ];

@@ -2,8 +2,10 @@
 //! in `wechat/server_api.rs`. The only place the AppSecret, access_tokens and session_keys
 //! travel; they go in query strings and bodies as WeChat requires, so neither URLs, bodies nor
 //! reqwest errors (which embed the URL) are ever logged or returned.
+mod passthrough;
 mod server_api;
 
+pub use passthrough::{Answer, Passthrough, without_access_token};
 pub use server_api::{FreshToken, session_key_signature};
 use std::{sync::Arc, time::Duration};
 
@@ -222,6 +224,19 @@ impl WeChatClient {
             Ok(_) => "0".to_owned(),
             Err(e) => e.label(),
         };
+        self.record(endpoint, label, outcome.is_err(), started);
+        outcome
+    }
+
+    /// Counts a finished call, and (when spans are exported) records it as a client span of
+    /// the request it serves.
+    fn record(
+        &self,
+        endpoint: &'static str,
+        label: String,
+        failed: bool,
+        started: std::time::Instant,
+    ) {
         self.metrics
             .wechat_call(endpoint, &label, started.elapsed());
         if let Some(context) = trace::current().filter(|c| self.spans.exports(c)) {
@@ -235,10 +250,9 @@ impl WeChatClient {
                     KeyValue::new("wechat.endpoint", endpoint),
                     KeyValue::new("wechat.outcome", label.clone()),
                 ],
-                error: outcome.is_err().then_some(label),
+                error: failed.then_some(label),
             });
         }
-        outcome
     }
 
     fn host(&self) -> String {

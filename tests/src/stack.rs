@@ -39,7 +39,17 @@ scopes = ["validate", "login", "follow", "wechat.phone"]
 name = "test-backend"
 file = "backend.key"
 scopes = ["validate", "login", "follow", "admin", "push", "wechat.token", "wechat.phone", "wechat.user_data"]
+
+[[key]]
+name = "openapi-backend"
+file = "openapi.key"
+scopes = ["wechat.openapi"]
+openapi = ["/wxa/msg_sec_check", "/wxa/getwxacodeunlimit", "/cgi-bin/message/subscribe/send"]
 "#;
+
+/// What the stack's open-API proxy lets key-less callers from 127.0.0.1 call (only when a
+/// test turns the proxy on with [`StackBuilder::openapi`]).
+pub const OPENAPI_TRUSTED_PATHS: &str = "/wxa/msg_sec_check,/wxa/generate_urllink";
 
 /// A gRPC channel to session-svc that presents an API key.
 pub type AuthorizedChannel = InterceptedService<tonic::transport::Channel, Bearer>;
@@ -68,6 +78,8 @@ struct Running {
     addr: SocketAddr,
     /// Where its `/metrics` is served.
     metrics: Option<SocketAddr>,
+    /// session-svc's open-API proxy, when on.
+    openapi: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -91,6 +103,7 @@ async fn run_gateway(args: Vec<String>) -> Running {
     Running {
         addr,
         metrics,
+        openapi: None,
         shutdown,
         task,
     }
@@ -247,6 +260,19 @@ impl StackBuilder {
     }
 
     /// The gateway's business routes (a `WEAPP_ROUTES_FILE` in TOML).
+    /// Turns session-svc's open-API proxy on, with 127.0.0.1 a trusted network allowed
+    /// [`OPENAPI_TRUSTED_PATHS`].
+    pub fn openapi(self) -> Self {
+        self.session_args([
+            "--openapi-listen",
+            "127.0.0.1:0",
+            "--openapi-trusted-networks",
+            "127.0.0.1",
+            "--openapi-trusted-paths",
+            OPENAPI_TRUSTED_PATHS,
+        ])
+    }
+
     pub fn routes(mut self, toml: impl Into<String>) -> Self {
         self.routes = Some(toml.into());
         self
@@ -279,6 +305,8 @@ impl StackBuilder {
         std::fs::create_dir_all(&keys).expect("keys dir");
         std::fs::write(keys.join("gateway.key"), &gateway_key).expect("write a key");
         std::fs::write(keys.join("backend.key"), &backend_key).expect("write a key");
+        let openapi_key = random_hex(32);
+        std::fs::write(keys.join("openapi.key"), &openapi_key).expect("write a key");
         std::fs::write(keys.join("api-keys.toml"), API_KEYS).expect("write the keys file");
         let identity_key = keys.join("identity.pem");
         std::fs::write(&identity_key, new_identity_key()).expect("write the identity key");
@@ -370,6 +398,7 @@ impl StackBuilder {
             session_svc_url,
             gateway_key,
             backend_key,
+            openapi_key,
             app_id: wechat.app_id.clone(),
             app_secret: wechat.app_secret.clone(),
             sandbox: wechat.sandbox.clone(),
@@ -399,6 +428,7 @@ pub struct Stack {
     session_svc_url: String,
     gateway_key: String,
     backend_key: String,
+    openapi_key: String,
     pub app_id: String,
     pub app_secret: String,
     pub sandbox: Sandbox,
@@ -449,7 +479,7 @@ impl Stack {
         let app = session_svc::Application::build(settings)
             .await
             .expect("session-svc builds");
-        let (addr, metrics) = (app.local_addr(), app.metrics_addr());
+        let (addr, metrics, openapi) = (app.local_addr(), app.metrics_addr(), app.openapi_addr());
         self.store = Some(StoreDoor::new(app.store()));
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -457,6 +487,7 @@ impl Stack {
         self.session = Some(Running {
             addr,
             metrics,
+            openapi,
             shutdown,
             task,
         });
@@ -511,6 +542,7 @@ impl Stack {
             running: Some(Running {
                 addr,
                 metrics,
+                openapi: None,
                 shutdown,
                 task,
             }),
@@ -650,6 +682,20 @@ impl Stack {
     }
 
     /// The API key the stack's gateways present (scopes validate, login, follow).
+    /// The key with the `wechat.openapi` scope (allowed msg_sec_check, getwxacodeunlimit and
+    /// subscribe/send).
+    pub fn openapi_key(&self) -> &str {
+        &self.openapi_key
+    }
+
+    /// The open-API proxy's address (the stack must have been built with it on).
+    pub fn openapi_addr(&self) -> SocketAddr {
+        self.session
+            .as_ref()
+            .and_then(|s| s.openapi)
+            .expect("session-svc runs with its open-API proxy on")
+    }
+
     pub fn gateway_key(&self) -> &str {
         &self.gateway_key
     }

@@ -3,7 +3,8 @@
 //! matching `encryptedData`/`iv`/`rawData`/`signature` a real `wx.getUserInfo()` would give;
 //! and the server APIs a central control server calls (`cgi-bin/token`, `stable_token`,
 //! `getuserphonenumber`, `checksession`, `resetusersessionkey`) with sandbox-only ways to mint
-//! phone codes and encrypted user data.
+//! phone codes and encrypted user data; and the APIs a backend calls most through session-svc's
+//! open-API proxy (content security, subscribe messages, mini-program codes, URL links).
 //!
 //! It exists so that the whole stack can run and be tested on a machine that cannot reach
 //! `api.weixin.qq.com`. Production points session-svc at the real WeChat.
@@ -12,6 +13,7 @@ mod config;
 mod crypto;
 mod server;
 mod server_api;
+mod wxa;
 
 pub use server::{
     App, CodeStats, Fault, MintRequest, MintedLogin, Profile, Sandbox, SandboxConfig, router, serve,
@@ -19,3 +21,4 @@ pub use server::{
 pub use server_api::{
     EncryptedUserData, MintedPhoneCode, PhoneCodeRequest, TokenFailure, TokenStats, UserDataRequest,
 };
+pub use wxa::{RISKY_WORDS, SentMessage, Subscription, WxaApis, WxaCall, wxacode_image};

@@ -26,6 +26,7 @@ pub use crate::config::{App, Fault, SandboxConfig};
 use crate::{
     crypto,
     server_api::{self, ServerApis},
+    wxa::{self, WxaApis},
 };
 
 /// The user profile WeChat reveals in `wx.getUserInfo()`.
@@ -133,10 +134,18 @@ impl axum::extract::FromRef<Sandbox> for Arc<ServerApis> {
     }
 }
 
+/// So do the other server APIs' handlers (`wxa.rs`).
+impl axum::extract::FromRef<Sandbox> for Arc<WxaApis> {
+    fn from_ref(sandbox: &Sandbox) -> Self {
+        sandbox.inner.wxa.clone()
+    }
+}
+
 struct Inner {
     config: SandboxConfig,
     codes: Mutex<HashMap<String, CodeEntry>>,
     apis: Arc<ServerApis>,
+    wxa: Arc<WxaApis>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,9 +156,11 @@ pub enum MintError {
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Self {
+        let apis = Arc::new(ServerApis::new(config.clone()));
         Self {
             inner: Arc::new(Inner {
-                apis: Arc::new(ServerApis::new(config.clone())),
+                wxa: Arc::new(WxaApis::new(apis.clone())),
+                apis,
                 config,
                 codes: Mutex::new(HashMap::new()),
             }),
@@ -165,6 +176,11 @@ impl Sandbox {
     /// for tests to drive and inspect in-process.
     pub fn apis(&self) -> &ServerApis {
         &self.inner.apis
+    }
+
+    /// Content security, subscribe messages, mini-program codes and URL links (`wxa.rs`).
+    pub fn wxa(&self) -> &WxaApis {
+        &self.inner.wxa
     }
 
     /// Mints a one-time code and the user data that goes with it.
@@ -461,6 +477,12 @@ pub fn router(sandbox: Sandbox) -> Router {
             "/wxa/resetusersessionkey",
             get(server_api::reset_session_key),
         )
+        .route("/wxa/msg_sec_check", post(wxa::msg_sec_check))
+        .route("/cgi-bin/message/subscribe/send", post(wxa::subscribe_send))
+        .route("/wxa/getwxacodeunlimit", post(wxa::getwxacodeunlimit))
+        .route("/wxa/generate_urllink", post(wxa::generate_urllink))
+        .route("/sandbox/subscribe", post(wxa::subscribe))
+        .route("/sandbox/wxa/calls", get(wxa::calls))
         .route("/sandbox/mint", post(mint).get(mint))
         .route("/sandbox/codes/{code}", get(code_stats))
         .route("/sandbox/phone-code", post(server_api::mint_phone_code))

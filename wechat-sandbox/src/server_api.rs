@@ -105,12 +105,12 @@ struct ApiState {
     session_keys: HashMap<String, (String, String)>,
 }
 
-fn error(errcode: i64, errmsg: &str) -> Value {
+pub(crate) fn error(errcode: i64, errmsg: &str) -> Value {
     let rid = hex::encode(crypto::random_bytes::<6>());
     json!({ "errcode": errcode, "errmsg": format!("{errmsg}, rid: {rid}") })
 }
 
-fn ok(mut fields: Value) -> Value {
+pub(crate) fn ok(mut fields: Value) -> Value {
     fields["errcode"] = json!(0);
     fields["errmsg"] = json!("ok");
     fields
@@ -206,6 +206,20 @@ impl ServerApis {
             return Err(error(40125, "invalid appsecret"));
         }
         Ok(())
+    }
+
+    /// The app a token belongs to, or WeChat's answer to a bad one (40001/42001), as every
+    /// API that takes `?access_token=` checks it.
+    pub(crate) fn token_app(&self, token: Option<&str>) -> Result<String, Value> {
+        self.apis().check_token(token)
+    }
+
+    /// Whether `openid` has logged in to `app_id` (WeChat knows the user).
+    pub(crate) fn knows_user(&self, app_id: &str, openid: &str) -> bool {
+        self.apis()
+            .session_keys
+            .get(openid)
+            .is_some_and(|(app, _)| app == app_id)
     }
 
     pub(crate) fn remember_session_key(&self, openid: &str, app_id: &str, key_b64: &str) {
@@ -562,7 +576,7 @@ pub struct EncryptedUserData {
 }
 
 /// WeChat answers these endpoints with HTTP 200 and JSON, errors included.
-fn answer(value: Value) -> Response {
+pub(crate) fn answer(value: Value) -> Response {
     if value.get("sandbox_fault").is_some() {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,

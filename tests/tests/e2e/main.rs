@@ -16,6 +16,7 @@ mod login;
 mod mongo_store;
 mod nginx;
 mod observability;
+mod openapi;
 mod push;
 mod readme;
 mod relay;
