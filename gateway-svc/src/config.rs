@@ -330,6 +330,20 @@ pub fn is_trusted_proxy(proxies: &[IpNet], peer: IpAddr) -> bool {
     weapp_common::config::within(proxies, peer)
 }
 
+/// The client's address: the peer, or the `X-Real-IP` a trusted proxy set. Anyone else's
+/// `X-Real-IP` is ignored, or clients could pick their own address.
+pub fn client_ip(proxies: &[IpNet], peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !is_trusted_proxy(proxies, peer) {
+        return peer;
+    }
+    headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        .map_or(peer, |ip| ip.to_canonical())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

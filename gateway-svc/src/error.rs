@@ -54,6 +54,9 @@ pub enum ApiError {
     /// It did not answer within the route's timeout.
     #[error("the service behind {0} did not answer in time")]
     UpstreamTimeout(String),
+    /// It answered a WebSocket upgrade with something else than 101.
+    #[error("the service behind {prefix} refused the WebSocket ({status})")]
+    UpstreamRefusedSocket { prefix: String, status: StatusCode },
     #[error("the request path cannot be forwarded")]
     BadRequestTarget,
     /// A path that cannot be normalized safely (`path.rs`).
@@ -175,6 +178,10 @@ impl ApiError {
             Self::PhoneFailed { status, .. } => *status,
             Self::UpstreamUnreachable(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            // The business's own refusal (403, 404…) is the client's answer; anything else
+            // is the upstream failing.
+            Self::UpstreamRefusedSocket { status, .. } if status.is_client_error() => *status,
+            Self::UpstreamRefusedSocket { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -203,7 +210,9 @@ impl ApiError {
                 json!({ "error": wafer::ERR_BAD_REQUEST, "message": message })
             }
             // No magic key: the session is fine, the business upstream is not.
-            Self::UpstreamUnreachable(_) | Self::UpstreamFailed(_) => {
+            Self::UpstreamUnreachable(_)
+            | Self::UpstreamFailed(_)
+            | Self::UpstreamRefusedSocket { .. } => {
                 json!({ "error": wafer::ERR_UPSTREAM_UNAVAILABLE, "message": message })
             }
             Self::UpstreamTimeout(_) => {

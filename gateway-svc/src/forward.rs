@@ -15,7 +15,7 @@ use http_body_util::{LengthLimitError, Limited};
 use ipnet::IpNet;
 
 use crate::{
-    config::is_trusted_proxy,
+    config::{client_ip, is_trusted_proxy},
     error::ApiError,
     identity,
     resolver::AuthSession,
@@ -90,7 +90,11 @@ impl Forwarder {
         push_query_without_session(&mut uri, query);
         parts.uri = Uri::try_from(uri).map_err(|_| ApiError::BadRequestTarget)?;
         parts.version = Version::HTTP_11;
-        request_headers(&mut parts.headers, session, client_address);
+        request_headers(
+            &mut parts.headers,
+            (session, route.identity_headers),
+            client_address,
+        );
         parts.headers.insert(header::HOST, route.host.clone());
         let outgoing = Request::from_parts(parts, body);
         let answer = tokio::time::timeout(route.timeout, upstream.send(outgoing)).await;
@@ -180,18 +184,26 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// What the upstream sees of the client's headers: no hop-by-hop fields, no session
 /// credentials, no identity the client made up; the identity of the session (if any) and
 /// the forwarding headers instead.
-fn request_headers(
+pub(crate) fn request_headers(
     headers: &mut HeaderMap,
-    session: Option<&AuthSession>,
+    (session, names): (Option<&AuthSession>, identity::Names),
     client_address: ClientAddress<'_>,
 ) {
     remove_hop_by_hop(headers);
     // The upstream answers in full; hyper does not speak 100-continue as a client.
     headers.remove(header::EXPECT);
+    // Read before the client's headers go: a trusted proxy's X-Real-IP names the client.
+    let client = names.cloudrun().then(|| {
+        client_ip(
+            client_address.trusted_proxies,
+            client_address.peer.ip(),
+            headers,
+        )
+    });
     // The session credentials (`X-WX-Id`, `X-WX-Skey`) and every identity the client made up.
     identity::strip_client_headers(headers);
     if let Some(session) = session {
-        session.insert_identity(headers);
+        session.insert_identity(headers, names);
     }
     // The client's Host goes on as X-Forwarded-Host; hyper sets the upstream's.
     if let Some(host) = headers.remove(header::HOST) {
@@ -206,6 +218,10 @@ fn request_headers(
         Some(earlier) if trusted => format!("{earlier}, {peer}"),
         _ => peer.to_string(),
     };
+    // Cloud Run's name for the client's address.
+    if let Some(Ok(value)) = client.map(|ip| HeaderValue::try_from(ip.to_string())) {
+        headers.insert(identity::ORIGINAL_FORWARDED_FOR, value);
+    }
     if let Ok(value) = HeaderValue::try_from(chain) {
         headers.insert(forwarded_for, value);
     }
@@ -219,7 +235,7 @@ fn request_headers(
 
 /// Appends the query string without wafer's session parameters (any letter case), the rest
 /// kept byte for byte, with its `?` (nothing when nothing is left).
-fn push_query_without_session(target: &mut String, query: Option<&str>) {
+pub(crate) fn push_query_without_session(target: &mut String, query: Option<&str>) {
     let Some(query) = query else {
         return;
     };
@@ -286,12 +302,13 @@ mod tests {
         let with = |peer: &str| {
             let mut headers = HeaderMap::new();
             headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+            headers.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
             headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
             headers.insert(header::HOST, HeaderValue::from_static("weapp.example.com"));
             headers.insert(wafer::HEADER_SKEY, HeaderValue::from_static("secret"));
             request_headers(
                 &mut headers,
-                None,
+                (None, identity::Names::Both),
                 ClientAddress {
                     peer: peer.parse().unwrap(),
                     trusted_proxies: &trusted,
@@ -303,10 +320,12 @@ mod tests {
         assert_eq!(behind_proxy["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(behind_proxy["x-forwarded-proto"], "https");
         assert_eq!(behind_proxy["x-forwarded-host"], "weapp.example.com");
+        assert_eq!(behind_proxy[identity::ORIGINAL_FORWARDED_FOR], "1.2.3.4");
         assert!(!behind_proxy.contains_key(header::HOST));
         assert!(!behind_proxy.contains_key(wafer::HEADER_SKEY));
         let direct = with("10.9.8.7:5000");
         assert_eq!(direct["x-forwarded-for"], "10.9.8.7");
         assert_eq!(direct["x-forwarded-proto"], "http");
+        assert_eq!(direct[identity::ORIGINAL_FORWARDED_FOR], "10.9.8.7");
     }
 }

@@ -1,12 +1,15 @@
 //! The identity the gateway hands to the business: headers on forwarded requests, on
-//! `auth_request` answers and on relayed WebSocket messages. Every header the gateway sets
-//! starts with `X-Weapp-`, and before any is set, a client's own identity headers of every
-//! naming are removed (`strip_client_headers`): nothing a client sends can pass for an
-//! identity. The headers are for convenience; the
-//! assertion (a JWT signed by session-svc, verifiable against `/.well-known/jwks.json`) is
-//! the proof.
+//! `auth_request` answers and on relayed WebSocket messages. weapp's own headers start with
+//! `X-Weapp-`; a route may ask for WeChat Cloud Run's names instead or as well
+//! (`X-WX-OPENID`, `X-WX-UNIONID`, `X-WX-APPID`, `X-WX-SOURCE`, and the client's address as
+//! `X-Original-Forwarded-For`), so that a container written for Cloud Run runs unchanged.
+//! Before any is set, a client's own identity headers of every naming are removed
+//! (`strip_client_headers`): nothing a client sends can pass for an identity. The headers are
+//! for convenience; the assertion (a JWT signed by session-svc, verifiable against
+//! `/.well-known/jwks.json`) is the proof.
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde::Deserialize;
 
 use crate::user::User;
 
@@ -16,7 +19,7 @@ pub const PREFIX: &str = "x-weapp-";
 /// `X-WX-UNIONID`, `X-WX-APPID`, …), which containers written for Cloud Run trust.
 pub const WX_PREFIX: &str = "x-wx-";
 /// Cloud Run's name for the client's address, trusted like its identity headers.
-const ORIGINAL_FORWARDED_FOR: &str = "x-original-forwarded-for";
+pub const ORIGINAL_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-original-forwarded-for");
 /// nginx's name for the client's address: the gateway believes it from trusted proxies for its
 /// own rate limit, and passes on none (the upstream gets `X-Forwarded-For`), so a client
 /// cannot name its own address to a business either.
@@ -34,6 +37,39 @@ pub const USER: HeaderName = HeaderName::from_static("x-weapp-user");
 pub const ASSERTION: HeaderName = HeaderName::from_static("x-weapp-assertion");
 /// The user's phone number (E.164), once WeChat has verified it (`/phone-number`).
 pub const PHONE: HeaderName = HeaderName::from_static("x-weapp-phone");
+/// Cloud Run's names: the user's openid, unionid (when WeChat gave one), the mini-program's
+/// AppID, and where the call came from (Cloud Run's advice: check that it is present).
+pub const WX_OPENID: HeaderName = HeaderName::from_static("x-wx-openid");
+pub const WX_UNIONID: HeaderName = HeaderName::from_static("x-wx-unionid");
+pub const WX_APPID: HeaderName = HeaderName::from_static("x-wx-appid");
+pub const WX_SOURCE: HeaderName = HeaderName::from_static("x-wx-source");
+/// `X-WX-SOURCE` on what the gateway forwards: a mini-program user's call through weapp.
+pub const SOURCE: HeaderValue = HeaderValue::from_static("weapp");
+
+/// Which names a route's upstream gets the identity under (`identity_headers` in the routes
+/// file).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Names {
+    /// `X-Weapp-*` and the signed assertion.
+    #[default]
+    Weapp,
+    /// Cloud Run's: `X-WX-OPENID`, `X-WX-UNIONID`, `X-WX-APPID`, `X-WX-SOURCE`,
+    /// `X-Original-Forwarded-For`.
+    Cloudrun,
+    /// Both.
+    Both,
+}
+
+impl Names {
+    fn weapp(self) -> bool {
+        self != Self::Cloudrun
+    }
+
+    pub fn cloudrun(self) -> bool {
+        self != Self::Weapp
+    }
+}
 
 /// Removes every header that names a user or a client address: `X-Weapp-*`, `X-WX-*` (the
 /// session credentials among them), `X-Original-Forwarded-For` and `X-Real-IP`. Only the
@@ -45,7 +81,7 @@ pub fn strip_client_headers(headers: &mut HeaderMap) {
             let name = name.as_str();
             name.starts_with(PREFIX)
                 || name.starts_with(WX_PREFIX)
-                || name == ORIGINAL_FORWARDED_FOR
+                || name == ORIGINAL_FORWARDED_FOR.as_str()
                 || name == REAL_IP
         })
         .cloned()
@@ -55,20 +91,42 @@ pub fn strip_client_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// A session's identity headers, rendered once per Validate answer and cached with it: a
-/// forwarded request copies them (reference-counted values), it does not hash or encode.
+/// A session's identity headers under both namings, rendered once per Validate answer and
+/// cached with it: a forwarded request copies them (reference-counted values), it does not
+/// hash or encode.
 #[derive(Debug)]
 pub struct Identity {
     headers: HeaderMap,
+    cloudrun: HeaderMap,
 }
 
 impl Identity {
+    /// `app_id` is the mini-program's, as session-svc said (empty from an older one: then no
+    /// `X-WX-APPID`).
     pub fn new(
         session_id: &str,
         user: &User,
+        app_id: &str,
         phone: Option<&str>,
         assertion: Option<HeaderValue>,
     ) -> Self {
+        let mut cloudrun = HeaderMap::with_capacity(4);
+        if let Ok(value) = HeaderValue::from_str(&user.open_id) {
+            cloudrun.insert(WX_OPENID, value);
+        }
+        if let Some(value) = user
+            .union_id
+            .as_deref()
+            .and_then(|u| HeaderValue::from_str(u).ok())
+        {
+            cloudrun.insert(WX_UNIONID, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(app_id)
+            && !app_id.is_empty()
+        {
+            cloudrun.insert(WX_APPID, value);
+        }
+        cloudrun.insert(WX_SOURCE, SOURCE);
         let mut headers = HeaderMap::with_capacity(6);
         if let Ok(value) = HeaderValue::from_str(&user.open_id) {
             headers.insert(OPEN_ID, value);
@@ -92,12 +150,16 @@ impl Identity {
         if let Some(assertion) = assertion {
             headers.insert(ASSERTION, assertion);
         }
-        Self { headers }
+        Self { headers, cloudrun }
     }
 
-    /// Adds these headers to `headers`.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        for (name, value) in &self.headers {
+    /// Adds the headers of `names` to `headers`.
+    pub fn apply(&self, headers: &mut HeaderMap, names: Names) {
+        let sets = [
+            (names.weapp(), &self.headers),
+            (names.cloudrun(), &self.cloudrun),
+        ];
+        for (name, value) in sets.into_iter().filter(|(on, _)| *on).flat_map(|(_, h)| h) {
             headers.insert(name, value.clone());
         }
     }
@@ -132,19 +194,32 @@ mod tests {
         headers.remove("x-wxother");
         assert_eq!(headers.len(), 1);
         let user = User::new(&UserInfo::code_only("o-1", Some("u-1")));
-        Identity::new(
+        let identity = Identity::new(
             "id",
             &user,
+            "wx-app",
             Some("+8613800138000"),
             Some(HeaderValue::from_static("a.b.c")),
-        )
-        .apply(&mut headers);
+        );
+        identity.apply(&mut headers, Names::Weapp);
+        assert!(!headers.contains_key(WX_OPENID));
         assert_eq!(headers[PHONE], "+8613800138000");
         assert_eq!(headers[OPEN_ID], "o-1");
         assert_eq!(headers[UNION_ID], "u-1");
         assert_eq!(headers[SESSION], weapp_wire::short_hash("id").as_str());
         assert_eq!(headers[ASSERTION], "a.b.c");
-        let user = URL_SAFE_NO_PAD.decode(headers[USER].as_bytes()).unwrap();
-        assert_eq!(user, br#"{"openId":"o-1","unionId":"u-1"}"#);
+        let decoded = URL_SAFE_NO_PAD.decode(headers[USER].as_bytes()).unwrap();
+        assert_eq!(decoded, br#"{"openId":"o-1","unionId":"u-1"}"#);
+
+        let mut cloudrun = HeaderMap::new();
+        identity.apply(&mut cloudrun, Names::Cloudrun);
+        assert_eq!(cloudrun[WX_OPENID], "o-1");
+        assert_eq!(cloudrun[WX_UNIONID], "u-1");
+        assert_eq!(cloudrun[WX_APPID], "wx-app");
+        assert_eq!(cloudrun[WX_SOURCE], "weapp");
+        assert_eq!(cloudrun.len(), 4, "no weapp names: {cloudrun:?}");
+        let mut both = HeaderMap::new();
+        identity.apply(&mut both, Names::Both);
+        assert_eq!(both.len(), 4 + headers.len() - 1, "{both:?}");
     }
 }

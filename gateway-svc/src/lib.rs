@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod failover;
 pub mod forward;
+pub mod forwarded_socket;
 pub mod identity;
 pub mod legacy_upgrade;
 pub mod metrics;

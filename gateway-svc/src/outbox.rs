@@ -40,8 +40,13 @@ impl Outbox {
         }
     }
 
-    /// Queues `text`; false (and the socket is to be closed) when the queue is full.
+    /// Queues `text`; false (and the socket is to be closed) when the queue is full. An
+    /// outbox of capacity 0 belongs to a socket that takes no pushes (one forwarded to a
+    /// business upstream speaks the business's protocol): it refuses, and that is all.
     pub fn offer(&self, text: Utf8Bytes) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
         if self.overflowed.load(Ordering::Relaxed) {
             return false;
         }

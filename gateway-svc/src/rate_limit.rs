@@ -18,7 +18,7 @@ use governor::{
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use crate::config::is_trusted_proxy;
+use crate::config::client_ip;
 
 pub struct LoginLimiter {
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
@@ -38,18 +38,9 @@ impl LoginLimiter {
         }
     }
 
-    /// The address a login is counted against: the peer, or the `X-Real-IP` a trusted proxy
-    /// set. Anyone else's `X-Real-IP` is ignored, or clients could pick their own address.
+    /// The address a login is counted against (`config::client_ip`).
     pub fn client_address(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-        let peer = peer.ip().to_canonical();
-        if !is_trusted_proxy(&self.trusted_proxies, peer) {
-            return peer;
-        }
-        headers
-            .get("x-real-ip")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok())
-            .map_or(peer, |ip| ip.to_canonical())
+        client_ip(&self.trusted_proxies, peer.ip(), headers)
     }
 
     /// Ok, or how long until this address may log in again.

@@ -89,7 +89,7 @@ impl Relay {
             .await
             .map_err(|e| e.to_string())?;
         let mut headers = HeaderMap::new();
-        session.insert_identity(&mut headers);
+        session.insert_identity(&mut headers, crate::identity::Names::Weapp);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),

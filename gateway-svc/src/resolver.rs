@@ -10,7 +10,7 @@ use weapp_common::singleflight::SingleFlight;
 
 use crate::{
     error::ApiError,
-    identity::Identity,
+    identity::{Identity, Names},
     session_cache::{Resolved, SessionCache},
     session_client::SessionClient,
     user::User,
@@ -28,11 +28,11 @@ pub struct AuthSession {
 }
 
 impl AuthSession {
-    /// Adds the session's identity headers (`identity.rs`) to `headers`.
-    pub fn insert_identity(&self, headers: &mut HeaderMap) {
+    /// Adds the session's identity headers (`identity.rs`) under `names` to `headers`.
+    pub fn insert_identity(&self, headers: &mut HeaderMap, names: Names) {
         match &self.identity {
-            Some(identity) => identity.apply(headers),
-            None => Identity::new(&self.id, &self.user, None, None).apply(headers),
+            Some(identity) => identity.apply(headers, names),
+            None => Identity::new(&self.id, &self.user, "", None, None).apply(headers, names),
         }
     }
 
@@ -176,8 +176,16 @@ async fn validate(
             p.pure_phone_number
         )
     });
-    let identity = (need == Need::Assertion)
-        .then(|| Arc::new(Identity::new(&id, &user, phone.as_deref(), assertion)));
+    let identity = (need == Need::Assertion).then(|| {
+        let app_id = &answer.app_id;
+        Arc::new(Identity::new(
+            &id,
+            &user,
+            app_id,
+            phone.as_deref(),
+            assertion,
+        ))
+    });
     let resolved = Resolved { user, identity };
     cache.insert(ticket, &id, &skey, resolved.clone(), expires_in);
     Ok(resolved)

@@ -10,6 +10,8 @@
 //! connect_timeout = "2s"
 //! timeout = "30s"                      # until the upstream's response headers
 //! max_body_bytes = 10485760
+//! identity_headers = "weapp"           # or "cloudrun" (WeChat Cloud Run's X-WX-OPENID…), "both"
+//! websocket = false                    # true: WebSocket upgrades go on to ws://the upstream
 //! ```
 //!
 //! Mistakes stop start-up with the entry named: unknown fields, a bad URL, prefixes that
@@ -20,6 +22,8 @@ use std::{path::Path, sync::Arc, time::Duration};
 use http::Uri;
 use serde::Deserialize;
 use weapp_common::config::duration;
+
+use crate::identity::Names;
 
 /// Whether a forwarded route needs a session.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -49,6 +53,10 @@ struct Entry {
     connect_timeout: Option<String>,
     timeout: Option<String>,
     max_body_bytes: Option<u64>,
+    #[serde(default)]
+    identity_headers: Names,
+    #[serde(default)]
+    websocket: bool,
 }
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,6 +78,12 @@ pub struct Route {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub max_body_bytes: u64,
+    /// The names the upstream gets the identity under.
+    pub identity_headers: Names,
+    /// WebSocket upgrades on this route go on to the upstream (`sockets/`); without it they
+    /// are forwarded as any request, and a WebSocket server answers them as it would a
+    /// plain HTTP request.
+    pub websocket: bool,
 }
 
 impl Route {
@@ -228,6 +242,8 @@ impl Entry {
             )?,
             timeout: time(self.timeout, DEFAULT_TIMEOUT, "timeout")?,
             max_body_bytes: self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            identity_headers: self.identity_headers,
+            websocket: self.websocket,
             prefix,
         })
     }

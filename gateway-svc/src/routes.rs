@@ -19,6 +19,7 @@ use crate::{
     config::{AUTH_PATH, PHONE_PATH, RESERVED_PATHS},
     error::ApiError,
     forward::ClientAddress,
+    forwarded_socket,
     resolver::{AuthSession, Need},
     route_table::{Route, RouteTable, SessionRule},
     state::AppState,
@@ -161,6 +162,9 @@ async fn fallback(
                 "this needs a session; log in first".into(),
             ));
         }
+        if route.websocket && forwarded_socket::is_upgrade(request.headers()) {
+            return forwarded_socket::forward(&state, &route, session, peer, request).await;
+        }
         let client = ClientAddress {
             peer,
             trusted_proxies: &state.settings.trusted_proxies,
@@ -197,7 +201,7 @@ async fn auth(
         .await?
         .ok_or_else(|| ApiError::InvalidSession("this needs a session; log in first".into()))?;
     let mut response = StatusCode::OK.into_response();
-    session.insert_identity(response.headers_mut());
+    session.insert_identity(response.headers_mut(), crate::identity::Names::Weapp);
     Ok(response)
 }
 

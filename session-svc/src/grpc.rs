@@ -212,6 +212,7 @@ impl SessionService for SessionGrpc {
                 .and_then(|a| prost_types::Duration::try_from(a.expires_in).ok()),
             identity_assertion: assertion.map(|a| a.token).unwrap_or_default(),
             phone: record.phone.as_ref().map(phone),
+            app_id: self.login.app_id().to_owned(),
         }))
     }
 

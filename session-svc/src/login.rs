@@ -78,6 +78,11 @@ fn given(v: &Option<String>) -> Option<&str> {
 }
 
 impl LoginService {
+    /// The mini-program this service logs users in to.
+    pub fn app_id(&self) -> &str {
+        self.wechat.app_id()
+    }
+
     pub fn new(
         wechat: Arc<WeChatClient>,
         sessions: Arc<SessionManager>,

@@ -23,6 +23,7 @@ mod relay;
 mod resilience;
 mod sandbox;
 mod sessions;
+mod socket_forwarding;
 mod spoofing;
 mod wafer_fidelity;
 mod websocket;

@@ -175,7 +175,14 @@ async fn callers_and_paths_not_allowed_are_refused_before_wechat_is_called() {
     let key = Some(stack.openapi_key());
     let body = json!({ "path": "pages/index/index" });
     // What, from where, which path, with which key; the status and errcode expected.
-    type Case<'a> = (&'a str, &'a reqwest::Client, &'a str, Option<&'a str>, u16, i64);
+    type Case<'a> = (
+        &'a str,
+        &'a reqwest::Client,
+        &'a str,
+        Option<&'a str>,
+        u16,
+        i64,
+    );
     let cases: Vec<Case> = vec![
         // Not in the key's allow-list (it is in the trusted networks' list: the key decides).
         (
