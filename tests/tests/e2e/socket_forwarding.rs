@@ -68,6 +68,8 @@ impl SocketServer {
                 let log = log.clone();
                 tokio::spawn(async move {
                     let mut index = None;
+                    // tungstenite's callback type, not ours to shrink.
+                    #[allow(clippy::result_large_err)]
                     let callback = |request: &Request, mut response: Response| {
                         if request.uri().path().ends_with("/missing") {
                             let mut refusal = ErrorResponse::new(Some("no such room".into()));
