@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole weapp stack locally: the WeChat sandbox, session-svc (embedded store),
-# gateway-svc and the example business backend (examples/node-backend, behind /api/), as
-# processes linked by gRPC over loopback. Ctrl-C stops them all.
+# Runs the whole weapp stack locally: the WeChat sandbox, session-svc (embedded store, and its
+# open-API proxy), gateway-svc, the example business backend (examples/node-backend, behind
+# /api/) and a container written for WeChat Cloud Run (examples/cloudrun-container, behind
+# /cloudrun/), as processes linked by gRPC over loopback. Ctrl-C stops them all.
 #
 # Environment (all optional):
 #   WEAPP_STACK_DIR        state: AppSecret file, session store   (default: ./.stack)
@@ -9,6 +10,8 @@
 #   WEAPP_SESSION_LISTEN   session-svc gRPC address                (default: 127.0.0.1:50051)
 #   SANDBOX_LISTEN         WeChat sandbox address                  (default: 127.0.0.1:9870)
 #   EXAMPLE_LISTEN         example backend address (behind /api/)  (default: 127.0.0.1:9000)
+#   CLOUDRUN_LISTEN        Cloud Run example (behind /cloudrun/)   (default: 127.0.0.1:9001)
+#   WEAPP_OPENAPI_LISTEN   session-svc's open-API proxy            (default: 127.0.0.1:8081)
 #   WEAPP_STACK_PROFILE    cargo profile: dev or release           (default: dev)
 #   RUST_LOG               log filter                              (default: info)
 #   WEAPP_MONGODB_URI      keep sessions in MongoDB instead of the embedded store
@@ -25,6 +28,8 @@ gateway_listen=${WEAPP_GATEWAY_LISTEN:-0.0.0.0:8765}
 session_listen=${WEAPP_SESSION_LISTEN:-127.0.0.1:50051}
 sandbox_listen=${SANDBOX_LISTEN:-127.0.0.1:9870}
 example_listen=${EXAMPLE_LISTEN:-127.0.0.1:9000}
+cloudrun_listen=${CLOUDRUN_LISTEN:-127.0.0.1:9001}
+openapi_listen=${WEAPP_OPENAPI_LISTEN:-127.0.0.1:8081}
 profile=${WEAPP_STACK_PROFILE:-dev}
 app_id=${WEAPP_APP_ID:-wxweapplocal0001}
 
@@ -36,8 +41,10 @@ esac
 
 echo "==> building (cargo build --profile $profile)"
 cargo build --profile "$profile" --bins --quiet
-[ -d examples/node-backend/node_modules ] ||
-  npm ci --prefix examples/node-backend --no-audit --no-fund --loglevel=error
+for example in node-backend cloudrun-container; do
+  [ -d "examples/$example/node_modules" ] ||
+    npm ci --prefix "examples/$example" --no-audit --no-fund --loglevel=error
+done
 bin="${CARGO_TARGET_DIR:-$root/target}/$target_dir"
 
 mkdir -p "$stack_dir/data"
@@ -77,7 +84,8 @@ scopes = ["validate", "login", "follow", "admin", "push", "wechat.token", "wecha
 [[key]]
 name = "example-backend"
 file = "example-backend.key"
-scopes = ["push"]
+scopes = ["push", "wechat.openapi"]
+openapi = ["/wxa/msg_sec_check", "/wxa/getwxacodeunlimit", "/cgi-bin/message/subscribe/send", "/wxa/generate_urllink"]
 KEYS
 
 pids=()
@@ -122,6 +130,9 @@ WEAPP_API_KEYS_FILE=$keys_dir/api-keys.toml \
 WEAPP_IDENTITY_KEY_FILES=$keys_dir/identity.pem \
 WEAPP_DATA_KEY_FILES=$keys_dir/data.key \
 WEAPP_WECHAT_BASE_URL="http://$(host_of "$sandbox_listen"):$(port_of "$sandbox_listen")/" \
+WEAPP_OPENAPI_LISTEN=$openapi_listen \
+WEAPP_OPENAPI_TRUSTED_NETWORKS=127.0.0.1 \
+WEAPP_OPENAPI_TRUSTED_PATHS=/wxa/msg_sec_check,/wxa/generate_urllink \
   "$bin/session-svc" &
 pids+=($!)
 wait_for "session-svc" "$(host_of "$session_listen")" "$(port_of "$session_listen")" "$!"
@@ -132,6 +143,15 @@ cat > "$stack_dir/routes.toml" <<ROUTES
 prefix = "/api/"
 upstream = "http://$(host_of "$example_listen"):$(port_of "$example_listen")"
 session = "required"
+
+# A container written for WeChat Cloud Run, unchanged (README, "Coming from Cloud Run").
+[[route]]
+prefix = "/cloudrun/"
+upstream = "http://$(host_of "$cloudrun_listen"):$(port_of "$cloudrun_listen")"
+session = "required"
+strip_prefix = true
+identity_headers = "cloudrun"
+websocket = true
 ROUTES
 
 WEAPP_GATEWAY_LISTEN=$gateway_listen \
@@ -151,12 +171,22 @@ WEAPP_API_KEY_FILE=$keys_dir/example-backend.key \
 pids+=($!)
 wait_for "example backend" "$(host_of "$example_listen")" "$(port_of "$example_listen")" "$!"
 
+# Its calls to http://api.weixin.qq.com go to the open-API proxy: axios takes HTTP_PROXY (in
+# docker-compose the name itself points there).
+PORT=$(port_of "$cloudrun_listen") \
+HTTP_PROXY="http://$(host_of "$openapi_listen"):$(port_of "$openapi_listen")" \
+  node examples/cloudrun-container/server.js &
+pids+=($!)
+wait_for "Cloud Run example" "$(host_of "$cloudrun_listen")" "$(port_of "$cloudrun_listen")" "$!"
+
 sb="http://$(host_of "$sandbox_listen"):$(port_of "$sandbox_listen")"
 cat <<EOF
 
 weapp is running (Ctrl-C stops it):
-  gateway-svc   $gw          (HTTP: /login, /me, /ws; /api/ goes to the example backend)
+  gateway-svc   $gw          (HTTP: /login, /me, /ws; /api/ goes to the example backend,
+                                          /cloudrun/ to the Cloud Run example container)
   session-svc   $session_listen    (gRPC; API keys in $keys_dir)
+                open-API proxy at http://$openapi_listen (WeChat's APIs without a token)
                 operator commands, e.g.: $bin/session-svc admin token \\
                   --url http://$session_listen --key-file $keys_dir/admin.key
                 (revoke-user <openId>, sessions <id>..., force-refresh --reason …, publish)
@@ -173,6 +203,11 @@ Then, with the "id" and "skey" it answers:
 A phone number (the sandbox plays the getPhoneNumber button):
   curl -s -X POST $sb/sandbox/phone-code -H 'Content-Type: application/json' -d '{}'
   curl -s -H 'X-WX-Id: <id>' -H 'X-WX-Skey: <skey>' -H 'X-WX-Phone-Code: <code>' -X POST $gw/phone-number
+WeChat's APIs without a token, through the open-API proxy (a backend with a key):
+  curl -s -H "Authorization: Bearer \$(cat $keys_dir/example-backend.key)" \\
+    -d '{"scene":"id=1","page":"pages/index/index"}' http://$openapi_listen/wxa/getwxacodeunlimit > code.png
+The Cloud Run example, as the mini-program calls it:
+  curl -s -H 'X-WX-Id: <id>' -H 'X-WX-Skey: <skey>' $gw/cloudrun/api/wx_openid
 The app's access_token, as your backends get it:
   grpcurl -plaintext -H "authorization: Bearer \$(cat $keys_dir/admin.key)" \\
     $session_listen weapp.session.v1.SessionService/GetAccessToken

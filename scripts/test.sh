@@ -41,6 +41,7 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 npm ci --prefix tests/sdk-compat --no-audit --no-fund --loglevel=error
 npm ci --prefix examples/node-backend --no-audit --no-fund --loglevel=error
+npm ci --prefix examples/cloudrun-container --no-audit --no-fund --loglevel=error
 # nx-27017, the MongoDB-wire server the MongoDB store tests start (one per test).
 ensure_test_venv "$root"
 venv=$TEST_VENV
@@ -78,11 +79,14 @@ step "deployment files: docker-compose config, Dockerfile, systemd-analyze verif
 step "local stack (scripts/stack.sh) driven as the README says"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 gw_port=$(free_port); session_port=$(free_port); sandbox_port=$(free_port); example_port=$(free_port)
+cloudrun_port=$(free_port); openapi_port=$(free_port)
 WEAPP_STACK_DIR="$log_dir/stack" \
 WEAPP_GATEWAY_LISTEN="127.0.0.1:$gw_port" \
 WEAPP_SESSION_LISTEN="127.0.0.1:$session_port" \
 SANDBOX_LISTEN="127.0.0.1:$sandbox_port" \
 EXAMPLE_LISTEN="127.0.0.1:$example_port" \
+CLOUDRUN_LISTEN="127.0.0.1:$cloudrun_port" \
+WEAPP_OPENAPI_LISTEN="127.0.0.1:$openapi_port" \
   scripts/stack.sh > "$log_dir/stack.log" 2>&1 &
 stack_pid=$!
 for _ in $(seq 1 600); do

@@ -53,9 +53,9 @@ def check_compose():
 
     config = yaml.safe_load(rendered.stdout)
     services = config["services"]
-    check("compose: services", set(services) == {"mongo", "session-svc", "gateway-svc", "nginx", "tls-init", "prometheus"}, sorted(services))
+    check("compose: services", set(services) == {"mongo", "session-svc", "gateway-svc", "nginx", "tls-init", "prometheus", "cloudrun-example"}, sorted(services))
 
-    for name in ["mongo", "session-svc", "gateway-svc", "nginx", "prometheus"]:
+    for name in ["mongo", "session-svc", "gateway-svc", "nginx", "prometheus", "cloudrun-example"]:
         svc = services[name]
         test = svc.get("healthcheck", {}).get("test")
         check(f"compose: {name} has a health check", bool(test), svc.get("healthcheck"))
@@ -126,10 +126,55 @@ def check_compose():
     import tomllib
     with open(os.path.join(ROOT, "deploy", "compose", "api-keys.toml"), "rb") as f:
         keys = {k["name"]: k for k in tomllib.load(f)["key"]}
+    check_cloudrun(config, services)
     gateway_key = keys.get("gateway", {})
     check("compose: the keys file gives the gateway's key validate, login and follow",
           os.path.basename(key_file) == gateway_key.get("file")
           and {"validate", "login", "follow"} <= set(gateway_key.get("scopes", [])), gateway_key)
+
+
+def check_cloudrun(config, services):
+    """The Cloud Run example: api.weixin.qq.com is session-svc's open-API proxy on an internal
+    network whose addresses the proxy trusts, session-svc reaches WeChat by another name, and
+    the gateway routes /cloudrun/ to the container with Cloud Run's headers and its socket."""
+    import ipaddress
+    import tomllib
+    session, example = services["session-svc"], services["cloudrun-example"]
+    env = session["environment"]
+    network = config.get("networks", {}).get("cloudrun", {})
+    subnets = [c.get("subnet") for c in network.get("ipam", {}).get("config", [])]
+    check("compose: the cloudrun network is internal, with a fixed subnet",
+          network.get("internal") is True and len(subnets) == 1, network)
+    aliases = (session.get("networks", {}).get("cloudrun") or {}).get("aliases", [])
+    check("compose: on it, api.weixin.qq.com is session-svc", "api.weixin.qq.com" in aliases, aliases)
+    check("compose: session-svc's open-API proxy answers http://api.weixin.qq.com (port 80)",
+          env.get("WEAPP_OPENAPI_LISTEN") == "0.0.0.0:80"
+          and str(session.get("sysctls", {}).get("net.ipv4.ip_unprivileged_port_start")) == "0",
+          (env.get("WEAPP_OPENAPI_LISTEN"), session.get("sysctls")))
+    trusted = [ipaddress.ip_network(n) for n in str(env.get("WEAPP_OPENAPI_TRUSTED_NETWORKS", "")).split(",") if n]
+    check("compose: the proxy trusts exactly the cloudrun network",
+          bool(subnets) and trusted == [ipaddress.ip_network(subnets[0])], (trusted, subnets))
+    paths = str(env.get("WEAPP_OPENAPI_TRUSTED_PATHS", "")).split(",")
+    check("compose: the trusted allow-list has msg_sec_check and never a token endpoint",
+          "/wxa/msg_sec_check" in paths and not any("token" in p for p in paths), paths)
+    check("compose: session-svc does not call WeChat by the name it answers itself",
+          "api.weixin.qq.com" not in str(env.get("WEAPP_WECHAT_BASE_URL")), env.get("WEAPP_WECHAT_BASE_URL"))
+    check("compose: the example is on the cloudrun network and publishes nothing",
+          "cloudrun" in (example.get("networks") or {}) and "ports" not in example, example.get("networks"))
+    with open(os.path.join(ROOT, "deploy", "compose", "routes.toml"), "rb") as f:
+        routes = tomllib.load(f)["route"]
+    route = next((r for r in routes if r["prefix"] == "/cloudrun/"), {})
+    mounts = " ".join(str(v) for v in services["gateway-svc"].get("volumes", []))
+    check("compose: the gateway routes /cloudrun/ to the example with Cloud Run's headers and its socket",
+          route.get("upstream") == "http://cloudrun-example:80" and route.get("identity_headers") == "cloudrun"
+          and route.get("websocket") is True and route.get("session") == "required"
+          and "deploy/compose/routes.toml" in mounts
+          and services["gateway-svc"]["environment"].get("WEAPP_ROUTES_FILE") == "/etc/weapp/routes.toml",
+          (route, mounts))
+    with open(os.path.join(ROOT, "examples", "cloudrun-container", "Dockerfile")) as f:
+        dockerfile = f.read()
+    check("compose: the example's image runs server.js as a non-root user",
+          "USER node" in dockerfile and 'CMD ["node", "server.js"]' in dockerfile)
 
 
 def check_dockerfile():

@@ -72,7 +72,12 @@ function createWx({ sandboxUrl }) {
         }
       }
       state.requests.push({ url: target, method, header: { ...(header || {}) } });
-      fetch(target, { method, headers: header || {}, body })
+      // wx.request's default content type, unless the caller set one.
+      const headers = { ...(header || {}) };
+      if (!Object.keys(headers).some((name) => name.toLowerCase() === 'content-type')) {
+        headers['content-type'] = 'application/json';
+      }
+      fetch(target, { method, headers, body })
         .then(async (response) => {
           const text = await response.text();
           let parsed = text;

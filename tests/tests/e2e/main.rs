@@ -5,6 +5,7 @@ mod access_token;
 mod admin;
 mod auth_request;
 mod cache;
+mod cloudrun;
 mod conformance;
 mod example_backend;
 mod forwarding;
