@@ -14,7 +14,10 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use weapp_common::config::{ServiceCli, duration, ip_net, pem_file, positive, secret_file};
 
-use crate::route_table::{RouteTable, routes_file};
+use crate::{
+    destination::fixed_paths,
+    route_table::{RouteTable, routes_file},
+};
 
 /// weapp gateway-svc: the wafer HTTP/WebSocket edge.
 #[derive(Parser, Debug)]
@@ -181,22 +184,27 @@ pub struct WsSettings {
 
 #[derive(Args, Clone, Debug)]
 pub struct RelaySettings {
-    /// Upstream URL that receives each WebSocket text message as a POST with the user's
-    /// identity; its answer body goes back on the socket. None: `/ws` echoes (the tutorial).
+    /// Upstream URL (http://, on the private network, as business routes' upstreams) that
+    /// receives each WebSocket text message as a POST with the user's identity; its answer
+    /// body goes back on the socket. None: `/ws` echoes (the tutorial).
     #[arg(id = "ws_relay_url", value_name = "WS_RELAY_URL", long = "ws-relay-url", env = "WEAPP_WS_RELAY_URL", value_parser = relay_url)]
-    pub url: Option<reqwest::Url>,
+    pub url: Option<http::Uri>,
 
     /// Longest wait for the relay upstream's answer to one message.
     #[arg(id = "ws_relay_timeout", value_name = "WS_RELAY_TIMEOUT", long = "ws-relay-timeout", env = "WEAPP_WS_RELAY_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub timeout: Duration,
 }
 
-fn relay_url(value: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(value).map_err(|e| format!("not a URL: {e}"))?;
-    match url.scheme() {
-        "http" | "https" => Ok(url),
-        _ => Err("must be an http:// or https:// URL".into()),
+fn relay_url(value: &str) -> Result<http::Uri, String> {
+    let url: http::Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if url.scheme_str() != Some("http") || url.host().is_none_or(str::is_empty) {
+        return Err(
+            "must be an http:// URL with a host (the relay's upstream is reached over the \
+             private network, like business routes' upstreams)"
+                .into(),
+        );
     }
+    Ok(url)
 }
 
 /// The cache of validated sessions (see `session_cache.rs` for what keeps it honest).
@@ -274,7 +282,7 @@ impl Settings {
     pub fn check(&self) -> Result<(), String> {
         self.session_svc.check()?;
         if let Some(routes) = &self.routes {
-            let mut own = RESERVED_PATHS.to_vec();
+            let mut own: Vec<&str> = fixed_paths().collect();
             own.push(&self.login_path);
             routes
                 .check_against(&own)
@@ -284,25 +292,6 @@ impl Settings {
     }
 }
 
-/// Paths the gateway serves itself; the login path and business routes must not shadow them.
-pub const RESERVED_PATHS: [&str; 8] = [
-    "/me",
-    "/ws",
-    "/logout",
-    PHONE_PATH,
-    "/healthz",
-    "/readyz",
-    "/.well-known/jwks.json",
-    AUTH_PATH,
-];
-
-/// The mini-program's phone number (`routes.rs`).
-pub const PHONE_PATH: &str = "/phone-number";
-
-/// For nginx's `auth_request`: 200 with the identity headers, 401 with wafer's body, 503 when
-/// sessions cannot be checked (`routes.rs`).
-pub const AUTH_PATH: &str = "/_weapp/auth";
-
 fn login_path(path: &str) -> Result<String, String> {
     let valid_chars = path
         .bytes()
@@ -310,7 +299,7 @@ fn login_path(path: &str) -> Result<String, String> {
     if !path.starts_with('/') || path.len() < 2 || !valid_chars || path.contains("//") {
         return Err("the login path must look like /login (letters, digits, / - _ .)".into());
     }
-    if RESERVED_PATHS.contains(&path) {
+    if fixed_paths().any(|own| own == path) {
         return Err(format!(
             "the login path cannot be {path}: the gateway serves it"
         ));

@@ -3,7 +3,7 @@
 //! gateway, plus the identity; the answer comes back the same way. Bodies stream both ways
 //! (nothing is buffered whole), each upstream has its own HTTP/1.1 keep-alive pool, and an
 //! upstream that is down or slow gets a 502 or 504 within its route's timeouts, never a hang.
-use std::{error::Error as _, net::SocketAddr, sync::Arc};
+use std::{error::Error as _, net::SocketAddr};
 
 use axum::{
     body::Body,
@@ -16,108 +16,79 @@ use ipnet::IpNet;
 
 use crate::{
     config::{client_ip, is_trusted_proxy},
+    destination::Business,
     error::ApiError,
     identity,
     resolver::AuthSession,
-    route_table::{Route, RouteTable},
-    upstream::{Upstream, UpstreamError},
+    upstream::UpstreamError,
     wafer,
 };
 
-/// One keep-alive pool per upstream (`upstream.rs`), in route-table order.
-pub struct Forwarder {
-    upstreams: Vec<(Arc<Route>, Arc<Upstream>)>,
-}
-
-impl Forwarder {
-    pub fn new(routes: &RouteTable) -> Self {
-        let upstreams = routes
-            .routes()
-            .map(|route| {
-                let upstream = Upstream::new(route.authority.clone(), route.connect_timeout);
-                (route.clone(), Arc::new(upstream))
-            })
-            .collect();
-        Self { upstreams }
-    }
-
-    fn upstream(&self, route: &Arc<Route>) -> Option<&Arc<Upstream>> {
-        self.upstreams
-            .iter()
-            .find(|(r, _)| Arc::ptr_eq(r, route))
-            .map(|(_, upstream)| upstream)
-    }
-
-    /// Sends `request` to `route`'s upstream with `session`'s identity (or none), and
-    /// streams the answer back.
-    pub async fn forward(
-        &self,
-        route: &Arc<Route>,
-        session: Option<&AuthSession>,
-        client_address: ClientAddress<'_>,
-        request: Request,
-    ) -> Result<Response, ApiError> {
-        let upstream = self
-            .upstream(route)
-            .ok_or_else(|| ApiError::UpstreamFailed(route.prefix.clone()))?;
-        let (mut parts, body) = request.into_parts();
-        let max = route.max_body_bytes;
-        let length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let body = match length {
-            Some(length) if length > max => {
-                return Err(ApiError::BodyTooLarge(
-                    usize::try_from(max).unwrap_or(usize::MAX),
-                ));
-            }
-            Some(_) => body,
-            // A chunked body is counted as it streams; past the limit the upstream request
-            // fails and the client gets 413.
-            None => Body::new(Limited::new(
-                body,
+/// Sends `request` to `business`'s upstream with `session`'s identity (or none), and
+/// streams the answer back.
+pub async fn forward(
+    business: &Business,
+    session: Option<&AuthSession>,
+    client_address: ClientAddress<'_>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (route, upstream) = (&*business.route, &business.upstream);
+    let (mut parts, body) = request.into_parts();
+    let max = route.max_body_bytes;
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = match length {
+        Some(length) if length > max => {
+            return Err(ApiError::BodyTooLarge(
                 usize::try_from(max).unwrap_or(usize::MAX),
-            )),
-        };
-        let (path, query) = (parts.uri.path(), parts.uri.query());
-        // Origin-form ("/path?query"): the connection already is the upstream's.
-        let mut uri = String::with_capacity(
-            route.base_path.len() + path.len() + query.map_or(0, str::len) + 2,
-        );
-        route.push_upstream_path(&mut uri, path);
-        push_query_without_session(&mut uri, query);
-        parts.uri = Uri::try_from(uri).map_err(|_| ApiError::BadRequestTarget)?;
-        parts.version = Version::HTTP_11;
-        request_headers(
-            &mut parts.headers,
-            (session, route.identity_headers),
-            client_address,
-        );
-        parts.headers.insert(header::HOST, route.host.clone());
-        let outgoing = Request::from_parts(parts, body);
-        let answer = tokio::time::timeout(route.timeout, upstream.send(outgoing)).await;
-        let answer = match answer {
-            Err(_) => return Err(ApiError::UpstreamTimeout(route.prefix.clone())),
-            Ok(Err(e)) if limit_exceeded(&e) => {
-                return Err(ApiError::BodyTooLarge(
-                    usize::try_from(max).unwrap_or(usize::MAX),
-                ));
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(route = %route.prefix, error = %e, cause = ?e.source(), "upstream request failed");
-                return Err(match e.is_connect() {
-                    true => ApiError::UpstreamUnreachable(route.prefix.clone()),
-                    false => ApiError::UpstreamFailed(route.prefix.clone()),
-                });
-            }
-            Ok(Ok(answer)) => answer,
-        };
-        let (mut parts, body) = answer.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Body::new(body)))
-    }
+            ));
+        }
+        Some(_) => body,
+        // A chunked body is counted as it streams; past the limit the upstream request
+        // fails and the client gets 413.
+        None => Body::new(Limited::new(
+            body,
+            usize::try_from(max).unwrap_or(usize::MAX),
+        )),
+    };
+    let (path, query) = (parts.uri.path(), parts.uri.query());
+    // Origin-form ("/path?query"): the connection already is the upstream's.
+    let mut uri =
+        String::with_capacity(route.base_path.len() + path.len() + query.map_or(0, str::len) + 2);
+    route.push_upstream_path(&mut uri, path);
+    push_query_without_session(&mut uri, query);
+    parts.uri = Uri::try_from(uri).map_err(|_| ApiError::BadRequestTarget)?;
+    parts.version = Version::HTTP_11;
+    request_headers(
+        &mut parts.headers,
+        (session, route.identity_headers),
+        client_address,
+    );
+    parts.headers.insert(header::HOST, route.host.clone());
+    let outgoing = Request::from_parts(parts, body);
+    let answer = tokio::time::timeout(route.timeout, upstream.send(outgoing)).await;
+    let answer = match answer {
+        Err(_) => return Err(ApiError::UpstreamTimeout(route.prefix.clone())),
+        Ok(Err(e)) if limit_exceeded(&e) => {
+            return Err(ApiError::BodyTooLarge(
+                usize::try_from(max).unwrap_or(usize::MAX),
+            ));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.prefix, error = %e, cause = ?e.source(), "upstream request failed");
+            return Err(match e.is_connect() {
+                true => ApiError::UpstreamUnreachable(route.prefix.clone()),
+                false => ApiError::UpstreamFailed(route.prefix.clone()),
+            });
+        }
+        Ok(Ok(answer)) => answer,
+    };
+    let (mut parts, body) = answer.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
 }
 
 /// Who sent the request, for `X-Forwarded-For` and `-Proto`.

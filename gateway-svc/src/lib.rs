@@ -5,6 +5,8 @@
 
 pub mod body_limit;
 pub mod config;
+pub mod destination;
+pub mod dispatch;
 pub mod error;
 pub mod failover;
 pub mod forward;
@@ -14,6 +16,7 @@ pub mod legacy_upgrade;
 pub mod metrics;
 pub mod open_sockets;
 pub mod outbox;
+pub mod own;
 pub mod probe;
 pub mod rate_limit;
 pub mod relay;
@@ -21,7 +24,6 @@ pub mod replicas;
 pub mod resolver;
 pub mod revocation_follower;
 pub mod route_table;
-pub mod routes;
 pub mod server;
 pub mod session_cache;
 pub mod session_client;

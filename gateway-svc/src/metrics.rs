@@ -4,18 +4,15 @@
 //!
 //! Handles are registered once and kept: recording on the hot paths (every request, every
 //! WebSocket message) is an atomic add, not a registry lookup.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use dashmap::DashMap;
 use metrics::{Counter, Gauge, Histogram};
 use weapp_common::metrics::{Registry, status_class};
 
-use crate::config::{AUTH_PATH, PHONE_PATH};
+use crate::destination::{Destination, OTHER, Routing};
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// The label of requests that match no template.
-const OTHER: &str = "other";
 
 /// One route's request counters and latency, by status class.
 struct RouteHandles {
@@ -71,9 +68,9 @@ pub struct RouteLabel(usize);
 
 pub struct GatewayMetrics {
     pub registry: Registry,
-    /// Route template → its index in `handles`; `other` is the last.
-    routes: HashMap<String, usize>,
+    /// By route template, in label order (`Destination::label`).
     handles: Vec<RouteHandles>,
+    business_routes: usize,
     /// By (method, gRPC code).
     grpc: DashMap<(&'static str, i32), (Counter, Histogram)>,
     pub ws_open: Gauge,
@@ -99,48 +96,23 @@ pub struct GatewayMetrics {
     pub websockets_refused: Counter,
 }
 
-/// The gateway's own paths, as route labels.
-pub fn own_routes(login_path: &str) -> Vec<String> {
-    [
-        login_path,
-        "/me",
-        "/logout",
-        "/ws",
-        PHONE_PATH,
-        AUTH_PATH,
-        "/.well-known/jwks.json",
-        "/healthz",
-        "/readyz",
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect()
-}
-
 impl GatewayMetrics {
-    /// Handles for the gateway's own routes and the business route prefixes.
-    pub fn new(
-        registry: Registry,
-        own: Vec<String>,
-        prefixes: impl IntoIterator<Item = String>,
-    ) -> Arc<Self> {
+    /// Handles for every route template of `routing` (its own paths, the business route
+    /// prefixes, `other`), in label order.
+    pub fn new(registry: Registry, routing: &Routing) -> Arc<Self> {
         describe(&registry);
-        let mut routes = HashMap::new();
-        let mut handles = Vec::new();
-        for route in own.into_iter().chain(prefixes) {
-            if let std::collections::hash_map::Entry::Vacant(slot) = routes.entry(route) {
-                handles.push(RouteHandles::new(&registry, slot.key()));
-                slot.insert(handles.len() - 1);
-            }
-        }
-        handles.push(RouteHandles::new(&registry, OTHER));
+        let handles = routing
+            .templates()
+            .iter()
+            .map(|template| RouteHandles::new(&registry, template))
+            .collect();
         let gauge = |name| registry.gauge(name, &[]);
         let counter = |name| registry.counter(name, &[]);
         let login = |outcome| registry.counter("weapp_logins_total", &[("outcome", outcome)]);
         let eviction =
             |cause| registry.counter("weapp_session_cache_evictions_total", &[("cause", cause)]);
         Arc::new(Self {
-            routes,
+            business_routes: routing.business_routes(),
             handles,
             grpc: DashMap::new(),
             ws_open: gauge("weapp_websockets_open"),
@@ -179,20 +151,9 @@ impl GatewayMetrics {
         })
     }
 
-    /// The route template of a request: its business route's prefix, one of the gateway's
-    /// own paths, or `other`.
-    pub fn route_label(&self, path: &str, business_prefix: Option<&str>) -> RouteLabel {
-        let template = match business_prefix {
-            Some(prefix) => prefix,
-            None if crate::wafer::is_me(path) => "/me",
-            None => path,
-        };
-        RouteLabel(
-            self.routes
-                .get(template)
-                .copied()
-                .unwrap_or(self.handles.len() - 1),
-        )
+    /// The route template a request is counted under.
+    pub fn route_label(&self, destination: &Destination) -> RouteLabel {
+        RouteLabel(destination.label(self.business_routes))
     }
 
     /// The template a label stands for (what spans are named by, too).

@@ -3,14 +3,16 @@
 //! forwarded requests), and the upstream's answer body goes back on that socket. One message
 //! at a time per socket, so the upstream sees them in the order they were sent and the
 //! answers come back in that order; an upstream error becomes one error frame and the socket
-//! stays open. Without the setting, `/ws` echoes as the tutorial did.
+//! stays open. Without the setting, `/ws` echoes as the tutorial did. The upstream is reached
+//! as business routes' upstreams are: over a keep-alive pool of its own (`upstream.rs`).
 use std::{sync::Arc, time::Duration};
 
 use axum::{
+    body::Body,
     extract::ws::Utf8Bytes,
-    http::{HeaderMap, HeaderValue, header},
+    http::{HeaderValue, Request, header},
 };
-use futures::StreamExt as _;
+use http_body_util::{BodyExt as _, Limited};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -18,6 +20,7 @@ use crate::{
     config::RelaySettings,
     outbox::Outbox,
     resolver::{Need, SessionResolver},
+    upstream::Upstream,
 };
 
 /// Client messages waiting for the relay on one socket. A client that sends faster than the
@@ -29,9 +32,12 @@ pub const WAITING: usize = 64;
 pub const ERR_RELAY_FAILED: &str = "ERR_RELAY_FAILED";
 
 pub struct Relay {
-    url: reqwest::Url,
+    upstream: Arc<Upstream>,
+    /// The URL's path and query, what each POST asks for.
+    target: http::uri::PathAndQuery,
+    /// The URL's host (and port), the Host of each POST.
+    host: HeaderValue,
     timeout: Duration,
-    client: reqwest::Client,
     max_answer: usize,
 }
 
@@ -41,14 +47,23 @@ impl Relay {
         let Some(url) = settings.url.clone() else {
             return Ok(None);
         };
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| format!("cannot build the relay's HTTP client: {e}"))?;
+        let authority = url.authority().ok_or("WEAPP_WS_RELAY_URL names no host")?;
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "WEAPP_WS_RELAY_URL has an unusable host")?;
+        // A URL without a port means port 80, as for any http:// URL.
+        let address = match authority.port() {
+            Some(_) => authority.to_string(),
+            None => format!("{}:80", authority.host()),
+        };
+        let connect_timeout = settings.timeout.min(Duration::from_secs(5));
         Ok(Some(Self {
-            url,
+            upstream: Arc::new(Upstream::new(address, connect_timeout)),
+            target: url
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            host,
             timeout: settings.timeout,
-            client,
             max_answer,
         }))
     }
@@ -88,49 +103,39 @@ impl Relay {
             .resolve_credentials(id.to_owned(), skey.to_owned(), Need::Assertion)
             .await
             .map_err(|e| e.to_string())?;
-        let mut headers = HeaderMap::new();
-        session.insert_identity(&mut headers, crate::identity::Names::Weapp);
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        let sent = self
-            .client
-            .post(self.url.clone())
-            .headers(headers)
-            .timeout(self.timeout)
-            .body(text.as_str().to_owned())
-            .send()
-            .await;
-        let answer = match sent {
-            Ok(answer) => answer,
-            Err(e) if e.is_timeout() => {
-                return Err("the service behind the WebSocket did not answer in time".into());
-            }
-            Err(e) => {
+        let mut request = Request::post(self.target.clone())
+            .header(header::HOST, self.host.clone())
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Body::from(text.as_str().to_owned()))
+            .map_err(|_| "the relay URL cannot be requested".to_owned())?;
+        session.insert_identity(request.headers_mut(), crate::identity::Names::Weapp);
+        let late = || "the service behind the WebSocket did not answer in time".to_owned();
+        // One deadline for the answer, body included.
+        let body = tokio::time::timeout(self.timeout, async {
+            let answer = self.upstream.send(request).await.map_err(|e| {
                 tracing::warn!(error = %e, "WebSocket relay request failed");
-                return Err("the service behind the WebSocket cannot be reached".into());
+                "the service behind the WebSocket cannot be reached".to_owned()
+            })?;
+            let status = answer.status();
+            if !status.is_success() {
+                return Err(format!(
+                    "the service behind the WebSocket answered {}",
+                    status.as_u16()
+                ));
             }
-        };
-        let status = answer.status();
-        if !status.is_success() {
-            return Err(format!(
-                "the service behind the WebSocket answered {}",
-                status.as_u16()
-            ));
-        }
-        // Read up to what a WebSocket message may carry, no further.
-        let mut body = Vec::new();
-        let mut chunks = answer.bytes_stream();
-        while let Some(chunk) = chunks.next().await {
-            let chunk =
-                chunk.map_err(|_| "the service behind the WebSocket broke off".to_owned())?;
-            if body.len() + chunk.len() > self.max_answer {
-                return Err("the answer is larger than a WebSocket message may be".into());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        String::from_utf8(body)
+            // Read up to what a WebSocket message may carry, no further.
+            let body = Limited::new(answer.into_body(), self.max_answer)
+                .collect()
+                .await
+                .map_err(|e| match e.is::<http_body_util::LengthLimitError>() {
+                    true => "the answer is larger than a WebSocket message may be".to_owned(),
+                    false => "the service behind the WebSocket broke off".to_owned(),
+                })?;
+            Ok(body.to_bytes())
+        })
+        .await
+        .map_err(|_| late())??;
+        String::from_utf8(body.to_vec())
             .map(Utf8Bytes::from)
             .map_err(|_| "the answer is not UTF-8 text".into())
     }

@@ -90,7 +90,7 @@ impl Route {
     /// Whether `path` (normalized, `path.rs`) is under this route: the prefix itself, or
     /// below it at a segment boundary (`/api` takes `/api` and `/api/x`, not `/apix`), in
     /// any letter case.
-    fn takes(&self, path: &str) -> bool {
+    pub fn takes(&self, path: &str) -> bool {
         under(path, &self.prefix)
     }
 

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, extract::ConnectInfo, response::IntoResponse as _};
+use axum::{extract::ConnectInfo, response::IntoResponse as _};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -28,7 +28,6 @@ use tokio::{
     sync::Semaphore,
 };
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt as _;
 use weapp_common::{
     otlp::{FinishedSpan, KeyValue, SpanKind, Spans},
     trace,
@@ -38,21 +37,21 @@ use weapp_wire::path;
 use crate::{
     body_limit,
     config::HttpLimits,
+    destination::{Destination, Routing},
+    dispatch::Dispatcher,
     error::ApiError,
     legacy_upgrade::{self, FirstRequest},
     metrics::{GatewayMetrics, RouteLabel},
-    routes::Forwarded,
 };
 
-/// Serves `app` on `listener` until `shutdown`, then stops accepting and waits for the
-/// requests in flight (upgraded WebSockets are the router's to close).
+/// Serves on `listener` until `shutdown`, then stops accepting and waits for the requests in
+/// flight (upgraded WebSockets are the dispatcher's to close). Each request's destination is
+/// decided here, once (`destination.rs`), and `dispatcher` serves it.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    (routing, dispatcher): (Arc<Routing>, Arc<Dispatcher>),
     limits: HttpLimits,
-    metrics: Arc<GatewayMetrics>,
-    forwarded: Forwarded,
-    spans: Spans,
+    (metrics, spans): (Arc<GatewayMetrics>, Spans),
     shutdown: CancellationToken,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -92,8 +91,8 @@ pub async fn serve(
             tokio::spawn(turn_away(tcp));
             continue;
         };
-        let (app, forwarded, metrics) = (app.clone(), forwarded.clone(), metrics.clone());
-        let spans = spans.clone();
+        let (routing, dispatcher) = (routing.clone(), dispatcher.clone());
+        let (metrics, spans) = (metrics.clone(), spans.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             let started = Instant::now();
             request
@@ -112,13 +111,12 @@ pub async fn serve(
                 },
                 Err(refused) => Some(ApiError::BadPath(refused)),
             };
-            let path = request.uri().path();
-            let route = match refused {
-                Some(_) => None,
-                None => forwarded.route(path).cloned(),
+            let destination = match refused {
+                Some(_) => Destination::Other,
+                None => routing.decide(request.uri().path()),
             };
-            let label = metrics.route_label(path, route.as_ref().map(|r| r.prefix.as_str()));
-            let (app, metrics) = (app.clone(), metrics.clone());
+            let label = metrics.route_label(&destination);
+            let (dispatcher, metrics) = (dispatcher.clone(), metrics.clone());
             // The request's trace: the caller's (a traceparent from nginx or a client), or a
             // new one; the gateway's span is a child of it.
             let context = spans.serve(
@@ -133,29 +131,27 @@ pub async fn serve(
                 .exports(&context)
                 .then(|| (request.method().clone(), spans.clone()));
             trace::within(Some(context), async move {
-                let response = match (refused, route) {
-                    (Some(refused), _) => Ok(refused.into_response()),
+                let response = match (refused, destination) {
+                    (Some(refused), _) => refused.into_response(),
                     // A business route's body is the upstream's business: it streams through
                     // under the route's own limit (`forward.rs`) instead of the gateway's.
-                    (None, Some(route)) => {
-                        request.extensions_mut().insert(route);
-                        app.oneshot(request.map(axum::body::Body::new)).await
+                    (None, business @ Destination::Business(_)) => {
+                        let request = request.map(axum::body::Body::new);
+                        dispatcher.serve(business, peer, request).await
                     }
-                    (None, None) => match body_limit::check(request, &limits).await {
-                        Ok(request) => app.oneshot(request).await,
-                        Err(refused) => Ok(refused.into_response()),
+                    (None, destination) => match body_limit::check(request, &limits).await {
+                        Ok(request) => dispatcher.serve(destination, peer, request).await,
+                        Err(refused) => refused.into_response(),
                     },
                 };
-                if let Ok(response) = &response {
-                    let status = response.status().as_u16();
-                    metrics.request(label, status, started.elapsed());
-                    if let Some((method, spans)) = export {
-                        spans.record(server_span(
-                            context, method, &metrics, label, status, started,
-                        ));
-                    }
+                let status = response.status().as_u16();
+                metrics.request(label, status, started.elapsed());
+                if let Some((method, spans)) = export {
+                    spans.record(server_span(
+                        context, method, &metrics, label, status, started,
+                    ));
                 }
-                response
+                Ok::<_, Infallible>(response)
             })
         });
         let (builder, watcher, told) = (builder.clone(), graceful.watcher(), told.clone());

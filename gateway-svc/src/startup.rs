@@ -3,28 +3,24 @@
 //! "going away".
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::Request};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tower_http::trace::TraceLayer;
 
 use weapp_common::{
     metrics::{MetricsListen, Registry},
     otlp::Spans,
-    trace::TraceContext,
 };
 
 use crate::{
     config::Settings,
-    forward::Forwarder,
-    metrics::{self, GatewayMetrics},
+    destination::Routing,
+    dispatch::Dispatcher,
+    metrics::GatewayMetrics,
     open_sockets::OpenSockets,
     rate_limit::LoginLimiter,
     relay::Relay,
     resolver::SessionResolver,
-    revocation_follower, routes,
-    routes::Forwarded,
-    server,
+    revocation_follower, server,
     session_cache::SessionCache,
     session_client::SessionClient,
     state::{AppState, Shared},
@@ -51,6 +47,8 @@ pub struct Application {
     metrics: Arc<GatewayMetrics>,
     /// `/metrics`, on its own address, when it is on.
     metrics_listener: Option<(TcpListener, SocketAddr)>,
+    /// Where each request goes (the own paths, the business routes and their connections).
+    routing: Arc<Routing>,
     settings: Arc<Settings>,
     sessions: SessionClient,
     relay: Option<Relay>,
@@ -63,15 +61,8 @@ impl Application {
         // Built here so a bad relay client fails the start, not the first message.
         let relay = Relay::new(&settings.relay, settings.ws.max_message_size)
             .map_err(StartupError::Relay)?;
-        let metrics = GatewayMetrics::new(
-            Registry::for_listen(settings.metrics_listen),
-            metrics::own_routes(&settings.login_path),
-            settings
-                .routes
-                .iter()
-                .flat_map(|table| table.routes())
-                .map(|route| route.prefix.clone()),
-        );
+        let routing = Arc::new(Routing::new(&settings.login_path, settings.routes.as_ref()));
+        let metrics = GatewayMetrics::new(Registry::for_listen(settings.metrics_listen), &routing);
         let sessions = SessionClient::connect_lazy(
             &settings.session_svc,
             (settings.session_timeout, settings.login_timeout),
@@ -90,6 +81,7 @@ impl Application {
             local_addr,
             metrics,
             metrics_listener,
+            routing,
             settings: Arc::new(settings),
             sessions,
             relay,
@@ -146,11 +138,9 @@ impl Application {
                 Arc::new(refresh),
             ))
         });
-        let forwarded = Forwarded::new(self.settings.routes.clone(), &self.settings.login_path);
         let state = AppState::from(Shared {
             resolver: SessionResolver::new(cache, self.sessions.clone()),
             relay: self.relay,
-            forwarder: Forwarder::new(&self.settings.routes.clone().unwrap_or_default()),
             sockets,
             login_limiter: LoginLimiter::new(
                 self.settings.login_rate_per_address,
@@ -164,15 +154,13 @@ impl Application {
             shutdown: shutdown.clone(),
         });
         let http_limits = state.settings.http;
-        let app = with_tracing(routes::router(state));
+        let dispatcher = Arc::new(Dispatcher::new(state));
         tracing::info!(addr = %self.local_addr, "gateway-svc listening");
         server::serve(
             self.listener,
-            app,
+            (self.routing, dispatcher),
             http_limits,
-            self.metrics,
-            forwarded,
-            self.spans.clone(),
+            (self.metrics, self.spans.clone()),
             shutdown.clone(),
         )
         .await;
@@ -218,26 +206,4 @@ impl Application {
             );
         }
     }
-}
-
-/// Request spans carry the method, the path (never the query string: it can hold X-WX-Skey)
-/// and the trace id, which every log line written for the request then shows.
-fn with_tracing(router: Router) -> Router {
-    router.layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-        let trace_id = request
-            .extensions()
-            .get::<TraceContext>()
-            .map(TraceContext::trace_id);
-        match trace_id {
-            Some(trace_id) => tracing::info_span!(
-                "http",
-                method = %request.method(),
-                path = %request.uri().path(),
-                %trace_id
-            ),
-            None => {
-                tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
-            }
-        }
-    }))
 }

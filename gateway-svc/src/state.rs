@@ -5,9 +5,8 @@ use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::Settings, forward::Forwarder, metrics::GatewayMetrics, open_sockets::OpenSockets,
-    rate_limit::LoginLimiter, relay::Relay, resolver::SessionResolver,
-    session_client::SessionClient,
+    config::Settings, metrics::GatewayMetrics, open_sockets::OpenSockets, rate_limit::LoginLimiter,
+    relay::Relay, resolver::SessionResolver, session_client::SessionClient,
 };
 
 #[derive(Clone)]
@@ -34,8 +33,6 @@ pub struct Shared {
     pub sessions: SessionClient,
     /// What Prometheus scrapes.
     pub metrics: Arc<GatewayMetrics>,
-    /// Business routes' upstreams (their connection pools).
-    pub forwarder: Forwarder,
     /// Where WebSocket messages go, when not echoed.
     pub relay: Option<Relay>,
     /// Logins per client address.

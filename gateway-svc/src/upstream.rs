@@ -52,6 +52,14 @@ impl UpstreamError {
     }
 }
 
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
 pub struct Upstream {
     /// `host:port`.
     authority: String,

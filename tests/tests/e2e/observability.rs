@@ -206,7 +206,7 @@ async fn one_trace_id_appears_in_both_services_log_lines() {
     use weapp_tests::{WeChat, services::ServiceProcess};
     let wechat = WeChat::start().await;
     let data = tempfile::tempdir().unwrap();
-    let debug = "info,gateway_svc=debug,session_svc=debug,tower_http=debug".to_owned();
+    let debug = "info,gateway_svc=debug,session_svc=debug".to_owned();
     let mut env = wechat.session_svc_env();
     env.extend([
         ("WEAPP_DATA_DIR", data.path().display().to_string()),
@@ -294,7 +294,7 @@ async fn one_trace_holds_the_gateways_span_and_session_svcs() {
         ("WEAPP_TRACE_SAMPLE_RATIO", "1".to_owned()),
         // Held until the batch fills or the gateway stops.
         ("OTEL_BSP_SCHEDULE_DELAY", "600000".to_owned()),
-        ("RUST_LOG", "info,tower_http=debug".to_owned()),
+        ("RUST_LOG", "info,gateway_svc::dispatch=debug".to_owned()),
     ]);
     let http = reqwest::Client::new();
 

@@ -1,98 +1,47 @@
-//! HTTP routes: wafer's login, session resolution in front of everything else, `/me`,
-//! `/logout`, the probes, the `auth_request` endpoint, business routes (`forward.rs`) and the
-//! plain fallback.
-use std::{net::SocketAddr, sync::Arc};
+//! The gateway's own paths (`destination.rs` lists them): wafer's login, `/me`, `/logout`, the
+//! phone number, the probes, the JWKS and nginx's `auth_request` endpoint. Each is an axum
+//! method router, built once; the dispatcher (`dispatch.rs`) calls the one the request's
+//! destination names, with its session already resolved when the path takes one.
+use std::net::SocketAddr;
 
 use axum::{
-    Extension, Json, Router,
-    extract::{ConnectInfo, Request, State},
+    Extension, Json,
+    extract::{ConnectInfo, State},
     http::{HeaderMap, StatusCode, Uri, header},
-    middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{any, get},
+    routing::{MethodRouter, any, get},
 };
 use serde_json::json;
 use weapp_proto::session::v1::LoginRequest;
 use weapp_wire::UserInfo;
 
 use crate::{
-    config::{AUTH_PATH, PHONE_PATH, RESERVED_PATHS},
+    destination::Own,
     error::ApiError,
-    forward::ClientAddress,
-    forwarded_socket,
     resolver::{AuthSession, Need},
-    route_table::{Route, RouteTable, SessionRule},
     state::AppState,
-    wafer::{self, is_me},
-    ws,
+    wafer, ws,
 };
 
-/// Which business route, if any, a request path goes to: never one the gateway serves itself.
-#[derive(Clone, Debug)]
-pub struct Forwarded {
-    table: RouteTable,
-    login_path: Arc<str>,
-}
-
-impl Forwarded {
-    pub fn new(table: Option<RouteTable>, login_path: &str) -> Self {
-        Self {
-            table: table.unwrap_or_default(),
-            login_path: login_path.into(),
-        }
-    }
-
-    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
-        if self.table.is_empty()
-            || path == &*self.login_path
-            || is_me(path)
-            || RESERVED_PATHS.contains(&path)
-        {
-            return None;
-        }
-        self.table.find(path)
-    }
-}
-
-pub fn router(state: AppState) -> Router {
-    let with_session = Router::new()
-        .route("/logout", any(logout))
-        .route(PHONE_PATH, get(phone_number).post(phone_number))
-        .fallback(fallback)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            resolve_session,
-        ));
-    Router::new()
-        .route(&state.settings.login_path, any(login))
-        .route("/ws", get(ws::upgrade))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/.well-known/jwks.json", get(jwks))
-        .route(AUTH_PATH, any(auth))
-        .merge(with_session)
-        .with_state(state)
-}
-
-/// Puts the request's session, if it has one, where handlers find it. A request for a
-/// business route (the server loop marked it) needs the signed assertion too.
-async fn resolve_session(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let need = match request.extensions().get::<Arc<Route>>() {
-        Some(_) => Need::Assertion,
-        None => Need::User,
-    };
-    let resolved = state
-        .resolver
-        .resolve(request.headers(), request.uri().query(), need)
-        .await?;
-    if let Some(session) = resolved {
-        request.extensions_mut().insert(session);
-    }
-    Ok(next.run(request).await)
+/// The handler of each own path, in `Own::ALL` order.
+pub fn handlers(state: &AppState) -> Vec<MethodRouter> {
+    Own::ALL
+        .into_iter()
+        .map(|own| {
+            let handler: MethodRouter<AppState> = match own {
+                Own::Login => any(login),
+                Own::Me => any(me),
+                Own::Logout => any(logout),
+                Own::Ws => get(ws::upgrade),
+                Own::Phone => get(phone_number).post(phone_number),
+                Own::Auth => any(auth),
+                Own::Jwks => get(jwks),
+                Own::Healthz => get(|| async { "ok" }),
+                Own::Readyz => get(readyz),
+            };
+            handler.with_state(state.clone())
+        })
+        .collect()
 }
 
 async fn login(
@@ -146,45 +95,17 @@ async fn log_in(
     Ok(Json(wafer::login_body(&session.id, &session.skey, user.as_ref())).into_response())
 }
 
-/// A business route's requests go to its upstream; `/me` answers the session's user object
-/// as wafer kept it; everything else answers as the tutorial's express app did.
-async fn fallback(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    session: Option<Extension<AuthSession>>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let session = session.map(|Extension(session)| session);
-    if let Some(route) = request.extensions().get::<Arc<Route>>().cloned() {
-        if session.is_none() && route.session == SessionRule::Required {
-            // wafer's invalid-session body: the SDK logs in and sends the request again.
-            return Err(ApiError::InvalidSession(
-                "this needs a session; log in first".into(),
-            ));
-        }
-        if route.websocket && forwarded_socket::is_upgrade(request.headers()) {
-            return forwarded_socket::forward(&state, &route, session, peer, request).await;
-        }
-        let client = ClientAddress {
-            peer,
-            trusted_proxies: &state.settings.trusted_proxies,
-        };
-        return state
-            .forwarder
-            .forward(&route, session.as_ref(), client, request)
-            .await;
-    }
-    if !is_me(request.uri().path()) {
-        return Ok("Response from express".into_response());
-    }
-    Ok(match session {
-        Some(session) => (
+/// `/me`: the session's user object as wafer kept it, or `{"noBody": true}` without a session
+/// (the tutorial's express route).
+async fn me(session: Option<Extension<AuthSession>>) -> Response {
+    match session {
+        Some(Extension(session)) => (
             [(header::CONTENT_TYPE, "application/json")],
             session.user.me_body.clone(),
         )
             .into_response(),
         None => Json(json!({ "noBody": true })).into_response(),
-    })
+    }
 }
 
 /// nginx `auth_request`: the session of the original request (its headers, or the query

@@ -1,0 +1,141 @@
+//! Serves a request whose destination is decided (`destination.rs`): its session resolved
+//! first when the destination takes one (fail closed: parameters that do not resolve never go
+//! on), then the own path's handler (`own.rs`), the business route's upstream (`forward.rs`,
+//! or `forwarded_socket.rs` for a WebSocket), or the tutorial's plain answer.
+use std::net::SocketAddr;
+
+use axum::{
+    extract::Request,
+    response::{IntoResponse as _, Response},
+    routing::MethodRouter,
+};
+use tower::ServiceExt as _;
+use tracing::Instrument as _;
+use weapp_common::trace::TraceContext;
+
+use crate::{
+    destination::{Business, Destination},
+    error::ApiError,
+    forward::{self, ClientAddress},
+    forwarded_socket, own,
+    resolver::{AuthSession, Need},
+    route_table::SessionRule,
+    state::AppState,
+};
+
+pub struct Dispatcher {
+    state: AppState,
+    /// By `Own::ALL` order.
+    own: Vec<MethodRouter>,
+}
+
+impl Dispatcher {
+    pub fn new(state: AppState) -> Self {
+        Self {
+            own: own::handlers(&state),
+            state,
+        }
+    }
+
+    /// The answer to `request`, which goes to `destination`, from `peer`. Logged under a span
+    /// with the method, the path (never the query string: it can hold X-WX-Skey) and the
+    /// trace id; its status and time at debug (`RUST_LOG=gateway_svc::dispatch=debug`).
+    pub async fn serve(
+        &self,
+        destination: Destination,
+        peer: SocketAddr,
+        request: Request,
+    ) -> Response {
+        let span = {
+            let (method, path) = (request.method(), request.uri().path());
+            match request.extensions().get::<TraceContext>() {
+                Some(context) => {
+                    let trace_id = context.trace_id();
+                    tracing::info_span!("http", %method, %path, %trace_id)
+                }
+                None => tracing::info_span!("http", %method, %path),
+            }
+        };
+        let started = std::time::Instant::now();
+        async {
+            let response = self
+                .answer(destination, peer, request)
+                .await
+                .unwrap_or_else(ApiError::into_response);
+            tracing::debug!(
+                status = response.status().as_u16(),
+                latency_ms = started.elapsed().as_millis() as u64,
+                "finished processing request"
+            );
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn answer(
+        &self,
+        destination: Destination,
+        peer: SocketAddr,
+        mut request: Request,
+    ) -> Result<Response, ApiError> {
+        let session = match destination.takes_session() {
+            false => None,
+            true => {
+                // A business route passes the identity on: it needs the signed assertion.
+                let need = match destination {
+                    Destination::Business(_) => Need::Assertion,
+                    _ => Need::User,
+                };
+                self.state
+                    .resolver
+                    .resolve(request.headers(), request.uri().query(), need)
+                    .await?
+            }
+        };
+        match destination {
+            Destination::Own(own) => {
+                if let Some(session) = session {
+                    request.extensions_mut().insert(session);
+                }
+                let handler = self
+                    .own
+                    .get(own as usize)
+                    .cloned()
+                    .ok_or(ApiError::BadRequestTarget)?;
+                Ok(handler
+                    .oneshot(request)
+                    .await
+                    .unwrap_or_else(|never| match never {}))
+            }
+            Destination::Business(business) => {
+                self.business(&business, session, peer, request).await
+            }
+            Destination::Other => Ok("Response from express".into_response()),
+        }
+    }
+
+    async fn business(
+        &self,
+        business: &Business,
+        session: Option<AuthSession>,
+        peer: SocketAddr,
+        request: Request,
+    ) -> Result<Response, ApiError> {
+        if session.is_none() && business.route.session == SessionRule::Required {
+            // wafer's invalid-session body: the SDK logs in and sends the request again.
+            return Err(ApiError::InvalidSession(
+                "this needs a session; log in first".into(),
+            ));
+        }
+        let state = &self.state;
+        if business.route.websocket && forwarded_socket::is_upgrade(request.headers()) {
+            return forwarded_socket::forward(state, &business.route, session, peer, request).await;
+        }
+        let client = ClientAddress {
+            peer,
+            trusted_proxies: &state.settings.trusted_proxies,
+        };
+        forward::forward(business, session.as_ref(), client, request).await
+    }
+}
