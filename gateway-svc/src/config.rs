@@ -15,8 +15,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use weapp_common::config::{ServiceCli, duration, ip_net, pem_file, positive, secret_file};
 
 use crate::{
-    destination::fixed_paths,
-    route_table::{RouteTable, routes_file},
+    business::route_table::{RouteTable, routes_file},
+    edge::destination::fixed_paths,
 };
 
 /// weapp gateway-svc: the wafer HTTP/WebSocket edge.
@@ -207,7 +207,7 @@ fn relay_url(value: &str) -> Result<http::Uri, String> {
     Ok(url)
 }
 
-/// The cache of validated sessions (see `session_cache.rs` for what keeps it honest).
+/// The cache of validated sessions (see `sessions/cache.rs` for what keeps it honest).
 #[derive(Args, Clone, Copy, Debug)]
 pub struct CacheSettings {
     /// How long a validated session is reused before session-svc is asked again ("0s" turns
@@ -309,7 +309,7 @@ fn login_path(path: &str) -> Result<String, String> {
 
 /// One session-svc URL or several, comma-separated (`replicas.rs`).
 fn grpc_url(url: &str) -> Result<String, String> {
-    crate::replicas::Target::parse_list(url)?;
+    crate::sessions::replicas::Target::parse_list(url)?;
     Ok(url.trim().to_owned())
 }
 

@@ -10,8 +10,6 @@ use dashmap::DashMap;
 use metrics::{Counter, Gauge, Histogram};
 use weapp_common::metrics::{Registry, status_class};
 
-use crate::destination::{Destination, OTHER, Routing};
-
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// One route's request counters and latency, by status class.
@@ -70,7 +68,6 @@ pub struct GatewayMetrics {
     pub registry: Registry,
     /// By route template, in label order (`Destination::label`).
     handles: Vec<RouteHandles>,
-    business_routes: usize,
     /// By (method, gRPC code).
     grpc: DashMap<(&'static str, i32), (Counter, Histogram)>,
     pub ws_open: Gauge,
@@ -97,12 +94,11 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// Handles for every route template of `routing` (its own paths, the business route
-    /// prefixes, `other`), in label order.
-    pub fn new(registry: Registry, routing: &Routing) -> Arc<Self> {
+    /// Handles for every route template, in label order (`edge/destination.rs` decides which
+    /// label a request gets).
+    pub fn new(registry: Registry, templates: &[String]) -> Arc<Self> {
         describe(&registry);
-        let handles = routing
-            .templates()
+        let handles = templates
             .iter()
             .map(|template| RouteHandles::new(&registry, template))
             .collect();
@@ -112,7 +108,6 @@ impl GatewayMetrics {
         let eviction =
             |cause| registry.counter("weapp_session_cache_evictions_total", &[("cause", cause)]);
         Arc::new(Self {
-            business_routes: routing.business_routes(),
             handles,
             grpc: DashMap::new(),
             ws_open: gauge("weapp_websockets_open"),
@@ -151,16 +146,16 @@ impl GatewayMetrics {
         })
     }
 
-    /// The route template a request is counted under.
-    pub fn route_label(&self, destination: &Destination) -> RouteLabel {
-        RouteLabel(destination.label(self.business_routes))
+    /// The route template a request is counted under, by its index (`Destination::label`).
+    pub fn route_label(&self, index: usize) -> RouteLabel {
+        RouteLabel(index.min(self.handles.len().saturating_sub(1)))
     }
 
     /// The template a label stands for (what spans are named by, too).
     pub fn route_template(&self, route: RouteLabel) -> &str {
         self.handles
             .get(route.0)
-            .map_or(OTHER, |handles| handles.template.as_str())
+            .map_or("other", |handles| handles.template.as_str())
     }
 
     /// One HTTP request: its route template, status and time to its response head.

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use axum::body::Body;
 use http_body_util::{BodyExt as _, Limited};
 
-use crate::upstream::Upstream;
+use crate::business::upstream::Upstream;
 
 /// Checks the gateway listening on `listen` (an unspecified address means this host).
 pub async fn check(listen: SocketAddr) -> Result<(), String> {

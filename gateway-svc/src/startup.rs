@@ -13,16 +13,17 @@ use weapp_common::{
 
 use crate::{
     config::Settings,
-    destination::Routing,
-    dispatch::Dispatcher,
+    edge::destination::Routing,
+    edge::dispatch::Dispatcher,
+    edge::rate_limit::LoginLimiter,
+    edge::server,
     metrics::GatewayMetrics,
-    open_sockets::OpenSockets,
-    rate_limit::LoginLimiter,
-    relay::Relay,
-    resolver::SessionResolver,
-    revocation_follower, server,
-    session_cache::SessionCache,
-    session_client::SessionClient,
+    sessions::cache::SessionCache,
+    sessions::client::SessionClient,
+    sessions::resolver::SessionResolver,
+    sockets::follower,
+    sockets::open::OpenSockets,
+    sockets::relay::Relay,
     state::{AppState, Shared},
 };
 
@@ -62,7 +63,10 @@ impl Application {
         let relay = Relay::new(&settings.relay, settings.ws.max_message_size)
             .map_err(StartupError::Relay)?;
         let routing = Arc::new(Routing::new(&settings.login_path, settings.routes.as_ref()));
-        let metrics = GatewayMetrics::new(Registry::for_listen(settings.metrics_listen), &routing);
+        let metrics = GatewayMetrics::new(
+            Registry::for_listen(settings.metrics_listen),
+            &routing.templates(),
+        );
         let sessions = SessionClient::connect_lazy(
             &settings.session_svc,
             (settings.session_timeout, settings.login_timeout),
@@ -107,7 +111,7 @@ impl Application {
         ));
         let sockets = Arc::new(OpenSockets::default());
         let replicas = tokio::spawn(self.sessions.clone().maintain(shutdown.clone()));
-        let revocations = tokio::spawn(revocation_follower::follow(
+        let revocations = tokio::spawn(follower::follow(
             cache.clone(),
             sockets.clone(),
             self.sessions.clone(),

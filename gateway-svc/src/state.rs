@@ -5,8 +5,9 @@ use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::Settings, metrics::GatewayMetrics, open_sockets::OpenSockets, rate_limit::LoginLimiter,
-    relay::Relay, resolver::SessionResolver, session_client::SessionClient,
+    config::Settings, edge::rate_limit::LoginLimiter, metrics::GatewayMetrics,
+    sessions::client::SessionClient, sessions::resolver::SessionResolver,
+    sockets::open::OpenSockets, sockets::relay::Relay,
 };
 
 #[derive(Clone)]

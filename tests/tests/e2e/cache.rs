@@ -2,7 +2,7 @@
 //! revocation (by more than the documented bound) or the session itself.
 use std::time::{Duration, Instant};
 
-use gateway_svc::session_cache::REVOCATION_BOUND;
+use gateway_svc::sessions::cache::REVOCATION_BOUND;
 use weapp_proto::session::v1::{RevokeUserRequest, session_service_client::SessionServiceClient};
 use weapp_tests::{ClientSession, Stack};
 

@@ -294,7 +294,10 @@ async fn one_trace_holds_the_gateways_span_and_session_svcs() {
         ("WEAPP_TRACE_SAMPLE_RATIO", "1".to_owned()),
         // Held until the batch fills or the gateway stops.
         ("OTEL_BSP_SCHEDULE_DELAY", "600000".to_owned()),
-        ("RUST_LOG", "info,gateway_svc::dispatch=debug".to_owned()),
+        (
+            "RUST_LOG",
+            "info,gateway_svc::edge::dispatch=debug".to_owned(),
+        ),
     ]);
     let http = reqwest::Client::new();
 

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::Deserialize;
 
-use crate::user::User;
+use crate::sessions::user::User;
 
 /// weapp's identity headers.
 pub const PREFIX: &str = "x-weapp-";

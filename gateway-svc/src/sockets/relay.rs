@@ -17,10 +17,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::{
+    business::upstream::Upstream,
     config::RelaySettings,
-    outbox::Outbox,
-    resolver::{Need, SessionResolver},
-    upstream::Upstream,
+    sessions::resolver::{Need, SessionResolver},
+    sockets::outbox::Outbox,
 };
 
 /// Client messages waiting for the relay on one socket. A client that sends faster than the
@@ -108,7 +108,10 @@ impl Relay {
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .body(Body::from(text.as_str().to_owned()))
             .map_err(|_| "the relay URL cannot be requested".to_owned())?;
-        session.insert_identity(request.headers_mut(), crate::identity::Names::Weapp);
+        session.insert_identity(
+            request.headers_mut(),
+            crate::sessions::identity::Names::Weapp,
+        );
         let late = || "the service behind the WebSocket did not answer in time".to_owned();
         // One deadline for the answer, body included.
         let body = tokio::time::timeout(self.timeout, async {

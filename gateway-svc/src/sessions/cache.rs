@@ -5,7 +5,7 @@
 //!   idle time (`expires_in` as session-svc measured it, counted from before the call was
 //!   sent), whichever is shorter. Sliding renewal keeps working: a session in use goes back to
 //!   session-svc, which renews it, while it still has half its idle time left.
-//! * Revocations (followed in `revocation_follower.rs`) evict at once. The cache is only
+//! * Revocations (followed in `follower.rs`) evict at once. The cache is only
 //!   consulted while that stream is open and has been heard from within [`REVOCATION_BOUND`];
 //!   a silent or broken stream empties it. A logout is therefore effective on every gateway
 //!   within the bound (in practice within milliseconds).
@@ -27,7 +27,7 @@ use moka::{notification::RemovalCause, policy::EvictionPolicy, sync::Cache};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{identity::Identity, metrics::CacheEvictions, user::User};
+use crate::{metrics::CacheEvictions, sessions::identity::Identity, sessions::user::User};
 
 /// Longest time a revocation can take to reach this gateway's cache: past this much silence
 /// from session-svc's revocation stream, the cache is not used.

@@ -22,12 +22,12 @@ use crate::{
     config::WsSettings,
     error::ApiError,
     metrics::GatewayMetrics,
-    open_sockets::Registration,
-    outbox::{Outbox, SLOW_CLIENT},
-    relay,
-    resolver::Need,
+    sessions::resolver::Need,
+    sessions::user::User,
+    sockets::open::Registration,
+    sockets::outbox::{Outbox, SLOW_CLIENT},
+    sockets::relay,
     state::AppState,
-    user::User,
 };
 
 /// Initial read buffer of a WebSocket (it grows for bigger messages).

@@ -16,11 +16,12 @@ use weapp_proto::session::v1::LoginRequest;
 use weapp_wire::UserInfo;
 
 use crate::{
-    destination::Own,
+    edge::destination::Own,
     error::ApiError,
-    resolver::{AuthSession, Need},
+    sessions::resolver::{AuthSession, Need},
+    sockets::ws,
     state::AppState,
-    wafer, ws,
+    wafer,
 };
 
 /// The handler of each own path, in `Own::ALL` order.
@@ -122,7 +123,10 @@ async fn auth(
         .await?
         .ok_or_else(|| ApiError::InvalidSession("this needs a session; log in first".into()))?;
     let mut response = StatusCode::OK.into_response();
-    session.insert_identity(response.headers_mut(), crate::identity::Names::Weapp);
+    session.insert_identity(
+        response.headers_mut(),
+        crate::sessions::identity::Names::Weapp,
+    );
     Ok(response)
 }
 

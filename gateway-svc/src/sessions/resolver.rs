@@ -10,10 +10,10 @@ use weapp_common::singleflight::SingleFlight;
 
 use crate::{
     error::ApiError,
-    identity::{Identity, Names},
-    session_cache::{Resolved, SessionCache},
-    session_client::SessionClient,
-    user::User,
+    sessions::cache::{Resolved, SessionCache},
+    sessions::client::SessionClient,
+    sessions::identity::{Identity, Names},
+    sessions::user::User,
     wafer::{self, SessionParams},
 };
 

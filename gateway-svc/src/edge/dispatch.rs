@@ -1,7 +1,7 @@
 //! Serves a request whose destination is decided (`destination.rs`): its session resolved
 //! first when the destination takes one (fail closed: parameters that do not resolve never go
 //! on), then the own path's handler (`own.rs`), the business route's upstream (`forward.rs`,
-//! or `forwarded_socket.rs` for a WebSocket), or the tutorial's plain answer.
+//! or `sockets/forwarded.rs` for a WebSocket), or the tutorial's plain answer.
 use std::net::SocketAddr;
 
 use axum::{
@@ -14,12 +14,14 @@ use tracing::Instrument as _;
 use weapp_common::trace::TraceContext;
 
 use crate::{
-    destination::{Business, Destination},
+    business::forward::{self, ClientAddress},
+    business::route_table::Business,
+    business::route_table::SessionRule,
+    edge::destination::Destination,
+    edge::own,
     error::ApiError,
-    forward::{self, ClientAddress},
-    forwarded_socket, own,
-    resolver::{AuthSession, Need},
-    route_table::SessionRule,
+    sessions::resolver::{AuthSession, Need},
+    sockets::forwarded,
     state::AppState,
 };
 
@@ -39,7 +41,7 @@ impl Dispatcher {
 
     /// The answer to `request`, which goes to `destination`, from `peer`. Logged under a span
     /// with the method, the path (never the query string: it can hold X-WX-Skey) and the
-    /// trace id; its status and time at debug (`RUST_LOG=gateway_svc::dispatch=debug`).
+    /// trace id; its status and time at debug (`RUST_LOG=gateway_svc::edge::dispatch=debug`).
     pub async fn serve(
         &self,
         destination: Destination,
@@ -129,8 +131,8 @@ impl Dispatcher {
             ));
         }
         let state = &self.state;
-        if business.route.websocket && forwarded_socket::is_upgrade(request.headers()) {
-            return forwarded_socket::forward(state, &business.route, session, peer, request).await;
+        if business.route.websocket && forwarded::is_upgrade(request.headers()) {
+            return forwarded::forward(state, &business.route, session, peer, request).await;
         }
         let client = ClientAddress {
             peer,

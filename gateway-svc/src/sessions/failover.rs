@@ -12,7 +12,7 @@ use tonic::Status;
 
 use crate::{
     metrics::GatewayMetrics,
-    replicas::{Client, Replica, Replicas},
+    sessions::replicas::{Client, Replica, Replicas},
 };
 
 /// Which failed calls may be sent again to another replica.

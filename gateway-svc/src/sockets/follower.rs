@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use weapp_proto::session::v1::{Push, push_message, revocation::Event};
 
 use crate::{
-    open_sockets::{OpenSockets, Target},
-    replicas::Replica,
-    session_cache::{REVOCATION_BOUND, SessionCache},
-    session_client::{Followed, SessionClient},
+    sessions::cache::{REVOCATION_BOUND, SessionCache},
+    sessions::client::{Followed, SessionClient},
+    sessions::replicas::Replica,
+    sockets::open::{OpenSockets, Target},
 };
 
 /// Most ids sent in one CheckSessions call (session-svc takes up to 10,000).

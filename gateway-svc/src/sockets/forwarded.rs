@@ -25,11 +25,11 @@ use tokio_tungstenite::{
 };
 
 use crate::{
+    business::forward::{ClientAddress, push_query_without_session, request_headers},
+    business::route_table::Route,
     error::ApiError,
-    forward::{ClientAddress, push_query_without_session, request_headers},
-    open_sockets::Registration,
-    resolver::AuthSession,
-    route_table::Route,
+    sessions::resolver::AuthSession,
+    sockets::open::Registration,
     state::AppState,
 };
 

@@ -15,12 +15,12 @@ use http_body_util::{LengthLimitError, Limited};
 use ipnet::IpNet;
 
 use crate::{
+    business::route_table::Business,
+    business::upstream::UpstreamError,
     config::{client_ip, is_trusted_proxy},
-    destination::Business,
     error::ApiError,
-    identity,
-    resolver::AuthSession,
-    upstream::UpstreamError,
+    sessions::identity,
+    sessions::resolver::AuthSession,
     wafer,
 };
 

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use crate::{
-    route_table::{Route, RouteTable},
-    upstream::Upstream,
+    business::route_table::{Business, RouteTable},
+    business::upstream::Upstream,
     wafer,
 };
 
@@ -71,15 +71,6 @@ impl Own {
 /// The paths the gateway serves itself, for the checks of the routes file and the login path.
 pub fn fixed_paths() -> impl Iterator<Item = &'static str> {
     Own::ALL.into_iter().filter_map(Own::fixed_path)
-}
-
-/// A business route with its connections: the one structure forwarding needs.
-#[derive(Debug)]
-pub struct Business {
-    pub route: Arc<Route>,
-    pub upstream: Arc<Upstream>,
-    /// Its place among the routes (its metrics label is next to the own paths').
-    pub index: usize,
 }
 
 /// Where one request goes.

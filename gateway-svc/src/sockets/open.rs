@@ -11,7 +11,7 @@ use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::{outbox::Outbox, user::User};
+use crate::{sessions::user::User, sockets::outbox::Outbox};
 
 struct Watched {
     /// Cancelled when the session is revoked; a child of the shutdown token, so it also fires

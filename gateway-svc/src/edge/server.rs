@@ -35,12 +35,12 @@ use weapp_common::{
 use weapp_wire::path;
 
 use crate::{
-    body_limit,
     config::HttpLimits,
-    destination::{Destination, Routing},
-    dispatch::Dispatcher,
+    edge::body_limit,
+    edge::destination::{Destination, Routing},
+    edge::dispatch::Dispatcher,
+    edge::legacy_upgrade::{self, FirstRequest},
     error::ApiError,
-    legacy_upgrade::{self, FirstRequest},
     metrics::{GatewayMetrics, RouteLabel},
 };
 
@@ -115,7 +115,7 @@ pub async fn serve(
                 Some(_) => Destination::Other,
                 None => routing.decide(request.uri().path()),
             };
-            let label = metrics.route_label(&destination);
+            let label = metrics.route_label(destination.label(routing.business_routes()));
             let (dispatcher, metrics) = (dispatcher.clone(), metrics.clone());
             // The request's trace: the caller's (a traceparent from nginx or a client), or a
             // new one; the gateway's span is a child of it.

@@ -23,7 +23,7 @@ use http::Uri;
 use serde::Deserialize;
 use weapp_common::config::duration;
 
-use crate::identity::Names;
+use crate::{business::upstream::Upstream, sessions::identity::Names};
 
 /// Whether a forwarded route needs a session.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -115,6 +115,16 @@ fn under(path: &str, prefix: &str) -> bool {
         && (prefix.ends_with('/')
             || path.len() == prefix.len()
             || path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// A business route with its connections: the one structure forwarding needs (built at
+/// start-up, `edge/destination.rs`).
+#[derive(Debug)]
+pub struct Business {
+    pub route: Arc<Route>,
+    pub upstream: Arc<Upstream>,
+    /// Its place among the routes (its metrics label is next to the own paths').
+    pub index: usize,
 }
 
 /// The routes, in file order. Few, and never overlapping: the first that takes a path is

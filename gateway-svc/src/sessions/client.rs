@@ -8,9 +8,9 @@ use std::{
 
 use crate::{
     config::SessionSvcLink,
-    failover::{Call, Retry},
     metrics::GatewayMetrics,
-    replicas::{ApiKey, Client, Connector, Replica, Replicas, Target},
+    sessions::failover::{Call, Retry},
+    sessions::replicas::{ApiKey, Client, Connector, Replica, Replicas, Target},
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, Streaming};

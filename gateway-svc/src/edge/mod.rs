@@ -1,0 +1,10 @@
+//! The edge: connections and their limits, paths normalized, each request's destination
+//! decided once (`destination.rs`), and the answer dispatched (`dispatch.rs`) to the gateway's
+//! own paths (`own.rs`), a business route (`business/`) or a socket (`sockets/`).
+pub mod body_limit;
+pub mod destination;
+pub mod dispatch;
+pub mod legacy_upgrade;
+pub mod own;
+pub mod rate_limit;
+pub mod server;
