@@ -63,7 +63,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         .with_ansi(false)
         .init();
 
-    let mut stack = Stack::start().await;
+    let mut stack = Stack::builder().openapi().start().await;
     let mut secrets: Vec<(&str, String)> = vec![("AppSecret", stack.app_secret.clone())];
 
     // A legacy login, /me, a WebSocket conversation, in headers and in the query string.
@@ -163,7 +163,45 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         .unwrap()
         .into_inner()
         .access_token;
-    secrets.push(("access_token after a 40001", current));
+    secrets.push(("access_token after a 40001", current.clone()));
+
+    // The open-API proxy: a call whose token WeChat refuses (refreshed, retried), a caller's
+    // own token in the query (dropped), a refusal; neither token nor key is logged.
+    assert!(stack.sandbox.apis().revoke_token(Some(&current)));
+    let openapi = format!("http://{}", stack.openapi_addr());
+    let checked = stack
+        .http
+        .post(format!("{openapi}/wxa/msg_sec_check?access_token=caller-own-token-0123456789"))
+        .bearer_auth(stack.openapi_key())
+        .json(&serde_json::json!({ "content": "hi", "version": 2, "scene": 2, "openid": minted.openid }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(checked.status(), 200);
+    let refused = stack
+        .http
+        .post(format!("{openapi}/cgi-bin/stable_token"))
+        .bearer_auth("0123456789abcdef0123456789abcdef-unknown-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    secrets.push((
+        "caller's own access_token",
+        "caller-own-token-0123456789".into(),
+    ));
+    secrets.push(("open-API key", stack.openapi_key().to_owned()));
+    secrets.push((
+        "unknown open-API key",
+        "0123456789abcdef0123456789abcdef-unknown-key".into(),
+    ));
+    let proxied = backend
+        .get_access_token(GetAccessTokenRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    secrets.push(("access_token after the proxy's refresh", proxied));
     assert_eq!(stack.get("/me", Some(&session)).await.status(), 200);
     let subject = || {
         Some(Subject {
