@@ -38,12 +38,15 @@ ensure_test_venv() {
   "$NX_27017_BIN" --help > /dev/null
 }
 
-# ensure_cargo_tool ROOT CRATE VERSION: the cargo subcommand CRATE at VERSION in
-# ROOT/target/tools (built once, from crates.io), put first on PATH. Built unoptimized: these
-# tools do seconds of work per run, and a debug build takes a quarter of the time to compile
-# (cargo-deny: under 1 min against 3–4 min on 2 cores).
+# ensure_cargo_tool ROOT CRATE VERSION: the cargo subcommand CRATE at VERSION, built once per
+# machine from crates.io into WEAPP_TOOLS_DIR (default ~/.cache/weapp/tools, so that the next
+# clone on this machine finds it; the version is checked every time), put first on PATH. Built
+# unoptimized: these tools do seconds of work per run, and a debug build takes a quarter of the
+# time to compile (cargo-deny: under 1 min against 3–4 min on 2 cores). ROOT is unused since
+# the tools left target/; kept so callers need not change.
 ensure_cargo_tool() {
-  local tools="$1/target/tools"
+  local tools="${WEAPP_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weapp/tools}"
+  mkdir -p "$tools"
   # "cargo-deny 0.20.2", "cargo-fuzz 0.13.2", or just "0.9.2" (cargo-machete).
   if ! "$tools/bin/$2" --version 2>/dev/null | grep -qE "(^| )$3\$"; then
     echo "==> installing $2 $3 into $tools (built from crates.io, once)"

@@ -27,9 +27,26 @@ cleanup() {
     wait "$stack_pid" 2>/dev/null || true
   fi
 }
-trap cleanup EXIT
+trap 'cleanup; print_timings' EXIT
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's name and start, for the timings printed at the end (also when a step fails).
+step_names=()
+step_starts=()
+step() {
+  step_names+=("$*")
+  step_starts+=("$(date +%s)")
+  printf '\n==> %s\n' "$*"
+}
+print_timings() {
+  local now i end n=${#step_names[@]}
+  [ "$n" -gt 0 ] || return 0
+  now=$(date +%s)
+  echo "step times (total $((now - step_starts[0])) s):"
+  for ((i = 0; i < n; i++)); do
+    end=${step_starts[i + 1]:-$now}
+    printf '  %5d s  %s\n' "$((end - step_starts[i]))" "${step_names[i]}"
+  done
+}
 # shellcheck source=prereqs.sh
 . scripts/prereqs.sh
 
@@ -64,7 +81,8 @@ echo "fault tests, what the clients saw (docs/RELIABILITY.md):"
 sed 's/^/  /' "$log_dir/faults.txt"
 
 step "end-to-end suite again, on MongoDB (nx-27017)"
-WEAPP_TEST_STORE=mongodb cargo test -p weapp-tests --test e2e -- --skip conformance:: --skip mongo_store:: \
+# --workspace, as above: `-p` would unify features differently and rebuild a score of crates.
+WEAPP_TEST_STORE=mongodb cargo test --workspace --test e2e -- --skip conformance:: --skip mongo_store:: \
   2>&1 | tee -a "$log_dir/cargo-test.log"
 
 step "cargo fuzz: every target for 20 s from its seed corpus (fuzz/run.sh)"

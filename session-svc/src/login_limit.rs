@@ -12,7 +12,7 @@
 //! limit errs on the side of refusing, never of letting more through.
 use std::{
     num::NonZeroU32,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
     time::Duration,
 };
 
@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use crate::{error::SessionError, record::now_millis, store::StoreError};
 
 const COLLECTION: &str = "logins";
+/// Users the in-memory limit holds before it first forgets the idle ones.
+const SWEEP_FLOOR: usize = 100_000;
 const WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,7 +46,13 @@ pub struct Login {
 
 pub enum LoginLimit {
     Off,
-    Local(DefaultKeyedRateLimiter<String>),
+    Local {
+        limiter: DefaultKeyedRateLimiter<String>,
+        /// The size past which idle users are forgotten: twice what the last sweep left (at
+        /// least [`SWEEP_FLOOR`]), so that sweeps cost O(1) per login however many users
+        /// logged in within the minute.
+        sweep_above: AtomicUsize,
+    },
     Shared {
         logins: Collection<Login>,
         per_minute: u32,
@@ -57,7 +65,10 @@ impl LoginLimit {
     /// In memory, for one session-svc.
     pub fn local(per_minute: u32) -> Self {
         match NonZeroU32::new(per_minute) {
-            Some(n) => Self::Local(RateLimiter::keyed(Quota::per_minute(n))),
+            Some(n) => Self::Local {
+                limiter: RateLimiter::keyed(Quota::per_minute(n)),
+                sweep_above: AtomicUsize::new(SWEEP_FLOOR),
+            },
             None => Self::Off,
         }
     }
@@ -104,10 +115,15 @@ impl LoginLimit {
     pub async fn admit(&self, open_id: &str) -> Result<(), SessionError> {
         match self {
             Self::Off => Ok(()),
-            Self::Local(limiter) => {
+            Self::Local {
+                limiter,
+                sweep_above,
+            } => {
                 // Forget idle users now and then, so the table does not grow without bound.
-                if limiter.len() > 100_000 {
+                if limiter.len() > sweep_above.load(Ordering::Relaxed) {
                     limiter.retain_recent();
+                    let left = limiter.len();
+                    sweep_above.store((left * 2).max(SWEEP_FLOOR), Ordering::Relaxed);
                 }
                 limiter.check_key(&open_id.to_owned()).map_err(|not_until| {
                     SessionError::UserRateLimited(
@@ -168,4 +184,39 @@ impl LoginLimit {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_in_memory_limit_sweeps_idle_users_rarely_however_many_there_are() {
+        let limit = LoginLimit::local(20);
+        let LoginLimit::Local { sweep_above, .. } = &limit else {
+            panic!("an in-memory limit");
+        };
+        for user in 0..=SWEEP_FLOOR {
+            limit.admit(&format!("o{user}")).await.unwrap();
+        }
+        assert_eq!(
+            sweep_above.load(Ordering::Relaxed),
+            SWEEP_FLOOR,
+            "no sweep yet"
+        );
+        // Past the floor, one sweep: every user is recent, so all stay, and the next sweep
+        // waits until the table has doubled (not at the very next login, as it once did).
+        limit.admit("one-more").await.unwrap();
+        assert_eq!(sweep_above.load(Ordering::Relaxed), 2 * (SWEEP_FLOOR + 1));
+        limit.admit("and-another").await.unwrap();
+        assert_eq!(sweep_above.load(Ordering::Relaxed), 2 * (SWEEP_FLOOR + 1));
+        // The limit itself still holds: 20 a minute, the 21st refused.
+        for _ in 0..20 {
+            limit.admit("busy").await.unwrap();
+        }
+        assert!(matches!(
+            limit.admit("busy").await,
+            Err(SessionError::UserRateLimited(_))
+        ));
+    }
 }

@@ -205,6 +205,10 @@ def check_systemd():
             for flag in ["NoNewPrivileges=yes", "ProtectSystem=strict", "DynamicUser=yes", "Restart=on-failure",
                          "EnvironmentFile=", "CapabilityBoundingSet=\n", key_setting]:
                 check(f"systemd: {unit} has {flag.strip()}", flag in text)
+            if unit.startswith("weapp-gateway"):
+                limit = re.search(r"^LimitNOFILE=(\d+)$", text, re.M)
+                check("systemd: the gateway may hold 100,000 sockets and more (LimitNOFILE ≥ 200,000)",
+                      limit is not None and int(limit.group(1)) >= 200_000, limit and limit.group(0))
             # verify needs an executable ExecStart: point it at a stand-in for the binary.
             text = re.sub(r"^ExecStart=/usr/local/bin/\S+", "ExecStart=/bin/true", text, flags=re.M)
             path = os.path.join(tmp, instance)
@@ -214,6 +218,28 @@ def check_systemd():
         verify = subprocess.run([analyze, "verify", *paths], capture_output=True, text=True)
         said = (verify.stdout + verify.stderr).strip()
         check("systemd: `systemd-analyze verify` is silent", verify.returncode == 0 and not said, said)
+
+
+def check_scale_settings():
+    """What a host needs for 100,000+ sockets (docs/SCALING.md): the sysctls parse as
+    `key = value` lines of known keys, and nginx's main-context example raises both limits above
+    what two descriptors per socket take."""
+    with open(os.path.join(ROOT, "deploy", "sysctl", "90-weapp.conf")) as f:
+        settings = dict(
+            (k.strip(), v.strip()) for k, v in
+            (line.split("=", 1) for line in f if line.strip() and not line.startswith("#"))
+        )
+    wanted = {"fs.file-max", "fs.nr_open", "net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog",
+              "net.ipv4.ip_local_port_range"}
+    check("scale: the sysctls cover descriptors, accept queues and local ports",
+          wanted <= set(settings) and int(settings["fs.nr_open"]) >= 1_000_000, settings)
+    with open(os.path.join(ROOT, "deploy", "nginx", "nginx-main.conf.example")) as f:
+        text = f.read()
+    rlimit = re.search(r"worker_rlimit_nofile (\d+);", text)
+    connections = re.search(r"worker_connections (\d+);", text)
+    check("scale: nginx's example raises worker_rlimit_nofile and worker_connections past 100,000",
+          rlimit and connections and int(rlimit.group(1)) >= int(connections.group(1)) >= 100_000,
+          (rlimit and rlimit.group(0), connections and connections.group(0)))
 
 
 def check_observability():
@@ -256,6 +282,7 @@ def check_observability():
 check_compose()
 check_dockerfile()
 check_systemd()
+check_scale_settings()
 check_observability()
 passed, failed = results.count(True), results.count(False)
 print(f"deploy: {passed} passed, {failed} failed")

@@ -1,7 +1,7 @@
 //! HTTP side of the sandbox: WeChat's `jscode2session` and the sandbox-only mint endpoint; the
 //! server APIs called with an access_token are in `server_api.rs`.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -141,9 +141,42 @@ impl axum::extract::FromRef<Sandbox> for Arc<WxaApis> {
     }
 }
 
+/// The codes minted, and the order they were minted in: a mint forgets the expired ones from
+/// the front of that order, so it costs the same however many codes are outstanding.
+#[derive(Default)]
+struct Codes {
+    by_code: HashMap<String, CodeEntry>,
+    minted: VecDeque<(Instant, String)>,
+}
+
+impl Codes {
+    fn get(&self, code: &str) -> Option<&CodeEntry> {
+        self.by_code.get(code)
+    }
+
+    fn get_mut(&mut self, code: &str) -> Option<&mut CodeEntry> {
+        self.by_code.get_mut(code)
+    }
+
+    /// Forgets codes minted `keep` ago or more (twice their life: long enough to answer an
+    /// expired code with 40029 rather than "unknown"), then keeps `entry`.
+    fn insert(&mut self, code: String, entry: CodeEntry, keep: Duration) {
+        while let Some((minted, _)) = self.minted.front() {
+            if minted.elapsed() < keep {
+                break;
+            }
+            if let Some((_, old)) = self.minted.pop_front() {
+                self.by_code.remove(&old);
+            }
+        }
+        self.minted.push_back((entry.minted, code.clone()));
+        self.by_code.insert(code, entry);
+    }
+}
+
 struct Inner {
     config: SandboxConfig,
-    codes: Mutex<HashMap<String, CodeEntry>>,
+    codes: Mutex<Codes>,
     apis: Arc<ServerApis>,
     wxa: Arc<WxaApis>,
 }
@@ -162,12 +195,12 @@ impl Sandbox {
                 wxa: Arc::new(WxaApis::new(apis.clone())),
                 apis,
                 config,
-                codes: Mutex::new(HashMap::new()),
+                codes: Mutex::new(Codes::default()),
             }),
         }
     }
 
-    fn codes(&self) -> MutexGuard<'_, HashMap<String, CodeEntry>> {
+    fn codes(&self) -> MutexGuard<'_, Codes> {
         // A poisoned lock only means another request panicked; the map itself is still sound.
         self.inner.codes.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -229,8 +262,6 @@ impl Sandbox {
 
         let code = format!("sb{}", hex::encode(crypto::random_bytes::<15>()));
         let mut codes = self.codes();
-        let ttl = config.code_ttl;
-        codes.retain(|_, e| e.minted.elapsed() < ttl * 2);
         codes.insert(
             code.clone(),
             CodeEntry {
@@ -245,6 +276,7 @@ impl Sandbox {
                 fault: req.fault,
                 delay: req.delay_ms.map(Duration::from_millis),
             },
+            config.code_ttl * 2,
         );
         Ok(MintedLogin {
             code,
@@ -506,4 +538,39 @@ pub async fn serve(
     axum::serve(listener, router(sandbox))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(minted: Instant) -> CodeEntry {
+        CodeEntry {
+            app_id: "wx".into(),
+            openid: "o".into(),
+            unionid: None,
+            session_key_b64: String::new(),
+            minted,
+            used: false,
+            exchanges: 0,
+            errcode: None,
+            fault: None,
+            delay: None,
+        }
+    }
+
+    #[test]
+    fn a_mint_forgets_only_the_codes_past_their_keep_from_the_front() {
+        let mut codes = Codes::default();
+        let now = Instant::now();
+        let long_ago = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
+        let keep = Duration::from_secs(30);
+        codes.insert("old".into(), entry(long_ago), keep);
+        codes.insert("recent".into(), entry(now), keep);
+        assert!(codes.get("old").is_none(), "expired codes go");
+        assert!(codes.get("recent").is_some());
+        codes.insert("newest".into(), entry(now), keep);
+        assert_eq!(codes.by_code.len(), 2);
+        assert_eq!(codes.minted.len(), 2, "the order holds each code once");
+    }
 }
