@@ -618,6 +618,81 @@ def capacity(cfg, svc, results):
     results["capacity"] = figures
 
 
+def growth(cfg, svc, results):
+    """What a request costs against the data already stored: logins/s and Validate/s (session
+    cache off, over 1,000 sessions) with 0, 100,000 and 1,000,000 sessions stored beforehand
+    (`weapp-bench seed`, through session-svc's own store code), side by side in one run, with
+    session-svc's CPU time per operation. nx-27017 stops at 100,000: its Python server stores
+    ~1,900 sessions a second, so a million would take this harness ten minutes to seed."""
+    figures = {}
+    for store, sizes in (("embedded", cfg.growth_embedded), ("nx-27017", cfg.growth_nx)):
+        figures[store] = {}
+        for size in sizes:
+            mongo_uri, data_dir = None, None
+            if store == "nx-27017":
+                mongo_uri = f"mongodb://127.0.0.1:{start_mongo(cfg, svc, f'growth-{size}')}/weapp_growth"
+            else:
+                data_dir = tempfile.mkdtemp(dir=cfg.work, prefix=f"growth-{size}-")
+            seeded = {"seconds": 0.0, "stored": 0}
+            if size:
+                where = ["--mongodb-uri", mongo_uri] if mongo_uri else ["--data-dir", data_dir]
+                seeded = bench_json(cfg, ["seed", "--count", size, *where], f"seeding {size:,} sessions, {store}")
+            metrics_port = free_port()
+            session_env = {"WEAPP_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"}
+            if data_dir:
+                session_env["WEAPP_DATA_DIR"] = data_dir
+            stack = start_weapp(cfg, svc, cfg.sandbox, mongo_uri=mongo_uri, name=f"growth-{store}-{size}",
+                                session_env=session_env)
+            session_pid = stack["all_pids"][1]
+            uncached = start_uncached_gateway(cfg, svc, stack)
+            many, _, _ = sessions_for(cfg, stack, f"growth-{store}-{size}", cfg.growth_sessions)
+            script = cfg.work / f"growth-{store}-{size}.lua"
+            pairs = [line.split(" ")[:2] for line in Path(many).read_text().splitlines() if line.strip()]
+            script.write_text(
+                "local s = {" + ",".join(f'{{"{i}","{k}"}}' for i, k in pairs) + "}\n"
+                "local n = 0\n"
+                "request = function()\n"
+                "  n = n + 1\n"
+                "  local p = s[(n % #s) + 1]\n"
+                '  return wrk.format("GET", "/me", {["X-WX-Id"] = p[1], ["X-WX-Skey"] = p[2]})\n'
+                "end\n")
+            before, counts = cpu_seconds(session_pid), session_svc_counts(metrics_port)
+            validate = wrk(cfg, uncached + "/me", f"/me cache off, {size:,} stored, {store}", script=script)
+            cpu, after = cpu_seconds(session_pid) - before, session_svc_counts(metrics_port)
+            validates = after["validate"] - counts["validate"]
+            before, counts = cpu_seconds(session_pid), after
+            logins = bench_json(cfg, ["logins", "--base", stack["base"], "--sandbox", cfg.sandbox,
+                                      "--count", cfg.logins, "--concurrency", 16], f"logins, {size:,} stored, {store}")
+            login_cpu, after = cpu_seconds(session_pid) - before, session_svc_counts(metrics_port)
+            figures[store][size] = {
+                "seed_seconds": seeded["seconds"], "stored_before": seeded["stored"],
+                "validate_rps": validate["rps"], "validate_p99_ms": validate["p99_ms"],
+                "validate_cpu_us": cpu / max(validates, 1) * 1e6,
+                "logins_per_second": logins["per_second"], "login_p99_ms": logins["p99_ms"],
+                "login_cpu_us": login_cpu / max(after["login"] - counts["login"], 1) * 1e6,
+            }
+            svc.check_alive()
+            svc.stop_all()
+    results["growth"] = figures
+
+
+def growth_lines(r):
+    """Section 9 of the report, when the growth scenario ran."""
+    if "growth" not in r:
+        return []
+    lines = ["", "### 9. Cost against the sessions already stored (session-svc's CPU per operation from /proc)", "",
+             "| store | stored | logins/s | login p99 | CPU per login | Validate/s (cache off) | Validate p99 | CPU per Validate | logins/s vs empty |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for store, sizes in r["growth"].items():
+        empty = sizes.get(0) or sizes.get("0")
+        for size, x in sizes.items():
+            vs = f"{ratio(x['logins_per_second'], empty['logins_per_second']):.2f}" if empty else "—"
+            lines.append(f"| {store} | {int(size):,} | {fmt(x['logins_per_second'], 0)} | {x['login_p99_ms']:.1f} ms "
+                         f"| {x['login_cpu_us']:.0f} µs | {fmt(x['validate_rps'], 0)} | {x['validate_p99_ms']:.2f} ms "
+                         f"| {x['validate_cpu_us']:.0f} µs | {vs} |")
+    return lines
+
+
 def ratio(a, b):
     return a / b if b else float("inf")
 
@@ -749,6 +824,7 @@ def report(cfg, results, env, started, finished):
                  f"{r['observability_spans']:,} spans; {r['observability_scrapes']['ok']:,} scrapes answered, "
                  f"{r['observability_scrapes']['failed']} failed. Trace ids are made and passed on in every "
                  "configuration: the logs carry them.")
+    lines += growth_lines(r)
     lines += ["", "## Commands", "", "```"] + COMMANDS + ["```", ""]
     return "\n".join(lines), all(targets)
 
@@ -790,7 +866,7 @@ def main():
     parser.add_argument("--profile", default="release")
     parser.add_argument("--ws-connections", type=int, default=10_000)
     parser.add_argument("--only", help="comma-separated scenarios to run (physical_limit, in_memory, forwarding, "
-                        "push, websockets, with_mongo, observability, capacity); prints their figures as JSON instead of writing the report")
+                        "push, websockets, with_mongo, observability, capacity, growth); prints their figures as JSON instead of writing the report")
     args = parser.parse_args()
 
     # 10,000 WebSockets need more descriptors than the usual 1,024: the load generator and the
@@ -818,9 +894,11 @@ def main():
     if args.smoke:
         cfg.duration, cfg.logins, cfg.ws_connections, cfg.mongo_sessions, cfg.settle = 1, 20, 20, 30, 0.2
         cfg.push_users = 20
+        cfg.growth_embedded, cfg.growth_nx, cfg.growth_sessions = (0, 1000), (0, 1000), 16
     else:
         cfg.duration, cfg.logins, cfg.ws_connections, cfg.mongo_sessions, cfg.settle = 10, 3000, args.ws_connections, 20_000, 2
         cfg.push_users = 10_000
+        cfg.growth_embedded, cfg.growth_nx, cfg.growth_sessions = (0, 100_000, 1_000_000), (0, 100_000), 1000
     if cfg.ws_connections + 100 > hard:
         raise SystemExit(f"{cfg.ws_connections} WebSockets need more than the {hard} open files allowed here")
     cfg.work = Path(tempfile.mkdtemp(prefix="weapp-bench-"))
@@ -839,7 +917,8 @@ def main():
                      ("WebSockets", websockets),
                      ("MongoDB-wire stores", with_mongo),
                      ("/me with metrics and tracing off and on", observability),
-                     ("capacity per core of each process (docs/SCALING.md)", capacity))
+                     ("capacity per core of each process (docs/SCALING.md)", capacity),
+                     ("cost against the sessions already stored", growth))
         only = set(args.only.split(",")) if args.only else None
         for title, scenario in scenarios:
             if only and scenario.__name__ not in only:

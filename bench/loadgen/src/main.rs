@@ -4,6 +4,7 @@
 mod hello;
 mod logins;
 mod push;
+mod seed;
 mod stats;
 mod wafer;
 mod ws;
@@ -61,6 +62,9 @@ enum Command {
     /// One WebSocket per user over several gateways, one `Publish` per user: delivery and
     /// publish-to-receive latency.
     Push(push::Plan),
+    /// Adds `count` unused sessions straight to a store (embedded or MongoDB), so that a
+    /// request's cost can be measured against what is stored.
+    Seed(seed::Plan),
 }
 
 #[tokio::main]
@@ -76,6 +80,7 @@ async fn main() {
         }
         Command::Ws(plan) => ws::run(plan).await,
         Command::Push(plan) => push::run(plan).await,
+        Command::Seed(plan) => Ok(seed::run(plan).await),
     };
     match result {
         Ok(report) => println!("{report}"),
