@@ -141,7 +141,7 @@ pub trait ServiceCli: CommandFactory + FromArgMatches + Sized {
 
 /// The defaults written on `A`'s arguments, environment ignored: for code that needs "the
 /// settings as shipped" without a command line (tests, `Default` impls).
-pub fn defaults<A: clap::Args>() -> A {
+pub fn defaults<A: clap::Args>() -> Result<A, clap::Error> {
     #[derive(clap::Parser)]
     struct Only<A: clap::Args> {
         #[command(flatten)]
@@ -152,7 +152,6 @@ pub fn defaults<A: clap::Args>() -> A {
         .try_get_matches_from(["defaults"])
         .and_then(|matches| Only::<A>::from_arg_matches(&matches))
         .map(|only| only.settings)
-        .unwrap_or_else(|e| panic!("the built-in defaults do not parse: {e}"))
 }
 
 fn refuse_secrets_on_command_line(matches: &ArgMatches, ids: &[&str]) -> Result<(), clap::Error> {

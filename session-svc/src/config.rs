@@ -240,10 +240,10 @@ mod tests {
     #[test]
     fn the_policies_defaults_are_the_arguments_defaults() {
         assert_eq!(
-            SessionPolicy::default().idle_ttl,
+            SessionPolicy::shipped().unwrap().idle_ttl,
             Duration::from_secs(2 * 3600)
         );
-        assert_eq!(LoginPolicy::default().max_per_user_per_minute, 20);
+        assert_eq!(LoginPolicy::shipped().unwrap().max_per_user_per_minute, 20);
     }
 
     #[test]

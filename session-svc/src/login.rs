@@ -43,9 +43,9 @@ pub struct LoginPolicy {
     pub max_per_user_per_minute: u32,
 }
 
-impl Default for LoginPolicy {
-    /// The defaults written on the arguments above.
-    fn default() -> Self {
+impl LoginPolicy {
+    /// The defaults written on the arguments above, as shipped (environment ignored).
+    pub fn shipped() -> Result<Self, clap::Error> {
         weapp_common::config::defaults()
     }
 }

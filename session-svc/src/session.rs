@@ -38,9 +38,9 @@ pub struct SessionPolicy {
     pub renew_after: Duration,
 }
 
-impl Default for SessionPolicy {
-    /// The defaults written on the arguments above.
-    fn default() -> Self {
+impl SessionPolicy {
+    /// The defaults written on the arguments above, as shipped (environment ignored).
+    pub fn shipped() -> Result<Self, clap::Error> {
         weapp_common::config::defaults()
     }
 }

@@ -21,7 +21,6 @@ use aes_gcm::{
     aead::{Aead, Payload},
 };
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -70,10 +69,17 @@ impl DataKey {
 
     /// The key every replica derives from the AppSecret when no key file is configured.
     fn derived(app_secret: &SecretString) -> Self {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(app_secret.expose_secret().as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(DERIVED_KEY_LABEL);
-        Self::from_bytes(&mac.finalize().into_bytes().into())
+        let key = ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            app_secret.expose_secret().as_bytes(),
+        );
+        let tag = ring::hmac::sign(&key, DERIVED_KEY_LABEL);
+        // An HMAC-SHA256 tag is 32 bytes: it fills the key exactly.
+        let mut bytes = [0u8; 32];
+        for (byte, from) in bytes.iter_mut().zip(tag.as_ref()) {
+            *byte = *from;
+        }
+        Self::from_bytes(&bytes)
     }
 
     pub fn id(&self) -> &str {

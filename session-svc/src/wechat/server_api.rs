@@ -3,10 +3,8 @@
 //! documented success or `{errcode, errmsg}` (success answers may carry `errcode: 0`).
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, de::DeserializeOwned};
-use sha2::Sha256;
 
 use super::{WeChatClient, WeChatError};
 
@@ -45,10 +43,9 @@ impl std::fmt::Debug for PhoneInfo {
 /// `payload` (the empty string for these GET calls), keyed with the session_key's **base64
 /// text** as UTF-8 bytes, not the 16 bytes it decodes to.
 pub fn session_key_signature(session_key_b64: &str, payload: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(session_key_b64.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(payload);
-    hex::encode(mac.finalize().into_bytes())
+    // ring's HMAC takes a key of any length without a fallible constructor.
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, session_key_b64.as_bytes());
+    hex::encode(ring::hmac::sign(&key, payload))
 }
 
 /// Reads an answer: WeChat's errcode (non-zero) wins over everything else in it.

@@ -150,7 +150,7 @@ async fn revoke_and_revoke_by_open_id(h: Harness) {
 }
 
 async fn manager_life_cycle(h: Harness) {
-    let sessions = manager(h.open().await, SessionPolicy::default());
+    let sessions = manager(h.open().await, SessionPolicy::shipped().unwrap());
     let (creds, created) = sessions.create(user("o1")).await.unwrap();
     let valid = sessions.validate(&creds.id, &creds.skey).await.unwrap();
     assert_eq!(valid.user, created.user);
@@ -214,7 +214,7 @@ async fn renewal_is_throttled(h: Harness) {
 
 async fn concurrent_logins_of_one_user(h: Harness) {
     let store = h.open().await;
-    let sessions = Arc::new(manager(store.clone(), SessionPolicy::default()));
+    let sessions = Arc::new(manager(store.clone(), SessionPolicy::shipped().unwrap()));
     let logins = (0..20).map(|_| {
         let sessions = sessions.clone();
         tokio::spawn(async move { sessions.create(user("busy-user")).await.unwrap().0 })
@@ -241,7 +241,7 @@ async fn concurrent_logins_of_one_user(h: Harness) {
 }
 
 async fn sessions_survive_reopening(h: Harness) {
-    let policy = SessionPolicy::default();
+    let policy = SessionPolicy::shipped().unwrap();
     let (creds, created) = {
         let store = h.open().await;
         manager(store, policy).create(user("o1")).await.unwrap()
