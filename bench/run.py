@@ -340,6 +340,22 @@ def sessions_for(cfg, stack, name, count):
     return out, [f"X-WX-Id: {first[0]}", f"X-WX-Skey: {first[1]}"], created
 
 
+def me_over_sessions(cfg, sessions, name):
+    """A wrk script asking `/me` with each session of the `sessions` file in turn (with the
+    gateway's cache off, each request is a Validate of another session)."""
+    script = cfg.work / f"{name}.lua"
+    pairs = [line.split(" ")[:2] for line in Path(sessions).read_text().splitlines() if line.strip()]
+    script.write_text(
+        "local s = {" + ",".join(f'{{"{i}","{k}"}}' for i, k in pairs) + "}\n"
+        "local n = 0\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        "  local p = s[(n % #s) + 1]\n"
+        '  return wrk.format("GET", "/me", {["X-WX-Id"] = p[1], ["X-WX-Skey"] = p[2]})\n'
+        "end\n")
+    return script
+
+
 def physical_limit(cfg, svc, results):
     port = free_port()
     hello = svc.start("hello", [cfg.bin / "weapp-bench", "hello", "--listen", f"127.0.0.1:{port}"], port=port)
@@ -588,16 +604,7 @@ def capacity(cfg, svc, results):
         # /me, cache off, over many sessions (the gateway coalesces concurrent checks of one
         # session): the work of session-svc and its store per Validate it served.
         many, _, _ = sessions_for(cfg, stack, f"capacity-{store}-many", max(cfg.logins // 10, 16))
-        script = cfg.work / f"capacity-{store}.lua"
-        pairs = [line.split(" ")[:2] for line in Path(many).read_text().splitlines() if line.strip()]
-        script.write_text(
-            "local s = {" + ",".join(f'{{"{i}","{k}"}}' for i, k in pairs) + "}\n"
-            "local n = 0\n"
-            "request = function()\n"
-            "  n = n + 1\n"
-            "  local p = s[(n % #s) + 1]\n"
-            '  return wrk.format("GET", "/me", {["X-WX-Id"] = p[1], ["X-WX-Skey"] = p[2]})\n'
-            "end\n")
+        script = me_over_sessions(cfg, many, f"capacity-{store}")
         done, (gw_cpu, ss_cpu), n = measure(
             lambda: wrk(cfg, uncached + "/me", f"/me cache off, {store}", script=script),
             [uncached_pid, session_pid])
@@ -649,16 +656,7 @@ def growth(cfg, svc, results):
             session_pid = stack["all_pids"][1]
             uncached = start_uncached_gateway(cfg, svc, stack)
             many, _, _ = sessions_for(cfg, stack, f"growth-{store}-{size}", cfg.growth_sessions)
-            script = cfg.work / f"growth-{store}-{size}.lua"
-            pairs = [line.split(" ")[:2] for line in Path(many).read_text().splitlines() if line.strip()]
-            script.write_text(
-                "local s = {" + ",".join(f'{{"{i}","{k}"}}' for i, k in pairs) + "}\n"
-                "local n = 0\n"
-                "request = function()\n"
-                "  n = n + 1\n"
-                "  local p = s[(n % #s) + 1]\n"
-                '  return wrk.format("GET", "/me", {["X-WX-Id"] = p[1], ["X-WX-Skey"] = p[2]})\n'
-                "end\n")
+            script = me_over_sessions(cfg, many, f"growth-{store}-{size}")
             before, counts = cpu_seconds(session_pid), session_svc_counts(metrics_port)
             validate = wrk(cfg, uncached + "/me", f"/me cache off, {size:,} stored, {store}", script=script,
                            connections=connections)

@@ -286,11 +286,7 @@ impl WeChatClient {
     /// Sends one call within a concurrency slot and reads the answer (at most [`MAX_BODY`]).
     /// The caller bounds the time.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, WeChatError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| WeChatError::Unreachable("client is shutting down".into()))?;
+        let _slot = self.slot().await?;
         let mut response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
         if !status.is_success() {
@@ -308,6 +304,14 @@ impl WeChatClient {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    }
+
+    /// One of the concurrency slots every call to WeChat holds while it is in flight.
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, WeChatError> {
+        self.slots
+            .acquire()
+            .await
+            .map_err(|_| WeChatError::Unreachable("client is shutting down".into()))
     }
 
     fn transport_error(&self, e: reqwest::Error) -> WeChatError {

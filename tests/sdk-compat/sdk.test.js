@@ -32,6 +32,26 @@ const promisify = (fn, options) =>
 
 const SESSION_KEY = 'weapp_session_F2C224D4-2BCE-4C64-AF9F-A6D872000D1A';
 
+// wx.connectSocket to `path` on the gateway with the session the SDK stored, as the tutorial's
+// page does: `next()` is the next text frame (within 5 s), `closed` the close event.
+async function openSocket(shim, path) {
+  const session = shim.storage.get(SESSION_KEY);
+  const frames = [];
+  let arrived = () => {};
+  shim.wx.onSocketMessage(({ data }) => { frames.push(data); arrived(); });
+  const opened = new Promise((resolve) => shim.wx.onSocketOpen(resolve));
+  const closed = new Promise((resolve) => shim.wx.onSocketClose(resolve));
+  const wsUrl = gatewayUrl.replace(/^http/, 'ws') + path;
+  shim.wx.connectSocket({ url: wsUrl, header: { 'X-WX-Id': session.id, 'X-WX-Skey': session.skey } });
+  await opened;
+  const next = () => new Promise((resolve, reject) => {
+    if (frames.length) return resolve(frames.shift());
+    const timer = setTimeout(() => reject(new Error('no frame within 5 s')), 5000);
+    arrived = () => { clearTimeout(timer); arrived = () => {}; resolve(frames.shift()); };
+  });
+  return { next, closed };
+}
+
 test('login then /me through the SDK', async () => {
   const { sdk, shim } = freshSdk();
   shim.state.nextMint = { profile: { nickName: 'SDK 用户', gender: 1, language: 'zh_CN', city: 'Shenzhen',
@@ -83,19 +103,7 @@ test('a business route that needs a session makes the SDK log in and retry', asy
 test('a socket opened with the SDK\'s session receives what a backend published for its user', async () => {
   const { sdk, shim } = freshSdk();
   await promisify(sdk.login);
-  const session = shim.storage.get(SESSION_KEY);
-  const frames = [];
-  let arrived = () => {};
-  shim.wx.onSocketMessage(({ data }) => { frames.push(data); arrived(); });
-  const opened = new Promise((resolve) => shim.wx.onSocketOpen(resolve));
-  const wsUrl = gatewayUrl.replace(/^http/, 'ws') + '/ws';
-  shim.wx.connectSocket({ url: wsUrl, header: { 'X-WX-Id': session.id, 'X-WX-Skey': session.skey } });
-  await opened;
-  const next = () => new Promise((resolve, reject) => {
-    if (frames.length) return resolve(frames.shift());
-    const timer = setTimeout(() => reject(new Error('no frame within 5 s')), 5000);
-    arrived = () => { clearTimeout(timer); arrived = () => {}; resolve(frames.shift()); };
-  });
+  const { next } = await openSocket(shim, '/ws');
   assert.match(await next(), /^Server: /);
   // The example backend (behind /api/, scripts/stack.sh) publishes to the caller over gRPC.
   const [response] = await promisify(sdk.request, {
@@ -129,19 +137,7 @@ test('a container written for WeChat Cloud Run, behind weapp: wx.request to its 
   assert.equal(risky.data.accepted, false);
 
   const session = shim.storage.get(SESSION_KEY);
-  const frames = [];
-  let arrived = () => {};
-  shim.wx.onSocketMessage(({ data }) => { frames.push(data); arrived(); });
-  const opened = new Promise((resolve) => shim.wx.onSocketOpen(resolve));
-  const closed = new Promise((resolve) => shim.wx.onSocketClose(resolve));
-  const wsUrl = gatewayUrl.replace(/^http/, 'ws') + '/cloudrun/ws';
-  shim.wx.connectSocket({ url: wsUrl, header: { 'X-WX-Id': session.id, 'X-WX-Skey': session.skey } });
-  await opened;
-  const next = () => new Promise((resolve, reject) => {
-    if (frames.length) return resolve(frames.shift());
-    const timer = setTimeout(() => reject(new Error('no frame within 5 s')), 5000);
-    arrived = () => { clearTimeout(timer); arrived = () => {}; resolve(frames.shift()); };
-  });
+  const { next, closed } = await openSocket(shim, '/cloudrun/ws');
   assert.deepEqual(JSON.parse(await next()), { hello: openid });
   shim.wx.sendSocketMessage({ data: 'hi' });
   assert.deepEqual(JSON.parse(await next()), { echo: 'hi', from: openid });

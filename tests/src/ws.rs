@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, protocol::frame::coding::CloseCode},
+};
 
 /// The next data or close frame within 5 s, skipping pings and pongs.
 pub async fn next_frame<S>(ws: &mut WebSocketStream<S>) -> Message
@@ -37,4 +40,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     text(next_frame(ws).await)
+}
+
+/// The code of a frame that must be a close frame.
+pub fn close_code(frame: Message) -> CloseCode {
+    match frame {
+        Message::Close(Some(frame)) => frame.code,
+        other => panic!("expected a close frame, got {other:?}"),
+    }
 }

@@ -509,12 +509,6 @@ pub fn router(sandbox: Sandbox) -> Router {
             "/wxa/resetusersessionkey",
             get(server_api::reset_session_key),
         )
-        .route("/wxa/msg_sec_check", post(wxa::msg_sec_check))
-        .route("/cgi-bin/message/subscribe/send", post(wxa::subscribe_send))
-        .route("/wxa/getwxacodeunlimit", post(wxa::getwxacodeunlimit))
-        .route("/wxa/generate_urllink", post(wxa::generate_urllink))
-        .route("/sandbox/subscribe", post(wxa::subscribe))
-        .route("/sandbox/wxa/calls", get(wxa::calls))
         .route("/sandbox/mint", post(mint).get(mint))
         .route("/sandbox/codes/{code}", get(code_stats))
         .route("/sandbox/phone-code", post(server_api::mint_phone_code))
@@ -522,6 +516,7 @@ pub fn router(sandbox: Sandbox) -> Router {
         .route("/sandbox/tokens/fail", post(server_api::fail_tokens))
         .route("/sandbox/tokens/revoke", post(server_api::revoke_token))
         .route("/sandbox/tokens/stats", get(server_api::token_stats))
+        .merge(wxa::routes())
         .with_state(sandbox)
 }
 

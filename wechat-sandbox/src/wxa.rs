@@ -19,11 +19,12 @@ use std::{
 };
 
 use axum::{
-    Json,
+    Json, Router,
     body::Bytes,
-    extract::{Query, State},
+    extract::{FromRef, Query, State},
     http::header,
     response::{IntoResponse, Response},
+    routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -71,7 +72,7 @@ struct WxaState {
 }
 
 #[derive(Deserialize)]
-pub(crate) struct TokenQuery {
+struct TokenQuery {
     access_token: Option<String>,
 }
 
@@ -295,36 +296,38 @@ impl WxaApis {
     }
 }
 
-pub(crate) async fn msg_sec_check(
-    State(wxa): State<Arc<WxaApis>>,
-    Query(q): Query<TokenQuery>,
-    body: Bytes,
-) -> Response {
-    let token = q.access_token.as_deref();
-    answer(wxa.json_call("/wxa/msg_sec_check", token, &body, WxaApis::msg_sec_check))
+/// What an API with a JSON body answers, given the app its token belongs to and the body.
+type JsonApi = fn(&WxaApis, &str, Value) -> Value;
+
+/// The APIs with a JSON body and a JSON answer, by path.
+const JSON_APIS: [(&str, JsonApi); 3] = [
+    ("/wxa/msg_sec_check", WxaApis::msg_sec_check),
+    ("/cgi-bin/message/subscribe/send", WxaApis::subscribe_send),
+    ("/wxa/generate_urllink", WxaApis::generate_urllink),
+];
+
+/// These APIs' routes and the sandbox's own, for any state that holds a [`WxaApis`].
+pub(crate) fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<WxaApis>: FromRef<S>,
+{
+    let mut router = Router::new()
+        .route("/wxa/getwxacodeunlimit", post(getwxacodeunlimit))
+        .route("/sandbox/subscribe", post(subscribe))
+        .route("/sandbox/wxa/calls", get(calls));
+    for (path, api) in JSON_APIS {
+        let handler = move |State(wxa): State<Arc<WxaApis>>,
+                            Query(q): Query<TokenQuery>,
+                            body: Bytes| async move {
+            answer(wxa.json_call(path, q.access_token.as_deref(), &body, api))
+        };
+        router = router.route(path, post(handler));
+    }
+    router
 }
 
-pub(crate) async fn subscribe_send(
-    State(wxa): State<Arc<WxaApis>>,
-    Query(q): Query<TokenQuery>,
-    body: Bytes,
-) -> Response {
-    let token = q.access_token.as_deref();
-    let path = "/cgi-bin/message/subscribe/send";
-    answer(wxa.json_call(path, token, &body, WxaApis::subscribe_send))
-}
-
-pub(crate) async fn generate_urllink(
-    State(wxa): State<Arc<WxaApis>>,
-    Query(q): Query<TokenQuery>,
-    body: Bytes,
-) -> Response {
-    let token = q.access_token.as_deref();
-    let path = "/wxa/generate_urllink";
-    answer(wxa.json_call(path, token, &body, WxaApis::generate_urllink))
-}
-
-pub(crate) async fn getwxacodeunlimit(
+async fn getwxacodeunlimit(
     State(wxa): State<Arc<WxaApis>>,
     Query(q): Query<TokenQuery>,
     body: Bytes,
@@ -335,7 +338,7 @@ pub(crate) async fn getwxacodeunlimit(
     }
 }
 
-pub(crate) async fn subscribe(
+async fn subscribe(
     State(wxa): State<Arc<WxaApis>>,
     Json(subscription): Json<Subscription>,
 ) -> Response {
@@ -343,6 +346,6 @@ pub(crate) async fn subscribe(
     Json(json!({ "ok": true })).into_response()
 }
 
-pub(crate) async fn calls(State(wxa): State<Arc<WxaApis>>) -> Response {
+async fn calls(State(wxa): State<Arc<WxaApis>>) -> Response {
     Json(json!({ "calls": wxa.calls(), "sent": wxa.sent() })).into_response()
 }

@@ -61,6 +61,12 @@ impl Own {
         })
     }
 
+    /// Its place in [`Own::ALL`] (the variants are declared in that order): the index of its
+    /// handler and of its metrics label.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// Whether the request's session is resolved before the handler runs (the tutorial's
     /// session middleware ran in front of every route but login and the probes).
     pub const fn takes_session(self) -> bool {
@@ -95,7 +101,7 @@ impl Destination {
     /// then everything else (`Routing::templates` in the same order).
     pub fn label(&self, routes: usize) -> usize {
         match self {
-            Self::Own(own) => Own::ALL.iter().position(|o| o == own).unwrap_or(0),
+            Self::Own(own) => own.index(),
             Self::Business(business) => Own::ALL.len() + business.index,
             Self::Other => Own::ALL.len() + routes,
         }
@@ -174,6 +180,13 @@ impl Routing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_own_paths_are_declared_in_their_index_order() {
+        for (index, own) in Own::ALL.into_iter().enumerate() {
+            assert_eq!(own.index(), index, "{own:?}");
+        }
+    }
 
     #[test]
     fn each_path_has_one_destination_and_one_label() {

@@ -102,7 +102,7 @@ impl Dispatcher {
                 }
                 let handler = self
                     .own
-                    .get(own as usize)
+                    .get(own.index())
                     .cloned()
                     .ok_or(ApiError::BadRequestTarget)?;
                 Ok(handler

@@ -106,11 +106,7 @@ impl WeChatClient {
         if let Some(content_type) = &call.content_type {
             request = request.header(http::header::CONTENT_TYPE, content_type.clone());
         }
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| WeChatError::Unreachable("client is shutting down".into()))?;
+        let _slot = self.slot().await?;
         let mut response = request.send().await.map_err(|e| self.transport_error(e))?;
         let header = |name| response.headers().get(name).cloned();
         let (content_type, content_disposition) = (

@@ -18,7 +18,7 @@ use weapp_tests::{
     Stack,
     ports::Port,
     process::wait_until_listening,
-    ws::{next_frame, next_text},
+    ws::{close_code, next_frame, next_text},
 };
 
 use crate::access_token::{client, token};
@@ -160,10 +160,7 @@ async fn a_cloud_run_container_runs_unchanged_behind_weapp() {
     assert_eq!(echo, json!({ "echo": "hi", "from": minted.openid }));
     let started = Instant::now();
     assert_eq!(stack.get("/logout", Some(&session)).await.status(), 200);
-    match next_frame(&mut ws).await {
-        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1008),
-        other => panic!("expected close 1008, got {other:?}"),
-    }
+    assert_eq!(u16::from(close_code(next_frame(&mut ws).await)), 1008);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "{:?}",

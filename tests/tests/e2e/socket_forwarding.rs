@@ -22,7 +22,7 @@ use tokio_tungstenite::{
 use weapp_proto::session::v1::{RevokeUserRequest, session_service_client::SessionServiceClient};
 use weapp_tests::{
     ClientSession, Stack,
-    ws::{next_frame, next_text},
+    ws::{close_code, next_frame, next_text},
 };
 
 /// What the upstream saw of one socket.
@@ -286,10 +286,7 @@ async fn a_logout_or_a_revocation_closes_a_forwarded_socket_within_a_second() {
     let started = Instant::now();
     let logout = stack.get("/logout", Some(&session)).await;
     assert_eq!(logout.status(), 200);
-    match next_frame(&mut ws).await {
-        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1008),
-        other => panic!("expected close 1008, got {other:?}"),
-    }
+    assert_eq!(u16::from(close_code(next_frame(&mut ws).await)), 1008);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "{:?}",
@@ -308,10 +305,7 @@ async fn a_logout_or_a_revocation_closes_a_forwarded_socket_within_a_second() {
         })
         .await
         .unwrap();
-    match next_frame(&mut ws).await {
-        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1008),
-        other => panic!("expected close 1008, got {other:?}"),
-    }
+    assert_eq!(u16::from(close_code(next_frame(&mut ws).await)), 1008);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "{:?}",

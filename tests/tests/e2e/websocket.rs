@@ -9,7 +9,7 @@ use tokio_tungstenite::{
 use weapp_tests::{
     ClientSession, MAGIC_KEY, Stack,
     wechat_sandbox::MintRequest,
-    ws::{next_frame, text},
+    ws::{close_code, next_frame, text},
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -20,13 +20,6 @@ async fn connect(stack: &Stack, session: Option<&ClientSession>) -> Ws {
         None => stack.ws_url("/ws"),
     };
     connect_async(url).await.expect("upgrade accepted").0
-}
-
-fn close_code(message: Message) -> CloseCode {
-    match message {
-        Message::Close(Some(frame)) => frame.code,
-        other => panic!("expected a close frame, got {other:?}"),
-    }
 }
 
 #[tokio::test]
