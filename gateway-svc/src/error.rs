@@ -59,6 +59,9 @@ pub enum ApiError {
     UpstreamRefusedSocket { prefix: String, status: StatusCode },
     #[error("the request path cannot be forwarded")]
     BadRequestTarget,
+    /// A request to a WebSocket path that is not a WebSocket handshake.
+    #[error("a WebSocket handshake needs {0}")]
+    NotWebSocket(&'static str),
     /// A path that cannot be normalized safely (`path.rs`).
     #[error("the request path is refused: {0}")]
     BadPath(weapp_wire::path::Refused),
@@ -172,9 +175,11 @@ impl ApiError {
             | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::BadBody | Self::BadRequestTarget | Self::BadPath(_) | Self::MissingPhoneCode => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadBody
+            | Self::BadRequestTarget
+            | Self::NotWebSocket(_)
+            | Self::BadPath(_)
+            | Self::MissingPhoneCode => StatusCode::BAD_REQUEST,
             Self::PhoneFailed { status, .. } => *status,
             Self::UpstreamUnreachable(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -206,7 +211,11 @@ impl ApiError {
             Self::BodyTooLarge(_) => {
                 json!({ "error": wafer::ERR_REQUEST_TOO_LARGE, "message": message })
             }
-            Self::BodyTimeout | Self::BadBody | Self::BadRequestTarget | Self::BadPath(_) => {
+            Self::BodyTimeout
+            | Self::BadBody
+            | Self::BadRequestTarget
+            | Self::NotWebSocket(_)
+            | Self::BadPath(_) => {
                 json!({ "error": wafer::ERR_BAD_REQUEST, "message": message })
             }
             // No magic key: the session is fine, the business upstream is not.

@@ -13,6 +13,7 @@ pub mod sessions;
 pub mod sockets;
 pub mod startup;
 pub mod state;
+pub mod stream;
 pub mod wafer;
 
 pub use config::Settings;

@@ -22,6 +22,7 @@ use crate::{
     sessions::client::SessionClient,
     sessions::resolver::SessionResolver,
     sockets::follower,
+    sockets::keepalive::KeepAlive,
     sockets::open::OpenSockets,
     sockets::relay::Relay,
     state::{AppState, Shared},
@@ -110,6 +111,17 @@ impl Application {
             self.metrics.cache_evictions.clone(),
         ));
         let sockets = Arc::new(OpenSockets::default());
+        let keepalive = Arc::new(KeepAlive::new(&self.settings.ws));
+        tokio::spawn(keepalive.clone().run(shutdown.clone()));
+        // Open sockets hear of the stop when it starts, not once the HTTP requests in flight
+        // are done.
+        tokio::spawn({
+            let (sockets, shutdown) = (sockets.clone(), shutdown.clone());
+            async move {
+                shutdown.cancelled().await;
+                sockets.close_all();
+            }
+        });
         let replicas = tokio::spawn(self.sessions.clone().maintain(shutdown.clone()));
         let revocations = tokio::spawn(follower::follow(
             cache.clone(),
@@ -145,7 +157,8 @@ impl Application {
         let state = AppState::from(Shared {
             resolver: SessionResolver::new(cache, self.sessions.clone()),
             relay: self.relay,
-            sockets,
+            sockets: sockets.clone(),
+            keepalive,
             login_limiter: LoginLimiter::new(
                 self.settings.login_rate_per_address,
                 self.settings.trusted_proxies.clone(),

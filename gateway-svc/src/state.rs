@@ -7,7 +7,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::Settings, edge::rate_limit::LoginLimiter, metrics::GatewayMetrics,
     sessions::client::SessionClient, sessions::resolver::SessionResolver,
-    sockets::open::OpenSockets, sockets::relay::Relay,
+    sockets::keepalive::KeepAlive, sockets::open::OpenSockets, sockets::relay::Relay,
 };
 
 #[derive(Clone)]
@@ -40,6 +40,8 @@ pub struct Shared {
     pub login_limiter: LoginLimiter,
     /// Open WebSockets by session, to close them when their session is revoked.
     pub sockets: Arc<OpenSockets>,
+    /// The `/ws` sockets' keep-alive.
+    pub keepalive: Arc<KeepAlive>,
     pub settings: Arc<Settings>,
     /// One permit per open WebSocket.
     pub ws_slots: Arc<Semaphore>,

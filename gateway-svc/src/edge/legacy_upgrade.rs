@@ -10,13 +10,15 @@
 //! touched: any other HTTP/1.0 request, or any HTTP/1.1 one, reaches hyper byte for byte.
 //! Only the first request matters: nginx opens a new upstream connection for each HTTP/1.0
 //! request.
-use std::{
-    io,
-    pin::Pin,
-    task::{Context, Poll},
-};
+//!
+//! The same first look tells an HTTP/2 connection (its preface, `PRI * HTTP/2.0`) from an
+//! HTTP/1 one, so the server runs hyper's HTTP/1 connection directly, whose upgraded stream
+//! comes back as the gateway's own type (`stream.rs`).
+use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+
+use crate::stream::Prefixed;
 
 /// What the first look found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,16 +27,8 @@ pub enum FirstRequest {
     AsSent,
     /// An HTTP/1.0 WebSocket upgrade, passed on as HTTP/1.1.
     UpgradedToHttp11,
-}
-
-/// A connection whose first bytes were read ahead: hyper is given those first, then the rest.
-/// It also carries what must live exactly as long as the connection (`keep`: the server's
-/// connection permit), an upgraded WebSocket included, since hyper moves the IO into it.
-pub struct Prefixed<IO, K> {
-    prefix: Vec<u8>,
-    read: usize,
-    io: IO,
-    _keep: K,
+    /// HTTP/2 with prior knowledge (its connection preface), passed on as it came.
+    Http2,
 }
 
 /// Reads the start of `io`'s first request (up to the end of its request line, or of its
@@ -59,6 +53,9 @@ pub async fn first_request<IO: AsyncRead + Unpin, K>(
             }
             continue;
         };
+        if buf[..line_end] == *b"PRI * HTTP/2.0" {
+            break FirstRequest::Http2;
+        }
         if !buf[..line_end].ends_with(b" HTTP/1.0") {
             break FirstRequest::AsSent;
         }
@@ -74,15 +71,7 @@ pub async fn first_request<IO: AsyncRead + Unpin, K>(
             break FirstRequest::AsSent;
         }
     };
-    Ok((
-        Prefixed {
-            prefix: buf,
-            read: 0,
-            io,
-            _keep: keep,
-        },
-        outcome,
-    ))
+    Ok((Prefixed::new(buf, io, keep), outcome))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -114,61 +103,14 @@ fn asks_for_websocket(head: &[u8]) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-impl<IO: AsyncRead + Unpin, K: Unpin> AsyncRead for Prefixed<IO, K> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.read < self.prefix.len() {
-            let n = (self.prefix.len() - self.read).min(buf.remaining());
-            let start = self.read;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.read += n;
-            if self.read == self.prefix.len() {
-                // Freed, not kept for the connection's life (a WebSocket may live for hours).
-                self.prefix = Vec::new();
-                self.read = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin, K: Unpin> AsyncWrite for Prefixed<IO, K> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt as _;
+    use std::{
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    use tokio::io::{AsyncReadExt as _, ReadBuf};
 
     use super::*;
 
@@ -218,7 +160,6 @@ mod tests {
             "GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: close\r\n\r\n",
             "POST /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nbody",
-            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "garbage without a line end",
             "",
         ] {
@@ -226,5 +167,14 @@ mod tests {
             assert_eq!(outcome, FirstRequest::AsSent, "{request:?}");
             assert_eq!(seen, request);
         }
+    }
+
+    #[tokio::test]
+    async fn http2_with_prior_knowledge_is_told_apart_and_passes_as_it_came() {
+        let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        assert_eq!(
+            pass(preface).await,
+            (preface.to_owned(), FirstRequest::Http2)
+        );
     }
 }

@@ -19,15 +19,13 @@ use std::{
 
 use axum::{extract::ConnectInfo, response::IntoResponse as _};
 use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto::Builder, graceful::GracefulShutdown},
-};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use weapp_common::{
     otlp::{FinishedSpan, KeyValue, SpanKind, Spans},
     trace,
@@ -54,18 +52,17 @@ pub async fn serve(
     (metrics, spans): (Arc<GatewayMetrics>, Spans),
     shutdown: CancellationToken,
 ) {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Whether the HTTP/1.0 upgrade advice was logged: once per gateway is enough.
     let told = Arc::new(AtomicBool::new(false));
@@ -154,9 +151,9 @@ pub async fn serve(
                 Ok::<_, Infallible>(response)
             })
         });
-        let (builder, watcher, told) = (builder.clone(), graceful.watcher(), told.clone());
+        let (http1, http2, told) = (http1.clone(), http2.clone(), told.clone());
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             // The slot travels with the connection: an upgraded WebSocket keeps it too.
             let first = legacy_upgrade::first_request(tcp, slot, limits.max_header_bytes.max(8192));
             // The same deadline hyper applies to the headers: a client that sends nothing
@@ -175,16 +172,41 @@ pub async fn serve(
                      the Upgrade and Connection headers"
                 );
             }
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
+            // On shutdown a connection finishes the request in flight and closes.
+            let ended = match outcome {
+                FirstRequest::Http2 => {
+                    let connection = http2.serve_connection(TokioIo::new(io), service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        ended = connection.as_mut() => ended,
+                        _ = shutdown.cancelled() => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    }
+                }
+                _ => {
+                    let connection = http1
+                        .serve_connection(TokioIo::new(io), service)
+                        .with_upgrades();
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        ended = connection.as_mut() => ended,
+                        _ = shutdown.cancelled() => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
 }
 
 /// The gateway's span of one request, named as OpenTelemetry names HTTP server spans
@@ -232,7 +254,7 @@ async fn turn_away(tcp: TcpStream) {
     let answer = hyper::service::service_fn(|_| async {
         Ok::<_, Infallible>(ApiError::GatewayFull.into_response())
     });
-    let connection = hyper::server::conn::http1::Builder::new()
+    let connection = http1::Builder::new()
         .keep_alive(false)
         .serve_connection(TokioIo::new(tcp), answer);
     let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;

@@ -7,7 +7,7 @@
 //! the same stream: handed to the open sockets at once, then reported back.
 use std::{sync::Arc, time::Duration};
 
-use axum::extract::ws::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use weapp_proto::session::v1::{Push, push_message, revocation::Event};
 

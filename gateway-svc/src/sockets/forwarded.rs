@@ -10,10 +10,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
-    extract::{
-        FromRequestParts as _, Request,
-        ws::{self, CloseFrame, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code},
-    },
+    extract::{Request, ws::close_code},
     http::{HeaderMap, StatusCode, header},
     response::Response,
 };
@@ -21,7 +18,11 @@ use futures::{SinkExt as _, StreamExt as _};
 use tokio::{net::TcpStream, sync::OwnedSemaphorePermit, time::Instant};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
-    tungstenite::{self, client::IntoClientRequest as _, protocol::WebSocketConfig},
+    tungstenite::{
+        self, Message, Utf8Bytes,
+        client::IntoClientRequest as _,
+        protocol::{CloseFrame, WebSocketConfig},
+    },
 };
 
 use crate::{
@@ -30,6 +31,8 @@ use crate::{
     error::ApiError,
     sessions::resolver::AuthSession,
     sockets::open::Registration,
+    sockets::outbox::End,
+    sockets::upgrade::{Socket, Upgrade},
     state::AppState,
 };
 
@@ -58,10 +61,9 @@ pub async fn forward(
     peer: SocketAddr,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (mut parts, _body) = request.into_parts();
-    let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, state)
-        .await
-        .map_err(|_| ApiError::BadRequestTarget)?;
+    let mut request = request;
+    let upgrade = Upgrade::from_request(&mut request)?;
+    let (parts, _body) = request.into_parts();
     let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
         state.metrics.websockets_refused.increment(1);
         return Err(ApiError::TooManyConnections);
@@ -74,7 +76,7 @@ pub async fn forward(
             let max = state.settings.ws.max_per_session;
             let registration = state
                 .sockets
-                .register(&session.id, &session.user, &state.shutdown, (max, 0))
+                .register(&session.id, &session.user, (max, 0))
                 .ok_or(ApiError::TooManySessionSockets(max))?;
             Some(registration)
         }
@@ -125,29 +127,29 @@ pub async fn forward(
     let (upstream, answer) = tokio::time::timeout(route.timeout, connecting)
         .await
         .map_err(|_| ApiError::UpstreamTimeout(route.prefix.clone()))??;
+    // The subprotocol the upstream chose among those the client offered (it was sent them).
     let chosen = answer
         .headers()
         .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let upgrade = match chosen {
-        Some(protocol) => upgrade.protocols([protocol]),
-        None => upgrade,
-    };
-    let (state, ping) = (state.clone(), state.settings.ws.ping_interval);
-    let pong_timeout = state.settings.ws.pong_timeout;
+        .cloned();
+    let (response, pending) = upgrade.accept(chosen, config);
+    let (ping, pong_timeout) = (
+        state.settings.ws.ping_interval,
+        state.settings.ws.pong_timeout,
+    );
     let tasks = state.ws_tasks.clone();
-    Ok(upgrade
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            tasks.track_future(connection(
-                socket,
+    let state = state.clone();
+    tasks.clone().spawn(async move {
+        if let Some(client) = pending.socket().await {
+            tasks.spawn(connection(
+                client,
                 upstream,
                 (state, registration, permit),
                 (ping, pong_timeout),
-            ))
-        }))
+            ));
+        }
+    });
+    Ok(response)
 }
 
 /// What the upstream's handshake failure tells the client.
@@ -164,7 +166,7 @@ fn refused(route: &Route, e: tungstenite::Error) -> ApiError {
 
 /// One forwarded socket, from the upgrade to the end.
 async fn connection(
-    mut client: WebSocket,
+    mut client: Socket,
     mut upstream: Upstream,
     (state, registration, _permit): (AppState, Option<Registration>, OwnedSemaphorePermit),
     (ping_interval, pong_timeout): (Duration, Duration),
@@ -172,13 +174,10 @@ async fn connection(
     let metrics = &state.metrics;
     metrics.ws_opened.increment(1);
     metrics.ws_open.increment(1.0);
-    let ended = registration
-        .as_ref()
-        .map_or_else(|| state.shutdown.clone(), |r| r.ended.clone());
     let code = relay_frames(
         &mut client,
         &mut upstream,
-        &ended,
+        registration.as_ref(),
         &state,
         (ping_interval, pong_timeout),
     )
@@ -187,74 +186,87 @@ async fn connection(
     drop(registration);
 }
 
-fn close_frame(code: u16, reason: &str) -> ws::Message {
-    ws::Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason),
-    }))
-}
-
-fn upstream_close(code: u16, reason: &str) -> tungstenite::Message {
-    tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
+/// A close frame, for either end.
+fn close_frame(code: u16, reason: Utf8Bytes) -> Message {
+    Message::Close(Some(CloseFrame {
         code: code.into(),
-        reason: reason.into(),
+        reason,
     }))
 }
 
 /// Closes both ends with `code` (a moment for each close frame, no more); the code.
-async fn close_both(client: &mut WebSocket, upstream: &mut Upstream, code: u16, why: &str) -> u16 {
+async fn close_both(
+    client: &mut Socket,
+    upstream: &mut Upstream,
+    code: u16,
+    why: &'static str,
+) -> u16 {
     let wait = Duration::from_secs(1);
-    let _ = tokio::time::timeout(wait, client.send(close_frame(code, why))).await;
-    let _ = tokio::time::timeout(wait, upstream.send(upstream_close(code, why))).await;
+    let why = Utf8Bytes::from_static(why);
+    let _ = tokio::time::timeout(wait, client.send(close_frame(code, why.clone()))).await;
+    let _ = tokio::time::timeout(wait, upstream.send(close_frame(code, why))).await;
     code
 }
 
 /// Passes frames both ways until one end closes, the session is revoked or the gateway
 /// stops; the close code the socket ended with.
 async fn relay_frames(
-    client: &mut WebSocket,
+    client: &mut Socket,
     upstream: &mut Upstream,
-    ended: &tokio_util::sync::CancellationToken,
+    registration: Option<&Registration>,
     state: &AppState,
     (ping_interval, pong_timeout): (Duration, Duration),
 ) -> u16 {
     let timer = tokio::time::sleep(ping_interval);
     tokio::pin!(timer);
     let mut ping_sent: Option<Instant> = None;
+    // A socket without a session hears of the shutdown only; one with a session, through its
+    // outbox, of its revocation too.
+    let ended = async {
+        match registration {
+            Some(registration) => registration.outbox.until_ended().await,
+            None => {
+                state.shutdown.cancelled().await;
+                End::Shutdown
+            }
+        }
+    };
+    tokio::pin!(ended);
     loop {
         tokio::select! {
-            _ = ended.cancelled() => {
-                return match state.shutdown.is_cancelled() {
-                    true => close_both(client, upstream, close_code::AWAY, "server shutting down").await,
-                    false => close_both(client, upstream, close_code::POLICY, "the session was revoked").await,
+            why = &mut ended => {
+                return match why {
+                    End::Shutdown => close_both(client, upstream, close_code::AWAY, "server shutting down").await,
+                    End::Revoked => close_both(client, upstream, close_code::POLICY, "the session was revoked").await,
                 };
             }
             _ = &mut timer => {
                 if ping_sent.is_some() {
                     return close_both(client, upstream, close_code::AWAY, "keep-alive timeout").await;
                 }
-                if client.send(ws::Message::Ping(Default::default())).await.is_err() {
+                if client.send(Message::Ping(Default::default())).await.is_err() {
                     return close_both(client, upstream, close_code::ABNORMAL, "client gone").await;
                 }
                 let now = Instant::now();
                 ping_sent = Some(now);
                 timer.as_mut().reset(now + pong_timeout);
             }
-            incoming = client.recv() => {
+            incoming = client.next() => {
                 let message = match incoming {
-                    Some(Ok(ws::Message::Text(text))) => tungstenite::Message::Text(text.as_str().into()),
-                    Some(Ok(ws::Message::Binary(data))) => tungstenite::Message::Binary(data),
-                    Some(Ok(ws::Message::Ping(_) | ws::Message::Pong(_))) => {
+                    // Frames pass as they are: the same tungstenite types on both ends.
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
                         if let Some(sent) = ping_sent.take() {
                             timer.as_mut().reset(sent + ping_interval);
                         }
                         continue;
                     }
-                    Some(Ok(ws::Message::Close(frame))) => {
+                    Some(Ok(Message::Frame(_))) => continue,
+                    Some(Ok(Message::Close(frame))) => {
                         let (code, reason) = frame
-                            .map_or((close_code::NORMAL, Utf8Bytes::default()), |f| (f.code, f.reason));
+                            .map_or((close_code::NORMAL, Utf8Bytes::default()), |f| (f.code.into(), f.reason));
                         // The upstream hears the client's code; its close answer ends it.
-                        let _ = upstream.send(upstream_close(code, reason.as_str())).await;
+                        let _ = upstream.send(close_frame(code, reason)).await;
                         let _ = tokio::time::timeout(Duration::from_secs(1), async {
                             while let Some(Ok(m)) = upstream.next().await {
                                 if m.is_close() { break; }
@@ -263,7 +275,7 @@ async fn relay_frames(
                         return code;
                     }
                     None | Some(Err(_)) => {
-                        let _ = upstream.send(upstream_close(close_code::AWAY, "client gone")).await;
+                        let _ = upstream.send(close_frame(close_code::AWAY, "client gone".into())).await;
                         return close_code::ABNORMAL;
                     }
                 };
@@ -274,15 +286,13 @@ async fn relay_frames(
             }
             incoming = upstream.next() => {
                 let message = match incoming {
-                    Some(Ok(tungstenite::Message::Text(text))) => ws::Message::Text(text.as_str().into()),
-                    Some(Ok(tungstenite::Message::Binary(data))) => ws::Message::Binary(data),
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
                     // tungstenite answers the upstream's pings itself.
-                    Some(Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) | tungstenite::Message::Frame(_))) => continue,
-                    Some(Ok(tungstenite::Message::Close(frame))) => {
-                        let (code, reason) = frame.map_or((close_code::NORMAL, String::new()), |f| {
-                            (u16::from(f.code), f.reason.as_str().to_owned())
-                        });
-                        let _ = client.send(close_frame(code, &reason)).await;
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(Message::Close(frame))) => {
+                        let (code, reason) = frame
+                            .map_or((close_code::NORMAL, Utf8Bytes::default()), |f| (f.code.into(), f.reason));
+                        let _ = client.send(close_frame(code, reason)).await;
                         return code;
                     }
                     None | Some(Err(_)) => {
@@ -291,7 +301,7 @@ async fn relay_frames(
                 };
                 state.metrics.ws_messages_out.increment(1);
                 if client.send(message).await.is_err() {
-                    let _ = upstream.send(upstream_close(close_code::AWAY, "client gone")).await;
+                    let _ = upstream.send(close_frame(close_code::AWAY, "client gone".into())).await;
                     return close_code::ABNORMAL;
                 }
             }

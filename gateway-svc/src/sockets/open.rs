@@ -5,18 +5,21 @@
 //!
 //! One entry per session, shared by its connections, so holding 10,000 sockets costs little
 //! more than holding them.
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
-use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
-use tokio_util::sync::CancellationToken;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::{sessions::user::User, sockets::outbox::Outbox};
+use crate::{
+    sessions::user::User,
+    sockets::outbox::{End, Outbox},
+};
 
+/// A session's sockets. Revocations and the shutdown reach each through its outbox.
 struct Watched {
-    /// Cancelled when the session is revoked; a child of the shutdown token, so it also fires
-    /// when the gateway stops.
-    revoked: CancellationToken,
     /// Whose session it is, to leave the index by user with the last connection.
     open_id: String,
     /// One per open connection of the session.
@@ -31,6 +34,8 @@ pub struct OpenSockets {
     /// Ids of the sessions with open sockets, by openId (most users have one). Locked before
     /// `sessions` when both are, never after.
     by_user: DashMap<String, Vec<Arc<str>>>,
+    /// Set when the gateway stops: a socket registered after that is told at once.
+    closed: AtomicBool,
 }
 
 /// Who a push is for.
@@ -43,9 +48,8 @@ pub enum Target<'a> {
 pub struct Registration {
     sockets: Arc<OpenSockets>,
     session_id: Arc<str>,
-    /// Fires on the session's revocation or the gateway's shutdown.
-    pub ended: CancellationToken,
-    /// Messages for this connection from backends.
+    /// Messages for this connection from backends; also how it hears of the session's
+    /// revocation and the gateway's shutdown.
     pub outbox: Arc<Outbox>,
 }
 
@@ -83,7 +87,6 @@ impl OpenSockets {
         self: &Arc<Self>,
         session_id: &str,
         user: &Arc<User>,
-        shutdown: &CancellationToken,
         (max, queue): (usize, usize),
     ) -> Option<Registration> {
         let (id, mut watched) = match self.sessions.get_mut(session_id) {
@@ -91,7 +94,6 @@ impl OpenSockets {
             None => {
                 let id: Arc<str> = Arc::from(session_id);
                 let watched = self.sessions.entry(id.clone()).or_insert_with(|| Watched {
-                    revoked: shutdown.child_token(),
                     open_id: user.open_id.clone(),
                     outboxes: Vec::new(),
                 });
@@ -104,8 +106,11 @@ impl OpenSockets {
         let outbox = Arc::new(Outbox::new(queue));
         watched.outboxes.push(outbox.clone());
         let first = watched.outboxes.len() == 1;
-        let ended = watched.revoked.clone();
         drop(watched);
+        // After the insertion: either `close_all` saw this outbox, or this sees its flag.
+        if self.closed.load(Ordering::SeqCst) {
+            outbox.end(End::Shutdown);
+        }
         if first {
             let mut ids = self.by_user.entry(user.open_id.clone()).or_default();
             if !ids.iter().any(|known| known == &id) {
@@ -115,7 +120,6 @@ impl OpenSockets {
         Some(Registration {
             sockets: self.clone(),
             session_id: id,
-            ended,
             outbox,
         })
     }
@@ -149,7 +153,19 @@ impl OpenSockets {
 
     pub fn revoke_session(&self, session_id: &str) {
         if let Some((_, watched)) = self.sessions.remove(session_id) {
-            watched.revoked.cancel();
+            for outbox in &watched.outboxes {
+                outbox.end(End::Revoked);
+            }
+        }
+    }
+
+    /// Tells every open socket, and any registered from now on, that the gateway is stopping.
+    pub fn close_all(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for watched in self.sessions.iter() {
+            for outbox in &watched.outboxes {
+                outbox.end(End::Shutdown);
+            }
         }
     }
 
@@ -183,30 +199,38 @@ mod tests {
     #[test]
     fn revocations_end_the_sessions_sockets_and_only_those() {
         let sockets = Arc::new(OpenSockets::default());
-        let shutdown = CancellationToken::new();
         let (u1, u2) = (user("o1"), user("o2"));
-        let register = |id, user| sockets.register(id, user, &shutdown, (8, 4)).unwrap();
+        let register = |id, user| sockets.register(id, user, (8, 4)).unwrap();
         let (a1, a2) = (register("a", &u1), register("a", &u1));
         let (b, c) = (register("b", &u1), register("c", &u2));
         assert_eq!(sockets.session_ids().len(), 3);
 
+        let ended = |r: &Registration| r.outbox.ended();
         sockets.revoke_session("a");
-        assert!(a1.ended.is_cancelled() && a2.ended.is_cancelled());
-        assert!(!b.ended.is_cancelled() && !c.ended.is_cancelled());
+        assert_eq!(
+            (ended(&a1), ended(&a2)),
+            (Some(End::Revoked), Some(End::Revoked))
+        );
+        assert_eq!((ended(&b), ended(&c)), (None, None));
 
         sockets.revoke_user("o1");
-        assert!(b.ended.is_cancelled() && !c.ended.is_cancelled());
+        assert_eq!((ended(&b), ended(&c)), (Some(End::Revoked), None));
 
-        shutdown.cancel();
-        assert!(c.ended.is_cancelled());
+        sockets.close_all();
+        assert_eq!(ended(&c), Some(End::Shutdown));
+        let late = register("d", &u2);
+        assert_eq!(
+            ended(&late),
+            Some(End::Shutdown),
+            "registered after the stop"
+        );
     }
 
     #[test]
     fn pushes_reach_every_socket_of_a_user_or_of_one_session() {
         let sockets = Arc::new(OpenSockets::default());
-        let shutdown = CancellationToken::new();
         let (u1, u2) = (user("o1"), user("o2"));
-        let register = |id, user| sockets.register(id, user, &shutdown, (8, 4)).unwrap();
+        let register = |id, user| sockets.register(id, user, (8, 4)).unwrap();
         let (a1, a2, b, c) = (
             register("a", &u1),
             register("a", &u1),
@@ -238,26 +262,15 @@ mod tests {
     #[test]
     fn the_entry_goes_with_the_last_connection() {
         let sockets = Arc::new(OpenSockets::default());
-        let shutdown = CancellationToken::new();
-        let first = sockets
-            .register("a", &user("o"), &shutdown, (2, 4))
-            .unwrap();
-        let second = sockets
-            .register("a", &user("o"), &shutdown, (2, 4))
-            .unwrap();
+        let first = sockets.register("a", &user("o"), (2, 4)).unwrap();
+        let second = sockets.register("a", &user("o"), (2, 4)).unwrap();
         assert!(
-            sockets
-                .register("a", &user("o"), &shutdown, (2, 4))
-                .is_none(),
+            sockets.register("a", &user("o"), (2, 4)).is_none(),
             "at most two per session"
         );
         drop(first);
         assert_eq!(sockets.session_ids().len(), 1);
-        assert!(
-            sockets
-                .register("a", &user("o"), &shutdown, (2, 4))
-                .is_some()
-        );
+        assert!(sockets.register("a", &user("o"), (2, 4)).is_some());
         drop(second);
         assert!(sockets.session_ids().is_empty());
     }

@@ -9,12 +9,12 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::Body,
-    extract::ws::Utf8Bytes,
     http::{HeaderValue, Request, header},
 };
 use http_body_util::{BodyExt as _, Limited};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
     business::upstream::Upstream,

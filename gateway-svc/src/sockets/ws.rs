@@ -3,20 +3,20 @@
 //! close frame, which is what WebSocket clients can actually read.
 
 use axum::{
-    extract::{
-        State,
-        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code},
-    },
-    http::{HeaderMap, Uri},
+    extract::{Request, State, ws::close_code},
     response::{IntoResponse, Response},
 };
+use futures::{SinkExt as _, StreamExt as _};
 use std::sync::Arc;
 
 use tokio::{
     sync::{OwnedSemaphorePermit, mpsc},
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_tungstenite::tungstenite::{
+    self, Message, Utf8Bytes,
+    protocol::{CloseFrame, WebSocketConfig},
+};
 
 use crate::{
     config::WsSettings,
@@ -24,24 +24,26 @@ use crate::{
     metrics::GatewayMetrics,
     sessions::resolver::Need,
     sessions::user::User,
+    sockets::keepalive::KeepAlive,
     sockets::open::Registration,
-    sockets::outbox::{Outbox, SLOW_CLIENT},
+    sockets::outbox::{End, Outbox, SLOW_CLIENT},
     sockets::relay,
+    sockets::upgrade::{Socket, Upgrade},
     state::AppState,
 };
 
 /// Initial read buffer of a WebSocket (it grows for bigger messages).
-const READ_BUFFER: usize = 256;
+const READ_BUFFER: usize = 128;
 
 /// RFC 6455 "try again later": the session could not be checked, not refused.
 const TRY_AGAIN_LATER: u16 = 1013;
 
-pub async fn upgrade(
-    State(state): State<AppState>,
-    ws: WebSocketUpgrade,
-    headers: HeaderMap,
-    uri: Uri,
-) -> Response {
+pub async fn upgrade(State(state): State<AppState>, mut request: Request) -> Response {
+    let handshake = match Upgrade::from_request(&mut request) {
+        Ok(handshake) => handshake,
+        Err(refused) => return refused.into_response(),
+    };
+    let (headers, uri) = (request.headers(), request.uri());
     let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
         state.metrics.websockets_refused.increment(1);
         return ApiError::TooManyConnections.into_response();
@@ -50,7 +52,7 @@ pub async fn upgrade(
     // the skey once it is open.
     let resolution = match state
         .resolver
-        .resolve(&headers, uri.query(), Need::User)
+        .resolve(headers, uri.query(), Need::User)
         .await
     {
         Ok(Some(session)) => {
@@ -58,7 +60,6 @@ pub async fn upgrade(
             let Some(registration) = state.sockets.register(
                 &session.id,
                 &session.user,
-                &state.shutdown,
                 (max, state.settings.ws.send_queue),
             ) else {
                 return ApiError::TooManySessionSockets(max).into_response();
@@ -84,24 +85,32 @@ pub async fn upgrade(
         Ok(None) => Ok(None),
         Err(e) => Err(e),
     };
-    let ws_settings = state.settings.ws;
-    let tasks = state.ws_tasks.clone();
-    // Boxed: axum's upgrade task holds this closure's captures next to the future made from
-    // them, so small captures mean a small task for every connection.
-    let params = Box::new(Params {
+    let max = state.settings.ws.max_message_size;
+    // tungstenite's buffers default to 128 KiB each, per connection: at 10,000 connections
+    // that is gigabytes for idle sockets. Small messages are the norm here; the read buffer
+    // still grows to max_message_size for a big one, and writes go out as they are made.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0);
+    let (response, pending) = handshake.accept(None, config);
+    let params = Params {
         resolution,
         // Shared, not copied: every open socket holds its Params.
         state: state.clone(),
         _permit: permit,
+    };
+    // The socket's own task starts once the upgrade is done, sized for the socket's life
+    // alone: its size is the memory of every open socket, and waiting for the upgrade is
+    // not part of that life.
+    let tasks = state.ws_tasks.clone();
+    state.ws_tasks.spawn(async move {
+        if let Some(socket) = pending.socket().await {
+            tasks.spawn(connection(Box::new(Open { socket, params })));
+        }
     });
-    // tungstenite's buffers default to 128 KiB each, per connection: at 10,000 connections
-    // that is gigabytes for idle sockets. Small messages are the norm here; the read buffer
-    // still grows to max_message_size for a big one, and writes go out as they are made.
-    ws.max_message_size(ws_settings.max_message_size)
-        .max_frame_size(ws_settings.max_message_size)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| tasks.track_future(connection(socket, params)))
+    response
 }
 
 /// An accepted socket's session: its user, its place among the open sockets, and where its
@@ -117,25 +126,31 @@ struct Params {
     _permit: OwnedSemaphorePermit,
 }
 
-/// One WebSocket, from the upgrade to the end. Everything the connection keeps lives here
-/// once: `serve` and `refuse` borrow it (a future that took the socket by value would hold a
-/// second copy of its place in this task's memory, for every connection).
-async fn connection(mut socket: WebSocket, params: Box<Params>) {
+/// An open socket and what it needs from its upgrade request: the one allocation that holds
+/// it for its life. Boxed, and borrowed by everything that serves it, because an async fn
+/// keeps its by-value arguments twice (rust-lang/rust#62958), in every socket's task.
+struct Open {
+    socket: Socket,
+    params: Params,
+}
+
+/// One WebSocket, from the upgrade to the end: `serve` and `refuse` borrow what it keeps.
+async fn connection(mut open: Box<Open>) {
+    let Open { socket, params } = &mut *open;
     let Params {
         resolution, state, ..
     } = &*params;
-    let (settings, shutdown, metrics) = (&state.settings, &state.shutdown, &state.metrics);
+    let (settings, metrics) = (&state.settings, &state.metrics);
     match resolution {
         Ok(Some((user, registration, relay))) => {
             metrics.ws_opened.increment(1);
             metrics.ws_open.increment(1.0);
             let code = serve(
-                &mut socket,
+                socket,
                 user,
-                (&settings.ws, metrics),
-                registration,
+                (&settings.ws, metrics, &state.keepalive),
+                &registration.outbox,
                 relay.as_ref(),
-                shutdown,
             )
             .await;
             metrics.websocket_closed(code, true);
@@ -145,15 +160,15 @@ async fn connection(mut socket: WebSocket, params: Box<Params>) {
         Ok(None) => {
             let refusal =
                 ApiError::InvalidSession("a WebSocket needs a valid session; log in first".into());
-            Box::pin(refuse(&mut socket, &refusal, close_code::POLICY)).await;
+            Box::pin(refuse(socket, &refusal, close_code::POLICY)).await;
             metrics.websocket_closed(close_code::POLICY, false);
         }
         Err(e @ ApiError::InvalidSession(_)) => {
-            Box::pin(refuse(&mut socket, e, close_code::POLICY)).await;
+            Box::pin(refuse(socket, e, close_code::POLICY)).await;
             metrics.websocket_closed(close_code::POLICY, false);
         }
         Err(e) => {
-            Box::pin(refuse(&mut socket, e, TRY_AGAIN_LATER)).await;
+            Box::pin(refuse(socket, e, TRY_AGAIN_LATER)).await;
             metrics.websocket_closed(TRY_AGAIN_LATER, false);
         }
     }
@@ -165,12 +180,12 @@ const BROKEN: u16 = close_code::ABNORMAL;
 
 fn close(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
-        code,
+        code: code.into(),
         reason: Utf8Bytes::from_static(reason),
     }))
 }
 
-async fn refuse(socket: &mut WebSocket, error: &ApiError, code: u16) {
+async fn refuse(socket: &mut Socket, error: &ApiError, code: u16) {
     let _ = socket
         .send(Message::Text(error.body().to_string().into()))
         .await;
@@ -183,16 +198,13 @@ async fn refuse(socket: &mut WebSocket, error: &ApiError, code: u16) {
 }
 
 /// Whether a receive error was a message over the size limit.
-fn is_too_big(e: axum::Error) -> bool {
-    matches!(
-        e.into_inner().downcast::<tungstenite::Error>().map(|b| *b),
-        Ok(tungstenite::Error::Capacity(_))
-    )
+fn is_too_big(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Capacity(_))
 }
 
 /// Sends a queued message, unless the queue overflows first (the client is not reading: the
 /// send would wait for it forever). Err: the socket is done.
-async fn send_queued(socket: &mut WebSocket, text: Utf8Bytes, outbox: &Outbox) -> Result<(), ()> {
+async fn send_queued(socket: &mut Socket, text: Utf8Bytes, outbox: &Outbox) -> Result<(), ()> {
     tokio::select! {
         sent = socket.send(Message::Text(text)) => sent.map_err(drop),
         _ = outbox.overflow() => Err(()),
@@ -201,21 +213,33 @@ async fn send_queued(socket: &mut WebSocket, text: Utf8Bytes, outbox: &Outbox) -
 
 /// Closes a socket whose client let its queue fill up. It is not reading, so the close frame
 /// gets a moment and no more.
-async fn close_slow(socket: &mut WebSocket) {
+async fn close_slow(socket: &mut Socket) {
     let closing = socket.send(close(SLOW_CLIENT, "too many unread messages"));
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), closing).await;
 }
 
+/// What the socket does next, decided by whatever woke it. Every send happens after the
+/// wait, in one place: a send inside each branch of the wait would give every one of them its
+/// own slot in the socket's task, and that task is the memory of every open socket.
+enum Step {
+    /// Messages were queued for it, or its session ended.
+    Outbox,
+    /// A keep-alive ping.
+    Ping,
+    /// The echo of a client's message.
+    Reply(Utf8Bytes),
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
 /// Serves an accepted socket until it ends; the close code it ended with.
 async fn serve(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     user: &User,
-    (settings, metrics): (&WsSettings, &GatewayMetrics),
-    registration: &Registration,
+    (settings, metrics, keepalive): (&WsSettings, &GatewayMetrics, &KeepAlive),
+    outbox: &Arc<Outbox>,
     relay: Option<&mpsc::Sender<Utf8Bytes>>,
-    shutdown: &CancellationToken,
 ) -> u16 {
-    let (ended, outbox) = (&registration.ended, &*registration.outbox);
     // The tutorial's greeting belongs to its echo; a relayed socket speaks only for the
     // business upstream.
     if relay.is_none() {
@@ -225,97 +249,137 @@ async fn serve(
         }
         metrics.ws_messages_out.increment(1);
     }
-    // One timer for keep-alive: when it fires, either a ping goes out (and the timer is set
-    // for its pong) or the pong is overdue. Built once, like the shutdown wait: this loop runs
-    // for every frame of every connection.
-    let timer = tokio::time::sleep(settings.ping_interval);
-    tokio::pin!(timer);
-    // Fires on shutdown and when the session is revoked (logout, RevokeUser).
-    let ended_wait = ended.cancelled();
-    tokio::pin!(ended_wait);
+    // Keep-alive: when the wheel says the socket is due, either a ping goes out (and the
+    // socket is due again when its pong is overdue) or the pong is overdue.
+    keepalive.schedule(outbox, Instant::now() + settings.ping_interval);
     // When the last ping went out, while its pong is awaited.
     let mut ping_sent: Option<Instant> = None;
     loop {
-        tokio::select! {
-            _ = &mut ended_wait => {
-                if shutdown.is_cancelled() {
-                    let _ = socket.send(close(close_code::AWAY, "server shutting down")).await;
-                    return close_code::AWAY;
+        let step = tokio::select! {
+            // Also fires on a revocation (logout, RevokeUser), on shutdown and for keep-alive.
+            _ = outbox.ready() => match (outbox.take_keepalive(), ping_sent) {
+                (false, _) => Step::Outbox,
+                (true, Some(_)) => Step::Close(close_code::AWAY, "keep-alive timeout"),
+                (true, None) => {
+                    let now = Instant::now();
+                    ping_sent = Some(now);
+                    keepalive.schedule(outbox, now + settings.pong_timeout);
+                    Step::Ping
                 }
-                let revoked = ApiError::InvalidSession("the session was revoked".into());
-                Box::pin(refuse(socket, &revoked, close_code::POLICY)).await;
-                return close_code::POLICY;
-            }
-            _ = outbox.ready() => {
-                let mut broken = false;
-                while let Some(text) = outbox.next() {
-                    if send_queued(socket, text, outbox).await.is_err() {
-                        broken = true;
-                        break;
-                    }
-                    metrics.ws_messages_out.increment(1);
-                }
-                if outbox.overflowed() {
-                    close_slow(socket).await;
-                    return SLOW_CLIENT;
-                }
-                if broken {
-                    return BROKEN;
-                }
-            }
-            _ = &mut timer => {
-                if ping_sent.is_some() {
-                    let _ = socket.send(close(close_code::AWAY, "keep-alive timeout")).await;
-                    return close_code::AWAY;
-                }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    return BROKEN;
-                }
-                let now = Instant::now();
-                ping_sent = Some(now);
-                timer.as_mut().reset(now + settings.pong_timeout);
-            }
-            incoming = socket.recv() => match incoming {
+            },
+            incoming = socket.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     metrics.ws_messages_in.increment(1);
-                    let reply = match relay {
-                        None => format!("Server: Received({})", text.as_str()).into(),
+                    match relay {
+                        None => Step::Reply(format!("Server: Received({})", text.as_str()).into()),
                         Some(relay) => match relay.try_send(text) {
                             Ok(()) => continue,
                             Err(mpsc::error::TrySendError::Full(_)) => {
-                                let reason = "too many messages waiting for an answer";
-                                let _ = socket.send(close(close_code::POLICY, reason)).await;
-                                return close_code::POLICY;
+                                Step::Close(close_code::POLICY, "too many messages waiting for an answer")
                             }
                             Err(mpsc::error::TrySendError::Closed(_)) => return BROKEN,
                         },
-                    };
-                    if socket.send(Message::Text(reply)).await.is_err() {
-                        return BROKEN;
                     }
-                    metrics.ws_messages_out.increment(1);
                 }
-                Some(Ok(Message::Binary(_))) => {
-                    let _ = socket.send(close(close_code::UNSUPPORTED, "text messages only")).await;
-                    return close_code::UNSUPPORTED;
+                Some(Ok(Message::Binary(_) | Message::Frame(_))) => {
+                    Step::Close(close_code::UNSUPPORTED, "text messages only")
                 }
                 // Any sign of life counts; tungstenite answers pings by itself.
                 Some(Ok(Message::Pong(_) | Message::Ping(_))) => {
                     // The next ping is due an interval after the last one.
                     if let Some(sent) = ping_sent.take() {
-                        timer.as_mut().reset(sent + settings.ping_interval);
+                        keepalive.schedule(outbox, sent + settings.ping_interval);
                     }
+                    continue;
                 }
                 Some(Ok(Message::Close(_))) => return CLIENT_CLOSED,
                 None => return BROKEN,
-                Some(Err(e)) => {
-                    if is_too_big(e) {
-                        let _ = socket.send(close(close_code::SIZE, "message too big")).await;
-                        return close_code::SIZE;
-                    }
+                Some(Err(e)) if is_too_big(&e) => Step::Close(close_code::SIZE, "message too big"),
+                Some(Err(_)) => return BROKEN,
+            },
+        };
+        match step {
+            Step::Outbox => {
+                if outbox.has_news()
+                    && let Some(code) = Box::pin(from_outbox(socket, outbox, metrics)).await
+                {
+                    return code;
+                }
+            }
+            Step::Ping => {
+                if socket
+                    .send(Message::Ping(Default::default()))
+                    .await
+                    .is_err()
+                {
                     return BROKEN;
                 }
-            },
+            }
+            Step::Reply(reply) => {
+                if socket.send(Message::Text(reply)).await.is_err() {
+                    return BROKEN;
+                }
+                metrics.ws_messages_out.increment(1);
+            }
+            Step::Close(code, reason) => {
+                let _ = socket.send(close(code, reason)).await;
+                return code;
+            }
         }
+    }
+}
+
+/// Acts on what woke the socket's outbox: its end (a revocation, a shutdown), or the messages
+/// queued on it. Some(code): the socket is done. Boxed by its caller: a socket spends most of
+/// its life waiting, and this future need not sit in its task meanwhile.
+async fn from_outbox(
+    socket: &mut Socket,
+    outbox: &Outbox,
+    metrics: &GatewayMetrics,
+) -> Option<u16> {
+    match outbox.ended() {
+        Some(End::Shutdown) => {
+            let _ = socket
+                .send(close(close_code::AWAY, "server shutting down"))
+                .await;
+            return Some(close_code::AWAY);
+        }
+        Some(End::Revoked) => {
+            let revoked = ApiError::InvalidSession("the session was revoked".into());
+            refuse(socket, &revoked, close_code::POLICY).await;
+            return Some(close_code::POLICY);
+        }
+        None => {}
+    }
+    while let Some(text) = outbox.next() {
+        if send_queued(socket, text, outbox).await.is_err() {
+            return Some(BROKEN);
+        }
+        metrics.ws_messages_out.increment(1);
+    }
+    if outbox.overflowed() {
+        close_slow(socket).await;
+        return Some(SLOW_CLIENT);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, Fut>(_: impl FnOnce(A) -> Fut) -> usize {
+        size_of::<Fut>()
+    }
+
+    /// Every open socket is one such task (and one `Open`): a field held across an await, a
+    /// send in every branch, a timer per socket would each show here first (bench/README.md
+    /// has what the bytes per socket are made of).
+    #[test]
+    fn an_open_sockets_task_stays_small() {
+        let task = future_size(connection);
+        assert!(task <= 320, "the socket's task future is {task} bytes");
+        let open = size_of::<Open>();
+        assert!(open <= 448, "an open socket is {open} bytes");
     }
 }

@@ -214,3 +214,26 @@ async fn a_chunked_body_that_never_ends_gets_408_at_the_deadline() {
     assert!(answer.contains("ERR_BAD_REQUEST"), "{answer:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
+
+/// HTTP/2 with prior knowledge (h2c: a proxy or a client set up for it) is told from HTTP/1 by
+/// its preface and served like any request.
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served() {
+    let stack = Stack::builder().start().await;
+    let tcp = tokio::net::TcpStream::connect(stack.gateway_addr())
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = axum::http::Request::get(format!("http://{}/healthz", stack.gateway_addr()))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let answer = sender.send_request(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.version(), axum::http::Version::HTTP_2);
+}
