@@ -36,7 +36,7 @@ def main():
     cfg.nginx = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
     cfg.app_id, cfg.app_secret = "wx" + os.urandom(8).hex(), os.urandom(16).hex()
     cfg.wrk_threads, cfg.connections, cfg.duration = 2, 64, 10
-    cfg.logins, cfg.ws_connections, cfg.push_users = 20, 100, 10
+    cfg.logins, cfg.ws_connections, cfg.ws_connections_large, cfg.push_users = 20, 100, 100, 10
     cfg.server_cpus = cfg.client_cpus = None
     cfg.work = Path(tempfile.mkdtemp(prefix="forward-ab-"))
     services, sandbox = B.Services(cfg.work), B.Services(cfg.work)
