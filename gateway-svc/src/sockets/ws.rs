@@ -374,11 +374,14 @@ mod tests {
 
     /// Every open socket is one such task (and one `Open`): a field held across an await, a
     /// send in every branch, a timer per socket would each show here first (bench/README.md
-    /// has what the bytes per socket are made of).
+    /// has what the bytes per socket are made of). The bound is a cliff, not a margin: tokio
+    /// puts a task in a 128-byte aligned cell with ~110 bytes of its own, so 272 bytes of
+    /// future is a 384-byte cell and 280 (measured: one more `Option` held for the greeting)
+    /// is a 512-byte one, +0.13 KiB per socket at 18,000.
     #[test]
     fn an_open_sockets_task_stays_small() {
         let task = future_size(connection);
-        assert!(task <= 320, "the socket's task future is {task} bytes");
+        assert!(task <= 272, "the socket's task future is {task} bytes");
         let open = size_of::<Open>();
         assert!(open <= 448, "an open socket is {open} bytes");
     }
