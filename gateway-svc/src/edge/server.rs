@@ -10,6 +10,7 @@ use std::{
     borrow::Cow,
     convert::Infallible,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -172,31 +173,15 @@ pub async fn serve(
                      the Upgrade and Connection headers"
                 );
             }
-            // On shutdown a connection finishes the request in flight and closes.
+            let io = TokioIo::new(io);
             let ended = match outcome {
                 FirstRequest::Http2 => {
-                    let connection = http2.serve_connection(TokioIo::new(io), service);
-                    tokio::pin!(connection);
-                    tokio::select! {
-                        ended = connection.as_mut() => ended,
-                        _ = shutdown.cancelled() => {
-                            connection.as_mut().graceful_shutdown();
-                            connection.await
-                        }
-                    }
+                    let connection = http2.serve_connection(io, service);
+                    until_done(connection, &shutdown, |c| c.graceful_shutdown()).await
                 }
                 _ => {
-                    let connection = http1
-                        .serve_connection(TokioIo::new(io), service)
-                        .with_upgrades();
-                    tokio::pin!(connection);
-                    tokio::select! {
-                        ended = connection.as_mut() => ended,
-                        _ = shutdown.cancelled() => {
-                            connection.as_mut().graceful_shutdown();
-                            connection.await
-                        }
-                    }
+                    let connection = http1.serve_connection(io, service).with_upgrades();
+                    until_done(connection, &shutdown, |c| c.graceful_shutdown()).await
                 }
             };
             if let Err(e) = ended {
@@ -207,6 +192,22 @@ pub async fn serve(
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Serves `connection` to its end; on shutdown, it finishes the request in flight and closes.
+async fn until_done<C: Future>(
+    connection: C,
+    shutdown: &CancellationToken,
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => ended,
+        _ = shutdown.cancelled() => {
+            graceful(connection.as_mut());
+            connection.await
+        }
+    }
 }
 
 /// The gateway's span of one request, named as OpenTelemetry names HTTP server spans
