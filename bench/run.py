@@ -204,7 +204,7 @@ def start_weapp(cfg, svc, sandbox, mongo_uri=None, pin=None, gateway_env=None, s
             "WEAPP_SESSION_SVC_URL": f"http://127.0.0.1:{session_port}",
             "WEAPP_SESSION_SVC_KEY_FILE": str(gateway_key),
             # The default cap is 10,000 per gateway; the WebSocket scenario goes to it.
-            "WEAPP_WS_MAX_CONNECTIONS": str(max(cfg.ws_connections, cfg.ws_connections_large) + 1000),
+            "WEAPP_WS_MAX_CONNECTIONS": str(max(cfg.ws_connections, getattr(cfg, "ws_connections_large", 0)) + 1000),
             # Every benchmark client logs in from 127.0.0.1; the Node stack has no such limit.
             "WEAPP_LOGIN_RATE_PER_ADDRESS": "0",
             **(gateway_env or {}),
