@@ -358,3 +358,56 @@ async fn sockets_of_sessions_that_ended_unannounced_close_when_the_stream_return
         "Server: Received(and me)"
     );
 }
+
+/// A client may send its first message right behind its handshake, before the 101 comes back:
+/// those bytes reach the gateway with the handshake, and are the socket's first message.
+#[tokio::test]
+async fn a_message_sent_right_behind_the_handshake_is_not_lost() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let stack = Stack::start().await;
+    let (_, session) = stack.new_session().await;
+    let mut tcp = tokio::net::TcpStream::connect(stack.gateway_addr())
+        .await
+        .unwrap();
+    let mut bytes = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         X-WX-Id: {}\r\nX-WX-Skey: {}\r\n\r\n",
+        session.id, session.skey
+    )
+    .into_bytes();
+    // A masked text frame (RFC 6455 §5.2), as a client must send it: "early".
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend([0x81, 0x80 | 5]);
+    bytes.extend(mask);
+    bytes.extend(b"early".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&bytes).await.unwrap();
+
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before the 101");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "RFC 6455's accept key: {head}"
+    );
+    let mut ws = WebSocketStream::from_raw_socket(
+        tcp,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    assert_eq!(
+        text(next_frame(&mut ws).await),
+        "Server: 恭喜，Sandbox User"
+    );
+    assert_eq!(text(next_frame(&mut ws).await), "Server: Received(early)");
+}
