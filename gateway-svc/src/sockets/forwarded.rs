@@ -18,11 +18,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use tokio::{net::TcpStream, sync::OwnedSemaphorePermit, time::Instant};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
-    tungstenite::{
-        self, Message, Utf8Bytes,
-        client::IntoClientRequest as _,
-        protocol::{CloseFrame, WebSocketConfig},
-    },
+    tungstenite::{self, Message, Utf8Bytes, client::IntoClientRequest as _, protocol::CloseFrame},
 };
 
 use crate::{
@@ -32,7 +28,7 @@ use crate::{
     sessions::resolver::AuthSession,
     sockets::open::Registration,
     sockets::outbox::End,
-    sockets::upgrade::{Socket, Upgrade},
+    sockets::upgrade::{self, Socket, Upgrade},
     state::AppState,
 };
 
@@ -62,7 +58,7 @@ pub async fn forward(
     request: Request,
 ) -> Result<Response, ApiError> {
     let mut request = request;
-    let upgrade = Upgrade::from_request(&mut request)?;
+    let offer = Upgrade::from_request(&mut request)?;
     let (parts, _body) = request.into_parts();
     let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
         state.metrics.websockets_refused.increment(1);
@@ -106,10 +102,8 @@ pub async fn forward(
             handshake.headers_mut().append(name, value.clone());
         }
     }
-    let max = state.settings.ws.max_message_size;
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+    // Both ends with the gateway's small buffers, not tungstenite's 128 KiB ones.
+    let config = upgrade::config(state.settings.ws.max_message_size);
     let connecting = async {
         let tcp = tokio::time::timeout(route.connect_timeout, TcpStream::connect(&route.authority))
             .await
@@ -132,22 +126,14 @@ pub async fn forward(
         .headers()
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .cloned();
-    let (response, pending) = upgrade.accept(chosen, config);
+    let (response, pending) = offer.accept(chosen, config);
     let (ping, pong_timeout) = (
         state.settings.ws.ping_interval,
         state.settings.ws.pong_timeout,
     );
-    let tasks = state.ws_tasks.clone();
-    let state = state.clone();
-    tasks.clone().spawn(async move {
-        if let Some(client) = pending.socket().await {
-            tasks.spawn(connection(
-                client,
-                upstream,
-                (state, registration, permit),
-                (ping, pong_timeout),
-            ));
-        }
+    let held = (state.clone(), registration, permit);
+    pending.serve_when_open(&state.ws_tasks, move |client| {
+        connection(client, upstream, held, (ping, pong_timeout))
     });
     Ok(response)
 }

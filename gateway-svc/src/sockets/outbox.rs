@@ -2,7 +2,8 @@
 //! answers): the socket's own task sends them in order. Bounded: a client that does not read
 //! fills it, and is then closed with [`SLOW_CLIENT`] instead of holding ever more memory.
 //! Small when idle — no allocation until something is queued — since every open socket has
-//! one.
+//! one. It is also the one thing a socket's task waits on for anything from elsewhere: its
+//! end (a revocation, the shutdown: [`End`]) and its keep-alive (`keepalive.rs`).
 use std::{
     collections::VecDeque,
     future::poll_fn,

@@ -13,10 +13,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, mpsc},
     time::Instant,
 };
-use tokio_tungstenite::tungstenite::{
-    self, Message, Utf8Bytes,
-    protocol::{CloseFrame, WebSocketConfig},
-};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes, protocol::CloseFrame};
 
 use crate::{
     config::WsSettings,
@@ -28,12 +25,9 @@ use crate::{
     sockets::open::Registration,
     sockets::outbox::{End, Outbox, SLOW_CLIENT},
     sockets::relay,
-    sockets::upgrade::{Socket, Upgrade},
+    sockets::upgrade::{self, Socket, Upgrade},
     state::AppState,
 };
-
-/// Initial read buffer of a WebSocket (it grows for bigger messages).
-const READ_BUFFER: usize = 128;
 
 /// RFC 6455 "try again later": the session could not be checked, not refused.
 const TRY_AGAIN_LATER: u16 = 1013;
@@ -85,15 +79,7 @@ pub async fn upgrade(State(state): State<AppState>, mut request: Request) -> Res
         Ok(None) => Ok(None),
         Err(e) => Err(e),
     };
-    let max = state.settings.ws.max_message_size;
-    // tungstenite's buffers default to 128 KiB each, per connection: at 10,000 connections
-    // that is gigabytes for idle sockets. Small messages are the norm here; the read buffer
-    // still grows to max_message_size for a big one, and writes go out as they are made.
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0);
+    let config = upgrade::config(state.settings.ws.max_message_size);
     let (response, pending) = handshake.accept(None, config);
     let params = Params {
         resolution,
@@ -101,14 +87,8 @@ pub async fn upgrade(State(state): State<AppState>, mut request: Request) -> Res
         state: state.clone(),
         _permit: permit,
     };
-    // The socket's own task starts once the upgrade is done, sized for the socket's life
-    // alone: its size is the memory of every open socket, and waiting for the upgrade is
-    // not part of that life.
-    let tasks = state.ws_tasks.clone();
-    state.ws_tasks.spawn(async move {
-        if let Some(socket) = pending.socket().await {
-            tasks.spawn(connection(Box::new(Open { socket, params })));
-        }
+    pending.serve_when_open(&state.ws_tasks, |socket| {
+        connection(Box::new(Open { socket, params }))
     });
     response
 }
