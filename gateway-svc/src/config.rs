@@ -248,6 +248,11 @@ pub struct HttpLimits {
     /// Connections this gateway holds at once, WebSockets included (503 past it).
     #[arg(id = "http_max_connections", value_name = "HTTP_MAX_CONNECTIONS", long = "http-max-connections", env = "WEAPP_HTTP_MAX_CONNECTIONS", default_value = "20000", value_parser = positive)]
     pub max_connections: usize,
+
+    /// Forward bodiless HTTP/1.1 requests to business routes as bytes (`fast_path.rs`);
+    /// `false` sends every request through hyper's server and client.
+    #[arg(id = "http_byte_forwarding", value_name = "HTTP_BYTE_FORWARDING", long = "http-byte-forwarding", env = "WEAPP_HTTP_BYTE_FORWARDING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub byte_forwarding: bool,
 }
 
 impl ServiceCli for Cli {

@@ -25,7 +25,7 @@ pub struct Prefixed<IO, K> {
     /// None once read: a pointer, not a `Vec` and a position, in every open WebSocket.
     prefix: Option<Box<Unread>>,
     io: IO,
-    _keep: K,
+    keep: K,
 }
 
 struct Unread {
@@ -42,11 +42,19 @@ impl<IO, K> Prefixed<IO, K> {
                 read: 0,
             })
         });
-        Self {
-            prefix,
-            io,
-            _keep: keep,
-        }
+        Self { prefix, io, keep }
+    }
+
+    /// The bytes read ahead and not yet read, the stream, and what it keeps.
+    pub fn into_parts(self) -> (Vec<u8>, IO, K) {
+        let unread = match self.prefix {
+            Some(mut unread) => {
+                unread.bytes.drain(..unread.read);
+                unread.bytes
+            }
+            None => Vec::new(),
+        };
+        (unread, self.io, self.keep)
     }
 }
 

@@ -140,6 +140,13 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a field of this name ends at this hop whatever `Connection` says.
+pub(crate) fn ends_at_this_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+}
+
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),

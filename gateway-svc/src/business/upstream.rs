@@ -1,4 +1,6 @@
-//! The connections to one business upstream: HTTP/1.1, kept alive between requests. Each
+//! The connections to one business upstream: HTTP/1.1, kept alive between requests. Two
+//! idle lists: hyper's client connections, for requests `forward.rs` serves, and plain TCP
+//! streams, for those `fast_path.rs` forwards as bytes. Each hyper
 //! connection is driven by the request that holds it — its I/O runs in that request's task,
 //! not in a task of its own — so a forwarded request costs no hand-offs between tasks (what a
 //! general-purpose client pool spends on every request). A connection goes back to the idle
@@ -44,6 +46,10 @@ pub enum UpstreamError {
     ConnectTimeout,
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    #[error("the connection failed: {0}")]
+    Broken(std::io::Error),
+    #[error(transparent)]
+    Malformed(#[from] crate::business::h1::Malformed),
 }
 
 impl UpstreamError {
@@ -65,6 +71,7 @@ pub struct Upstream {
     authority: String,
     connect_timeout: Duration,
     idle: Mutex<Vec<Pooled>>,
+    idle_streams: Mutex<Vec<(TcpStream, Instant)>>,
 }
 
 impl Upstream {
@@ -73,7 +80,49 @@ impl Upstream {
             authority,
             connect_timeout,
             idle: Mutex::new(Vec::new()),
+            idle_streams: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A TCP stream to the upstream for one HTTP/1.1 exchange, and whether it was kept alive
+    /// from an earlier one (the upstream may have closed it since: a request on it that gets
+    /// no answer at all may be sent again on a new one).
+    pub async fn checkout_stream(&self) -> Result<(TcpStream, bool), UpstreamError> {
+        loop {
+            let candidate = self
+                .idle_streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop();
+            let Some((stream, since)) = candidate else {
+                return Ok((self.connect_stream().await?, false));
+            };
+            if since.elapsed() <= IDLE_TIMEOUT && quiet(&stream) {
+                return Ok((stream, true));
+            }
+        }
+    }
+
+    /// Takes back a stream whose exchange ended exactly at the end of an answer that keeps
+    /// the connection open.
+    pub fn checkin_stream(&self, stream: TcpStream) {
+        let mut idle = self.idle_streams.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((stream, Instant::now()));
+        }
+    }
+
+    /// A new TCP stream to the upstream.
+    pub async fn connect_stream(&self) -> Result<TcpStream, UpstreamError> {
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(self.authority.as_str()),
+        )
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout)?
+        .map_err(UpstreamError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<Pooled>> {
@@ -142,14 +191,7 @@ impl Upstream {
     }
 
     async fn connect(&self) -> Result<Pooled, UpstreamError> {
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(self.authority.as_str()),
-        )
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout)?
-        .map_err(UpstreamError::Connect)?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = self.connect_stream().await?;
         let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
         Ok(Pooled {
             sender,
@@ -165,6 +207,15 @@ impl Upstream {
             idle.push(pooled);
         }
     }
+}
+
+/// Whether an idle stream has nothing to read: an upstream that closed it (or, against the
+/// protocol, sent something unasked) made it readable. `try_read` makes a system call only
+/// when the runtime has seen the stream readable since its last read came up empty; a close
+/// that has not been seen yet is what the retry in `fast_path.rs` is for.
+fn quiet(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Polls `work` while driving `conn`; `None` when the connection ended first.

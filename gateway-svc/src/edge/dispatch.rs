@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 
 use axum::{
     extract::Request,
+    http::HeaderMap,
     response::{IntoResponse as _, Response},
     routing::MethodRouter,
 };
+use ipnet::IpNet;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 use weapp_common::trace::TraceContext;
@@ -81,19 +83,18 @@ impl Dispatcher {
         peer: SocketAddr,
         mut request: Request,
     ) -> Result<Response, ApiError> {
-        let session = match destination.takes_session() {
-            false => None,
-            true => {
-                // A business route passes the identity on: it needs the signed assertion.
-                let need = match destination {
-                    Destination::Business(_) => Need::Assertion,
-                    _ => Need::User,
-                };
+        let (headers, query) = (request.headers(), request.uri().query());
+        let session = match &destination {
+            Destination::Business(business) => {
+                self.business_session(business, headers, query).await?
+            }
+            _ if destination.takes_session() => {
                 self.state
                     .resolver
-                    .resolve(request.headers(), request.uri().query(), need)
+                    .resolve(headers, query, Need::User)
                     .await?
             }
+            _ => None,
         };
         match destination {
             Destination::Own(own) => {
@@ -117,6 +118,34 @@ impl Dispatcher {
         }
     }
 
+    /// The session a request to `business` goes on with (fail closed: parameters that do not
+    /// resolve never go on), or the refusal of a request without one on a route that needs
+    /// it. A business route passes the identity on: it needs the signed assertion.
+    pub async fn business_session(
+        &self,
+        business: &Business,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Option<AuthSession>, ApiError> {
+        let session = self
+            .state
+            .resolver
+            .resolve(headers, query, Need::Assertion)
+            .await?;
+        if session.is_none() && business.route.session == SessionRule::Required {
+            // wafer's invalid-session body: the SDK logs in and sends the request again.
+            return Err(ApiError::InvalidSession(
+                "this needs a session; log in first".into(),
+            ));
+        }
+        Ok(session)
+    }
+
+    /// The reverse proxies whose forwarding headers are believed.
+    pub fn trusted_proxies(&self) -> &[IpNet] {
+        &self.state.settings.trusted_proxies
+    }
+
     async fn business(
         &self,
         business: &Business,
@@ -124,12 +153,6 @@ impl Dispatcher {
         peer: SocketAddr,
         request: Request,
     ) -> Result<Response, ApiError> {
-        if session.is_none() && business.route.session == SessionRule::Required {
-            // wafer's invalid-session body: the SDK logs in and sends the request again.
-            return Err(ApiError::InvalidSession(
-                "this needs a session; log in first".into(),
-            ));
-        }
         let state = &self.state;
         if business.route.websocket && forwarded::is_upgrade(request.headers()) {
             return forwarded::forward(state, &business.route, session, peer, request).await;

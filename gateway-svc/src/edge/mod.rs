@@ -4,7 +4,9 @@
 pub mod body_limit;
 pub mod destination;
 pub mod dispatch;
+pub mod fast_path;
 pub mod legacy_upgrade;
 pub mod own;
 pub mod rate_limit;
+pub mod served;
 pub mod server;

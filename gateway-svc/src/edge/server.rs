@@ -27,10 +27,7 @@ use tokio::{
     sync::Semaphore,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use weapp_common::{
-    otlp::{FinishedSpan, KeyValue, SpanKind, Spans},
-    trace,
-};
+use weapp_common::{otlp::Spans, trace};
 use weapp_wire::path;
 
 use crate::{
@@ -38,9 +35,11 @@ use crate::{
     edge::body_limit,
     edge::destination::{Destination, Routing},
     edge::dispatch::Dispatcher,
+    edge::fast_path::{FastPath, Served},
     edge::legacy_upgrade::{self, FirstRequest},
+    edge::served,
     error::ApiError,
-    metrics::{GatewayMetrics, RouteLabel},
+    metrics::GatewayMetrics,
 };
 
 /// Serves on `listener` until `shutdown`, then stops accepting and waits for the requests in
@@ -63,6 +62,13 @@ pub async fn serve(
     http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let fast_path = Arc::new(FastPath {
+        routing: routing.clone(),
+        dispatcher: dispatcher.clone(),
+        limits,
+        metrics: metrics.clone(),
+        spans: spans.clone(),
+    });
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Whether the HTTP/1.0 upgrade advice was logged: once per gateway is enough.
@@ -145,7 +151,7 @@ pub async fn serve(
                 let status = response.status().as_u16();
                 metrics.request(label, status, started.elapsed());
                 if let Some((method, spans)) = export {
-                    spans.record(server_span(
+                    spans.record(served::server_span(
                         context, method, &metrics, label, status, started,
                     ));
                 }
@@ -153,6 +159,7 @@ pub async fn serve(
             })
         });
         let (http1, http2, told) = (http1.clone(), http2.clone(), told.clone());
+        let fast_path = fast_path.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             // The slot travels with the connection: an upgraded WebSocket keeps it too.
@@ -173,6 +180,16 @@ pub async fn serve(
                      the Upgrade and Connection headers"
                 );
             }
+            // Bodiless business requests on HTTP/1.1 go as bytes until one is not.
+            let io = match outcome {
+                FirstRequest::AsSent if limits.byte_forwarding => {
+                    match fast_path.serve(io, peer, &shutdown).await {
+                        Served::Closed => return,
+                        Served::ToHyper(io) => io,
+                    }
+                }
+                _ => io,
+            };
             let io = TokioIo::new(io);
             let ended = match outcome {
                 FirstRequest::Http2 => {
@@ -207,33 +224,6 @@ async fn until_done<C: Future>(
             graceful(connection.as_mut());
             connection.await
         }
-    }
-}
-
-/// The gateway's span of one request, named as OpenTelemetry names HTTP server spans
-/// (`GET /me`: the method and the route template, never the raw path). It ends when the
-/// response's head is ready.
-fn server_span(
-    context: trace::TraceContext,
-    method: http::Method,
-    metrics: &GatewayMetrics,
-    label: RouteLabel,
-    status: u16,
-    started: Instant,
-) -> FinishedSpan {
-    let route = metrics.route_template(label).to_owned();
-    FinishedSpan {
-        context,
-        name: format!("{method} {route}").into(),
-        kind: SpanKind::Server,
-        started,
-        attributes: vec![
-            KeyValue::new("http.request.method", method.to_string()),
-            KeyValue::new("http.route", route),
-            KeyValue::new("http.response.status_code", i64::from(status)),
-        ],
-        // Per the HTTP conventions a server span fails on 5xx only: a 4xx is the client's.
-        error: (status >= 500).then(|| status.to_string()),
     }
 }
 

@@ -4,6 +4,7 @@ mod access;
 mod access_token;
 mod admin;
 mod auth_request;
+mod byte_forwarding;
 mod cache;
 mod cloudrun;
 mod conformance;
