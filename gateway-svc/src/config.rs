@@ -253,6 +253,17 @@ pub struct HttpLimits {
     /// `false` sends every request through hyper's server and client.
     #[arg(id = "http_byte_forwarding", value_name = "HTTP_BYTE_FORWARDING", long = "http-byte-forwarding", env = "WEAPP_HTTP_BYTE_FORWARDING", default_value_t = true, action = clap::ArgAction::Set)]
     pub byte_forwarding: bool,
+
+    /// Threads that serve client connections, each with its own single-threaded runtime
+    /// (`io_threads.rs`); 0: one per CPU.
+    #[arg(
+        id = "http_io_threads",
+        value_name = "HTTP_IO_THREADS",
+        long = "http-io-threads",
+        env = "WEAPP_HTTP_IO_THREADS",
+        default_value = "0"
+    )]
+    pub io_threads: usize,
 }
 
 impl ServiceCli for Cli {

@@ -15,6 +15,7 @@ use crate::{
     config::Settings,
     edge::destination::Routing,
     edge::dispatch::Dispatcher,
+    edge::io_threads::IoThreads,
     edge::rate_limit::LoginLimiter,
     edge::server,
     metrics::GatewayMetrics,
@@ -41,6 +42,8 @@ pub enum StartupError {
     Relay(String),
     #[error(transparent)]
     Otlp(#[from] weapp_common::otlp::OtlpError),
+    #[error("cannot start the connection threads: {0}")]
+    Threads(std::io::Error),
 }
 
 pub struct Application {
@@ -172,9 +175,11 @@ impl Application {
         });
         let http_limits = state.settings.http;
         let dispatcher = Arc::new(Dispatcher::new(state));
+        // Kept to the end of `run`: the sockets on them close after the HTTP server stops.
+        let threads = IoThreads::start(http_limits.io_threads).map_err(StartupError::Threads)?;
         tracing::info!(addr = %self.local_addr, "gateway-svc listening");
         server::serve(
-            self.listener,
+            (self.listener, &threads),
             (self.routing, dispatcher),
             http_limits,
             (self.metrics, self.spans.clone()),
@@ -202,6 +207,7 @@ impl Application {
             tracing::warn!(error = %e, "metrics server ended abnormally");
         }
         self.spans.shutdown().await;
+        drop(threads);
         tracing::info!("gateway-svc stopped");
         Ok(())
     }

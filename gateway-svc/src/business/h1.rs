@@ -9,7 +9,10 @@
 //! `Upgrade`, `Transfer-Encoding`, any HTTP version but 1.1, a request target that is not a
 //! path, more headers than fit, anything httparse refuses — is `NotMine`, and hyper serves
 //! it (and the rest of that connection) with its full rules.
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::{
+    body::Bytes,
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
+};
 
 use crate::business::forward;
 
@@ -28,12 +31,13 @@ pub enum Parsed {
     NotMine,
 }
 
-/// A bodiless HTTP/1.1 request's head.
+/// A bodiless HTTP/1.1 request's head (its fields are in the `HeaderMap` it was read into).
 pub struct RequestHead {
     pub method: Method,
     /// Origin form: the path and the query.
     pub target: String,
-    pub headers: HeaderMap,
+    /// Where the path ends in `target`.
+    path_end: usize,
     /// Its length in bytes; the next request starts there.
     pub len: usize,
     /// The client said `Connection: close`.
@@ -42,16 +46,17 @@ pub struct RequestHead {
 
 impl RequestHead {
     pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(&self.target, |(p, _)| p)
+        self.target.get(..self.path_end).unwrap_or_default()
     }
 
     pub fn query(&self) -> Option<&str> {
-        self.target.split_once('?').map(|(_, q)| q)
+        self.target.get(self.path_end + 1..)
     }
 }
 
-/// Reads the request head at the start of `buf`, taking at most `max_headers` header lines.
-pub fn parse_request(buf: &[u8], max_headers: usize) -> Parsed {
+/// Reads the request head at the start of `buf`, taking at most `max_headers` header lines,
+/// its fields into `headers` (cleared first: a connection reuses one map).
+pub fn parse_request(buf: &[u8], max_headers: usize, headers: &mut HeaderMap) -> Parsed {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots[..max_headers.min(MAX_HEADERS)]);
     let len = match request.parse(buf) {
@@ -73,10 +78,13 @@ pub fn parse_request(buf: &[u8], max_headers: usize) -> Parsed {
     if method == Method::CONNECT {
         return Parsed::NotMine;
     }
-    let mut headers = HeaderMap::with_capacity(request.headers.len() + 8);
+    headers.clear();
+    // The values share one copy of the head instead of one allocation each.
+    let shared = Bytes::copy_from_slice(&buf[..len]);
+    let start = buf.as_ptr() as usize;
     let mut close = false;
     for line in request.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(line.name.as_bytes()) else {
+        let Some(name) = field_name(line.name) else {
             return Parsed::NotMine;
         };
         let value = line.value.trim_ascii();
@@ -97,7 +105,9 @@ pub fn parse_request(buf: &[u8], max_headers: usize) -> Parsed {
                 }
             }
         }
-        let Ok(value) = HeaderValue::from_bytes(line.value) else {
+        let at = line.value.as_ptr() as usize - start;
+        let Ok(value) = HeaderValue::from_maybe_shared(shared.slice(at..at + line.value.len()))
+        else {
             return Parsed::NotMine;
         };
         headers.append(name, value);
@@ -105,24 +115,53 @@ pub fn parse_request(buf: &[u8], max_headers: usize) -> Parsed {
     Parsed::Head(RequestHead {
         method,
         target: target.to_owned(),
-        headers,
+        path_end: target.find('?').unwrap_or(target.len()),
         len,
         close,
     })
 }
 
-/// Writes a request head for the upstream into `out`.
-pub fn write_request_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+/// Names every wafer client or proxy sends that are not among `http`'s standard ones:
+/// matched here, they cost no allocation.
+const KNOWN: [HeaderName; 8] = [
+    HeaderName::from_static("x-wx-id"),
+    HeaderName::from_static("x-wx-skey"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+];
+
+fn field_name(name: &str) -> Option<HeaderName> {
+    match KNOWN.iter().find(|k| k.as_str().eq_ignore_ascii_case(name)) {
+        Some(known) => Some(known.clone()),
+        None => HeaderName::from_bytes(name.as_bytes()).ok(),
+    }
+}
+
+/// Writes a request head for the upstream into `out`: `fields`, then `more`.
+pub fn write_request_head<'a>(
+    out: &mut Vec<u8>,
+    (method, target): (&Method, &str),
+    fields: &HeaderMap,
+    more: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    write_fields(out, headers);
+    write_fields(out, fields);
+    write_fields(out, more);
     out.extend_from_slice(b"\r\n");
 }
 
-fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
-    for (name, value) in headers {
+fn write_fields<'a>(
+    out: &mut Vec<u8>,
+    fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
+    for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -157,9 +196,13 @@ pub fn write_response(
 }
 
 fn status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
-    use std::io::Write as _;
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // httparse and `StatusCode` hold statuses to three digits.
+    let digits = [status / 100 % 10, status / 10 % 10, status % 10];
+    out.extend(digits.map(|d| b'0' + d as u8));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How an answer's body ends.
@@ -394,30 +437,45 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> RequestHead {
-        match parse_request(text.as_bytes(), 64) {
-            Parsed::Head(head) => head,
+        head_and_fields(text).0
+    }
+
+    fn head_and_fields(text: &str) -> (RequestHead, HeaderMap) {
+        let mut fields = HeaderMap::new();
+        match parse_request(text.as_bytes(), 64, &mut fields) {
+            Parsed::Head(head) => (head, fields),
             Parsed::Partial => panic!("partial: {text:?}"),
             Parsed::NotMine => panic!("not mine: {text:?}"),
         }
     }
 
     fn not_mine(text: &str) -> bool {
-        matches!(parse_request(text.as_bytes(), 64), Parsed::NotMine)
+        matches!(
+            parse_request(text.as_bytes(), 64, &mut HeaderMap::new()),
+            Parsed::NotMine
+        )
     }
 
     #[test]
     fn a_bodiless_http11_request_is_read() {
         let text = "GET /api/x?a=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nx-a: 2\r\n\r\nGET /next";
-        let first = head(text);
+        let (first, fields) = head_and_fields(text);
         assert_eq!(first.method, Method::GET);
         assert_eq!((first.path(), first.query()), ("/api/x", Some("a=1")));
         assert_eq!(first.len, text.len() - "GET /next".len());
-        assert_eq!(first.headers.get_all("x-a").iter().count(), 2);
+        let values: Vec<_> = fields.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(fields["host"], "h");
+        assert_eq!(head("GET /p HTTP/1.1\r\n\r\n").query(), None);
+        assert_eq!(head("GET /p? HTTP/1.1\r\n\r\n").query(), Some(""));
+        // A known name in any letter case is that name.
+        let (_, fields) = head_and_fields("GET / HTTP/1.1\r\nX-Wx-SKEY: s\r\n\r\n");
+        assert_eq!(fields["x-wx-skey"], "s");
         assert!(!first.close);
         assert!(head("GET / HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n").close);
         assert!(!head("DELETE /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n").close);
         assert!(matches!(
-            parse_request(b"GET /x HTTP/1.1\r\nHost: h\r\n", 64),
+            parse_request(b"GET /x HTTP/1.1\r\nHost: h\r\n", 64, &mut HeaderMap::new()),
             Parsed::Partial
         ));
     }
@@ -444,7 +502,11 @@ mod tests {
         assert!(not_mine(&format!("GET /x HTTP/1.1\r\n{many}\r\n")));
         // The gateway's own limit, under the path's.
         assert!(matches!(
-            parse_request(b"GET /x HTTP/1.1\r\na: 1\r\nb: 2\r\n\r\n", 1),
+            parse_request(
+                b"GET /x HTTP/1.1\r\na: 1\r\nb: 2\r\n\r\n",
+                1,
+                &mut HeaderMap::new()
+            ),
             Parsed::NotMine
         ));
     }

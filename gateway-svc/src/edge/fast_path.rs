@@ -19,7 +19,7 @@ use std::{
 };
 
 use axum::{
-    http::{Method, header},
+    http::{HeaderMap, Method, header},
     response::IntoResponse as _,
 };
 use http_body_util::BodyExt as _;
@@ -73,6 +73,8 @@ struct Done {
 /// upstream sent, what the client gets.
 #[derive(Default)]
 struct Buffers {
+    /// The request's fields, as `forward::request_headers` works on them.
+    fields: HeaderMap,
     request: Vec<u8>,
     upstream: Vec<u8>,
     answer: Vec<u8>,
@@ -96,7 +98,7 @@ impl FastPath {
             let head_deadline = Instant::now() + self.limits.header_timeout;
             alarm.arm(head_deadline);
             let head = loop {
-                match h1::parse_request(&read, self.limits.max_headers) {
+                match h1::parse_request(&read, self.limits.max_headers, &mut buffers.fields) {
                     Parsed::Head(head) => break head,
                     Parsed::NotMine => return Served::ToHyper(Prefixed::new(read, client, keep)),
                     Parsed::Partial if read.len() >= self.limits.max_header_bytes => {
@@ -132,7 +134,8 @@ impl FastPath {
                 .metrics
                 .route_label(destination.label(self.routing.business_routes()));
             let context = self.spans.serve(
-                head.headers
+                buffers
+                    .fields
                     .get(trace::TRACEPARENT)
                     .and_then(|v| v.to_str().ok()),
             );
@@ -274,30 +277,32 @@ impl FastPath {
         // The trace reaches session-svc with a Validate the cache cannot answer.
         let resolving = self
             .dispatcher
-            .business_session(business, &head.headers, head.query());
+            .business_session(business, &buffers.fields, head.query());
         let session = trace::within(Some(context), resolving).await?;
         let mut target = String::with_capacity(route.base_path.len() + head.target.len() + 1);
         route.push_upstream_path(&mut target, head.path());
         forward::push_query_without_session(&mut target, head.query());
         let flags = (head.method == Method::HEAD, head.close);
         let retry = head.method.is_idempotent();
-        let RequestHead {
-            method,
-            mut headers,
-            ..
-        } = head;
         let client_address = ClientAddress {
             peer,
             trusted_proxies: self.dispatcher.trusted_proxies(),
         };
-        forward::request_headers(
-            &mut headers,
-            (session.as_ref(), route.identity_headers),
-            client_address,
-        );
-        headers.insert(header::HOST, route.host.clone());
-        buffers.request.clear();
-        h1::write_request_head(&mut buffers.request, &method, &target, &headers);
+        // The session's identity is written as it was rendered, after the client's fields
+        // (from which every identity a client sent is gone); a session without one rendered
+        // (not one resolved for forwarding) has it inserted the usual way.
+        let identity = session.as_ref().and_then(|s| s.identity.clone());
+        let insert = session.as_ref().filter(|_| identity.is_none());
+        let Buffers {
+            request, fields, ..
+        } = buffers;
+        forward::request_headers(fields, (insert, route.identity_headers), client_address);
+        fields.insert(header::HOST, route.host.clone());
+        request.clear();
+        let identity_fields = identity
+            .iter()
+            .flat_map(|i| i.fields(route.identity_headers));
+        h1::write_request_head(request, (&head.method, &target), fields, identity_fields);
         let mut sent = pin!(send(&business.upstream, buffers, flags, retry));
         alarm.arm(deadline);
         let answered = loop {
@@ -401,6 +406,7 @@ async fn answer_on(
         request,
         upstream: from_upstream,
         answer,
+        ..
     } = buffers;
     from_upstream.clear();
     stream

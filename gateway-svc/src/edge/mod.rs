@@ -5,6 +5,7 @@ pub mod body_limit;
 pub mod destination;
 pub mod dispatch;
 pub mod fast_path;
+pub mod io_threads;
 pub mod legacy_upgrade;
 pub mod own;
 pub mod rate_limit;

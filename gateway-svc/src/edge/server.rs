@@ -36,6 +36,7 @@ use crate::{
     edge::destination::{Destination, Routing},
     edge::dispatch::Dispatcher,
     edge::fast_path::{FastPath, Served},
+    edge::io_threads::IoThreads,
     edge::legacy_upgrade::{self, FirstRequest},
     edge::served,
     error::ApiError,
@@ -46,7 +47,7 @@ use crate::{
 /// flight (upgraded WebSockets are the dispatcher's to close). Each request's destination is
 /// decided here, once (`destination.rs`), and `dispatcher` serves it.
 pub async fn serve(
-    listener: TcpListener,
+    (listener, threads): (TcpListener, &IoThreads),
     (routing, dispatcher): (Arc<Routing>, Arc<Dispatcher>),
     limits: HttpLimits,
     (metrics, spans): (Arc<GatewayMetrics>, Spans),
@@ -161,7 +162,18 @@ pub async fn serve(
         let (http1, http2, told) = (http1.clone(), http2.clone(), told.clone());
         let fast_path = fast_path.clone();
         let shutdown = shutdown.clone();
-        connections.spawn(async move {
+        // Moved to its thread's runtime (`io_threads.rs`), which registers it anew.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot hand the connection to its thread");
+                continue;
+            }
+        };
+        let connection = async move {
+            let Ok(tcp) = TcpStream::from_std(tcp) else {
+                return;
+            };
             // The slot travels with the connection: an upgraded WebSocket keeps it too.
             let first = legacy_upgrade::first_request(tcp, slot, limits.max_header_bytes.max(8192));
             // The same deadline hyper applies to the headers: a client that sends nothing
@@ -204,7 +216,8 @@ pub async fn serve(
             if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-        });
+        };
+        connections.spawn_on(connection, threads.next());
     }
     drop(listener);
     connections.close();

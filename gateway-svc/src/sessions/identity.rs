@@ -155,13 +155,20 @@ impl Identity {
 
     /// Adds the headers of `names` to `headers`.
     pub fn apply(&self, headers: &mut HeaderMap, names: Names) {
+        for (name, value) in self.fields(names) {
+            headers.insert(name, value.clone());
+        }
+    }
+
+    /// The headers of `names` (one value each).
+    pub fn fields(&self, names: Names) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         let sets = [
             (names.weapp(), &self.headers),
             (names.cloudrun(), &self.cloudrun),
         ];
-        for (name, value) in sets.into_iter().filter(|(on, _)| *on).flat_map(|(_, h)| h) {
-            headers.insert(name, value.clone());
-        }
+        sets.into_iter()
+            .filter(|(on, _)| *on)
+            .flat_map(|(_, headers)| headers)
     }
 }
 
