@@ -70,8 +70,8 @@ pub struct Upstream {
     /// `host:port`.
     authority: String,
     connect_timeout: Duration,
-    idle: Mutex<Vec<Pooled>>,
-    idle_streams: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: PerThread<Pooled>,
+    idle_streams: PerThread<(TcpStream, Instant)>,
 }
 
 impl Upstream {
@@ -79,36 +79,34 @@ impl Upstream {
         Self {
             authority,
             connect_timeout,
-            idle: Mutex::new(Vec::new()),
-            idle_streams: Mutex::new(Vec::new()),
+            idle: PerThread::default(),
+            idle_streams: PerThread::default(),
         }
     }
 
     /// A TCP stream to the upstream for one HTTP/1.1 exchange, and whether it was kept alive
     /// from an earlier one (the upstream may have closed it since: a request on it that gets
     /// no answer at all may be sent again on a new one).
-    pub async fn checkout_stream(&self) -> Result<(TcpStream, bool), UpstreamError> {
+    /// `now` is the caller's reading of the clock.
+    pub async fn checkout_stream(&self, now: Instant) -> Result<(TcpStream, bool), UpstreamError> {
         loop {
-            let candidate = self
-                .idle_streams
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop();
+            let candidate = self.idle_streams.local().pop();
             let Some((stream, since)) = candidate else {
                 return Ok((self.connect_stream().await?, false));
             };
-            if since.elapsed() <= IDLE_TIMEOUT && quiet(&stream) {
+            if now.saturating_duration_since(since) <= IDLE_TIMEOUT && quiet(&stream) {
                 return Ok((stream, true));
             }
         }
     }
 
     /// Takes back a stream whose exchange ended exactly at the end of an answer that keeps
-    /// the connection open.
-    pub fn checkin_stream(&self, stream: TcpStream) {
-        let mut idle = self.idle_streams.lock().unwrap_or_else(|e| e.into_inner());
+    /// the connection open; its idle time counts from `since` (the exchange's start: an
+    /// age a little over, never under).
+    pub fn checkin_stream(&self, stream: TcpStream, since: Instant) {
+        let mut idle = self.idle_streams.local();
         if idle.len() < MAX_IDLE {
-            idle.push((stream, Instant::now()));
+            idle.push((stream, since));
         }
     }
 
@@ -126,7 +124,7 @@ impl Upstream {
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<Pooled>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        self.idle.local()
     }
 
     /// Sends `request` and answers the upstream's response, whose body keeps driving the
@@ -206,6 +204,35 @@ impl Upstream {
         if idle.len() < MAX_IDLE {
             idle.push(pooled);
         }
+    }
+}
+
+/// Idle connections kept by the thread that used them last. A connection's socket is
+/// registered with the runtime of the thread that opened it (`edge/io_threads.rs`: one per
+/// thread); taken up on another thread it would still work, every wake-up of it crossing
+/// threads. Threads beyond `SHARDS` share lists (still correct, a little slower).
+struct PerThread<T> {
+    shards: [Mutex<Vec<T>>; SHARDS],
+}
+
+const SHARDS: usize = 16;
+
+impl<T> Default for PerThread<T> {
+    fn default() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::new(Vec::new())),
+        }
+    }
+}
+
+impl<T> PerThread<T> {
+    fn local(&self) -> MutexGuard<'_, Vec<T>> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        thread_local! {
+            static SHARD: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS;
+        }
+        let shard = SHARD.with(|shard| *shard);
+        self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -63,6 +63,14 @@ pub enum Served {
     ToHyper(ClientStream),
 }
 
+/// Where a request came from, and when.
+#[derive(Clone, Copy)]
+struct Origin {
+    peer: SocketAddr,
+    context: trace::TraceContext,
+    started: Instant,
+}
+
 /// One request's outcome.
 struct Done {
     status: u16,
@@ -94,8 +102,11 @@ impl FastPath {
         let mut stop = pin!(shutdown.cancelled());
         let mut alarm = Alarm::new(self.limits.header_timeout);
         let mut buffers = Buffers::default();
+        // The clock is read twice a request (when it starts, when it ends); every deadline
+        // and age is counted from those readings.
+        let mut now = Instant::now();
         loop {
-            let head_deadline = Instant::now() + self.limits.header_timeout;
+            let head_deadline = now + self.limits.header_timeout;
             alarm.arm(head_deadline);
             let head = loop {
                 match h1::parse_request(&read, self.limits.max_headers, &mut buffers.fields) {
@@ -144,19 +155,25 @@ impl FastPath {
                 .exchange(
                     business,
                     head,
-                    (peer, context),
+                    Origin {
+                        peer,
+                        context,
+                        started,
+                    },
                     &mut client,
                     &mut buffers,
                     &mut alarm,
                 )
                 .await;
-            self.metrics.request(label, done.status, started.elapsed());
+            now = Instant::now();
+            let took = now.saturating_duration_since(started);
+            self.metrics.request(label, done.status, took);
             tracing::debug!(
                 %method,
                 route = %business.route.prefix,
                 trace_id = %context.trace_id(),
                 status = done.status,
-                latency_ms = started.elapsed().as_millis() as u64,
+                latency_ms = took.as_millis() as u64,
                 "finished processing request"
             );
             if self.spans.exports(&context) {
@@ -180,13 +197,13 @@ impl FastPath {
         &self,
         business: &Business,
         head: RequestHead,
-        (peer, context): (SocketAddr, trace::TraceContext),
+        origin: Origin,
         client: &mut TcpStream,
         buffers: &mut Buffers,
         alarm: &mut Alarm,
     ) -> Done {
         let flags = (head.method == Method::HEAD, head.close);
-        let answered = self.answer_head(business, head, (peer, context), buffers, alarm);
+        let answered = self.answer_head(business, head, origin, buffers, alarm);
         let (mut upstream, answer) = match answered.await {
             Ok(answered) => answered,
             Err(refused) => return refuse(refused, client, &mut buffers.answer, flags).await,
@@ -253,7 +270,7 @@ impl FastPath {
             }
         }
         if ended && clean && upstream_keeps_open {
-            business.upstream.checkin_stream(upstream);
+            business.upstream.checkin_stream(upstream, origin.started);
         }
         // A cut answer can only be told by closing the connection.
         Done {
@@ -268,12 +285,16 @@ impl FastPath {
         &self,
         business: &Business,
         head: RequestHead,
-        (peer, context): (SocketAddr, trace::TraceContext),
+        Origin {
+            peer,
+            context,
+            started,
+        }: Origin,
         buffers: &mut Buffers,
         alarm: &mut Alarm,
     ) -> Result<(TcpStream, AnswerHead), ApiError> {
         let route = &*business.route;
-        let deadline = Instant::now() + route.timeout;
+        let deadline = started + route.timeout;
         // The trace reaches session-svc with a Validate the cache cannot answer.
         let resolving = self
             .dispatcher
@@ -303,7 +324,7 @@ impl FastPath {
             .iter()
             .flat_map(|i| i.fields(route.identity_headers));
         h1::write_request_head(request, (&head.method, &target), fields, identity_fields);
-        let mut sent = pin!(send(&business.upstream, buffers, flags, retry));
+        let mut sent = pin!(send(&business.upstream, buffers, flags, retry, started));
         alarm.arm(deadline);
         let answered = loop {
             tokio::select! {
@@ -373,8 +394,9 @@ async fn send(
     buffers: &mut Buffers,
     flags: (bool, bool),
     retry: bool,
+    started: Instant,
 ) -> Result<(TcpStream, AnswerHead), UpstreamError> {
-    let (mut stream, mut reused) = upstream.checkout_stream().await?;
+    let (mut stream, mut reused) = upstream.checkout_stream(started).await?;
     loop {
         match answer_on(&mut stream, buffers, flags).await {
             Ok(head) => return Ok((stream, head)),
