@@ -5,10 +5,10 @@
 //! answer passed on with only its head looked at — how long its body is (RFC 9112 §6.3), which
 //! fields end at this hop.
 //!
-//! Narrow by design: a request this path would have to think hard about — a body, `Expect`,
-//! `Upgrade`, `Transfer-Encoding`, any HTTP version but 1.1, a request target that is not a
-//! path, more headers than fit, anything httparse refuses — is `NotMine`, and hyper serves
-//! it (and the rest of that connection) with its full rules.
+//! Narrow by design: a request this path would have to think hard about — a chunked body,
+//! `Expect`, `Upgrade`, any HTTP version but 1.1, a request target that is not a path, two
+//! different lengths, more headers than fit, anything httparse refuses — is `NotMine`, and
+//! hyper serves it (and the rest of that connection) with its full rules.
 use axum::{
     body::Bytes,
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
@@ -31,15 +31,17 @@ pub enum Parsed {
     NotMine,
 }
 
-/// A bodiless HTTP/1.1 request's head (its fields are in the `HeaderMap` it was read into).
+/// An HTTP/1.1 request's head (its fields are in the `HeaderMap` it was read into).
 pub struct RequestHead {
     pub method: Method,
     /// Origin form: the path and the query.
     pub target: String,
     /// Where the path ends in `target`.
     path_end: usize,
-    /// Its length in bytes; the next request starts there.
+    /// Its length in bytes; the body starts there.
     pub len: usize,
+    /// The body's length (`Content-Length`; 0 without one).
+    pub body: u64,
     /// The client said `Connection: close`.
     pub close: bool,
 }
@@ -51,6 +53,21 @@ impl RequestHead {
 
     pub fn query(&self) -> Option<&str> {
         self.target.get(self.path_end + 1..)
+    }
+
+    /// Puts `path` in place of the target's path, the query kept; `false` (and nothing
+    /// changed) when the result is not a target hyper would take.
+    pub fn set_path(&mut self, path: &str) -> bool {
+        let target = match self.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        if http::uri::PathAndQuery::try_from(target.as_str()).is_err() {
+            return false;
+        }
+        self.path_end = path.len();
+        self.target = target;
+        true
     }
 }
 
@@ -83,6 +100,7 @@ pub fn parse_request(buf: &[u8], max_headers: usize, headers: &mut HeaderMap) ->
     let shared = Bytes::copy_from_slice(&buf[..len]);
     let start = buf.as_ptr() as usize;
     let mut close = false;
+    let mut body = None;
     for line in request.headers.iter() {
         let Some(name) = field_name(line.name) else {
             return Parsed::NotMine;
@@ -91,9 +109,17 @@ pub fn parse_request(buf: &[u8], max_headers: usize, headers: &mut HeaderMap) ->
         if name == header::TRANSFER_ENCODING || name == header::EXPECT || name == header::UPGRADE {
             return Parsed::NotMine;
         }
-        // A body, even announced empty in an odd way, is hyper's to read.
-        if name == header::CONTENT_LENGTH && value != b"0" {
-            return Parsed::NotMine;
+        if name == header::CONTENT_LENGTH {
+            // Digits only (no sign, no list); a second one must say the same (RFC 9112 §6.3).
+            let length = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (length, body) {
+                (Some(n), None) => body = Some(n),
+                (Some(n), Some(earlier)) if n == earlier => {}
+                _ => return Parsed::NotMine,
+            }
         }
         if name == header::CONNECTION {
             for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
@@ -117,6 +143,7 @@ pub fn parse_request(buf: &[u8], max_headers: usize, headers: &mut HeaderMap) ->
         target: target.to_owned(),
         path_end: target.find('?').unwrap_or(target.len()),
         len,
+        body: body.unwrap_or(0),
         close,
     })
 }
@@ -169,29 +196,70 @@ fn write_fields<'a>(
     }
 }
 
-/// Writes one of the gateway's own full answers (an error) into `out`.
-pub fn write_response(
+/// How the gateway's own answer's body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Length {
+    /// No body, and no length said (204, 304; a HEAD answer whose body's length is unknown).
+    None,
+    Known(u64),
+    Chunked,
+}
+
+/// Writes the head of one of the gateway's own answers into `out`: `headers`, the framing
+/// of `length`, and `Connection: close` when the connection ends after it.
+pub fn write_answer_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
-    body: &[u8],
-    (head_request, close): (bool, bool),
+    length: Length,
+    close: bool,
 ) {
     status_line(
         out,
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
     );
-    let mut fields = headers.clone();
-    fields.remove(header::TRANSFER_ENCODING);
-    fields.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if close {
-        fields.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let framing = [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+    ];
+    write_fields(
+        out,
+        headers.iter().filter(|(name, _)| !framing.contains(name)),
+    );
+    match length {
+        Length::None => {}
+        Length::Known(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Length::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
-    write_fields(out, &fields);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
     out.extend_from_slice(b"\r\n");
-    if !head_request {
-        out.extend_from_slice(body);
+}
+
+/// Appends a part of that answer's body, framed.
+pub fn write_body_part(out: &mut Vec<u8>, data: &[u8], length: Length) {
+    match length {
+        Length::Chunked if data.is_empty() => {}
+        Length::Chunked => {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        }
+        _ => out.extend_from_slice(data),
+    }
+}
+
+/// Appends the end of that answer's body.
+pub fn write_body_end(out: &mut Vec<u8>, length: Length) {
+    if length == Length::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
     }
 }
 
@@ -474,6 +542,18 @@ mod tests {
         assert!(!first.close);
         assert!(head("GET / HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n").close);
         assert!(!head("DELETE /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n").close);
+        let posted = "POST /x HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\nabc";
+        let (posted_head, _) = head_and_fields(posted);
+        assert_eq!((posted_head.body, posted_head.len), (3, posted.len() - 3));
+        assert_eq!(head("GET /x HTTP/1.1\r\n\r\n").body, 0);
+        let mut moved = head("GET /a/./b?q=1 HTTP/1.1\r\n\r\n");
+        assert!(moved.set_path("/a/b"));
+        assert_eq!(
+            (moved.target.as_str(), moved.path(), moved.query()),
+            ("/a/b?q=1", "/a/b", Some("q=1"))
+        );
+        assert!(!moved.set_path("/a b"), "not a target");
+        assert_eq!(moved.target, "/a/b?q=1");
         assert!(matches!(
             parse_request(b"GET /x HTTP/1.1\r\nHost: h\r\n", 64, &mut HeaderMap::new()),
             Parsed::Partial
@@ -484,8 +564,10 @@ mod tests {
     fn everything_else_is_left_to_hyper() {
         for text in [
             "GET /x HTTP/1.0\r\n\r\n",
-            "POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
-            "POST /x HTTP/1.1\r\nContent-Length: 00\r\n\r\n",
+            "POST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+            "POST /x HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc",
+            "POST /x HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
+            "POST /x HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
             "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             "PUT /x HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
@@ -598,6 +680,50 @@ mod tests {
             ),
             Ok(Answer::Interim(37))
         ));
+    }
+
+    #[test]
+    fn the_gateways_own_answers_say_how_their_body_ends() {
+        let mut fields = HeaderMap::new();
+        fields.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        fields.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let mut out = Vec::new();
+        write_answer_head(&mut out, StatusCode::OK, &fields, Length::Known(2), false);
+        write_body_part(&mut out, b"ok", Length::Known(2));
+        write_body_end(&mut out, Length::Known(2));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+        );
+        let mut out = Vec::new();
+        write_answer_head(
+            &mut out,
+            StatusCode::CREATED,
+            &HeaderMap::new(),
+            Length::Chunked,
+            true,
+        );
+        for part in [&b"hello"[..], b"", b" world"] {
+            write_body_part(&mut out, part, Length::Chunked);
+        }
+        write_body_end(&mut out, Length::Chunked);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+             5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_answer_head(
+            &mut out,
+            StatusCode::NO_CONTENT,
+            &HeaderMap::new(),
+            Length::None,
+            false,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 204 No Content\r\n\r\n"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod body_limit;
 pub mod destination;
 pub mod dispatch;
+pub mod fast_forward;
 pub mod fast_path;
 pub mod io_threads;
 pub mod legacy_upgrade;

@@ -29,8 +29,9 @@ struct Scripted {
     connections: Arc<AtomicUsize>,
 }
 
-/// An answer's bytes, and whether the upstream closes the connection after it.
-type Script = fn(&str) -> (Vec<u8>, bool);
+/// An answer's bytes, and whether the upstream closes the connection after it, by request
+/// line and the length of the body that came with it.
+type Script = fn(&str, usize) -> (Vec<u8>, bool);
 
 impl Scripted {
     async fn start(script: Script) -> Self {
@@ -78,30 +79,70 @@ async fn serve(mut tcp: TcpStream, seen: Arc<Mutex<Vec<String>>>, script: Script
             }
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let length = head
-            .lines()
-            .filter_map(|line| line.split_once(':'))
-            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        let field = |wanted: &str| {
+            head.lines()
+                .filter_map(|line| line.split_once(':'))
+                .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+                .map(|(_, value)| value.trim().to_ascii_lowercase())
+        };
+        let chunked = field("transfer-encoding").is_some_and(|v| v.ends_with("chunked"));
+        let mut length = field("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(0);
-        while buf.len() < end + length {
-            let mut chunk = [0u8; 4096];
-            match tcp.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        if chunked {
+            // Until the last chunk (no extensions or trailers from the gateway's client).
+            let (mut at, mut data) = (end, 0);
+            loop {
+                let line_end = loop {
+                    if let Some(i) = buf[at..].windows(2).position(|w| w == b"\r\n") {
+                        break at + i;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let size = std::str::from_utf8(&buf[at..line_end])
+                    .ok()
+                    .and_then(|s| usize::from_str_radix(s, 16).ok())
+                    .unwrap_or(0);
+                let next = line_end + 2 + size + 2;
+                while buf.len() < next {
+                    let mut chunk = [0u8; 4096];
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                data += size;
+                at = next;
+                if size == 0 {
+                    break;
+                }
             }
+            buf.drain(..at);
+            length = data;
+        } else {
+            while buf.len() < end + length {
+                let mut chunk = [0u8; 4096];
+                match tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..end + length);
         }
-        buf.drain(..end + length);
         let line = head.lines().next().unwrap_or_default().to_owned();
         seen.lock().unwrap().push(head);
-        let (answer, close) = script(&line);
+        let (answer, close) = script(&line, length);
         if tcp.write_all(&answer).await.is_err() || close {
             return;
         }
     }
 }
 
-fn framings(line: &str) -> (Vec<u8>, bool) {
+fn framings(line: &str, body: usize) -> (Vec<u8>, bool) {
     let mut parts = line.split(' ');
     let method = parts.next().unwrap_or_default();
     let path = parts
@@ -125,6 +166,17 @@ fn framings(line: &str) -> (Vec<u8>, bool) {
             "HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         }
         [_, "/api/posted"] => "HTTP/1.1 201 Created\r\nContent-Length: 6\r\n\r\nposted",
+        [_, "/api/count"] => {
+            let said = body.to_string();
+            return (
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{said}",
+                    said.len()
+                )
+                .into_bytes(),
+                false,
+            );
+        }
         [_, target] if target.starts_with("/api/n/") => {
             let n = &target["/api/n/".len()..];
             return (
@@ -183,6 +235,17 @@ impl Connection {
         session: &ClientSession,
         body: &'static str,
     ) -> (u16, BTreeMap<String, String>, String) {
+        self.send_body(method, path, session, Body::from(body))
+            .await
+    }
+
+    async fn send_body(
+        &mut self,
+        method: &str,
+        path: &str,
+        session: &ClientSession,
+        body: Body,
+    ) -> (u16, BTreeMap<String, String>, String) {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -190,7 +253,7 @@ impl Connection {
         for (name, value) in &session.headers() {
             request = request.header(name, value);
         }
-        let request = request.body(Body::from(body)).unwrap();
+        let request = request.body(body).unwrap();
         self.sender
             .ready()
             .await
@@ -299,18 +362,36 @@ async fn pipelined_requests_are_answered_in_order() {
 }
 
 #[tokio::test]
-async fn a_connection_goes_on_with_hyper_after_a_request_the_fast_path_leaves() {
+async fn bodies_own_paths_and_the_hand_over_to_hyper_share_one_connection() {
     let upstream = Scripted::start(framings).await;
     let stack = Stack::builder().routes(upstream.routes()).start().await;
     let (_, session) = stack.new_session().await;
     let mut client = Connection::open(stack.gateway_addr()).await;
     let (status, _, body) = client.send("GET", "/api/length", &session, "").await;
     assert_eq!((status, body.as_str()), (200, "hello"));
-    // A body: hyper's, from here on, on the same connection.
+    // A body with its length, larger than any buffer: it streams on, and the next request
+    // on the connection starts where it ends.
+    let big: &'static str = "x".repeat(3 << 20).leak();
+    let (status, _, body) = client.send("POST", "/api/count", &session, big).await;
+    assert_eq!((status, body.as_str()), (200, "3145728"));
     let (status, _, body) = client
         .send("POST", "/api/posted", &session, "{\"a\":1}")
         .await;
     assert_eq!((status, body.as_str()), (201, "posted"));
+    // The gateway's own paths, framed by the gateway.
+    let (status, headers, body) = client.send("GET", "/me", &session, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers.get("content-length"), Some(&body.len().to_string()));
+    let (status, _, body) = client.send("HEAD", "/me", &session, "").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    let (status, _, body) = client.send("GET", "/healthz", &session, "").await;
+    assert_eq!(status, 200, "{body}");
+    // A chunked body: hyper's, from here on, on the same connection.
+    let chunks = futures::stream::iter([Ok::<_, std::io::Error>("ab"), Ok("cd")]);
+    let (status, _, body) = client
+        .send_body("POST", "/api/count", &session, Body::from_stream(chunks))
+        .await;
+    assert_eq!((status, body.as_str()), (200, "4"));
     let (status, _, body) = client.send("GET", "/me", &session, "").await;
     assert_eq!(status, 200, "{body}");
     let (status, _, body) = client.send("GET", "/api/chunked", &session, "").await;
@@ -318,12 +399,36 @@ async fn a_connection_goes_on_with_hyper_after_a_request_the_fast_path_leaves() 
     let posted = upstream
         .seen()
         .into_iter()
-        .find(|h| h.starts_with("POST"))
+        .find(|h| h.starts_with("POST /api/posted"))
         .unwrap();
     assert!(
         posted.to_ascii_lowercase().contains("content-length: 7"),
         "{posted}"
     );
+}
+
+#[tokio::test]
+async fn a_body_over_the_routes_limit_is_413_and_ends_the_connection() {
+    let upstream = Scripted::start(framings).await;
+    let routes = format!("{}max_body_bytes = 10\n", upstream.routes());
+    let stack = Stack::builder().routes(routes).start().await;
+    let (_, session) = stack.new_session().await;
+    let mut tcp = TcpStream::connect(stack.gateway_addr()).await.unwrap();
+    let request = format!(
+        "POST /api/count HTTP/1.1\r\nHost: x\r\nX-WX-Id: {}\r\nX-WX-Skey: {}\r\nContent-Length: 11\r\n\r\n",
+        session.id, session.skey
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // The body is never sent: the answer does not wait for it, and the connection ends
+    // (what follows would be read as the next request).
+    let text = until_closed(&mut tcp).await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+    assert!(upstream.seen().is_empty(), "nothing reached the upstream");
 }
 
 /// Reads from `tcp` until it closes (within 3 s).

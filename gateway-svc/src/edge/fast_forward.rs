@@ -1,0 +1,362 @@
+//! Forwarding as bytes (`fast_path.rs` serves the connection): a request to a business route
+//! is forwarded without building it as an HTTP object twice (hyper's server, then its
+//! client). Its head was read once (`business/h1.rs`); its fields go through the same rules
+//! as every forwarded request (`forward::request_headers`: no credentials, no client-made
+//! identity, the forwarding fields) and the session's identity is written as it was rendered;
+//! a body with a `Content-Length` follows as it arrives; the upstream's answer is passed back
+//! as the upstream sent it, only its head looked at — as nginx does. Each upstream's idle
+//! TCP streams are kept per thread (`upstream.rs`).
+use std::time::Instant;
+
+use axum::http::{Method, header};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use weapp_common::trace;
+
+use crate::{
+    business::forward::{self, ClientAddress},
+    business::h1::{self, Answer, AnswerHead, Framing, RequestHead},
+    business::route_table::Business,
+    business::upstream::{Upstream, UpstreamError},
+    edge::fast_path::{Buffers, Conn, Done, FastPath, Origin, refuse},
+    error::ApiError,
+};
+
+/// An upstream answer's head longer than this is refused (502).
+const MAX_ANSWER_HEAD: usize = 64 * 1024;
+
+impl FastPath {
+    /// Forwards one request and passes its answer back.
+    pub(crate) async fn forward(
+        &self,
+        business: &Business,
+        head: RequestHead,
+        origin: Origin,
+        conn: &mut Conn,
+    ) -> Done {
+        let flags = (head.method == Method::HEAD, head.close);
+        let body = head.body;
+        // A body that is all here already can be sent again; it is taken off the connection
+        // whatever happens, so the next request starts where it should.
+        let whole = usize::try_from(body).ok().filter(|&n| n <= conn.read.len());
+        let answered = self.answer_head(business, head, origin, conn, whole).await;
+        if let Some(n) = whole {
+            conn.read.drain(..n);
+        }
+        let (mut upstream, answer) = match answered {
+            Ok(answered) => answered,
+            Err(refused) => {
+                // A body not read to its end leaves the connection out of step: it ends.
+                let (head_request, close) = flags;
+                return refuse(refused, conn, (head_request, close || whole.is_none())).await;
+            }
+        };
+        let AnswerHead {
+            status,
+            len,
+            mut framing,
+            upstream_keeps_open,
+            client_keeps_open,
+        } = answer;
+        let rest = conn.buffers.upstream.get(len..).unwrap_or_default();
+        let (taken, mut ended) = match pass(&mut framing, rest) {
+            Ok(passed) => passed,
+            Err(e) => {
+                tracing::warn!(route = %business.route.prefix, error = %e, "upstream answer refused");
+                let refused = ApiError::UpstreamFailed(business.route.prefix.clone());
+                return refuse(refused, conn, flags).await;
+            }
+        };
+        let Conn {
+            client, buffers, ..
+        } = conn;
+        let Buffers {
+            upstream: from_upstream,
+            answer: to_client,
+            ..
+        } = buffers;
+        let rest = from_upstream.get(len..).unwrap_or_default();
+        // Anything after the answer: the connection is out of step, not reused.
+        let mut clean = taken == rest.len();
+        to_client.extend_from_slice(&rest[..taken]);
+        if client.write_all(to_client).await.is_err() {
+            return Done {
+                status,
+                keep_open: false,
+            };
+        }
+        while !ended {
+            from_upstream.clear();
+            from_upstream.reserve(16 * 1024);
+            let n = match upstream.read_buf(from_upstream).await {
+                Ok(0) => {
+                    // The end of a body that ends with the connection; a cut one otherwise.
+                    ended = framing == Framing::UntilClose;
+                    clean = false;
+                    break;
+                }
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            let (taken, end) = match pass(&mut framing, &from_upstream[..n]) {
+                Ok(passed) => passed,
+                Err(e) => {
+                    tracing::warn!(route = %business.route.prefix, error = %e, "upstream answer cut");
+                    break;
+                }
+            };
+            if client.write_all(&from_upstream[..taken]).await.is_err() {
+                return Done {
+                    status,
+                    keep_open: false,
+                };
+            }
+            if end {
+                clean = taken == n;
+                ended = true;
+            }
+        }
+        if ended && clean && upstream_keeps_open {
+            business.upstream.checkin_stream(upstream, origin.started);
+        }
+        // A cut answer can only be told by closing the connection.
+        Done {
+            status,
+            keep_open: client_keeps_open && ended,
+        }
+    }
+
+    /// Resolves the session, sends the request and reads the answer's head (the head the
+    /// client gets is in `buffers.answer`, the upstream's bytes in `buffers.upstream`).
+    /// `whole`: the body's length when all of it is in `conn.read` already.
+    async fn answer_head(
+        &self,
+        business: &Business,
+        head: RequestHead,
+        Origin {
+            peer,
+            context,
+            started,
+        }: Origin,
+        conn: &mut Conn,
+        whole: Option<usize>,
+    ) -> Result<(TcpStream, AnswerHead), ApiError> {
+        let route = &*business.route;
+        let max = route.max_body_bytes;
+        if head.body > max {
+            return Err(ApiError::BodyTooLarge(
+                usize::try_from(max).unwrap_or(usize::MAX),
+            ));
+        }
+        let Conn {
+            client,
+            read,
+            buffers,
+            alarm,
+        } = conn;
+        // The trace reaches session-svc with a Validate the cache cannot answer.
+        let resolving = self
+            .dispatcher
+            .business_session(business, &buffers.fields, head.query());
+        let session = trace::within(Some(context), resolving).await?;
+        let mut target = String::with_capacity(route.base_path.len() + head.target.len() + 1);
+        route.push_upstream_path(&mut target, head.path());
+        forward::push_query_without_session(&mut target, head.query());
+        let flags = (head.method == Method::HEAD, head.close);
+        let client_address = ClientAddress {
+            peer,
+            trusted_proxies: self.dispatcher.trusted_proxies(),
+        };
+        // The session's identity is written as it was rendered, after the client's fields
+        // (from which every identity a client sent is gone); a session without one rendered
+        // (not one resolved for forwarding) has it inserted the usual way.
+        let identity = session.as_ref().and_then(|s| s.identity.clone());
+        let insert = session.as_ref().filter(|_| identity.is_none());
+        let Buffers {
+            request, fields, ..
+        } = &mut *buffers;
+        forward::request_headers(fields, (insert, route.identity_headers), client_address);
+        fields.insert(header::HOST, route.host.clone());
+        request.clear();
+        let identity_fields = identity
+            .iter()
+            .flat_map(|i| i.fields(route.identity_headers));
+        h1::write_request_head(request, (&head.method, &target), fields, identity_fields);
+        let upload = Upload {
+            client,
+            read,
+            len: head.body,
+            whole,
+        };
+        // Sent again on a new connection only when it may be (RFC 9110 §9.2.2) and can be.
+        let retry = head.method.is_idempotent() && (head.body == 0 || whole.is_some());
+        let deadline = started + route.timeout;
+        let sent = send(&business.upstream, buffers, upload, (flags, retry), started);
+        let answered = alarm.until(deadline, sent).await;
+        match answered {
+            None => Err(ApiError::UpstreamTimeout(route.prefix.clone())),
+            Some(Ok(answered)) => Ok(answered),
+            Some(Err(Unsent::Client(e))) => {
+                tracing::debug!(error = %e, "the client's body did not arrive whole");
+                Err(ApiError::BadBody)
+            }
+            Some(Err(Unsent::Upstream(e))) => {
+                tracing::warn!(route = %route.prefix, error = %e, "upstream request failed");
+                Err(match e.is_connect() {
+                    true => ApiError::UpstreamUnreachable(route.prefix.clone()),
+                    false => ApiError::UpstreamFailed(route.prefix.clone()),
+                })
+            }
+        }
+    }
+}
+
+/// The request's body on its way from the client.
+struct Upload<'a> {
+    client: &'a mut TcpStream,
+    read: &'a mut Vec<u8>,
+    len: u64,
+    /// All of it is in `read` (and stays there to be sent again).
+    whole: Option<usize>,
+}
+
+enum Unsent {
+    Client(std::io::Error),
+    Upstream(UpstreamError),
+}
+
+/// Sends the request in `buffers` and its body on a kept-alive stream, or a new one, and
+/// reads the answer's head. A kept-alive stream the upstream closed before answering
+/// anything is replaced once, when `retry` allows.
+async fn send(
+    upstream: &Upstream,
+    buffers: &mut Buffers,
+    mut upload: Upload<'_>,
+    (flags, retry): ((bool, bool), bool),
+    started: Instant,
+) -> Result<(TcpStream, AnswerHead), Unsent> {
+    let (mut stream, mut reused) = upstream
+        .checkout_stream(started)
+        .await
+        .map_err(Unsent::Upstream)?;
+    loop {
+        match answer_on(&mut stream, buffers, &mut upload, flags).await {
+            Ok(head) => return Ok((stream, head)),
+            Err(Failed::Nothing(_)) if reused && retry => {
+                stream = upstream.connect_stream().await.map_err(Unsent::Upstream)?;
+                reused = false;
+            }
+            Err(Failed::Nothing(e) | Failed::Broken(e)) => {
+                return Err(Unsent::Upstream(UpstreamError::Broken(e)));
+            }
+            Err(Failed::Malformed(e)) => return Err(Unsent::Upstream(e.into())),
+            Err(Failed::Client(e)) => return Err(Unsent::Client(e)),
+        }
+    }
+}
+
+enum Failed {
+    /// Not one byte of an answer came.
+    Nothing(std::io::Error),
+    Broken(std::io::Error),
+    Malformed(h1::Malformed),
+    /// The client's body stopped short.
+    Client(std::io::Error),
+}
+
+async fn answer_on(
+    stream: &mut TcpStream,
+    buffers: &mut Buffers,
+    upload: &mut Upload<'_>,
+    flags: (bool, bool),
+) -> Result<AnswerHead, Failed> {
+    let Buffers {
+        request,
+        upstream: from_upstream,
+        answer,
+        ..
+    } = buffers;
+    from_upstream.clear();
+    stream.write_all(request).await.map_err(Failed::Nothing)?;
+    send_body(stream, upload).await?;
+    loop {
+        from_upstream.reserve(4096);
+        match stream.read_buf(from_upstream).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) if from_upstream.is_empty() => {
+                return Err(Failed::Nothing(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(_) => return Err(Failed::Broken(std::io::ErrorKind::UnexpectedEof.into())),
+            Err(e) if from_upstream.is_empty() => return Err(Failed::Nothing(e)),
+            Err(e) => return Err(Failed::Broken(e)),
+        }
+        loop {
+            answer.clear();
+            match h1::parse_answer(from_upstream, flags, answer).map_err(Failed::Malformed)? {
+                Answer::Final(head) => return Ok(head),
+                Answer::Interim(len) => {
+                    from_upstream.drain(..len);
+                }
+                Answer::Partial if from_upstream.len() > MAX_ANSWER_HEAD => {
+                    return Err(Failed::Malformed(h1::Malformed::TOO_LONG));
+                }
+                Answer::Partial => break,
+            }
+        }
+    }
+}
+
+/// The body: from `read` when it is all there, else as the client sends it (what arrives
+/// beyond it is the next request's, and stays in `read`).
+async fn send_body(stream: &mut TcpStream, upload: &mut Upload<'_>) -> Result<(), Failed> {
+    if let Some(n) = upload.whole {
+        return match n {
+            0 => Ok(()),
+            n => stream
+                .write_all(&upload.read[..n])
+                .await
+                .map_err(Failed::Broken),
+        };
+    }
+    while upload.len > 0 {
+        if upload.read.is_empty() {
+            upload.read.reserve(16 * 1024);
+            match upload.client.read_buf(upload.read).await {
+                Ok(0) => return Err(Failed::Client(std::io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(e) => return Err(Failed::Client(e)),
+            }
+        }
+        let taken = usize::try_from(upload.len)
+            .unwrap_or(usize::MAX)
+            .min(upload.read.len());
+        stream
+            .write_all(&upload.read[..taken])
+            .await
+            .map_err(Failed::Broken)?;
+        upload.read.drain(..taken);
+        upload.len -= taken as u64;
+    }
+    Ok(())
+}
+
+/// How much of `bytes` is the answer's body, and whether the body ends there.
+fn pass(framing: &mut Framing, bytes: &[u8]) -> Result<(usize, bool), h1::Malformed> {
+    Ok(match framing {
+        Framing::Empty => (0, true),
+        Framing::Length(left) => {
+            let taken = usize::try_from(*left)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            *left -= taken as u64;
+            (taken, *left == 0)
+        }
+        Framing::Chunked(chunked) => match chunked.feed(bytes)? {
+            Some(end) => (end, true),
+            None => (bytes.len(), false),
+        },
+        Framing::UntilClose => (bytes.len(), false),
+    })
+}
