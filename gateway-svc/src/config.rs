@@ -249,10 +249,11 @@ pub struct HttpLimits {
     #[arg(id = "http_max_connections", value_name = "HTTP_MAX_CONNECTIONS", long = "http-max-connections", env = "WEAPP_HTTP_MAX_CONNECTIONS", default_value = "20000", value_parser = positive)]
     pub max_connections: usize,
 
-    /// Forward bodiless HTTP/1.1 requests to business routes as bytes (`fast_path.rs`);
-    /// `false` sends every request through hyper's server and client.
-    #[arg(id = "http_byte_forwarding", value_name = "HTTP_BYTE_FORWARDING", long = "http-byte-forwarding", env = "WEAPP_HTTP_BYTE_FORWARDING", default_value_t = true, action = clap::ArgAction::Set)]
-    pub byte_forwarding: bool,
+    /// Serve HTTP/1.1 connections on the fast path (`fast_path.rs`: heads read once,
+    /// business requests forwarded as bytes); `false` sends every request through hyper's
+    /// server and, when forwarded, its client.
+    #[arg(id = "http_fast_path", value_name = "HTTP_FAST_PATH", long = "http-fast-path", env = "WEAPP_HTTP_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fast_path: bool,
 
     /// Threads that serve client connections, each with its own single-threaded runtime
     /// (`io_threads.rs`); 0: one per CPU.

@@ -194,7 +194,7 @@ pub async fn serve(
             }
             // Bodiless business requests on HTTP/1.1 go as bytes until one is not.
             let io = match outcome {
-                FirstRequest::AsSent if limits.byte_forwarding => {
+                FirstRequest::AsSent if limits.fast_path => {
                     match fast_path.serve(io, peer, &shutdown).await {
                         Served::Closed => return,
                         Served::ToHyper(io) => io,

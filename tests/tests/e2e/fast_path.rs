@@ -1,9 +1,11 @@
-//! The forwarding fast path (`gateway-svc/src/edge/fast_path.rs`): bodiless HTTP/1.1 requests
-//! to a business route go on as bytes and their answers come back in the upstream's own
-//! framing. Against an upstream that answers byte for byte what each test scripts, and
-//! clients that keep one connection: the answers' framings, pipelining, the hand-over to
-//! hyper mid-connection, answers that end badly, upstream connections closed while idle, and
-//! the same request on the upstream's side whichever path forwarded it.
+//! The gateway's fast path (`gateway-svc/src/edge/fast_path.rs`, `fast_forward.rs`): HTTP/1.1
+//! requests read once, business requests forwarded as bytes with their answers in the
+//! upstream's own framing, own paths answered on the same connection. Against an upstream
+//! that answers byte for byte what each test scripts, and clients that keep one connection:
+//! the answers' framings, pipelining, bodies, own paths and the hand-over to hyper
+//! mid-connection, answers that end badly, upstream connections closed while idle, and the
+//! same request on the upstream's side whichever path forwarded it. (Every other e2e test
+//! over HTTP/1.1 runs through the fast path too.)
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -538,7 +540,7 @@ async fn the_upstream_gets_the_same_request_from_either_path() {
     let fast = Stack::builder().routes(upstream.routes()).start().await;
     let hyper_only = Stack::builder()
         .routes(upstream.routes())
-        .gateway_args(["--http-byte-forwarding", "false"])
+        .gateway_args(["--http-fast-path", "false"])
         .start()
         .await;
     let mut heads = Vec::new();
