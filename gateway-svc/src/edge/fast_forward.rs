@@ -6,7 +6,7 @@
 //! a body with a `Content-Length` follows as it arrives; the upstream's answer is passed back
 //! as the upstream sent it, only its head looked at — as nginx does. Each upstream's idle
 //! TCP streams are kept per thread (`upstream.rs`).
-use std::time::Instant;
+use std::{sync::atomic::Ordering, time::Instant};
 
 use axum::http::{Method, header};
 use tokio::{
@@ -58,8 +58,15 @@ impl FastPath {
             len,
             mut framing,
             upstream_keeps_open,
-            client_keeps_open,
+            mut client_keeps_open,
         } = answer;
+        // The gateway began to stop while the upstream worked: the answer says so too.
+        if client_keeps_open && self.stopping.load(Ordering::Relaxed) {
+            let head = &mut conn.buffers.answer;
+            head.truncate(head.len().saturating_sub(2));
+            head.extend_from_slice(b"connection: close\r\n\r\n");
+            client_keeps_open = false;
+        }
         let rest = conn.buffers.upstream.get(len..).unwrap_or_default();
         let (taken, mut ended) = match pass(&mut framing, rest) {
             Ok(passed) => passed,

@@ -16,7 +16,10 @@ use std::{
     borrow::Cow,
     net::SocketAddr,
     pin::{Pin, pin},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Instant,
 };
 
@@ -53,6 +56,9 @@ pub struct FastPath {
     pub limits: HttpLimits,
     pub metrics: Arc<GatewayMetrics>,
     pub spans: Spans,
+    /// The gateway is stopping: each answer says `Connection: close`, and the connection
+    /// closes after it (the shutdown token itself is a lock to read).
+    pub stopping: AtomicBool,
 }
 
 /// How a connection left this path.
@@ -85,6 +91,9 @@ pub(crate) struct Conn {
     pub alarm: Alarm,
 }
 
+/// A buffer that grew past this for one large message is let go once it is done with.
+const KEPT_CAPACITY: usize = 64 * 1024;
+
 /// A connection's buffers, reused by its requests.
 #[derive(Default)]
 pub(crate) struct Buffers {
@@ -96,6 +105,17 @@ pub(crate) struct Buffers {
     pub upstream: Vec<u8>,
     /// What the client gets.
     pub answer: Vec<u8>,
+}
+
+impl Buffers {
+    /// An idle kept-alive connection holds a few KiB, not the largest head it ever saw.
+    fn trim(&mut self) {
+        for buffer in [&mut self.request, &mut self.upstream, &mut self.answer] {
+            if buffer.capacity() > KEPT_CAPACITY {
+                *buffer = Vec::new();
+            }
+        }
+    }
 }
 
 impl FastPath {
@@ -149,6 +169,7 @@ impl FastPath {
                 }
             };
             let started = Instant::now();
+            head.close |= self.stopping.load(Ordering::Relaxed);
             // Routed on the normalized path, as in `server.rs`.
             let refused = match path::normalize(head.path()) {
                 Ok(Cow::Borrowed(_)) => None,
@@ -220,6 +241,10 @@ impl FastPath {
             if !done.keep_open {
                 return Served::Closed;
             }
+            conn.buffers.trim();
+            if conn.read.is_empty() && conn.read.capacity() > KEPT_CAPACITY {
+                conn.read = Vec::new();
+            }
         }
     }
 
@@ -247,7 +272,9 @@ impl FastPath {
         request.extensions_mut().insert(origin.context);
         let serving = self.dispatcher.serve(destination, origin.peer, request);
         let response = trace::within(Some(origin.context), serving).await;
-        answer(response, conn, flags).await
+        let (head_request, close) = flags;
+        let close = close || self.stopping.load(Ordering::Relaxed);
+        answer(response, conn, (head_request, close)).await
     }
 }
 

@@ -69,6 +69,15 @@ pub async fn serve(
         limits,
         metrics: metrics.clone(),
         spans: spans.clone(),
+        stopping: AtomicBool::new(false),
+    });
+    // As hyper's graceful stop does, requests answered from here on say the connection ends.
+    tokio::spawn({
+        let (fast_path, shutdown) = (fast_path.clone(), shutdown.clone());
+        async move {
+            shutdown.cancelled().await;
+            fast_path.stopping.store(true, Ordering::Relaxed);
+        }
     });
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));

@@ -21,7 +21,7 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
 };
-use weapp_tests::{ClientSession, Stack};
+use weapp_tests::{ClientSession, Service, Stack};
 
 /// An upstream whose answers are written byte for byte by `script`, by request line.
 struct Scripted {
@@ -137,6 +137,9 @@ async fn serve(mut tcp: TcpStream, seen: Arc<Mutex<Vec<String>>>, script: Script
         }
         let line = head.lines().next().unwrap_or_default().to_owned();
         seen.lock().unwrap().push(head);
+        if line.contains("/api/slow") {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
         let (answer, close) = script(&line, length);
         if tcp.write_all(&answer).await.is_err() || close {
             return;
@@ -167,6 +170,7 @@ fn framings(line: &str, body: usize) -> (Vec<u8>, bool) {
         [_, "/api/early"] => {
             "HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         }
+        [_, "/api/slow"] => "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow",
         [_, "/api/posted"] => "HTTP/1.1 201 Created\r\nContent-Length: 6\r\n\r\nposted",
         [_, "/api/count"] => {
             let said = body.to_string();
@@ -603,4 +607,25 @@ async fn the_upstream_gets_the_same_request_from_either_path() {
             "{spoofed} reached the upstream: {fast_head}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_request_in_flight_when_the_gateway_stops_is_answered_and_told_the_connection_ends() {
+    let upstream = Scripted::start(framings).await;
+    let stack = Stack::builder().routes(upstream.routes()).start().await;
+    let (_, session) = stack.new_session().await;
+    let mut tcp = TcpStream::connect(stack.gateway_addr()).await.unwrap();
+    tcp.write_all(raw_get("/api/slow", &session).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stack.begin_shutdown(Service::Gateway);
+    let text = until_closed(&mut tcp).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\nslow"), "{text}");
 }
