@@ -67,6 +67,26 @@ impl Scripted {
     }
 }
 
+/// Reads what `tcp` has next onto `buf`; `false` once it is closed.
+async fn read_more(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    match tcp.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+/// A stack routing `/api/` to an upstream scripted by `framings`, and a session on it.
+async fn scripted_stack() -> (Scripted, Stack, ClientSession) {
+    let upstream = Scripted::start(framings).await;
+    let stack = Stack::builder().routes(upstream.routes()).start().await;
+    let (_, session) = stack.new_session().await;
+    (upstream, stack, session)
+}
+
 async fn serve(mut tcp: TcpStream, seen: Arc<Mutex<Vec<String>>>, script: Script) {
     let mut buf = Vec::new();
     loop {
@@ -74,10 +94,8 @@ async fn serve(mut tcp: TcpStream, seen: Arc<Mutex<Vec<String>>>, script: Script
             if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break at + 4;
             }
-            let mut chunk = [0u8; 4096];
-            match tcp.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            if !read_more(&mut tcp, &mut buf).await {
+                return;
             }
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -99,10 +117,8 @@ async fn serve(mut tcp: TcpStream, seen: Arc<Mutex<Vec<String>>>, script: Script
                     if let Some(i) = buf[at..].windows(2).position(|w| w == b"\r\n") {
                         break at + i;
                     }
-                    let mut chunk = [0u8; 4096];
-                    match tcp.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    if !read_more(&mut tcp, &mut buf).await {
+                        return;
                     }
                 };
                 let size = std::str::from_utf8(&buf[at..line_end])
@@ -111,10 +127,8 @@ async fn serve(mut tcp: TcpStream, seen: Arc<Mutex<Vec<String>>>, script: Script
                     .unwrap_or(0);
                 let next = line_end + 2 + size + 2;
                 while buf.len() < next {
-                    let mut chunk = [0u8; 4096];
-                    match tcp.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    if !read_more(&mut tcp, &mut buf).await {
+                        return;
                     }
                 }
                 data += size;
@@ -127,10 +141,8 @@ async fn serve(mut tcp: TcpStream, seen: Arc<Mutex<Vec<String>>>, script: Script
             length = data;
         } else {
             while buf.len() < end + length {
-                let mut chunk = [0u8; 4096];
-                match tcp.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                if !read_more(&mut tcp, &mut buf).await {
+                    return;
                 }
             }
             buf.drain(..end + length);
@@ -284,9 +296,7 @@ impl Connection {
 
 #[tokio::test]
 async fn answers_come_back_in_the_upstreams_framing_on_one_kept_connection() {
-    let upstream = Scripted::start(framings).await;
-    let stack = Stack::builder().routes(upstream.routes()).start().await;
-    let (_, session) = stack.new_session().await;
+    let (upstream, stack, session) = scripted_stack().await;
     let mut client = Connection::open(stack.gateway_addr()).await;
 
     let (status, headers, body) = client.send("GET", "/api/length", &session, "").await;
@@ -332,9 +342,7 @@ async fn answers_come_back_in_the_upstreams_framing_on_one_kept_connection() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
-    let upstream = Scripted::start(framings).await;
-    let stack = Stack::builder().routes(upstream.routes()).start().await;
-    let (_, session) = stack.new_session().await;
+    let (_upstream, stack, session) = scripted_stack().await;
     let mut tcp = TcpStream::connect(stack.gateway_addr()).await.unwrap();
     let requests: String = ["1", "22", "333"]
         .iter()
@@ -369,9 +377,7 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[tokio::test]
 async fn bodies_own_paths_and_the_hand_over_to_hyper_share_one_connection() {
-    let upstream = Scripted::start(framings).await;
-    let stack = Stack::builder().routes(upstream.routes()).start().await;
-    let (_, session) = stack.new_session().await;
+    let (upstream, stack, session) = scripted_stack().await;
     let mut client = Connection::open(stack.gateway_addr()).await;
     let (status, _, body) = client.send("GET", "/api/length", &session, "").await;
     assert_eq!((status, body.as_str()), (200, "hello"));
@@ -419,12 +425,11 @@ async fn a_body_over_the_routes_limit_is_413_and_ends_the_connection() {
     let routes = format!("{}max_body_bytes = 10\n", upstream.routes());
     let stack = Stack::builder().routes(routes).start().await;
     let (_, session) = stack.new_session().await;
-    let mut tcp = TcpStream::connect(stack.gateway_addr()).await.unwrap();
     let request = format!(
         "POST /api/count HTTP/1.1\r\nHost: x\r\nX-WX-Id: {}\r\nX-WX-Skey: {}\r\nContent-Length: 11\r\n\r\n",
         session.id, session.skey
     );
-    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut tcp = sent(&stack, &request).await;
     // The body is never sent: the answer does not wait for it, and the connection ends
     // (what follows would be read as the next request).
     let text = until_closed(&mut tcp).await;
@@ -447,6 +452,24 @@ async fn until_closed(tcp: &mut TcpStream) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// A connection to the gateway on which `request` was sent.
+async fn sent(stack: &Stack, request: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(stack.gateway_addr()).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// `text` is an answer with `status` and `body` that says the connection ends.
+fn closing_answer(text: &str, status: u16, body: &str) {
+    assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with(&format!("\r\n\r\n{body}")), "{text}");
+}
+
 fn raw_get(path: &str, session: &ClientSession) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: x\r\nX-WX-Id: {}\r\nX-WX-Skey: {}\r\n\r\n",
@@ -456,30 +479,16 @@ fn raw_get(path: &str, session: &ClientSession) -> String {
 
 #[tokio::test]
 async fn answers_that_end_badly_end_the_client_connection_or_are_502() {
-    let upstream = Scripted::start(framings).await;
-    let stack = Stack::builder().routes(upstream.routes()).start().await;
-    let (_, session) = stack.new_session().await;
+    let (_upstream, stack, session) = scripted_stack().await;
 
     // Ended by the upstream closing: the client's connection ends too, the body whole.
-    let mut tcp = TcpStream::connect(stack.gateway_addr()).await.unwrap();
-    tcp.write_all(raw_get("/api/until-close", &session).as_bytes())
-        .await
-        .unwrap();
+    let mut tcp = sent(&stack, &raw_get("/api/until-close", &session)).await;
     let text = until_closed(&mut tcp).await;
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(
-        text.to_ascii_lowercase()
-            .contains("\r\nconnection: close\r\n"),
-        "{text}"
-    );
-    assert!(text.ends_with("\r\n\r\nall of it"), "{text}");
+    closing_answer(&text, 200, "all of it");
 
     // Cut short: the client's connection is closed, so the client knows (never kept alive
     // with a body it waits for).
-    let mut tcp = TcpStream::connect(stack.gateway_addr()).await.unwrap();
-    tcp.write_all(raw_get("/api/cut", &session).as_bytes())
-        .await
-        .unwrap();
+    let mut tcp = sent(&stack, &raw_get("/api/cut", &session)).await;
     let text = until_closed(&mut tcp).await;
     assert!(text.ends_with("\r\n\r\nhalf"), "{text}");
 
@@ -492,10 +501,9 @@ async fn answers_that_end_badly_end_the_client_connection_or_are_502() {
     assert_eq!((status, body.as_str()), (200, "hello"));
 
     // The client says close: answered, then closed.
-    let mut tcp = TcpStream::connect(stack.gateway_addr()).await.unwrap();
     let request =
         raw_get("/api/length", &session).replace("Host: x\r\n", "Host: x\r\nConnection: close\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut tcp = sent(&stack, &request).await;
     let text = until_closed(&mut tcp).await;
     assert!(
         text.to_ascii_lowercase()
@@ -507,9 +515,7 @@ async fn answers_that_end_badly_end_the_client_connection_or_are_502() {
 
 #[tokio::test]
 async fn an_upstream_connection_closed_while_idle_is_replaced() {
-    let upstream = Scripted::start(framings).await;
-    let stack = Stack::builder().routes(upstream.routes()).start().await;
-    let (_, session) = stack.new_session().await;
+    let (upstream, stack, session) = scripted_stack().await;
     let mut client = Connection::open(stack.gateway_addr()).await;
     // Back to back: the close may or may not have been seen when the next request goes.
     for _ in 0..10 {
@@ -563,8 +569,7 @@ async fn the_upstream_gets_the_same_request_from_either_path() {
             skey = session.skey
         );
         let before = upstream.seen().len();
-        let mut tcp = TcpStream::connect(stack.gateway_addr()).await.unwrap();
-        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut tcp = sent(stack, &request).await;
         let mut got = [0u8; 4096];
         let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut got))
             .await
@@ -611,21 +616,10 @@ async fn the_upstream_gets_the_same_request_from_either_path() {
 
 #[tokio::test]
 async fn a_request_in_flight_when_the_gateway_stops_is_answered_and_told_the_connection_ends() {
-    let upstream = Scripted::start(framings).await;
-    let stack = Stack::builder().routes(upstream.routes()).start().await;
-    let (_, session) = stack.new_session().await;
-    let mut tcp = TcpStream::connect(stack.gateway_addr()).await.unwrap();
-    tcp.write_all(raw_get("/api/slow", &session).as_bytes())
-        .await
-        .unwrap();
+    let (_upstream, stack, session) = scripted_stack().await;
+    let mut tcp = sent(&stack, &raw_get("/api/slow", &session)).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     stack.begin_shutdown(Service::Gateway);
     let text = until_closed(&mut tcp).await;
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(
-        text.to_ascii_lowercase()
-            .contains("\r\nconnection: close\r\n"),
-        "{text}"
-    );
-    assert!(text.ends_with("\r\n\r\nslow"), "{text}");
+    closing_answer(&text, 200, "slow");
 }
