@@ -15,6 +15,7 @@ use http_body_util::{LengthLimitError, Limited};
 use ipnet::IpNet;
 
 use crate::{
+    business::h1::HOP_BY_HOP,
     business::route_table::Business,
     business::upstream::UpstreamError,
     config::{client_ip, is_trusted_proxy},
@@ -145,25 +146,6 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
 }
-
-/// Whether a field of this name ends at this hop whatever `Connection` says.
-pub(crate) fn ends_at_this_hop(name: &str) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
-}
-
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-    header::TRAILER,
-];
 
 /// What the upstream sees of the client's headers: no hop-by-hop fields, no session
 /// credentials, no identity the client made up; the identity of the session (if any) and

@@ -14,7 +14,26 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
 };
 
-use crate::business::forward;
+/// Whether a field of this name ends at this hop whatever `Connection` says.
+pub(crate) fn ends_at_this_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+}
+
+/// RFC 9110 §7.6.1: connection-specific fields, which end at this hop (with the fields the
+/// `Connection` header names).
+pub const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TRAILER,
+];
 
 /// Header lines looked at in one request or answer; more go to hyper (431 past the
 /// gateway's own limit) or fail the answer.
@@ -398,7 +417,7 @@ pub fn parse_answer(
             // is not sent (RFC 9112 §6.2).
             name.eq_ignore_ascii_case("transfer-encoding") || !coded
         } else {
-            !forward::ends_at_this_hop(name) && !named.iter().any(|n| n.eq_ignore_ascii_case(name))
+            !ends_at_this_hop(name) && !named.iter().any(|n| n.eq_ignore_ascii_case(name))
         };
         if passed {
             out.extend_from_slice(name.as_bytes());
