@@ -129,12 +129,8 @@ pub fn parse_request(buf: &[u8], max_headers: usize, headers: &mut HeaderMap) ->
             return Parsed::NotMine;
         }
         if name == header::CONTENT_LENGTH {
-            // Digits only (no sign, no list); a second one must say the same (RFC 9112 §6.3).
-            let length = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok());
-            match (length, body) {
+            // A second one must say the same (RFC 9112 §6.3).
+            match (content_length(value), body) {
                 (Some(n), None) => body = Some(n),
                 (Some(n), Some(earlier)) if n == earlier => {}
                 _ => return Parsed::NotMine,
@@ -165,6 +161,14 @@ pub fn parse_request(buf: &[u8], max_headers: usize, headers: &mut HeaderMap) ->
         body: body.unwrap_or(0),
         close,
     })
+}
+
+/// A `Content-Length` value: digits only (no sign, no list), within a u64.
+fn content_length(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse().ok())
 }
 
 /// Names every wafer client or proxy sends that are not among `http`'s standard ones:
@@ -303,6 +307,28 @@ pub enum Framing {
     UntilClose,
 }
 
+impl Framing {
+    /// How much of `bytes` (the next the upstream sent) is the body, and whether the body
+    /// ends there.
+    pub fn pass(&mut self, bytes: &[u8]) -> Result<(usize, bool), Malformed> {
+        Ok(match self {
+            Self::Empty => (0, true),
+            Self::Length(left) => {
+                let taken = usize::try_from(*left)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                *left -= taken as u64;
+                (taken, *left == 0)
+            }
+            Self::Chunked(chunked) => match chunked.feed(bytes)? {
+                Some(end) => (end, true),
+                None => (bytes.len(), false),
+            },
+            Self::UntilClose => (bytes.len(), false),
+        })
+    }
+}
+
 /// What the start of the upstream's buffer holds.
 #[derive(Debug)]
 pub enum Answer {
@@ -366,11 +392,7 @@ pub fn parse_answer(
     for line in answer.headers.iter() {
         let value = line.value.trim_ascii();
         if line.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or(Malformed("bad Content-Length"))?;
+            let n = content_length(value).ok_or(Malformed("bad Content-Length"))?;
             if length.is_some_and(|earlier| earlier != n) {
                 return Err(Malformed("two Content-Lengths"));
             }

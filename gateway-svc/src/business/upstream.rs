@@ -1,6 +1,6 @@
 //! The connections to one business upstream: HTTP/1.1, kept alive between requests. Two
 //! idle lists: hyper's client connections, for requests `forward.rs` serves, and plain TCP
-//! streams, for those `fast_path.rs` forwards as bytes. Each hyper
+//! streams, for those `edge/fast_forward.rs` forwards as bytes. Each hyper
 //! connection is driven by the request that holds it — its I/O runs in that request's task,
 //! not in a task of its own — so a forwarded request costs no hand-offs between tasks (what a
 //! general-purpose client pool spends on every request). A connection goes back to the idle
@@ -239,7 +239,7 @@ impl<T> PerThread<T> {
 /// Whether an idle stream has nothing to read: an upstream that closed it (or, against the
 /// protocol, sent something unasked) made it readable. `try_read` makes a system call only
 /// when the runtime has seen the stream readable since its last read came up empty; a close
-/// that has not been seen yet is what the retry in `fast_path.rs` is for.
+/// that has not been seen yet is what the retry in `edge/fast_forward.rs` is for.
 fn quiet(stream: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)

@@ -68,7 +68,7 @@ impl FastPath {
             client_keeps_open = false;
         }
         let rest = conn.buffers.upstream.get(len..).unwrap_or_default();
-        let (taken, mut ended) = match pass(&mut framing, rest) {
+        let (taken, mut ended) = match framing.pass(rest) {
             Ok(passed) => passed,
             Err(e) => {
                 tracing::warn!(route = %business.route.prefix, error = %e, "upstream answer refused");
@@ -107,7 +107,7 @@ impl FastPath {
                 Ok(n) => n,
                 Err(_) => break,
             };
-            let (taken, end) = match pass(&mut framing, &from_upstream[..n]) {
+            let (taken, end) = match framing.pass(&from_upstream[..n]) {
                 Ok(passed) => passed,
                 Err(e) => {
                     tracing::warn!(route = %business.route.prefix, error = %e, "upstream answer cut");
@@ -347,23 +347,4 @@ async fn send_body(stream: &mut TcpStream, upload: &mut Upload<'_>) -> Result<()
         upload.len -= taken as u64;
     }
     Ok(())
-}
-
-/// How much of `bytes` is the answer's body, and whether the body ends there.
-fn pass(framing: &mut Framing, bytes: &[u8]) -> Result<(usize, bool), h1::Malformed> {
-    Ok(match framing {
-        Framing::Empty => (0, true),
-        Framing::Length(left) => {
-            let taken = usize::try_from(*left)
-                .unwrap_or(usize::MAX)
-                .min(bytes.len());
-            *left -= taken as u64;
-            (taken, *left == 0)
-        }
-        Framing::Chunked(chunked) => match chunked.feed(bytes)? {
-            Some(end) => (end, true),
-            None => (bytes.len(), false),
-        },
-        Framing::UntilClose => (bytes.len(), false),
-    })
 }

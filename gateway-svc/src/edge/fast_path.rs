@@ -293,11 +293,11 @@ async fn answer(response: Response, conn: &mut Conn, (head_request, close): (boo
         || status.as_u16() == 204
         || status.as_u16() == 304;
     let length = body.size_hint().exact();
-    let framing = match (bodiless, length) {
-        (true, _) if !head_request => h1::Length::None,
-        (_, Some(n)) => h1::Length::Known(n),
-        (true, None) => h1::Length::None,
-        (false, None) => h1::Length::Chunked,
+    // A HEAD answer says the length its GET would have, when it is known.
+    let framing = match (length, bodiless) {
+        (Some(n), _) if head_request || !bodiless => h1::Length::Known(n),
+        (None, false) => h1::Length::Chunked,
+        _ => h1::Length::None,
     };
     let out = &mut conn.buffers.answer;
     out.clear();

@@ -5,7 +5,10 @@
 //! (503 past it), bodies over the limit refused before routing (413, `body_limit.rs`) — plus
 //! TCP_NODELAY and the client address for every connection, paths normalized before anything
 //! routes on them (`path.rs`), WebSocket upgrades from proxies
-//! that speak HTTP/1.0 upstream (`legacy_upgrade.rs`), and a graceful stop.
+//! that speak HTTP/1.0 upstream (`legacy_upgrade.rs`), and a graceful stop. Each accepted
+//! connection runs on one of the connection threads (`io_threads.rs`) and starts on the fast
+//! path (`fast_path.rs`, the same limits and routing), which hands it to hyper at the first
+//! request it does not take.
 use std::{
     borrow::Cow,
     convert::Infallible,
