@@ -110,3 +110,29 @@ paths = {
 }
 for name, text in paths.items():
     write("path", name, text)
+
+# Request heads: what passes, and the smuggling classics that must not.
+heads = {
+    "get": "GET /api/orders?a=1 HTTP/1.1\r\nHost: x\r\nX-WX-Id: abc\r\nX-WX-Skey: c2tleQ\r\n\r\n",
+    "post-length": "POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+    "two-equal-lengths": "POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    "chunked": "POST /api/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "cl-te": "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+    "te-obfuscated": "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
+    "http10": "GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    "expect": "PUT /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    "bare-lf": "GET / HTTP/1.1\nHost: x\n\n",
+    "fragment": "GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n",
+    "pipelined": "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+for name, text in heads.items():
+    write("request_head", name, text)
+
+chunked_bodies = {
+    "one-chunk": "\x03" + "5;ext=1\r\nhello\r\n0\r\n\r\n",
+    "trailers": "\x09" + "3\r\nabc\r\n0\r\nX-T: 1\r\n\r\nNEXT",
+    "bare-lf": "\x01" + "3\nabc\r\n0\r\n\r\n",
+    "bad-size": "\x00" + "zz\r\n",
+}
+for name, text in chunked_bodies.items():
+    write("chunked", name, text)

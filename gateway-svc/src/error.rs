@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tonic::Code;
 
+use weapp_wire::request_head::Refusal;
+
 use crate::wafer;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,9 @@ pub enum ApiError {
     UpstreamRefusedSocket { prefix: String, status: StatusCode },
     #[error("the request path cannot be forwarded")]
     BadRequestTarget,
+    /// A request head the edge does not read one way only (`request_head.rs`).
+    #[error(transparent)]
+    Head(Refusal),
     /// A request to a WebSocket path that is not a WebSocket handshake.
     #[error("a WebSocket handshake needs {0}")]
     NotWebSocket(&'static str),
@@ -175,7 +180,9 @@ impl ApiError {
             | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Head(Refusal::TooLarge) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BadBody
+            | Self::Head(Refusal::Malformed(_))
             | Self::BadRequestTarget
             | Self::NotWebSocket(_)
             | Self::BadPath(_)
@@ -213,6 +220,7 @@ impl ApiError {
             }
             Self::BodyTimeout
             | Self::BadBody
+            | Self::Head(_)
             | Self::BadRequestTarget
             | Self::NotWebSocket(_)
             | Self::BadPath(_) => {

@@ -4,7 +4,8 @@
 //!   through the binaries' own parser; `wechat.rs` — the WeChat sandbox;
 //! * `client.rs` — a wafer client of the gateway; `ws.rs` — WebSocket frames;
 //! * `store_door.rs` — session-svc's store behind its back;
-//! * `upstream.rs` — a business upstream behind the gateway's forwarding;
+//! * `upstream.rs` — a business upstream behind the gateway's forwarding; `scripted.rs` — one
+//!   whose answers are scripted byte for byte and which records what reached it as bytes;
 //! * `raw.rs` — HTTP requests written byte for byte (paths no URL parser would leave alone);
 //! * `ports.rs` — ports that cannot race; `process.rs` — waiting for spawned servers;
 //! * `mongo.rs`, `nginx.rs`, `services.rs` — real nx-27017, real nginx and the shipped
@@ -24,6 +25,7 @@ pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod raw;
+pub mod scripted;
 pub mod services;
 pub mod stack;
 pub mod store_door;

@@ -1,11 +1,15 @@
-//! Everything weapp reads from outside before it trusts it, with no I/O: request paths
-//! (`path`: normalized before the gateway routes on them), wafer's parameters
+//! Everything weapp reads from outside before it trusts it, with no I/O: HTTP/1 request heads
+//! (`request_head`: the one strict reading every request gets at the gateway) and bodies'
+//! framing (`framing`), request paths (`path`: normalized before the gateway routes on
+//! them), wafer's parameters
 //! (`params`), WeChat's user data (`user_data`: base64, AES-128-CBC, PKCS#7, JSON with a
 //! watermark, rawData signatures) and WeChat's `jscode2session` answers (`wechat_answer`).
 //! A crate of its own so that the fuzz targets in `fuzz/` build in seconds, not minutes.
 
+pub mod framing;
 pub mod params;
 pub mod path;
+pub mod request_head;
 pub mod user;
 pub mod user_data;
 pub mod wechat_answer;

@@ -11,7 +11,8 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, header},
     response::Response,
 };
-use http_body_util::{LengthLimitError, Limited};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use hyper::body::Frame;
 use ipnet::IpNet;
 
 use crate::{
@@ -35,6 +36,7 @@ pub async fn forward(
 ) -> Result<Response, ApiError> {
     let (route, upstream) = (&*business.route, &business.upstream);
     let (mut parts, body) = request.into_parts();
+    let body = Body::new(from_client(body));
     let max = route.max_body_bytes;
     let length = parts
         .headers
@@ -73,10 +75,15 @@ pub async fn forward(
     let answer = tokio::time::timeout(route.timeout, upstream.send(outgoing)).await;
     let answer = match answer {
         Err(_) => return Err(ApiError::UpstreamTimeout(route.prefix.clone())),
-        Ok(Err(e)) if limit_exceeded(&e) => {
+        Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => {
             return Err(ApiError::BodyTooLarge(
                 usize::try_from(max).unwrap_or(usize::MAX),
             ));
+        }
+        // A malformed chunk, a body cut short: the client's error, not the upstream's.
+        Ok(Err(e)) if caused_by::<ClientBody>(&e) => {
+            tracing::debug!(error = %e, cause = ?e.source(), "the client's body broke");
+            return Err(ApiError::BadBody);
         }
         Ok(Err(e)) => {
             tracing::warn!(route = %route.prefix, error = %e, cause = ?e.source(), "upstream request failed");
@@ -106,15 +113,33 @@ impl ClientAddress<'_> {
     }
 }
 
-fn limit_exceeded(e: &UpstreamError) -> bool {
+fn caused_by<E: std::error::Error + 'static>(e: &UpstreamError) -> bool {
     let mut source = e.source();
     while let Some(cause) = source {
-        if cause.is::<LengthLimitError>() {
+        if cause.is::<E>() {
             return true;
         }
         source = cause.source();
     }
     false
+}
+
+/// The client's body failed to arrive as framed.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's body did not arrive as framed")]
+struct ClientBody(#[source] axum::Error);
+
+/// The client's body as the upstream gets it: its errors marked as the client's, and its
+/// trailers (should hyper's client ever send them) without a client-made identity.
+fn from_client(body: Body) -> impl hyper::body::Body<Data = axum::body::Bytes, Error = ClientBody> {
+    body.map_frame(|frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            identity::strip_client_headers(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    })
+    .map_err(ClientBody)
 }
 
 /// RFC 9110 §7.6.1: connection-specific fields end at this hop, with the fields the
@@ -158,7 +183,9 @@ pub(crate) fn request_headers(
     remove_hop_by_hop(headers);
     // The upstream answers in full; hyper does not speak 100-continue as a client.
     headers.remove(header::EXPECT);
-    // Read before the client's headers go: a trusted proxy's X-Real-IP names the client.
+    let trusted = client_address.trusted();
+    // Read before the client's fields go: a trusted proxy's X-Real-IP names the client, its
+    // X-Forwarded-For and -Proto go on. Anyone else's are claims nobody checked.
     let client = names.cloudrun().then(|| {
         client_ip(
             client_address.trusted_proxies,
@@ -166,24 +193,28 @@ pub(crate) fn request_headers(
             headers,
         )
     });
-    // The session credentials (`X-WX-Id`, `X-WX-Skey`) and every identity the client made up.
-    identity::strip_client_headers(headers);
-    if let Some(session) = session {
-        session.insert_identity(headers, names);
-    }
-    // The client's Host goes on as X-Forwarded-Host; hyper sets the upstream's.
-    if let Some(host) = headers.remove(header::HOST) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
-    let trusted = client_address.trusted();
-    let peer = client_address.peer.ip().to_canonical();
     let forwarded_for = HeaderName::from_static("x-forwarded-for");
-    // Behind a trusted proxy, its list goes on with the proxy appended; anyone else's list
-    // is a claim nobody checked, and is replaced.
+    let proto = HeaderName::from_static("x-forwarded-proto");
+    let peer = client_address.peer.ip().to_canonical();
     let chain = match headers.get(&forwarded_for).and_then(|v| v.to_str().ok()) {
         Some(earlier) if trusted => format!("{earlier}, {peer}"),
         _ => peer.to_string(),
     };
+    let told_proto = headers
+        .get(&proto)
+        .filter(|v| trusted && matches!(v.as_bytes(), b"http" | b"https"))
+        .cloned();
+    // The client's Host goes on as X-Forwarded-Host; the caller sets the upstream's.
+    let host = headers.remove(header::HOST);
+    // The session credentials (`X-WX-Id`, `X-WX-Skey`), every identity, address and route
+    // the client made up, in any spelling; the forwarding fields are the gateway's alone.
+    identity::strip_client_headers(headers);
+    if let Some(session) = session {
+        session.insert_identity(headers, names);
+    }
+    if let Some(host) = host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
     // Cloud Run's name for the client's address.
     if let Some(Ok(value)) = client.map(|ip| HeaderValue::try_from(ip.to_string())) {
         headers.insert(identity::ORIGINAL_FORWARDED_FOR, value);
@@ -191,12 +222,10 @@ pub(crate) fn request_headers(
     if let Ok(value) = HeaderValue::try_from(chain) {
         headers.insert(forwarded_for, value);
     }
-    let proto = HeaderName::from_static("x-forwarded-proto");
-    let told = headers
-        .get(&proto)
-        .filter(|v| trusted && matches!(v.as_bytes(), b"http" | b"https"))
-        .cloned();
-    headers.insert(proto, told.unwrap_or(HeaderValue::from_static("http")));
+    headers.insert(
+        proto,
+        told_proto.unwrap_or(HeaderValue::from_static("http")),
+    );
 }
 
 /// Appends the query string without wafer's session parameters (any letter case), the rest

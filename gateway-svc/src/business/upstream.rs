@@ -9,20 +9,30 @@
 //! a new connection.
 use std::{
     future::{Future, poll_fn},
+    io,
     pin::{Pin, pin},
-    sync::{Arc, Mutex, MutexGuard},
-    task::{Context, Poll},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
 use axum::body::{Body, Bytes};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode, Version, header};
 use hyper::{
     body::{Body as _, Frame, Incoming, SizeHint},
     client::conn::http1::{self, Connection, SendRequest},
 };
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+use crate::business::h1::Malformed;
 
 /// Idle connections kept per upstream.
 const MAX_IDLE: usize = 256;
@@ -30,26 +40,28 @@ const MAX_IDLE: usize = 256;
 /// connections on their own clock, commonly after 60 s or more).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Conn = Connection<TokioIo<TcpStream>, Body>;
+type Conn = Connection<TokioIo<ToUpstream>, Body>;
 
 struct Pooled {
     sender: SendRequest<Body>,
     conn: Conn,
     idle_since: Instant,
+    /// The upstream stopped reading a body (`ToUpstream`): never reused.
+    stopped_reading: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
+    Connect(io::Error),
     #[error("connect timed out")]
     ConnectTimeout,
     #[error(transparent)]
     Http(#[from] hyper::Error),
     #[error("the connection failed: {0}")]
-    Broken(std::io::Error),
+    Broken(io::Error),
     #[error(transparent)]
-    Malformed(#[from] crate::business::h1::Malformed),
+    Malformed(#[from] Malformed),
 }
 
 impl UpstreamError {
@@ -138,6 +150,10 @@ impl Upstream {
             let sending = pooled.sender.try_send_request(request);
             match drive(&mut pooled.conn, sending).await {
                 Some(Ok(response)) => {
+                    // Dropped with its connection: never reused, never passed on.
+                    if let Some(fault) = framing_fault(&response) {
+                        return Err(Malformed(fault).into());
+                    }
                     let (parts, incoming) = response.into_parts();
                     // No body to read (HEAD, 204, 304): the connection is free already (the
                     // next checkout drives it to ready).
@@ -163,7 +179,7 @@ impl Upstream {
                     _ => return Err(refused.into_error().into()),
                 },
                 None => {
-                    return Err(UpstreamError::Connect(std::io::Error::other(
+                    return Err(UpstreamError::Connect(io::Error::other(
                         "the connection closed before the answer",
                     )));
                 }
@@ -190,20 +206,131 @@ impl Upstream {
 
     async fn connect(&self) -> Result<Pooled, UpstreamError> {
         let tcp = self.connect_stream().await?;
-        let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+        let stopped_reading = Arc::new(AtomicBool::new(false));
+        let io = ToUpstream {
+            tcp,
+            stopped_reading: stopped_reading.clone(),
+        };
+        let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
         Ok(Pooled {
             sender,
             conn,
             idle_since: Instant::now(),
+            stopped_reading,
         })
     }
 
     fn checkin(&self, mut pooled: Pooled) {
+        if pooled.stopped_reading.load(Ordering::Relaxed) {
+            return;
+        }
         pooled.idle_since = Instant::now();
         let mut idle = self.idle();
         if idle.len() < MAX_IDLE {
             idle.push(pooled);
         }
+    }
+}
+
+/// What makes an upstream's answer one two readers could frame two ways (RFC 9112 §6.1,
+/// §6.3), or not an answer to this request at all (a 101 nobody asked for: the relay and
+/// forwarded requests never ask; forwarded WebSockets have their own client).
+fn framing_fault<B>(answer: &Response<B>) -> Option<&'static str> {
+    let headers = answer.headers();
+    let coded = headers.contains_key(header::TRANSFER_ENCODING);
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = lengths.next();
+    if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
+        Some("an upgrade nobody asked for")
+    } else if coded && answer.version() == Version::HTTP_10 {
+        Some("a transfer coding in HTTP/1.0")
+    } else if coded && first.is_some() {
+        Some("both Content-Length and Transfer-Encoding")
+    } else if first.is_some_and(|first| lengths.any(|other| other != first)) {
+        Some("two Content-Lengths")
+    } else {
+        None
+    }
+}
+
+/// The upstream's stream as hyper's client writes to it. An upstream may answer before it has
+/// read the whole body (413, 401) and close: a write that then fails is taken as sent and the
+/// rest of the body is dropped, so that hyper's client reads the answer already on its way
+/// instead of failing the exchange on the write (the fast path reads while it sends, to the
+/// same end). Such a connection is never reused; one that answers nothing fails on its read.
+struct ToUpstream {
+    tcp: TcpStream,
+    stopped_reading: Arc<AtomicBool>,
+}
+
+impl ToUpstream {
+    fn written(&self, written: io::Result<usize>, len: usize) -> io::Result<usize> {
+        match written {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                self.stopped_reading.store(true, Ordering::Relaxed);
+                Ok(len)
+            }
+            _ if self.stopped_reading.load(Ordering::Relaxed) => Ok(len),
+            other => other,
+        }
+    }
+}
+
+impl AsyncRead for ToUpstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ToUpstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.stopped_reading.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let written = ready!(Pin::new(&mut this.tcp).poll_write(cx, buf));
+        Poll::Ready(this.written(written, buf.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if this.stopped_reading.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(len));
+        }
+        let written = ready!(Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs));
+        Poll::Ready(this.written(written, len))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let flushed = ready!(Pin::new(&mut this.tcp).poll_flush(cx));
+        Poll::Ready(this.written(flushed.map(|()| 0), 0).map(|_| ()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
     }
 }
 
@@ -229,7 +356,7 @@ impl<T> PerThread<T> {
     fn local(&self) -> MutexGuard<'_, Vec<T>> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         thread_local! {
-            static SHARD: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS;
+            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
         }
         let shard = SHARD.with(|shard| *shard);
         self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
@@ -242,7 +369,7 @@ impl<T> PerThread<T> {
 /// that has not been seen yet is what the retry in `edge/fast_forward.rs` is for.
 fn quiet(stream: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
-    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Polls `work` while driving `conn`; `None` when the connection ended first.
@@ -346,7 +473,7 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (mut tcp, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     for _ in 0..per_connection {
@@ -396,7 +523,7 @@ mod tests {
             let response = upstream.send(get()).await.unwrap();
             assert_eq!(text(response.into_body()).await, "hello");
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -408,7 +535,7 @@ mod tests {
             assert_eq!(response.status(), 200);
             assert_eq!(text(response.into_body()).await, "");
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -420,7 +547,7 @@ mod tests {
             assert_eq!(text(response.into_body()).await, "hello");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
     }
 
     #[tokio::test]

@@ -5,19 +5,23 @@
 //! identity, the forwarding fields) and the session's identity is written as it was rendered;
 //! a body with a `Content-Length` follows as it arrives; the upstream's answer is passed back
 //! as the upstream sent it, only its head looked at — as nginx does. Each upstream's idle
-//! TCP streams are kept per thread (`upstream.rs`).
+//! TCP streams are kept per thread (`upstream.rs`). The body is sent while the answer is
+//! awaited: an upstream that answers early (413, 401) and stops reading has its answer passed
+//! on, and the client's connection closes after it (the rest of its body was never read).
 use std::{sync::atomic::Ordering, time::Instant};
 
 use axum::http::{Method, header};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
 };
 use weapp_common::trace;
 
+use weapp_wire::request_head::RequestHead;
+
 use crate::{
     business::forward::{self, ClientAddress},
-    business::h1::{self, Answer, AnswerHead, Framing, RequestHead},
+    business::h1::{self, Answer, AnswerHead, Framing},
     business::route_table::Business,
     business::upstream::{Upstream, UpstreamError},
     edge::fast_path::{Buffers, Conn, Done, FastPath, Origin, refuse},
@@ -37,7 +41,7 @@ impl FastPath {
         conn: &mut Conn,
     ) -> Done {
         let flags = (head.method == Method::HEAD, head.close);
-        let body = head.body;
+        let body = head.length().unwrap_or(0);
         // A body that is all here already can be sent again; it is taken off the connection
         // whatever happens, so the next request starts where it should.
         let whole = usize::try_from(body).ok().filter(|&n| n <= conn.read.len());
@@ -45,7 +49,7 @@ impl FastPath {
         if let Some(n) = whole {
             conn.read.drain(..n);
         }
-        let (mut upstream, answer) = match answered {
+        let (mut upstream, answer, sent_whole) = match answered {
             Ok(answered) => answered,
             Err(refused) => {
                 // A body not read to its end leaves the connection out of step: it ends.
@@ -60,8 +64,10 @@ impl FastPath {
             upstream_keeps_open,
             mut client_keeps_open,
         } = answer;
-        // The gateway began to stop while the upstream worked: the answer says so too.
-        if client_keeps_open && self.stopping.load(Ordering::Relaxed) {
+        // The gateway began to stop while the upstream worked, or the upstream answered
+        // before the body was all sent (what is left of it was never read): the answer says
+        // the connection ends.
+        if client_keeps_open && (self.stopping.load(Ordering::Relaxed) || !sent_whole) {
             let head = &mut conn.buffers.answer;
             head.truncate(head.len().saturating_sub(2));
             head.extend_from_slice(b"connection: close\r\n\r\n");
@@ -125,7 +131,7 @@ impl FastPath {
                 ended = true;
             }
         }
-        if ended && clean && upstream_keeps_open {
+        if ended && clean && upstream_keeps_open && sent_whole {
             business.upstream.checkin_stream(upstream, origin.started);
         }
         // A cut answer can only be told by closing the connection.
@@ -149,10 +155,11 @@ impl FastPath {
         }: Origin,
         conn: &mut Conn,
         whole: Option<usize>,
-    ) -> Result<(TcpStream, AnswerHead), ApiError> {
+    ) -> Result<(TcpStream, AnswerHead, bool), ApiError> {
         let route = &*business.route;
         let max = route.max_body_bytes;
-        if head.body > max {
+        let length = head.length().unwrap_or(0);
+        if length > max {
             return Err(ApiError::BodyTooLarge(
                 usize::try_from(max).unwrap_or(usize::MAX),
             ));
@@ -194,11 +201,11 @@ impl FastPath {
         let upload = Upload {
             client,
             read,
-            len: head.body,
+            len: length,
             whole,
         };
         // Sent again on a new connection only when it may be (RFC 9110 §9.2.2) and can be.
-        let retry = head.method.is_idempotent() && (head.body == 0 || whole.is_some());
+        let retry = head.method.is_idempotent() && (length == 0 || whole.is_some());
         let deadline = started + route.timeout;
         let sent = send(&business.upstream, buffers, upload, (flags, retry), started);
         let answered = alarm.until(deadline, sent).await;
@@ -235,22 +242,23 @@ enum Unsent {
 }
 
 /// Sends the request in `buffers` and its body on a kept-alive stream, or a new one, and
-/// reads the answer's head. A kept-alive stream the upstream closed before answering
-/// anything is replaced once, when `retry` allows.
+/// reads the answer's head (and whether the body was all sent before it came). A kept-alive
+/// stream the upstream closed before answering anything is replaced once, when `retry`
+/// allows.
 async fn send(
     upstream: &Upstream,
     buffers: &mut Buffers,
     mut upload: Upload<'_>,
     (flags, retry): ((bool, bool), bool),
     started: Instant,
-) -> Result<(TcpStream, AnswerHead), Unsent> {
+) -> Result<(TcpStream, AnswerHead, bool), Unsent> {
     let (mut stream, mut reused) = upstream
         .checkout_stream(started)
         .await
         .map_err(Unsent::Upstream)?;
     loop {
         match answer_on(&mut stream, buffers, &mut upload, flags).await {
-            Ok(head) => return Ok((stream, head)),
+            Ok((head, sent_whole)) => return Ok((stream, head, sent_whole)),
             Err(Failed::Nothing(_)) if reused && retry => {
                 stream = upstream.connect_stream().await.map_err(Unsent::Upstream)?;
                 reused = false;
@@ -278,31 +286,56 @@ async fn answer_on(
     buffers: &mut Buffers,
     upload: &mut Upload<'_>,
     flags: (bool, bool),
-) -> Result<AnswerHead, Failed> {
+) -> Result<(AnswerHead, bool), Failed> {
     let Buffers {
         request,
         upstream: from_upstream,
         answer,
+        date,
         ..
     } = buffers;
     from_upstream.clear();
     stream.write_all(request).await.map_err(Failed::Nothing)?;
-    send_body(stream, upload).await?;
-    loop {
-        from_upstream.reserve(4096);
-        match stream.read_buf(from_upstream).await {
-            Ok(n) if n > 0 => {}
-            Ok(_) if from_upstream.is_empty() => {
-                return Err(Failed::Nothing(std::io::ErrorKind::UnexpectedEof.into()));
+    // The body goes while the answer is awaited: an upstream may answer before reading it
+    // all (and close), and that answer is the client's.
+    let mut sent_whole = upload.len == 0;
+    let mut ended = false;
+    if !sent_whole {
+        let (mut reader, mut writer) = stream.split();
+        let mut sending = std::pin::pin!(send_body(&mut writer, upload));
+        loop {
+            from_upstream.reserve(4096);
+            tokio::select! {
+                biased;
+                sent = &mut sending => {
+                    match sent {
+                        Ok(()) => sent_whole = true,
+                        // It stopped reading: its answer may be here already.
+                        Err(Failed::Broken(e)) => tracing::debug!(error = %e, "the upstream stopped reading the body"),
+                        Err(other) => return Err(other),
+                    }
+                    break;
+                }
+                got = reader.read_buf(from_upstream) => match got {
+                    Ok(n) if n > 0 => {
+                        answer.clear();
+                        if has_final_head(from_upstream, flags, answer, date)? {
+                            break;
+                        }
+                    }
+                    _ => {
+                        ended = true;
+                        break;
+                    }
+                },
             }
-            Ok(_) => return Err(Failed::Broken(std::io::ErrorKind::UnexpectedEof.into())),
-            Err(e) if from_upstream.is_empty() => return Err(Failed::Nothing(e)),
-            Err(e) => return Err(Failed::Broken(e)),
         }
+    }
+    loop {
         loop {
             answer.clear();
-            match h1::parse_answer(from_upstream, flags, answer).map_err(Failed::Malformed)? {
-                Answer::Final(head) => return Ok(head),
+            match h1::parse_answer(from_upstream, flags, answer, date).map_err(Failed::Malformed)? {
+                Answer::Final(head) => return Ok((head, sent_whole)),
                 Answer::Interim(len) => {
                     from_upstream.drain(..len);
                 }
@@ -312,12 +345,48 @@ async fn answer_on(
                 Answer::Partial => break,
             }
         }
+        let eof = std::io::ErrorKind::UnexpectedEof;
+        if ended {
+            return Err(match from_upstream.is_empty() {
+                true => Failed::Nothing(eof.into()),
+                false => Failed::Broken(eof.into()),
+            });
+        }
+        from_upstream.reserve(4096);
+        match stream.read_buf(from_upstream).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) => ended = true,
+            Err(e) if from_upstream.is_empty() => return Err(Failed::Nothing(e)),
+            Err(e) => return Err(Failed::Broken(e)),
+        }
+    }
+}
+
+/// Whether `from_upstream` holds a final answer's head (interim ones are dropped from it).
+fn has_final_head(
+    from_upstream: &mut Vec<u8>,
+    flags: (bool, bool),
+    answer: &mut Vec<u8>,
+    date: &mut h1::Date,
+) -> Result<bool, Failed> {
+    loop {
+        answer.clear();
+        match h1::parse_answer(from_upstream, flags, answer, date).map_err(Failed::Malformed)? {
+            Answer::Final(_) => return Ok(true),
+            Answer::Interim(len) => {
+                from_upstream.drain(..len);
+            }
+            Answer::Partial => return Ok(false),
+        }
     }
 }
 
 /// The body: from `read` when it is all there, else as the client sends it (what arrives
 /// beyond it is the next request's, and stays in `read`).
-async fn send_body(stream: &mut TcpStream, upload: &mut Upload<'_>) -> Result<(), Failed> {
+async fn send_body<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    upload: &mut Upload<'_>,
+) -> Result<(), Failed> {
     if let Some(n) = upload.whole {
         return match n {
             0 => Ok(()),

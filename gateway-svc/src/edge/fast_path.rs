@@ -8,10 +8,12 @@
 //! hyper's path's, so a request is answered the same either way; the e2e suite runs through
 //! here.
 //!
-//! A connection starts here. The first request this path does not take — a WebSocket, a
-//! chunked body, an own path with a body, `Expect`, HTTP/1.0, a head over the limits,
-//! anything httparse refuses — is handed to hyper with every byte read so far, and hyper
-//! serves the rest of that connection.
+//! Every HTTP/1 connection is served here, and every head on it is read here first
+//! (`request_head.rs`: one strict reading; what it refuses gets 400 or 431 and the connection
+//! closes). A request this path does not take — a chunked body, an own path with a body,
+//! `Expect`, HTTP/1.0, a target that is not a path — is handed to hyper alone
+//! (`handover.rs`), and the connection comes back here for its next request; a WebSocket
+//! upgrade hands hyper the rest of the connection.
 use std::{
     borrow::Cow,
     net::SocketAddr,
@@ -39,11 +41,14 @@ use tokio_util::sync::CancellationToken;
 use weapp_common::{otlp::Spans, trace};
 use weapp_wire::path;
 
+use weapp_wire::request_head::{self, Parsed, RequestHead, Serve};
+
 use crate::{
-    business::h1::{self, Parsed, RequestHead},
+    business::h1,
     config::HttpLimits,
     edge::destination::{Destination, Routing},
     edge::dispatch::Dispatcher,
+    edge::handover::Hyper,
     edge::served,
     error::ApiError,
     metrics::GatewayMetrics,
@@ -56,6 +61,8 @@ pub struct FastPath {
     pub limits: HttpLimits,
     pub metrics: Arc<GatewayMetrics>,
     pub spans: Spans,
+    /// What serves the requests this path does not.
+    pub hyper: Hyper,
     /// The gateway is stopping: each answer says `Connection: close`, and the connection
     /// closes after it (the shutdown token itself is a lock to read).
     pub stopping: AtomicBool,
@@ -64,7 +71,8 @@ pub struct FastPath {
 /// How a connection left this path.
 pub enum Served {
     Closed,
-    /// For hyper, its unserved bytes first.
+    /// For hyper, its unserved bytes first: an upgrade request, for the rest of the
+    /// connection.
     ToHyper(ClientStream),
 }
 
@@ -105,6 +113,7 @@ pub(crate) struct Buffers {
     pub upstream: Vec<u8>,
     /// What the client gets.
     pub answer: Vec<u8>,
+    pub date: h1::Date,
 }
 
 impl Buffers {
@@ -119,12 +128,12 @@ impl Buffers {
 }
 
 impl FastPath {
-    /// Serves `stream`'s requests while they are this path's, and a graceful stop between
-    /// requests.
+    /// Serves `stream`'s requests (accepted at `accepted`: the first head's deadline counts
+    /// from then), and a graceful stop between requests.
     pub async fn serve(
         &self,
         stream: ClientStream,
-        peer: SocketAddr,
+        (peer, accepted): (SocketAddr, Instant),
         shutdown: &CancellationToken,
     ) -> Served {
         let (read, client, keep) = stream.into_parts();
@@ -135,22 +144,29 @@ impl FastPath {
             alarm: Alarm::new(self.limits.header_timeout),
         };
         let mut stop = pin!(shutdown.cancelled());
+        let limits = request_head::Limits {
+            max_headers: self.limits.max_headers,
+            max_bytes: self.limits.max_header_bytes,
+        };
         // The clock is read twice a request (when it starts, when it ends); every deadline
         // and age is counted from those readings.
-        let mut now = Instant::now();
+        let mut now = accepted;
         loop {
             let head_deadline = now + self.limits.header_timeout;
             conn.alarm.arm(head_deadline);
             let mut head = loop {
                 let fields = &mut conn.buffers.fields;
-                let parsed = h1::parse_request(&conn.read, self.limits.max_headers, fields);
-                match parsed {
+                match request_head::parse(&conn.read, limits, fields, self.limits.fast_path) {
                     Parsed::Head(head) => break head,
-                    Parsed::NotMine => {
-                        return Served::ToHyper(Prefixed::new(conn.read, conn.client, keep));
-                    }
-                    Parsed::Partial if conn.read.len() >= self.limits.max_header_bytes => {
-                        return Served::ToHyper(Prefixed::new(conn.read, conn.client, keep));
+                    Parsed::Refused(refused) => {
+                        let started = Instant::now();
+                        tracing::debug!(%peer, error = %refused, "request head refused");
+                        let done = refuse(ApiError::Head(refused), &mut conn, (false, true)).await;
+                        let label = self
+                            .metrics
+                            .route_label(Destination::Other.label(self.routing.business_routes()));
+                        self.metrics.request(label, done.status, started.elapsed());
+                        return linger(conn.client, conn.read, shutdown).await;
                     }
                     Parsed::Partial => {}
                 }
@@ -168,6 +184,21 @@ impl FastPath {
                     return Served::Closed;
                 }
             };
+            match head.serve {
+                Serve::Fast => {}
+                Serve::HyperOne => {
+                    let served = (&mut conn.client, &mut conn.read);
+                    if !self.hyper.serve_one(served, &head, peer, shutdown).await {
+                        return linger(conn.client, conn.read, shutdown).await;
+                    }
+                    now = Instant::now();
+                    conn.buffers.trim();
+                    continue;
+                }
+                Serve::HyperRest => {
+                    return Served::ToHyper(Prefixed::new(conn.read, conn.client, keep));
+                }
+            }
             let started = Instant::now();
             head.close |= self.stopping.load(Ordering::Relaxed);
             // Routed on the normalized path, as in `server.rs`.
@@ -183,8 +214,15 @@ impl FastPath {
                 None => self.routing.decide(head.path()),
             };
             // The gateway's own paths read a body with hyper (`body_limit.rs`).
-            if head.body > 0 && !matches!(destination, Destination::Business(_)) {
-                return Served::ToHyper(Prefixed::new(conn.read, conn.client, keep));
+            let length = head.length().unwrap_or(0);
+            if length > 0 && !matches!(destination, Destination::Business(_)) {
+                let served = (&mut conn.client, &mut conn.read);
+                if !self.hyper.serve_one(served, &head, peer, shutdown).await {
+                    return linger(conn.client, conn.read, shutdown).await;
+                }
+                now = Instant::now();
+                conn.buffers.trim();
+                continue;
             }
             conn.read.drain(..head.len);
             let label = self
@@ -239,7 +277,7 @@ impl FastPath {
                 ));
             }
             if !done.keep_open {
-                return Served::Closed;
+                return linger(conn.client, conn.read, shutdown).await;
             }
             conn.buffers.trim();
             if conn.read.is_empty() && conn.read.capacity() > KEPT_CAPACITY {
@@ -278,6 +316,34 @@ impl FastPath {
     }
 }
 
+/// How long a closed connection's unread bytes are read and dropped, at most, after the
+/// last answer (nginx's `lingering_timeout` is 5 s).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes a connection after its last answer: the write side first, then what the client
+/// still sends (the rest of a body the answer did not wait for) is read and dropped for a
+/// little while. Closing a socket with unread bytes resets it, and a reset can destroy the
+/// answer before the client has read it (RFC 9112 §9.6: a server closes in stages).
+async fn linger(mut client: TcpStream, mut sink: Vec<u8>, shutdown: &CancellationToken) -> Served {
+    if client.shutdown().await.is_err() {
+        return Served::Closed;
+    }
+    let draining = async {
+        loop {
+            sink.clear();
+            sink.reserve(4096);
+            if !matches!(client.read_buf(&mut sink).await, Ok(n) if n > 0) {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER, draining) => {}
+        () = shutdown.cancelled() => {}
+    }
+    Served::Closed
+}
+
 /// Answers with one of the gateway's own errors, through its one mapping (`error.rs`).
 pub(crate) async fn refuse(error: ApiError, conn: &mut Conn, flags: (bool, bool)) -> Done {
     answer(error.into_response(), conn, flags).await
@@ -301,7 +367,8 @@ async fn answer(response: Response, conn: &mut Conn, (head_request, close): (boo
     };
     let out = &mut conn.buffers.answer;
     out.clear();
-    h1::write_answer_head(out, status, &parts.headers, framing, close);
+    let date = &mut conn.buffers.date;
+    h1::write_answer_head(out, (status, &parts.headers), (framing, close), date);
     let done = |written: bool| Done {
         status: status.as_u16(),
         keep_open: written && !close,

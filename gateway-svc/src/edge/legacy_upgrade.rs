@@ -32,7 +32,9 @@ pub enum FirstRequest {
 }
 
 /// Reads the start of `io`'s first request (up to the end of its request line, or of its
-/// head for an HTTP/1.0 request, at most `max_head` bytes) and decides what to pass on.
+/// head for an HTTP/1.0 request, at most `max_head` bytes) and decides what to pass on. A
+/// line ended by a bare LF stops the look at once: the head's one reading
+/// (`request_head.rs`) refuses it.
 pub async fn first_request<IO: AsyncRead + Unpin, K>(
     mut io: IO,
     keep: K,
@@ -44,6 +46,9 @@ pub async fn first_request<IO: AsyncRead + Unpin, K>(
     let outcome = loop {
         buf.reserve(2048);
         let n = io.read_buf(&mut buf).await?;
+        if bare_lf(&buf) {
+            break FirstRequest::AsSent;
+        }
         if line_end.is_none() {
             line_end = find(&buf, b"\r\n");
         }
@@ -74,6 +79,13 @@ pub async fn first_request<IO: AsyncRead + Unpin, K>(
     Ok((Prefixed::new(buf, io, keep), outcome))
 }
 
+fn bare_lf(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -94,7 +106,11 @@ fn asks_for_websocket(head: &[u8]) -> bool {
     };
     let upgrade = values("upgrade");
     let connection = values("connection");
-    request.method == Some("GET")
+    // A body's framing in an HTTP/1.0 head is refused as it came (RFC 9112 §6.1), not
+    // rewritten into HTTP/1.1 where it would be read.
+    let framed = !values("transfer-encoding").is_empty() || !values("content-length").is_empty();
+    !framed
+        && request.method == Some("GET")
         && upgrade.len() == 1
         && upgrade[0].trim().eq_ignore_ascii_case("websocket")
         && connection
@@ -160,6 +176,12 @@ mod tests {
             "GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: close\r\n\r\n",
             "POST /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nbody",
+            "GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\
+             Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\
+             Content-Length: 0\r\n\r\n",
+            "GET /ws HTTP/1.0\nUpgrade: websocket\nConnection: upgrade\n\n",
+            "GET /ws HTTP/1.0\r\nUpgrade: websocket\nConnection: upgrade\r\n\r\n",
             "garbage without a line end",
             "",
         ] {

@@ -6,6 +6,7 @@ pub mod destination;
 pub mod dispatch;
 pub mod fast_forward;
 pub mod fast_path;
+pub mod handover;
 pub mod io_threads;
 pub mod legacy_upgrade;
 pub mod own;

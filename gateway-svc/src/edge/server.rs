@@ -1,18 +1,16 @@
-//! The HTTP server loop: hyper with the limits the edge needs, which `axum::serve` does not
-//! expose — a deadline for a request's headers (a slow-loris client that trickles them is
-//! dropped; hyper runs the same clock on an idle keep-alive connection, so it is the idle
+//! The HTTP server loop: the limits the edge needs, which `axum::serve` does not expose — a
+//! deadline for a request's headers counted from accept (a slow-loris client that trickles
+//! them is dropped; the same clock runs on an idle keep-alive connection, so it is the idle
 //! timeout too), a cap on their number and total size (431 past it), a cap on connections
 //! (503 past it), bodies over the limit refused before routing (413, `body_limit.rs`) — plus
 //! TCP_NODELAY and the client address for every connection, paths normalized before anything
-//! routes on them (`path.rs`), WebSocket upgrades from proxies
-//! that speak HTTP/1.0 upstream (`legacy_upgrade.rs`), and a graceful stop. Each accepted
-//! connection runs on one of the connection threads (`io_threads.rs`) and starts on the fast
-//! path (`fast_path.rs`, the same limits and routing), which hands it to hyper at the first
-//! request it does not take.
+//! routes on them (`path.rs`), WebSocket upgrades from proxies that speak HTTP/1.0 upstream
+//! (`legacy_upgrade.rs`), and a graceful stop. Each accepted connection runs on one of the
+//! connection threads (`io_threads.rs`); an HTTP/1 one is served by the fast path
+//! (`fast_path.rs`), which reads every head first and hands hyper what it does not serve
+//! itself (`handover.rs`); HTTP/2 goes to hyper.
 use std::{
-    borrow::Cow,
     convert::Infallible,
-    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
@@ -21,27 +19,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{extract::ConnectInfo, response::IntoResponse as _};
-use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use axum::response::IntoResponse as _;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use weapp_common::{otlp::Spans, trace};
-use weapp_wire::path;
+use weapp_common::otlp::Spans;
 
 use crate::{
     config::HttpLimits,
-    edge::body_limit,
-    edge::destination::{Destination, Routing},
+    edge::destination::Routing,
     edge::dispatch::Dispatcher,
     edge::fast_path::{FastPath, Served},
+    edge::handover::Hyper,
     edge::io_threads::IoThreads,
     edge::legacy_upgrade::{self, FirstRequest},
-    edge::served,
     error::ApiError,
     metrics::GatewayMetrics,
 };
@@ -56,22 +51,18 @@ pub async fn serve(
     (metrics, spans): (Arc<GatewayMetrics>, Spans),
     shutdown: CancellationToken,
 ) {
-    let mut http1 = http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let hyper = Hyper::new(
+        (routing.clone(), dispatcher.clone()),
+        limits,
+        (metrics.clone(), spans.clone()),
+    );
     let fast_path = Arc::new(FastPath {
-        routing: routing.clone(),
-        dispatcher: dispatcher.clone(),
+        routing,
+        dispatcher,
         limits,
         metrics: metrics.clone(),
-        spans: spans.clone(),
+        spans,
+        hyper,
         stopping: AtomicBool::new(false),
     });
     // As hyper's graceful stop does, requests answered from here on say the connection ends.
@@ -99,6 +90,7 @@ pub async fn serve(
                 }
             },
         };
+        let accepted = Instant::now();
         // Without TCP_NODELAY a response written in two pieces can wait for a delayed ACK.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -108,71 +100,7 @@ pub async fn serve(
             tokio::spawn(turn_away(tcp));
             continue;
         };
-        let (routing, dispatcher) = (routing.clone(), dispatcher.clone());
-        let (metrics, spans) = (metrics.clone(), spans.clone());
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            let started = Instant::now();
-            request
-                .extensions_mut()
-                .insert(ConnectInfo::<SocketAddr>(peer));
-            // Every later step — routing, the gateway's own paths, forwarding — sees the
-            // normalized path, or the request is refused here (`path.rs`).
-            let refused = match path::normalize(request.uri().path()) {
-                Ok(Cow::Borrowed(_)) => None,
-                Ok(Cow::Owned(normal)) => match with_path(request.uri(), &normal) {
-                    Some(uri) => {
-                        *request.uri_mut() = uri;
-                        None
-                    }
-                    None => Some(ApiError::BadRequestTarget),
-                },
-                Err(refused) => Some(ApiError::BadPath(refused)),
-            };
-            let destination = match refused {
-                Some(_) => Destination::Other,
-                None => routing.decide(request.uri().path()),
-            };
-            let label = metrics.route_label(destination.label(routing.business_routes()));
-            let (dispatcher, metrics) = (dispatcher.clone(), metrics.clone());
-            // The request's trace: the caller's (a traceparent from nginx or a client), or a
-            // new one; the gateway's span is a child of it.
-            let context = spans.serve(
-                request
-                    .headers()
-                    .get(trace::TRACEPARENT)
-                    .and_then(|v| v.to_str().ok()),
-            );
-            request.extensions_mut().insert(context);
-            // Only a sampled request with export on pays for describing its span.
-            let export = spans
-                .exports(&context)
-                .then(|| (request.method().clone(), spans.clone()));
-            trace::within(Some(context), async move {
-                let response = match (refused, destination) {
-                    (Some(refused), _) => refused.into_response(),
-                    // A business route's body is the upstream's business: it streams through
-                    // under the route's own limit (`forward.rs`) instead of the gateway's.
-                    (None, business @ Destination::Business(_)) => {
-                        let request = request.map(axum::body::Body::new);
-                        dispatcher.serve(business, peer, request).await
-                    }
-                    (None, destination) => match body_limit::check(request, &limits).await {
-                        Ok(request) => dispatcher.serve(destination, peer, request).await,
-                        Err(refused) => refused.into_response(),
-                    },
-                };
-                let status = response.status().as_u16();
-                metrics.request(label, status, started.elapsed());
-                if let Some((method, spans)) = export {
-                    spans.record(served::server_span(
-                        context, method, &metrics, label, status, started,
-                    ));
-                }
-                Ok::<_, Infallible>(response)
-            })
-        });
-        let (http1, http2, told) = (http1.clone(), http2.clone(), told.clone());
-        let fast_path = fast_path.clone();
+        let (fast_path, told) = (fast_path.clone(), told.clone());
         let shutdown = shutdown.clone();
         // Moved to its thread's runtime (`io_threads.rs`), which registers it anew.
         let tcp = match tcp.into_std() {
@@ -188,8 +116,8 @@ pub async fn serve(
             };
             // The slot travels with the connection: an upgraded WebSocket keeps it too.
             let first = legacy_upgrade::first_request(tcp, slot, limits.max_header_bytes.max(8192));
-            // The same deadline hyper applies to the headers: a client that sends nothing
-            // is dropped here as it would be there, and at once when the gateway stops.
+            // The head's deadline, from accept (the fast path goes on counting from there):
+            // a client that sends nothing is dropped here, and at once when the gateway stops.
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 first = tokio::time::timeout(limits.header_timeout, first) => first,
@@ -204,26 +132,25 @@ pub async fn serve(
                      the Upgrade and Connection headers"
                 );
             }
-            // Bodiless business requests on HTTP/1.1 go as bytes until one is not.
-            let io = match outcome {
-                FirstRequest::AsSent if limits.fast_path => {
-                    match fast_path.serve(io, peer, &shutdown).await {
-                        Served::Closed => return,
-                        Served::ToHyper(io) => io,
-                    }
-                }
-                _ => io,
-            };
-            let io = TokioIo::new(io);
+            let hyper = &fast_path.hyper;
             let ended = match outcome {
                 FirstRequest::Http2 => {
-                    let connection = http2.serve_connection(io, service);
+                    let connection = hyper
+                        .http2()
+                        .serve_connection(TokioIo::new(io), hyper.service(peer, false));
                     until_done(connection, &shutdown, |c| c.graceful_shutdown()).await
                 }
-                _ => {
-                    let connection = http1.serve_connection(io, service).with_upgrades();
-                    until_done(connection, &shutdown, |c| c.graceful_shutdown()).await
-                }
+                // Every HTTP/1 head is read on the fast path first; an upgrade comes back.
+                _ => match fast_path.serve(io, (peer, accepted), &shutdown).await {
+                    Served::Closed => return,
+                    Served::ToHyper(io) => {
+                        let connection = hyper
+                            .http1_rest()
+                            .serve_connection(TokioIo::new(io), hyper.service(peer, true))
+                            .with_upgrades();
+                        until_done(connection, &shutdown, |c| c.graceful_shutdown()).await
+                    }
+                },
             };
             if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -250,17 +177,6 @@ async fn until_done<C: Future>(
             connection.await
         }
     }
-}
-
-/// `uri` with `path` in place of its own, the query kept.
-fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
-    let mut parts = uri.clone().into_parts();
-    let path_and_query = match uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_owned(),
-    };
-    parts.path_and_query = Some(path_and_query.parse().ok()?);
-    http::Uri::from_parts(parts).ok()
 }
 
 /// Answers a connection over the cap with 503 (the gateway's one error mapping, as for any

@@ -3,7 +3,7 @@
 //! `X-Weapp-`; a route may ask for WeChat Cloud Run's names instead or as well
 //! (`X-WX-OPENID`, `X-WX-UNIONID`, `X-WX-APPID`, `X-WX-SOURCE`, and the client's address as
 //! `X-Original-Forwarded-For`), so that a container written for Cloud Run runs unchanged.
-//! Before any is set, a client's own identity headers of every naming are removed
+//! Before any is set, a client's own identity headers of every naming and spelling are removed
 //! (`strip_client_headers`): nothing a client sends can pass for an identity. The headers are
 //! for convenience; the assertion (a JWT signed by session-svc, verifiable against
 //! `/.well-known/jwks.json`) is the proof.
@@ -71,19 +71,61 @@ impl Names {
     }
 }
 
-/// Removes every header that names a user or a client address: `X-Weapp-*`, `X-WX-*` (the
-/// session credentials among them), `X-Original-Forwarded-For` and `X-Real-IP`. Only the
-/// gateway says who the user is.
+/// Names of fields a client may not send on, as a prefix or whole, compared as PHP, WSGI and
+/// CGI servers (and nginx's `$http_*` variables) read a name: lowercased, `_` as `-`. So
+/// `X_WX_OPENID` is `X-WX-OPENID` to a Cloud Run container written in Flask, and goes too.
+const NOT_FROM_CLIENTS: [(&str, Match); 8] = [
+    // weapp's identity, wafer's credentials, Cloud Run's identity.
+    (PREFIX, Match::Prefix),
+    (WX_PREFIX, Match::Prefix),
+    // The client's address: the gateway says it (`forward::request_headers`).
+    ("x-original-forwarded-for", Match::Whole),
+    (REAL_IP, Match::Whole),
+    ("forwarded", Match::Whole),
+    ("x-forwarded-", Match::Prefix),
+    // Where the request goes: IIS, Symfony and Laminas route on these, past the gateway's
+    // routing (`/pub/x` with `X-Original-URL: /api/orders`).
+    ("x-original-url", Match::Whole),
+    ("x-rewrite-url", Match::Whole),
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Match {
+    Prefix,
+    Whole,
+}
+
+/// Whether a client's field of this name must not reach an upstream (`NOT_FROM_CLIENTS`).
+pub fn not_from_clients(name: &str) -> bool {
+    // Every listed name starts with `x` or `f`: most fields are let through on their first
+    // letter (this runs for every field of every forwarded request).
+    if !matches!(name.as_bytes().first(), Some(b'x' | b'X' | b'f' | b'F')) {
+        return false;
+    }
+    NOT_FROM_CLIENTS.iter().any(|&(listed, how)| match how {
+        Match::Prefix => name.len() > listed.len() && folded_eq(&name[..listed.len()], listed),
+        Match::Whole => folded_eq(name, listed),
+    })
+}
+
+/// `name` is `listed` (lowercase, with `-`) when read lowercased with `_` as `-`.
+fn folded_eq(name: &str, listed: &str) -> bool {
+    name.len() == listed.len()
+        && name.bytes().zip(listed.bytes()).all(|(a, b)| {
+            let a = match a {
+                b'_' => b'-',
+                a => a.to_ascii_lowercase(),
+            };
+            a == b
+        })
+}
+
+/// Removes every field that names a user, a client address or where the request goes
+/// (`not_from_clients`), however it is spelled. Only the gateway says who the user is.
 pub fn strip_client_headers(headers: &mut HeaderMap) {
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            name.starts_with(PREFIX)
-                || name.starts_with(WX_PREFIX)
-                || name == ORIGINAL_FORWARDED_FOR.as_str()
-                || name == REAL_IP
-        })
+        .filter(|name| not_from_clients(name.as_str()))
         .cloned()
         .collect();
     for name in spoofed {
@@ -179,6 +221,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_are_compared_as_cgi_servers_read_them() {
+        for name in [
+            "x-wx-openid",
+            "x_wx_openid",
+            "X_Wx-OpenId",
+            "x-weapp-user",
+            "forwarded",
+        ] {
+            assert!(not_from_clients(name), "{name}");
+        }
+        for name in [
+            "x-wx",
+            "x-wxopenid",
+            "x_weapp",
+            "forwardedx",
+            "x-forwarded",
+            "content-type",
+        ] {
+            assert!(!not_from_clients(name), "{name}");
+        }
+    }
+
+    #[test]
     fn client_identity_headers_are_replaced_by_the_sessions() {
         let mut headers = HeaderMap::new();
         headers.insert("x-weapp-open-id", HeaderValue::from_static("someone-else"));
@@ -196,6 +261,29 @@ mod tests {
             HeaderValue::from_static("kept: not the namespace"),
         );
         headers.insert("x-other", HeaderValue::from_static("kept"));
+        // Every spelling a CGI-style server reads as an identity or a route.
+        for spelled in [
+            "x_wx_openid",
+            "X_WX_UNIONID",
+            "x_Weapp_Open_Id",
+            "x-wx_appid",
+            "X_WX_SKEY",
+            "x_real_ip",
+            "x_original_forwarded_for",
+            "x-original-url",
+            "X_Original_URL",
+            "x-rewrite-url",
+            "forwarded",
+            "x-forwarded-host",
+            "x_forwarded_for",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+        ] {
+            headers.insert(
+                HeaderName::from_bytes(spelled.as_bytes()).unwrap(),
+                HeaderValue::from_static("victim"),
+            );
+        }
         strip_client_headers(&mut headers);
         assert_eq!(headers.len(), 2, "{headers:?}");
         headers.remove("x-wxother");

@@ -6,78 +6,14 @@
 //! mid-connection, answers that end badly, upstream connections closed while idle, and the
 //! same request on the upstream's side whichever path forwarded it. (Every other e2e test
 //! over HTTP/1.1 runs through the fast path too.)
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use axum::{body::Body, http::Request};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
-use weapp_tests::{ClientSession, Service, Stack};
-
-/// An upstream whose answers are written byte for byte by `script`, by request line.
-struct Scripted {
-    addr: SocketAddr,
-    /// Every request head it read, in order.
-    seen: Arc<Mutex<Vec<String>>>,
-    connections: Arc<AtomicUsize>,
-}
-
-/// An answer's bytes, and whether the upstream closes the connection after it, by request
-/// line and the length of the body that came with it.
-type Script = fn(&str, usize) -> (Vec<u8>, bool);
-
-impl Scripted {
-    async fn start(script: Script) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let (log, count) = (seen.clone(), connections.clone());
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(tcp, log.clone(), script));
-            }
-        });
-        Self {
-            addr,
-            seen,
-            connections,
-        }
-    }
-
-    fn routes(&self) -> String {
-        format!(
-            "[[route]]\nprefix = \"/api/\"\nupstream = \"http://{}\"\nsession = \"required\"\n",
-            self.addr
-        )
-    }
-
-    fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-/// Reads what `tcp` has next onto `buf`; `false` once it is closed.
-async fn read_more(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 4096];
-    match tcp.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
-}
+use weapp_tests::{ClientSession, Service, Stack, scripted::Scripted};
 
 /// A stack routing `/api/` to an upstream scripted by `framings`, and a session on it.
 async fn scripted_stack() -> (Scripted, Stack, ClientSession) {
@@ -87,79 +23,7 @@ async fn scripted_stack() -> (Scripted, Stack, ClientSession) {
     (upstream, stack, session)
 }
 
-async fn serve(mut tcp: TcpStream, seen: Arc<Mutex<Vec<String>>>, script: Script) {
-    let mut buf = Vec::new();
-    loop {
-        let end = loop {
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            if !read_more(&mut tcp, &mut buf).await {
-                return;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let field = |wanted: &str| {
-            head.lines()
-                .filter_map(|line| line.split_once(':'))
-                .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
-                .map(|(_, value)| value.trim().to_ascii_lowercase())
-        };
-        let chunked = field("transfer-encoding").is_some_and(|v| v.ends_with("chunked"));
-        let mut length = field("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        if chunked {
-            // Until the last chunk (no extensions or trailers from the gateway's client).
-            let (mut at, mut data) = (end, 0);
-            loop {
-                let line_end = loop {
-                    if let Some(i) = buf[at..].windows(2).position(|w| w == b"\r\n") {
-                        break at + i;
-                    }
-                    if !read_more(&mut tcp, &mut buf).await {
-                        return;
-                    }
-                };
-                let size = std::str::from_utf8(&buf[at..line_end])
-                    .ok()
-                    .and_then(|s| usize::from_str_radix(s, 16).ok())
-                    .unwrap_or(0);
-                let next = line_end + 2 + size + 2;
-                while buf.len() < next {
-                    if !read_more(&mut tcp, &mut buf).await {
-                        return;
-                    }
-                }
-                data += size;
-                at = next;
-                if size == 0 {
-                    break;
-                }
-            }
-            buf.drain(..at);
-            length = data;
-        } else {
-            while buf.len() < end + length {
-                if !read_more(&mut tcp, &mut buf).await {
-                    return;
-                }
-            }
-            buf.drain(..end + length);
-        }
-        let line = head.lines().next().unwrap_or_default().to_owned();
-        seen.lock().unwrap().push(head);
-        if line.contains("/api/slow") {
-            tokio::time::sleep(Duration::from_millis(400)).await;
-        }
-        let (answer, close) = script(&line, length);
-        if tcp.write_all(&answer).await.is_err() || close {
-            return;
-        }
-    }
-}
-
-fn framings(line: &str, body: usize) -> (Vec<u8>, bool) {
+pub(crate) fn framings(line: &str, body: usize) -> (Vec<u8>, bool) {
     let mut parts = line.split(' ');
     let method = parts.next().unwrap_or_default();
     let path = parts
@@ -329,7 +193,7 @@ async fn answers_come_back_in_the_upstreams_framing_on_one_kept_connection() {
 
     // One client connection and one upstream connection carried all of it, each request
     // with the session's identity and without its credentials.
-    assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream.connections(), 1);
     let seen = upstream.seen();
     assert_eq!(seen.len(), 5);
     for head in &seen {
@@ -522,7 +386,7 @@ async fn an_upstream_connection_closed_while_idle_is_replaced() {
         let (status, _, body) = client.send("GET", "/api/once", &session, "").await;
         assert_eq!((status, body.as_str()), (200, "once"));
     }
-    assert_eq!(upstream.connections.load(Ordering::SeqCst), 10);
+    assert_eq!(upstream.connections(), 10);
 }
 
 /// What the upstream got, as `name: value` lines in a canonical order, with the values that

@@ -3,6 +3,7 @@
 mod access;
 mod access_token;
 mod admin;
+mod agreement;
 mod auth_request;
 mod cache;
 mod cloudrun;
@@ -25,6 +26,7 @@ mod relay;
 mod resilience;
 mod sandbox;
 mod sessions;
+mod smuggling;
 mod socket_forwarding;
 mod spoofing;
 mod wafer_fidelity;
