@@ -529,6 +529,57 @@ def websockets(cfg, svc, results):
             svc.stop_all()
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def idle_connections(cfg, svc, results):
+    """Connections held without a whole head (issue 31): what each costs the gateway while it
+    waits, and what is left once they have gone (2 s and 12 s after).
+
+    Two kinds, `cfg.idle_connections` of each, opened in turn on a fresh gateway: connections
+    that sent nothing, and connections that sent a request line and one field (a slow-loris
+    head). The gateway's RSS (/proc/PID/status) at rest, with them held, and 2 s after they all
+    closed. WEAPP_HTTP_HEADER_TIMEOUT is raised to 60 s so that none is closed while counted.
+    """
+    import socket
+
+    n = cfg.idle_connections
+    for kind, first in (("silent", b""), ("partial_head", b"GET /me HTTP/1.1\r\nHost: x\r\n")):
+        stack = start_weapp(cfg, svc, cfg.sandbox, gateway_env={"WEAPP_HTTP_HEADER_TIMEOUT": "60s"})
+        gateway = stack["pids"][0]
+        time.sleep(cfg.settle)
+        rest = rss_kib(gateway)
+        held = []
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", stack["port"]))
+            if first:
+                s.sendall(first)
+            held.append(s)
+        time.sleep(max(cfg.settle, 1))
+        loaded = rss_kib(gateway)
+        for s in held:
+            s.close()
+        time.sleep(2)
+        after = rss_kib(gateway)
+        time.sleep(0 if cfg.smoke else 10)
+        later = rss_kib(gateway)
+        results[f"idle_{kind}"] = {
+            "connections": n, "rest_kib": rest, "held_kib": loaded, "after_kib": after,
+            "later_kib": later, "per_connection_kib": (loaded - rest) / n,
+        }
+        print(f"   {n:,} {kind} connections: {(loaded - rest) / n:.2f} KiB each "
+              f"(RSS {rest / 1024:.1f} → {loaded / 1024:.1f} MiB; after they closed "
+              f"{after / 1024:.1f} MiB at 2 s, {later / 1024:.1f} MiB at 12 s)",
+              flush=True)
+        svc.check_alive()
+        svc.stop_all()
+
+
 def with_mongo(cfg, svc, results):
     for name, start in (("node", start_node), ("weapp", start_weapp)):
         port = start_mongo(cfg, svc, f"mongo-{name}")
@@ -753,6 +804,10 @@ def report(cfg, results, env, started, finished):
     target(f"WebSocket: server RSS per connection ({cfg.ws_connections_large:,} held)",
            fmt(nwl["rss_per_connection_kib"], 2), fmt(per, 2), f"{ratio(per, nwl['rss_per_connection_kib']):.2f}",
            "≤ 2 KiB", per <= 2, " KiB")
+    idle = [r["idle_silent"], r["idle_partial_head"]]
+    per = max(x["per_connection_kib"] for x in idle)
+    target(f"connections without a whole head: gateway RSS per connection ({cfg.idle_connections:,} held, "
+           "silent or a partial head, the larger)", "—", fmt(per, 2), "—", "≤ 4 KiB", per <= 4, " KiB")
 
     nf, wf, xf = r["forward_node"], r["forward_weapp"], r["forward_nginx"]
     q = ratio(wf["rps"], nf["rps"])
@@ -811,6 +866,15 @@ def report(cfg, results, env, started, finished):
     lines.append(f"\nBy the measured slope, 100,000 sockets on one gateway take "
                  f"{wwl['rss_per_connection_kib'] * 100_000 / 1024:.0f} MiB over its resting size "
                  f"(Node: {nwl['rss_per_connection_kib'] * 100_000 / 1024:.0f} MiB); docs/SCALING.md has the host settings.")
+    lines += ["", f"### 4b. Connections without a whole head: {cfg.idle_connections:,} that sent nothing, then "
+              f"{cfg.idle_connections:,} that sent a request line and one field (fresh gateways)", "",
+              "The gateway's RSS at rest, with the connections held, and 2 s and 12 s after they all closed "
+              "(WEAPP_HTTP_HEADER_TIMEOUT raised to 60 s for the count).", "",
+              "| | held | gateway RSS at rest → held | per connection | 2 s after they closed | 12 s after |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for label, x in (("silent", idle[0]), ("a partial head", idle[1])):
+        lines.append(f"| {label} | {x['connections']:,} | {x['rest_kib'] / 1024:.1f} → {x['held_kib'] / 1024:.1f} MiB "
+                     f"| {x['per_connection_kib']:.2f} KiB | {x['after_kib'] / 1024:.1f} MiB | {x['later_kib'] / 1024:.1f} MiB |")
     http_table(f"5. GET /api/hello with a session, {cfg.connections} connections, {cfg.duration} s", [
         ("Node: the route in-process, behind wafer-node-session", nf),
         ("weapp: forwarded to a trivial upstream (weapp-bench hello) with identity headers and the signed assertion", wf),
@@ -884,7 +948,7 @@ def main():
     parser.add_argument("--ws-connections", type=int, default=10_000)
     parser.add_argument("--ws-connections-large", type=int, default=18_000)
     parser.add_argument("--only", help="comma-separated scenarios to run (physical_limit, in_memory, forwarding, "
-                        "push, websockets, with_mongo, observability, capacity, growth); prints their figures as JSON instead of writing the report")
+                        "push, websockets, idle_connections, with_mongo, observability, capacity, growth); prints their figures as JSON instead of writing the report")
     args = parser.parse_args()
 
     # 10,000 WebSockets need more descriptors than the usual 1,024: the load generator and the
@@ -912,11 +976,13 @@ def main():
     if args.smoke:
         cfg.duration, cfg.logins, cfg.ws_connections, cfg.mongo_sessions, cfg.settle = 1, 20, 20, 30, 0.2
         cfg.ws_connections_large = 30
+        cfg.idle_connections = 20
         cfg.push_users = 20
         cfg.growth_embedded, cfg.growth_nx, cfg.growth_sessions = (0, 1000), (0, 1000), 16
     else:
         cfg.duration, cfg.logins, cfg.ws_connections, cfg.mongo_sessions, cfg.settle = 10, 3000, args.ws_connections, 20_000, 2
         cfg.ws_connections_large = args.ws_connections_large
+        cfg.idle_connections = 8_000
         cfg.push_users = 10_000
         cfg.growth_embedded, cfg.growth_nx, cfg.growth_sessions = (0, 100_000, 1_000_000), (0, 10_000), 1000
     if max(cfg.ws_connections, cfg.ws_connections_large) + 100 > hard:
@@ -935,6 +1001,7 @@ def main():
                      ("forwarding to a business upstream", forwarding),
                      ("push to 10,000 sockets over 2 gateways", push),
                      ("WebSockets", websockets),
+                     ("connections without a whole head", idle_connections),
                      ("MongoDB-wire stores", with_mongo),
                      ("/me with metrics and tracing off and on", observability),
                      ("capacity per core of each process (docs/SCALING.md)", capacity),

@@ -228,8 +228,9 @@ pub struct CacheSettings {
 /// Limits on what a client may send before the request is routed (see `server.rs`).
 #[derive(Args, Clone, Copy, Debug)]
 pub struct HttpLimits {
-    /// Time a client has to send a request's headers, from its first byte; slower ones are
-    /// disconnected. Also the idle timeout of a kept-alive connection.
+    /// Time a client has to send a request's headers, from accept (then from the end of the
+    /// last answer); slower ones are disconnected. Also the idle timeout of a kept-alive
+    /// connection.
     #[arg(id = "http_header_timeout", value_name = "HTTP_HEADER_TIMEOUT", long = "http-header-timeout", env = "WEAPP_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
 
@@ -248,6 +249,17 @@ pub struct HttpLimits {
     /// Connections this gateway holds at once, WebSockets included (503 past it).
     #[arg(id = "http_max_connections", value_name = "HTTP_MAX_CONNECTIONS", long = "http-max-connections", env = "WEAPP_HTTP_MAX_CONNECTIONS", default_value = "20000", value_parser = positive)]
     pub max_connections: usize,
+
+    /// Connections one client address may hold at once (503 past it); 0: no limit. The
+    /// address is the peer's; a trusted proxy's (`WEAPP_TRUSTED_PROXIES`) are not counted.
+    #[arg(
+        id = "http_max_connections_per_address",
+        value_name = "HTTP_MAX_CONNECTIONS_PER_ADDRESS",
+        long = "http-max-connections-per-address",
+        env = "WEAPP_HTTP_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value = "0"
+    )]
+    pub max_connections_per_address: usize,
 
     /// Serve HTTP/1.1 connections on the fast path (`fast_path.rs`: heads read once,
     /// business requests forwarded as bytes); `false` sends every request through hyper's

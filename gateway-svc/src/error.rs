@@ -53,6 +53,9 @@ pub enum ApiError {
     /// It failed mid-request.
     #[error("the service behind {0} failed to answer")]
     UpstreamFailed(String),
+    /// Its route has as many requests in flight as it may, and none ended in time.
+    #[error("the service behind {0} is busy; retry shortly")]
+    UpstreamBusy(String),
     /// It did not answer within the route's timeout.
     #[error("the service behind {0} did not answer in time")]
     UpstreamTimeout(String),
@@ -175,6 +178,7 @@ impl ApiError {
             | Self::TooManySessionSockets(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidSession(_) => StatusCode::UNAUTHORIZED,
             Self::SessionUnavailable(_)
+            | Self::UpstreamBusy(_)
             | Self::TooManyConnections
             | Self::GatewayFull
             | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -229,6 +233,7 @@ impl ApiError {
             // No magic key: the session is fine, the business upstream is not.
             Self::UpstreamUnreachable(_)
             | Self::UpstreamFailed(_)
+            | Self::UpstreamBusy(_)
             | Self::UpstreamRefusedSocket { .. } => {
                 json!({ "error": wafer::ERR_UPSTREAM_UNAVAILABLE, "message": message })
             }
@@ -278,7 +283,10 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.status(), Json(self.body())).into_response();
         let retry_after = match &self {
-            Self::SessionUnavailable(_) | Self::TooManyConnections | Self::GatewayFull => Some(1),
+            Self::SessionUnavailable(_)
+            | Self::TooManyConnections
+            | Self::GatewayFull
+            | Self::UpstreamBusy(_) => Some(1),
             Self::TooManySessionSockets(_) => Some(5),
             Self::LoginRateLimited(wait) | Self::LoginRateLimitedFor { wait, .. } => {
                 Some(retry_after_secs(*wait).max(1))

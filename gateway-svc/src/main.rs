@@ -1,6 +1,10 @@
 use gateway_svc::{Application, config::Cli};
 use weapp_common::{Command, config::ServiceCli as _};
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     weapp_common::init_tracing();

@@ -90,7 +90,12 @@ pub struct GatewayMetrics {
     logins: [Counter; 3],
     pub login_rate_limited: Counter,
     pub connections_refused: Counter,
+    /// Connections refused because their address held its share (`per_address.rs`).
+    pub address_refused: Counter,
     pub websockets_refused: Counter,
+    /// By (route prefix, refused): requests that waited for a place among a route's requests
+    /// in flight, and those that waited in vain (503).
+    upstream_queue: DashMap<(String, bool), Counter>,
 }
 
 impl GatewayMetrics {
@@ -142,8 +147,27 @@ impl GatewayMetrics {
             ),
             websockets_refused: registry
                 .counter("weapp_connections_refused_total", &[("cap", "websockets")]),
+            upstream_queue: DashMap::new(),
+            address_refused: registry.counter(
+                "weapp_connections_refused_total",
+                &[("cap", "http_connections_per_address")],
+            ),
             registry,
         })
+    }
+
+    /// A request to `route` waited for a place among its requests in flight (`refused`: and
+    /// got none in time). Rare by design: a lookup, not a handle kept per request.
+    pub fn upstream_queued(&self, route: &str, refused: bool) {
+        let key = (route.to_owned(), refused);
+        let counter = self.upstream_queue.entry(key).or_insert_with(|| {
+            let name = match refused {
+                true => "weapp_upstream_refused_total",
+                false => "weapp_upstream_queued_total",
+            };
+            self.registry.counter(name, &[("route", route)])
+        });
+        counter.increment(1);
     }
 
     /// The route template a request is counted under, by its index (`Destination::label`).
@@ -283,6 +307,14 @@ fn describe(registry: &Registry) {
         (
             "weapp_connections_refused_total",
             "Connections refused at a cap, by cap.",
+        ),
+        (
+            "weapp_upstream_queued_total",
+            "Forwarded requests that waited for a place among their route's requests in flight (max_connections), by route.",
+        ),
+        (
+            "weapp_upstream_refused_total",
+            "Forwarded requests refused with 503 after waiting queue_timeout for such a place, by route.",
         ),
     ] {
         registry.describe(name, help);

@@ -3,17 +3,25 @@
 //! gateway, plus the identity; the answer comes back the same way. Bodies stream both ways
 //! (nothing is buffered whole), each upstream has its own HTTP/1.1 keep-alive pool, and an
 //! upstream that is down or slow gets a 502 or 504 within its route's timeouts, never a hang.
-use std::{error::Error as _, net::SocketAddr};
+use std::{
+    error::Error as _,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use axum::body::Bytes;
 use axum::{
     body::Body,
     extract::Request,
     http::{HeaderMap, HeaderName, HeaderValue, Uri, Version, header},
     response::Response,
 };
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
-use hyper::body::Frame;
+use http_body_util::{LengthLimitError, Limited};
+use hyper::body::{Frame, SizeHint};
 use ipnet::IpNet;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{
     business::h1::HOP_BY_HOP,
@@ -27,16 +35,18 @@ use crate::{
 };
 
 /// Sends `request` to `business`'s upstream with `session`'s identity (or none), and
-/// streams the answer back.
+/// streams the answer back; `in_flight` (its place among the route's requests in flight) is
+/// held until the answer's body has been passed on.
 pub async fn forward(
     business: &Business,
     session: Option<&AuthSession>,
     client_address: ClientAddress<'_>,
     request: Request,
+    in_flight: OwnedSemaphorePermit,
 ) -> Result<Response, ApiError> {
     let (route, upstream) = (&*business.route, &business.upstream);
     let (mut parts, body) = request.into_parts();
-    let body = Body::new(from_client(body));
+    let body = Body::new(from_client(body, route.body_timeout));
     let max = route.max_body_bytes;
     let length = parts
         .headers
@@ -80,6 +90,7 @@ pub async fn forward(
                 usize::try_from(max).unwrap_or(usize::MAX),
             ));
         }
+        Ok(Err(e)) if caused_by::<Stalled>(&e) => return Err(ApiError::BodyTimeout),
         // A malformed chunk, a body cut short: the client's error, not the upstream's.
         Ok(Err(e)) if caused_by::<ClientBody>(&e) => {
             tracing::debug!(error = %e, cause = ?e.source(), "the client's body broke");
@@ -96,6 +107,10 @@ pub async fn forward(
     };
     let (mut parts, body) = answer.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    let body = Held {
+        body,
+        _in_flight: in_flight,
+    };
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
@@ -124,22 +139,107 @@ fn caused_by<E: std::error::Error + 'static>(e: &UpstreamError) -> bool {
     false
 }
 
-/// The client's body failed to arrive as framed.
+/// The client's body failed to arrive as framed, or stalled.
 #[derive(Debug, thiserror::Error)]
 #[error("the client's body did not arrive as framed")]
-struct ClientBody(#[source] axum::Error);
+struct ClientBody(#[source] BoxError);
 
-/// The client's body as the upstream gets it: its errors marked as the client's, and its
-/// trailers (should hyper's client ever send them) without a client-made identity.
-fn from_client(body: Body) -> impl hyper::body::Body<Data = axum::body::Bytes, Error = ClientBody> {
-    body.map_frame(|frame| match frame.into_trailers() {
-        Ok(mut trailers) => {
-            identity::strip_client_headers(&mut trailers);
-            Frame::trailers(trailers)
+/// No part of the client's body came within the route's `body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's body stalled")]
+struct Stalled;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's body as the upstream gets it: its errors marked as the client's, a stall
+/// longer than `timeout` between two of its parts an error (nginx's `client_body_timeout`),
+/// and its trailers (should hyper's client ever send them) without a client-made identity.
+fn from_client(body: Body, timeout: Duration) -> FromClient {
+    FromClient {
+        body,
+        timeout,
+        stall: Box::pin(tokio::time::sleep(timeout)),
+        waiting: false,
+    }
+}
+
+struct FromClient {
+    body: Body,
+    timeout: Duration,
+    stall: Pin<Box<tokio::time::Sleep>>,
+    /// A part was asked for and has not come: the stall clock runs from when it was asked
+    /// (an upstream slow to read makes hyper ask late, and that is not the client's stall).
+    waiting: bool,
+}
+
+impl hyper::body::Body for FromClient {
+    type Data = Bytes;
+    type Error = ClientBody;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBody>>> {
+        let this = self.get_mut();
+        if !this.waiting {
+            this.waiting = true;
+            let deadline = tokio::time::Instant::now() + this.timeout;
+            this.stall.as_mut().reset(deadline);
         }
-        Err(frame) => frame,
-    })
-    .map_err(ClientBody)
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|frame| match frame {
+                    Ok(frame) => Ok(match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            identity::strip_client_headers(&mut trailers);
+                            Frame::trailers(trailers)
+                        }
+                        Err(frame) => frame,
+                    }),
+                    Err(e) => Err(ClientBody(e.into())),
+                }))
+            }
+            Poll::Pending => match this.stall.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(ClientBody(Box::new(Stalled))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// An answer's body that holds something until it has been read (or dropped).
+struct Held<B, T> {
+    body: B,
+    _in_flight: T,
+}
+
+impl<B: hyper::body::Body + Unpin, T: Unpin> hyper::body::Body for Held<B, T> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// RFC 9110 §7.6.1: connection-specific fields end at this hop, with the fields the

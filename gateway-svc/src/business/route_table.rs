@@ -12,6 +12,10 @@
 //! max_body_bytes = 10485760
 //! identity_headers = "weapp"           # or "cloudrun" (WeChat Cloud Run's X-WX-OPENID…), "both"
 //! websocket = false                    # true: WebSocket upgrades go on to ws://the upstream
+//! max_connections = 256                # requests in flight to the upstream at once…
+//! queue_timeout = "2s"                 # …the next waits this long for one to end, then 503
+//! body_timeout = "10s"                 # most time between two reads of a client's body (408)
+//! buffer_body_bytes = 16384            # a body up to this is read whole before the upstream is asked
 //! ```
 //!
 //! Mistakes stop start-up with the entry named: unknown fields, a bad URL, prefixes that
@@ -21,9 +25,13 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use http::Uri;
 use serde::Deserialize;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use weapp_common::config::duration;
 
-use crate::{business::upstream::Upstream, sessions::identity::Names};
+use crate::{
+    business::upstream::Upstream, error::ApiError, metrics::GatewayMetrics,
+    sessions::identity::Names,
+};
 
 /// Whether a forwarded route needs a session.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -57,9 +65,22 @@ struct Entry {
     identity_headers: Names,
     #[serde(default)]
     websocket: bool,
+    max_connections: Option<usize>,
+    queue_timeout: Option<String>,
+    body_timeout: Option<String>,
+    buffer_body_bytes: Option<u64>,
 }
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// What one route may hold of its upstream: nginx's `upstream` blocks leave this to the
+/// operator (`max_conns`); a slow client must not hold more than its share of an upstream.
+const DEFAULT_MAX_CONNECTIONS: usize = 256;
+const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+/// nginx's `client_body_timeout` is 60 s; a mini-program's body is small and sent at once.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// nginx buffers request bodies before it asks the upstream (16 KiB in memory by default):
+/// a body that trickles in holds no upstream connection while it does.
+const DEFAULT_BUFFER_BODY_BYTES: u64 = 16 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 
@@ -84,6 +105,14 @@ pub struct Route {
     /// are forwarded as any request, and a WebSocket server answers them as it would a
     /// plain HTTP request.
     pub websocket: bool,
+    /// Requests in flight to the upstream at once (each holds one of its connections).
+    pub max_connections: usize,
+    /// How long a request waits for one of those to end before it gets 503.
+    pub queue_timeout: Duration,
+    /// Most time between two reads of a client's body (408 past it).
+    pub body_timeout: Duration,
+    /// A body up to this is read whole before the upstream is asked.
+    pub buffer_body_bytes: u64,
 }
 
 impl Route {
@@ -125,6 +154,56 @@ pub struct Business {
     pub upstream: Arc<Upstream>,
     /// Its place among the routes (its metrics label is next to the own paths').
     pub index: usize,
+    /// One permit per request in flight to the upstream (`Route::max_connections`).
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl Business {
+    pub fn new(route: Arc<Route>, index: usize) -> Self {
+        let upstream = Upstream::new(route.authority.clone(), route.connect_timeout);
+        Self {
+            in_flight: Arc::new(Semaphore::new(route.max_connections)),
+            upstream: Arc::new(upstream),
+            route,
+            index,
+        }
+    }
+
+    /// A place among the requests in flight to the upstream, held until the answer has been
+    /// passed on: at once, or within the route's `queue_timeout`, else 503.
+    pub async fn admit(&self, metrics: &GatewayMetrics) -> Result<SemaphorePermit<'_>, ApiError> {
+        if let Ok(permit) = self.in_flight.try_acquire() {
+            return Ok(permit);
+        }
+        self.queue(metrics, self.in_flight.acquire()).await
+    }
+
+    /// The same, for an answer whose body outlives the request's task (hyper's).
+    pub async fn admit_owned(
+        &self,
+        metrics: &GatewayMetrics,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        self.queue(metrics, self.in_flight.clone().acquire_owned())
+            .await
+    }
+
+    async fn queue<P>(
+        &self,
+        metrics: &GatewayMetrics,
+        waiting: impl Future<Output = Result<P, AcquireError>>,
+    ) -> Result<P, ApiError> {
+        metrics.upstream_queued(&self.route.prefix, false);
+        match tokio::time::timeout(self.route.queue_timeout, waiting).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                metrics.upstream_queued(&self.route.prefix, true);
+                Err(ApiError::UpstreamBusy(self.route.prefix.clone()))
+            }
+        }
+    }
 }
 
 /// The routes, in file order. Few, and never overlapping: the first that takes a path is
@@ -254,6 +333,14 @@ impl Entry {
             max_body_bytes: self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             identity_headers: self.identity_headers,
             websocket: self.websocket,
+            max_connections: match self.max_connections {
+                Some(0) => return Err("max_connections must be more than zero".into()),
+                Some(n) => n.min(Semaphore::MAX_PERMITS),
+                None => DEFAULT_MAX_CONNECTIONS,
+            },
+            queue_timeout: time(self.queue_timeout, DEFAULT_QUEUE_TIMEOUT, "queue_timeout")?,
+            body_timeout: time(self.body_timeout, DEFAULT_BODY_TIMEOUT, "body_timeout")?,
+            buffer_body_bytes: self.buffer_body_bytes.unwrap_or(DEFAULT_BUFFER_BODY_BYTES),
             prefix,
         })
     }

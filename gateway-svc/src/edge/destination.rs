@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use crate::{
     business::route_table::{Business, RouteTable},
-    business::upstream::Upstream,
     wafer,
 };
 
@@ -125,14 +124,7 @@ impl Routing {
             .into_iter()
             .flat_map(RouteTable::routes)
             .enumerate()
-            .map(|(index, route)| {
-                let upstream = Upstream::new(route.authority.clone(), route.connect_timeout);
-                Arc::new(Business {
-                    route: route.clone(),
-                    upstream: Arc::new(upstream),
-                    index,
-                })
-            })
+            .map(|(index, route)| Arc::new(Business::new(route.clone(), index)))
             .collect();
         Self {
             login_path: login_path.into(),

@@ -161,6 +161,7 @@ impl Dispatcher {
             peer,
             trusted_proxies: &state.settings.trusted_proxies,
         };
-        forward::forward(business, session.as_ref(), client, request).await
+        let in_flight = business.admit_owned(&state.metrics).await?;
+        forward::forward(business, session.as_ref(), client, request, in_flight).await
     }
 }

@@ -8,12 +8,16 @@
 //! TCP streams are kept per thread (`upstream.rs`). The body is sent while the answer is
 //! awaited: an upstream that answers early (413, 401) and stops reading has its answer passed
 //! on, and the client's connection closes after it (the rest of its body was never read).
-use std::{sync::atomic::Ordering, time::Instant};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use axum::http::{Method, header};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
+    sync::SemaphorePermit,
 };
 use weapp_common::trace;
 
@@ -26,6 +30,7 @@ use crate::{
     business::upstream::{Upstream, UpstreamError},
     edge::fast_path::{Buffers, Conn, Done, FastPath, Origin, refuse},
     error::ApiError,
+    sessions::resolver::AuthSession,
 };
 
 /// An upstream answer's head longer than this is refused (502).
@@ -42,14 +47,57 @@ impl FastPath {
     ) -> Done {
         let flags = (head.method == Method::HEAD, head.close);
         let body = head.length().unwrap_or(0);
+        let route = &*business.route;
+        // In hyper's order (`dispatch.rs`, `forward.rs`): the session, the body's size, then
+        // the body. A refusal before the body was read ends the connection (what follows
+        // would be read as the next request), unless all of it is here already.
+        let here = usize::try_from(body).ok().filter(|&n| n <= conn.read.len());
+        // The trace reaches session-svc with a Validate the cache cannot answer.
+        let resolving =
+            self.dispatcher
+                .business_session(business, &conn.buffers.fields, head.query());
+        let refused = match trace::within(Some(origin.context), resolving).await {
+            Ok(_) if body > route.max_body_bytes => {
+                let max = usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX);
+                Err(ApiError::BodyTooLarge(max))
+            }
+            resolved => resolved,
+        };
+        let session = match refused {
+            Ok(session) => session,
+            Err(refused) => {
+                // The body is taken off the connection when it is all here; else the
+                // connection ends with the answer.
+                if let Some(n) = here {
+                    conn.read.drain(..n);
+                }
+                return refuse(refused, conn, (flags.0, flags.1 || here.is_none())).await;
+            }
+        };
+        // A small body is read whole before the upstream is asked (nginx buffers bodies):
+        // one that trickles in holds no place among the upstream's requests in flight.
+        if body <= route.buffer_body_bytes {
+            let wanted = usize::try_from(body).unwrap_or(usize::MAX);
+            if let Err(e) = read_at_least(conn, wanted, route.body_timeout).await {
+                // A client that stopped sending may still read (it shut its side only).
+                let refused = match e.kind() {
+                    std::io::ErrorKind::TimedOut => ApiError::BodyTimeout,
+                    _ => ApiError::BadBody,
+                };
+                return refuse(refused, conn, (flags.0, true)).await;
+            }
+        }
         // A body that is all here already can be sent again; it is taken off the connection
         // whatever happens, so the next request starts where it should.
         let whole = usize::try_from(body).ok().filter(|&n| n <= conn.read.len());
-        let answered = self.answer_head(business, head, origin, conn, whole).await;
+        let answered = self
+            .answer_head(business, (head, session), origin, conn, whole)
+            .await;
         if let Some(n) = whole {
             conn.read.drain(..n);
         }
-        let (mut upstream, answer, sent_whole) = match answered {
+        // Held until the answer has been passed on: the upstream connection is busy till then.
+        let (mut upstream, answer, sent_whole, _in_flight) = match answered {
             Ok(answered) => answered,
             Err(refused) => {
                 // A body not read to its end leaves the connection out of step: it ends.
@@ -141,40 +189,25 @@ impl FastPath {
         }
     }
 
-    /// Resolves the session, sends the request and reads the answer's head (the head the
+    /// Sends the request with `session`'s identity and reads the answer's head (the head the
     /// client gets is in `buffers.answer`, the upstream's bytes in `buffers.upstream`).
     /// `whole`: the body's length when all of it is in `conn.read` already.
-    async fn answer_head(
+    async fn answer_head<'b>(
         &self,
-        business: &Business,
-        head: RequestHead,
-        Origin {
-            peer,
-            context,
-            started,
-        }: Origin,
+        business: &'b Business,
+        (head, session): (RequestHead, Option<AuthSession>),
+        Origin { peer, started, .. }: Origin,
         conn: &mut Conn,
         whole: Option<usize>,
-    ) -> Result<(TcpStream, AnswerHead, bool), ApiError> {
+    ) -> Result<(TcpStream, AnswerHead, bool, SemaphorePermit<'b>), ApiError> {
         let route = &*business.route;
-        let max = route.max_body_bytes;
         let length = head.length().unwrap_or(0);
-        if length > max {
-            return Err(ApiError::BodyTooLarge(
-                usize::try_from(max).unwrap_or(usize::MAX),
-            ));
-        }
         let Conn {
             client,
             read,
             buffers,
             alarm,
         } = conn;
-        // The trace reaches session-svc with a Validate the cache cannot answer.
-        let resolving = self
-            .dispatcher
-            .business_session(business, &buffers.fields, head.query());
-        let session = trace::within(Some(context), resolving).await?;
         let mut target = String::with_capacity(route.base_path.len() + head.target.len() + 1);
         route.push_upstream_path(&mut target, head.path());
         forward::push_query_without_session(&mut target, head.query());
@@ -198,11 +231,13 @@ impl FastPath {
             .iter()
             .flat_map(|i| i.fields(route.identity_headers));
         h1::write_request_head(request, (&head.method, &target), fields, identity_fields);
+        let in_flight = business.admit(&self.metrics).await?;
         let upload = Upload {
             client,
             read,
             len: length,
             whole,
+            timeout: route.body_timeout,
         };
         // Sent again on a new connection only when it may be (RFC 9110 §9.2.2) and can be.
         let retry = head.method.is_idempotent() && (length == 0 || whole.is_some());
@@ -211,7 +246,11 @@ impl FastPath {
         let answered = alarm.until(deadline, sent).await;
         match answered {
             None => Err(ApiError::UpstreamTimeout(route.prefix.clone())),
-            Some(Ok(answered)) => Ok(answered),
+            Some(Ok((stream, head, sent_whole))) => Ok((stream, head, sent_whole, in_flight)),
+            Some(Err(Unsent::Client(e))) if e.kind() == std::io::ErrorKind::TimedOut => {
+                tracing::debug!("the client's body stalled");
+                Err(ApiError::BodyTimeout)
+            }
             Some(Err(Unsent::Client(e))) => {
                 tracing::debug!(error = %e, "the client's body did not arrive whole");
                 Err(ApiError::BadBody)
@@ -227,6 +266,21 @@ impl FastPath {
     }
 }
 
+/// Reads from the client until `conn.read` holds `wanted` bytes, each read within `timeout`
+/// (`TimedOut` past it, `UnexpectedEof` when the client stops).
+async fn read_at_least(conn: &mut Conn, wanted: usize, timeout: Duration) -> std::io::Result<()> {
+    while conn.read.len() < wanted {
+        conn.read.reserve(wanted - conn.read.len());
+        match tokio::time::timeout(timeout, conn.client.read_buf(&mut conn.read)).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+    Ok(())
+}
+
 /// The request's body on its way from the client.
 struct Upload<'a> {
     client: &'a mut TcpStream,
@@ -234,6 +288,8 @@ struct Upload<'a> {
     len: u64,
     /// All of it is in `read` (and stays there to be sent again).
     whole: Option<usize>,
+    /// Most time between two reads of it.
+    timeout: Duration,
 }
 
 enum Unsent {
@@ -399,10 +455,12 @@ async fn send_body<W: AsyncWrite + Unpin>(
     while upload.len > 0 {
         if upload.read.is_empty() {
             upload.read.reserve(16 * 1024);
-            match upload.client.read_buf(upload.read).await {
-                Ok(0) => return Err(Failed::Client(std::io::ErrorKind::UnexpectedEof.into())),
-                Ok(_) => {}
-                Err(e) => return Err(Failed::Client(e)),
+            let reading = upload.client.read_buf(upload.read);
+            match tokio::time::timeout(upload.timeout, reading).await {
+                Ok(Ok(0)) => return Err(Failed::Client(std::io::ErrorKind::UnexpectedEof.into())),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(Failed::Client(e)),
+                Err(_) => return Err(Failed::Client(std::io::ErrorKind::TimedOut.into())),
             }
         }
         let taken = usize::try_from(upload.len)

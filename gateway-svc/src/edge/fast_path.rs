@@ -49,6 +49,7 @@ use crate::{
     edge::destination::{Destination, Routing},
     edge::dispatch::Dispatcher,
     edge::handover::Hyper,
+    edge::legacy_upgrade,
     edge::served,
     error::ApiError,
     metrics::GatewayMetrics,
@@ -144,6 +145,9 @@ impl FastPath {
             alarm: Alarm::new(self.limits.header_timeout),
         };
         let mut stop = pin!(shutdown.cancelled());
+        // Every await below that serves a request is boxed: this future is what a connection
+        // holds while it waits for its next head, and it stays small (bench/README.md,
+        // "Connections without a whole head").
         let limits = request_head::Limits {
             max_headers: self.limits.max_headers,
             max_bytes: self.limits.max_header_bytes,
@@ -161,16 +165,18 @@ impl FastPath {
                     Parsed::Refused(refused) => {
                         let started = Instant::now();
                         tracing::debug!(%peer, error = %refused, "request head refused");
-                        let done = refuse(ApiError::Head(refused), &mut conn, (false, true)).await;
+                        let done =
+                            Box::pin(refuse(ApiError::Head(refused), &mut conn, (false, true)))
+                                .await;
                         let label = self
                             .metrics
                             .route_label(Destination::Other.label(self.routing.business_routes()));
                         self.metrics.request(label, done.status, started.elapsed());
-                        return linger(conn.client, conn.read, shutdown).await;
+                        return Box::pin(linger(conn.client, conn.read, shutdown)).await;
                     }
                     Parsed::Partial => {}
                 }
-                conn.read.reserve(4096);
+                legacy_upgrade::grow(&mut conn.read);
                 let got = tokio::select! {
                     biased;
                     got = conn.client.read_buf(&mut conn.read) => got,
@@ -188,8 +194,8 @@ impl FastPath {
                 Serve::Fast => {}
                 Serve::HyperOne => {
                     let served = (&mut conn.client, &mut conn.read);
-                    if !self.hyper.serve_one(served, &head, peer, shutdown).await {
-                        return linger(conn.client, conn.read, shutdown).await;
+                    if !Box::pin(self.hyper.serve_one(served, &head, peer, shutdown)).await {
+                        return Box::pin(linger(conn.client, conn.read, shutdown)).await;
                     }
                     now = Instant::now();
                     conn.buffers.trim();
@@ -217,8 +223,8 @@ impl FastPath {
             let length = head.length().unwrap_or(0);
             if length > 0 && !matches!(destination, Destination::Business(_)) {
                 let served = (&mut conn.client, &mut conn.read);
-                if !self.hyper.serve_one(served, &head, peer, shutdown).await {
-                    return linger(conn.client, conn.read, shutdown).await;
+                if !Box::pin(self.hyper.serve_one(served, &head, peer, shutdown)).await {
+                    return Box::pin(linger(conn.client, conn.read, shutdown)).await;
                 }
                 now = Instant::now();
                 conn.buffers.trim();
@@ -243,13 +249,13 @@ impl FastPath {
             let flags = (head.method == Method::HEAD, head.close);
             // The dispatcher logs the requests it serves; the others are logged here alike.
             let (done, logged) = match (refused, destination) {
-                (Some(refused), _) => (refuse(refused, &mut conn, flags).await, None),
+                (Some(refused), _) => (Box::pin(refuse(refused, &mut conn, flags)).await, None),
                 (None, Destination::Business(business)) => {
-                    let done = self.forward(&business, head, origin, &mut conn).await;
+                    let done = Box::pin(self.forward(&business, head, origin, &mut conn)).await;
                     (done, Some(business))
                 }
                 (None, destination) => {
-                    let done = self.own(destination, head, origin, &mut conn).await;
+                    let done = Box::pin(self.own(destination, head, origin, &mut conn)).await;
                     (done, None)
                 }
             };
@@ -277,7 +283,7 @@ impl FastPath {
                 ));
             }
             if !done.keep_open {
-                return linger(conn.client, conn.read, shutdown).await;
+                return Box::pin(linger(conn.client, conn.read, shutdown)).await;
             }
             conn.buffers.trim();
             if conn.read.is_empty() && conn.read.capacity() > KEPT_CAPACITY {

@@ -41,10 +41,11 @@ pub async fn first_request<IO: AsyncRead + Unpin, K>(
     max_head: usize,
 ) -> io::Result<(Prefixed<IO, K>, FirstRequest)> {
     // On the heap, not in this future: the future's size is every connection task's size.
-    let mut buf = Vec::with_capacity(2048);
+    // Small, and grown as bytes come: a connection that has sent little holds little.
+    let mut buf = Vec::new();
     let mut line_end = None;
     let outcome = loop {
-        buf.reserve(2048);
+        grow(&mut buf);
         let n = io.read_buf(&mut buf).await?;
         if bare_lf(&buf) {
             break FirstRequest::AsSent;
@@ -77,6 +78,14 @@ pub async fn first_request<IO: AsyncRead + Unpin, K>(
         }
     };
     Ok((Prefixed::new(buf, io, keep), outcome))
+}
+
+/// Room for the next read: 512 bytes first (a request line and a few fields), then twice what
+/// is there.
+pub(crate) fn grow(buf: &mut Vec<u8>) {
+    if buf.capacity() - buf.len() < 256 {
+        buf.reserve(buf.len().max(512));
+    }
 }
 
 fn bare_lf(bytes: &[u8]) -> bool {

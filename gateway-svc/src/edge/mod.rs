@@ -10,6 +10,7 @@ pub mod handover;
 pub mod io_threads;
 pub mod legacy_upgrade;
 pub mod own;
+pub mod per_address;
 pub mod rate_limit;
 pub mod served;
 pub mod server;

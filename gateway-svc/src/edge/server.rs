@@ -11,6 +11,7 @@
 //! itself (`handover.rs`); HTTP/2 goes to hyper.
 use std::{
     convert::Infallible,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
@@ -37,8 +38,10 @@ use crate::{
     edge::handover::Hyper,
     edge::io_threads::IoThreads,
     edge::legacy_upgrade::{self, FirstRequest},
+    edge::per_address::PerAddress,
     error::ApiError,
     metrics::GatewayMetrics,
+    stream::ClientStream,
 };
 
 /// Serves on `listener` until `shutdown`, then stops accepting and waits for the requests in
@@ -75,6 +78,10 @@ pub async fn serve(
     });
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = PerAddress::new(
+        limits.max_connections_per_address,
+        fast_path.dispatcher.trusted_proxies().to_vec(),
+    );
     // Whether the HTTP/1.0 upgrade advice was logged: once per gateway is enough.
     let told = Arc::new(AtomicBool::new(false));
     loop {
@@ -95,6 +102,11 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        let Ok(counted) = per_address.admit(peer.ip()) else {
+            metrics.address_refused.increment(1);
+            tokio::spawn(turn_away(tcp));
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.connections_refused.increment(1);
             tokio::spawn(turn_away(tcp));
@@ -111,16 +123,27 @@ pub async fn serve(
             }
         };
         let connection = async move {
+            // Counted while the connection lives (a WebSocket: until it is upgraded).
+            let _counted = counted;
             let Ok(tcp) = TcpStream::from_std(tcp) else {
                 return;
             };
-            // The slot travels with the connection: an upgraded WebSocket keeps it too.
-            let first = legacy_upgrade::first_request(tcp, slot, limits.max_header_bytes.max(8192));
             // The head's deadline, from accept (the fast path goes on counting from there):
             // a client that sends nothing is dropped here, and at once when the gateway stops.
+            // Until its first bytes arrive a connection holds no buffer and a small task.
+            let deadline = tokio::time::Instant::from_std(accepted + limits.header_timeout);
+            let readable = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                readable = tokio::time::timeout_at(deadline, tcp.readable()) => readable,
+            };
+            if !matches!(readable, Ok(Ok(()))) {
+                return;
+            }
+            // The slot travels with the connection: an upgraded WebSocket keeps it too.
+            let first = legacy_upgrade::first_request(tcp, slot, limits.max_header_bytes.max(8192));
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                first = tokio::time::timeout(limits.header_timeout, first) => first,
+                first = tokio::time::timeout_at(deadline, Box::pin(first)) => first,
             };
             let Ok(Ok((io, outcome))) = first else {
                 return;
@@ -132,35 +155,55 @@ pub async fn serve(
                      the Upgrade and Connection headers"
                 );
             }
-            let hyper = &fast_path.hyper;
-            let ended = match outcome {
-                FirstRequest::Http2 => {
-                    let connection = hyper
-                        .http2()
-                        .serve_connection(TokioIo::new(io), hyper.service(peer, false));
-                    until_done(connection, &shutdown, |c| c.graceful_shutdown()).await
-                }
-                // Every HTTP/1 head is read on the fast path first; an upgrade comes back.
-                _ => match fast_path.serve(io, (peer, accepted), &shutdown).await {
-                    Served::Closed => return,
-                    Served::ToHyper(io) => {
-                        let connection = hyper
-                            .http1_rest()
-                            .serve_connection(TokioIo::new(io), hyper.service(peer, true))
-                            .with_upgrades();
-                        until_done(connection, &shutdown, |c| c.graceful_shutdown()).await
-                    }
-                },
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            // Boxed, as what follows is: the task's own future stays the size of its wait for
+            // the first bytes, which is what thousands of idle connections cost.
+            Box::pin(serve_connection(
+                &fast_path,
+                io,
+                outcome,
+                (peer, accepted),
+                &shutdown,
+            ))
+            .await;
         };
         connections.spawn_on(connection, threads.next());
     }
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Serves a connection whose first bytes have come, to its end.
+async fn serve_connection(
+    fast_path: &FastPath,
+    io: ClientStream,
+    outcome: FirstRequest,
+    (peer, accepted): (SocketAddr, Instant),
+    shutdown: &CancellationToken,
+) {
+    let hyper = &fast_path.hyper;
+    let ended = match outcome {
+        FirstRequest::Http2 => {
+            let connection = hyper
+                .http2()
+                .serve_connection(TokioIo::new(io), hyper.service(peer, false));
+            Box::pin(until_done(connection, shutdown, |c| c.graceful_shutdown())).await
+        }
+        // Every HTTP/1 head is read on the fast path first; an upgrade comes back.
+        _ => match fast_path.serve(io, (peer, accepted), shutdown).await {
+            Served::Closed => return,
+            Served::ToHyper(io) => {
+                let connection = hyper
+                    .http1_rest()
+                    .serve_connection(TokioIo::new(io), hyper.service(peer, true))
+                    .with_upgrades();
+                Box::pin(until_done(connection, shutdown, |c| c.graceful_shutdown())).await
+            }
+        },
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// Serves `connection` to its end; on shutdown, it finishes the request in flight and closes.

@@ -260,6 +260,9 @@ async fn relay_frames(
                         }).await;
                         return code;
                     }
+                    Some(Err(e)) if let Some((code, why)) = upgrade::close_for(&e) => {
+                        return close_both(client, upstream, code, why).await;
+                    }
                     None | Some(Err(_)) => {
                         let _ = upstream.send(close_frame(close_code::AWAY, "client gone".into())).await;
                         return close_code::ABNORMAL;

@@ -6,7 +6,7 @@
 //! kept per socket is 100 KB at 100,000 sockets (docs/SCALING.md).
 use axum::{
     body::Body,
-    extract::Request,
+    extract::{Request, ws::close_code},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::Response,
 };
@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
+        self,
         handshake::derive_accept_key,
         protocol::{Role, WebSocketConfig},
     },
@@ -42,6 +43,19 @@ pub fn config(max_message_size: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message_size))
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
+}
+
+/// The close a client's broken frames get, instead of a dropped connection (RFC 6455 §7.4.1):
+/// a message over the limit 1009, text that is not UTF-8 1007, any other protocol error (a
+/// reserved bit set with no extension negotiated, an unmasked frame, a bad opcode) 1002.
+/// `None`: the connection itself failed, and there is nobody to tell.
+pub fn close_for(error: &tungstenite::Error) -> Option<(u16, &'static str)> {
+    match error {
+        tungstenite::Error::Capacity(_) => Some((close_code::SIZE, "message too big")),
+        tungstenite::Error::Utf8(_) => Some((close_code::INVALID, "text that is not UTF-8")),
+        tungstenite::Error::Protocol(_) => Some((close_code::PROTOCOL, "protocol error")),
+        _ => None,
+    }
 }
 
 /// A client's valid WebSocket handshake, not yet answered.

@@ -13,7 +13,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, mpsc},
     time::Instant,
 };
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes, protocol::CloseFrame};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes, protocol::CloseFrame};
 
 use crate::{
     config::WsSettings,
@@ -177,11 +177,6 @@ async fn refuse(socket: &mut Socket, error: &ApiError, code: u16) {
     let _ = socket.send(close(code, reason)).await;
 }
 
-/// Whether a receive error was a message over the size limit.
-fn is_too_big(e: &tungstenite::Error) -> bool {
-    matches!(e, tungstenite::Error::Capacity(_))
-}
-
 /// Sends a queued message, unless the queue overflows first (the client is not reading: the
 /// send would wait for it forever). Err: the socket is done.
 async fn send_queued(socket: &mut Socket, text: Utf8Bytes, outbox: &Outbox) -> Result<(), ()> {
@@ -274,8 +269,10 @@ async fn serve(
                 }
                 Some(Ok(Message::Close(_))) => return CLIENT_CLOSED,
                 None => return BROKEN,
-                Some(Err(e)) if is_too_big(&e) => Step::Close(close_code::SIZE, "message too big"),
-                Some(Err(_)) => return BROKEN,
+                Some(Err(e)) => match upgrade::close_for(&e) {
+                    Some((code, why)) => Step::Close(code, why),
+                    None => return BROKEN,
+                },
             },
         };
         match step {

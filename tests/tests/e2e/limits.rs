@@ -52,6 +52,46 @@ async fn a_client_that_trickles_its_headers_is_dropped_at_the_deadline() {
 }
 
 #[tokio::test]
+async fn the_header_deadline_counts_from_accept_whatever_is_trickled() {
+    // A request line held back to its last byte, then a byte of header at a time: one
+    // deadline from accept, on the fast path and off it (hyper reads no head of its own).
+    for fast in ["true", "false"] {
+        let stack = Stack::builder()
+            .gateway_args(["--http-header-timeout", "1s", "--http-fast-path", fast])
+            .start()
+            .await;
+        let tcp = tokio::net::TcpStream::connect(stack.gateway_addr())
+            .await
+            .unwrap();
+        let accepted = Instant::now();
+        let (mut reader, mut writer) = tcp.into_split();
+        let trickle = async {
+            writer.write_all(b"GET /me HTTP/1.1\r").await?;
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            writer.write_all(b"\n").await?;
+            for byte in b"Host: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa" {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                writer.write_all(&[*byte]).await?;
+            }
+            std::future::pending::<std::io::Result<()>>().await
+        };
+        // The gateway closing the connection ends the read.
+        let mut rest = Vec::new();
+        tokio::select! {
+            _ = reader.read_to_end(&mut rest) => {}
+            _ = trickle => {}
+            () = tokio::time::sleep(Duration::from_secs(8)) => {}
+        }
+        let took = accepted.elapsed();
+        // Restarted when the request line ended, the deadline would be at 1.9 s.
+        assert!(
+            took < Duration::from_millis(1600),
+            "fast path {fast}: held {took:?} with the deadline at 1 s from accept"
+        );
+    }
+}
+
+#[tokio::test]
 async fn too_many_or_too_large_headers_get_431() {
     let stack = Stack::builder()
         .gateway_args([

@@ -1,5 +1,6 @@
 //! End-to-end suite: one test binary, every test on its own stack (sandbox + session-svc +
 //! gateway-svc in-process, each on a reserved port).
+mod abuse;
 mod access;
 mod access_token;
 mod admin;

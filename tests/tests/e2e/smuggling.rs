@@ -503,3 +503,43 @@ async fn a_malformed_chunk_is_the_clients_error() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_refused_requests_body_is_never_read_as_a_request() {
+    let edge = Edge::start().await;
+    let smuggled = "GET /pub/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (gateway, stack, _) in &edge.gateways {
+        let before = edge.upstream.requests().len();
+        // Refused for its session (401), on a route that needs one and on one that does not,
+        // each with a body that reads as a request; then a request of its own.
+        for refused in [
+            format!(
+                "POST /api/a HTTP/1.1\r\nHost: x\r\nX-WX-Id: nobody\r\nX-WX-Skey: nothing\r\n\
+                 Content-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+            format!(
+                "POST /pub/a HTTP/1.1\r\nHost: x\r\nX-WX-Id: nobody\r\nX-WX-Skey: nothing\r\n\
+                 Content-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+        ] {
+            let pipelined =
+                format!("{refused}GET /pub/next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let text = exchange(stack, pipelined.as_bytes()).await;
+            assert!(!text.contains("smuggled"), "{gateway}: {text}");
+            let seen = &edge.upstream.requests()[before..];
+            assert!(
+                seen.iter().all(|r| !r.head.contains("/pub/smuggled")),
+                "{gateway}: {seen:?}"
+            );
+            // Either the connection ended with the refusal, or the next request was read
+            // where it starts: never the body.
+            let statuses = statuses(&text);
+            assert!(
+                statuses == [401] || statuses == [401, 200],
+                "{gateway}: {text}"
+            );
+        }
+    }
+}

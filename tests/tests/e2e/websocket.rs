@@ -4,7 +4,14 @@ use std::time::Duration;
 use futures::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async,
-    tungstenite::{Message, client::IntoClientRequest as _, protocol::frame::coding::CloseCode},
+    tungstenite::{
+        Message,
+        client::IntoClientRequest as _,
+        protocol::frame::{
+            Frame,
+            coding::{CloseCode, Data, OpCode},
+        },
+    },
 };
 use weapp_tests::{
     ClientSession, MAGIC_KEY, Stack,
@@ -138,6 +145,25 @@ async fn an_oversized_message_closes_with_1009() {
         .await
         .unwrap();
     assert_eq!(close_code(next_frame(&mut ws).await), CloseCode::Size);
+}
+
+#[tokio::test]
+async fn a_protocol_error_closes_with_1002_not_a_dropped_connection() {
+    let stack = Stack::start().await;
+    let (_, session) = stack.new_session().await;
+    // A reserved bit set, with no extension negotiated (RFC 6455 §5.2).
+    let mut ws = connect(&stack, Some(&session)).await;
+    next_frame(&mut ws).await;
+    let mut frame = Frame::message(&b"hi"[..], OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = true;
+    ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_code(next_frame(&mut ws).await), CloseCode::Protocol);
+    // Text that is not UTF-8: 1007.
+    let mut ws = connect(&stack, Some(&session)).await;
+    next_frame(&mut ws).await;
+    let frame = Frame::message(&[0xff, 0xfe][..], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_code(next_frame(&mut ws).await), CloseCode::Invalid);
 }
 
 #[tokio::test]
