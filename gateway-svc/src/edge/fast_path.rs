@@ -190,38 +190,34 @@ impl FastPath {
                     return Served::Closed;
                 }
             };
-            match head.serve {
-                Serve::Fast => {}
-                Serve::HyperOne => {
-                    let served = (&mut conn.client, &mut conn.read);
-                    if !Box::pin(self.hyper.serve_one(served, &head, peer, shutdown)).await {
-                        return Box::pin(linger(conn.client, conn.read, shutdown)).await;
-                    }
-                    now = Instant::now();
-                    conn.buffers.trim();
-                    continue;
-                }
+            let started = Instant::now();
+            head.close |= self.stopping.load(Ordering::Relaxed);
+            // Routed on the normalized path, as hyper's requests are (`handover.rs`).
+            let (refused, destination) = match head.serve {
                 Serve::HyperRest => {
                     return Served::ToHyper(Prefixed::new(conn.read, conn.client, keep));
                 }
-            }
-            let started = Instant::now();
-            head.close |= self.stopping.load(Ordering::Relaxed);
-            // Routed on the normalized path, as in `server.rs`.
-            let refused = match path::normalize(head.path()) {
-                Ok(Cow::Borrowed(_)) => None,
-                Ok(Cow::Owned(normal)) => {
-                    (!head.set_path(&normal)).then_some(ApiError::BadRequestTarget)
+                Serve::HyperOne => (None, Destination::Other),
+                Serve::Fast => {
+                    let refused = match path::normalize(head.path()) {
+                        Ok(Cow::Borrowed(_)) => None,
+                        Ok(Cow::Owned(normal)) => {
+                            (!head.set_path(&normal)).then_some(ApiError::BadRequestTarget)
+                        }
+                        Err(refused) => Some(ApiError::BadPath(refused)),
+                    };
+                    let destination = match refused {
+                        Some(_) => Destination::Other,
+                        None => self.routing.decide(head.path()),
+                    };
+                    (refused, destination)
                 }
-                Err(refused) => Some(ApiError::BadPath(refused)),
             };
-            let destination = match refused {
-                Some(_) => Destination::Other,
-                None => self.routing.decide(head.path()),
-            };
-            // The gateway's own paths read a body with hyper (`body_limit.rs`).
-            let length = head.length().unwrap_or(0);
-            if length > 0 && !matches!(destination, Destination::Business(_)) {
+            // hyper serves this one request; the gateway's own paths read a body with it too
+            // (`body_limit.rs`).
+            let own_with_body =
+                head.length().unwrap_or(0) > 0 && !matches!(destination, Destination::Business(_));
+            if head.serve == Serve::HyperOne || own_with_body {
                 let served = (&mut conn.client, &mut conn.read);
                 if !Box::pin(self.hyper.serve_one(served, &head, peer, shutdown)).await {
                     return Box::pin(linger(conn.client, conn.read, shutdown)).await;
