@@ -29,6 +29,7 @@ use crate::{
     business::route_table::Business,
     business::upstream::{Upstream, UpstreamError},
     edge::fast_path::{Buffers, Conn, Done, FastPath, Origin, refuse},
+    edge::legacy_upgrade,
     error::ApiError,
     sessions::resolver::AuthSession,
 };
@@ -360,7 +361,7 @@ async fn answer_on(
         let (mut reader, mut writer) = stream.split();
         let mut sending = std::pin::pin!(send_body(&mut writer, upload));
         loop {
-            from_upstream.reserve(4096);
+            legacy_upgrade::grow(from_upstream);
             tokio::select! {
                 biased;
                 sent = &mut sending => {
@@ -408,7 +409,7 @@ async fn answer_on(
                 false => Failed::Broken(eof.into()),
             });
         }
-        from_upstream.reserve(4096);
+        legacy_upgrade::grow(from_upstream);
         match stream.read_buf(from_upstream).await {
             Ok(n) if n > 0 => {}
             Ok(_) => ended = true,
