@@ -26,6 +26,15 @@ use tokio::{
 /// line and the length of the body that came with it.
 pub type Script = fn(&str, usize) -> (Vec<u8>, bool);
 
+/// A `200` whose body is `text`, the connection kept open: a script's plain answer.
+pub fn ok(text: &str) -> (Vec<u8>, bool) {
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+        text.len()
+    );
+    (answer.into_bytes(), false)
+}
+
 /// A request as the upstream read it.
 #[derive(Clone, Debug)]
 pub struct Seen {

@@ -7,18 +7,13 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
-use weapp_tests::{Service, Stack, scripted::Scripted};
+use weapp_tests::{
+    Service, Stack,
+    scripted::{self, Scripted},
+};
 
 fn answers(_line: &str, body: usize) -> (Vec<u8>, bool) {
-    let said = format!("seen={body}");
-    (
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{said}",
-            said.len()
-        )
-        .into_bytes(),
-        false,
-    )
+    scripted::ok(&format!("seen={body}"))
 }
 
 async fn stack_with(upstream: &Scripted, settings: &str, fast: &str) -> Stack {

@@ -13,7 +13,10 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
-use weapp_tests::{ClientSession, Service, Stack, scripted::Scripted};
+use weapp_tests::{
+    ClientSession, Service, Stack,
+    scripted::{self, Scripted},
+};
 
 /// A stack routing `/api/` to an upstream scripted by `framings`, and a session on it.
 async fn scripted_stack() -> (Scripted, Stack, ClientSession) {
@@ -48,27 +51,9 @@ pub(crate) fn framings(line: &str, body: usize) -> (Vec<u8>, bool) {
         }
         [_, "/api/slow"] => "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow",
         [_, "/api/posted"] => "HTTP/1.1 201 Created\r\nContent-Length: 6\r\n\r\nposted",
-        [_, "/api/count"] => {
-            let said = body.to_string();
-            return (
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{said}",
-                    said.len()
-                )
-                .into_bytes(),
-                false,
-            );
-        }
+        [_, "/api/count"] => return scripted::ok(&body.to_string()),
         [_, target] if target.starts_with("/api/n/") => {
-            let n = &target["/api/n/".len()..];
-            return (
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\nn={n}",
-                    n.len() + 2
-                )
-                .into_bytes(),
-                false,
-            );
+            return scripted::ok(&format!("n={}", &target["/api/n/".len()..]));
         }
         [_, "/api/until-close"] => return (b"HTTP/1.1 200 OK\r\n\r\nall of it".to_vec(), true),
         [_, "/api/cut"] => {

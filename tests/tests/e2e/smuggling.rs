@@ -11,7 +11,10 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
-use weapp_tests::{ClientSession, Stack, scripted::Scripted};
+use weapp_tests::{
+    ClientSession, Stack,
+    scripted::{self, Scripted},
+};
 
 /// One upstream behind two gateways: the fast path on (the default) and off.
 pub(crate) struct Edge {
@@ -69,17 +72,7 @@ fn answers(line: &str, body: usize) -> (Vec<u8>, bool) {
         "answers-early" => {
             "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!"
         }
-        _ => {
-            let said = format!("seen={body}");
-            return (
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{said}",
-                    said.len()
-                )
-                .into_bytes(),
-                false,
-            );
-        }
+        _ => return scripted::ok(&format!("seen={body}")),
     };
     (answer.as_bytes().to_vec(), false)
 }
