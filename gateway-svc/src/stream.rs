@@ -107,3 +107,11 @@ impl<IO: AsyncWrite + Unpin, K: Unpin> AsyncWrite for Prefixed<IO, K> {
         self.io.is_write_vectored()
     }
 }
+
+/// Room for the next read from a peer: 512 bytes first (a request line and a few fields, an
+/// answer's head), then twice what is there. A connection that has sent little holds little.
+pub fn grow(buf: &mut Vec<u8>) {
+    if buf.capacity() - buf.len() < 256 {
+        buf.reserve(buf.len().max(512));
+    }
+}

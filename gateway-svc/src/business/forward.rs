@@ -1,7 +1,9 @@
 //! Forwarding to business upstreams (`route_table.rs` says which): the request goes on as the
 //! client sent it — method, path, query, headers, body — minus what must never leave the
 //! gateway, plus the identity; the answer comes back the same way. Bodies stream both ways
-//! (nothing is buffered whole), each upstream has its own HTTP/1.1 keep-alive pool, and an
+//! (the fast path reads a small one whole first, `fast_forward.rs`), a client body that stalls
+//! past the route's `body_timeout` is 408, at most `max_connections` requests of a route are in
+//! flight (`route_table.rs`), each upstream has its own HTTP/1.1 keep-alive pool, and an
 //! upstream that is down or slow gets a 502 or 504 within its route's timeouts, never a hang.
 use std::{
     error::Error as _,

@@ -29,7 +29,6 @@ use crate::{
     business::route_table::Business,
     business::upstream::{Upstream, UpstreamError},
     edge::fast_path::{Buffers, Conn, Done, FastPath, Origin, refuse},
-    edge::legacy_upgrade,
     error::ApiError,
     sessions::resolver::AuthSession,
 };
@@ -361,7 +360,7 @@ async fn answer_on(
         let (mut reader, mut writer) = stream.split();
         let mut sending = std::pin::pin!(send_body(&mut writer, upload));
         loop {
-            legacy_upgrade::grow(from_upstream);
+            crate::stream::grow(from_upstream);
             tokio::select! {
                 biased;
                 sent = &mut sending => {
@@ -409,7 +408,7 @@ async fn answer_on(
                 false => Failed::Broken(eof.into()),
             });
         }
-        legacy_upgrade::grow(from_upstream);
+        crate::stream::grow(from_upstream);
         match stream.read_buf(from_upstream).await {
             Ok(n) if n > 0 => {}
             Ok(_) => ended = true,

@@ -1,12 +1,12 @@
 //! HTTP/1.1 connections served without hyper's machinery for each request. Most of a
 //! gateway's traffic is HTTP/1.1 from nginx or a mini-program: a business request with no
 //! body or a `Content-Length` one, and the gateway's own bodiless paths (`/me`, `/login`).
-//! Their heads are read once (`business/h1.rs`); a business request is forwarded as bytes
-//! (`fast_forward.rs`), an own path goes to the same dispatcher hyper's requests go to
-//! (`dispatch.rs`) and its answer is written here. Routing, the metrics, the spans, the
-//! limits (the head's deadline, which is the idle timeout too; its size and field count) are
-//! hyper's path's, so a request is answered the same either way; the e2e suite runs through
-//! here.
+//! Their heads are read once (`weapp_wire::request_head`); a business request is forwarded as
+//! bytes (`fast_forward.rs`), an own path goes to the same dispatcher hyper's requests go to
+//! (`dispatch.rs`) and its answer is written here. Routing, the metrics and the spans are the
+//! same as for the requests hyper serves (`handover.rs`), so a request is answered the same
+//! either way; the head's deadline (from accept, then from the last answer: the idle timeout
+//! too) and its size and field limits are this path's alone, since it reads every head.
 //!
 //! Every HTTP/1 connection is served here, and every head on it is read here first
 //! (`request_head.rs`: one strict reading; what it refuses gets 400 or 431 and the connection
@@ -49,11 +49,10 @@ use crate::{
     edge::destination::{Destination, Routing},
     edge::dispatch::Dispatcher,
     edge::handover::Hyper,
-    edge::legacy_upgrade,
     edge::served,
     error::ApiError,
     metrics::GatewayMetrics,
-    stream::{ClientStream, Prefixed},
+    stream::{self, ClientStream, Prefixed},
 };
 
 pub struct FastPath {
@@ -184,7 +183,7 @@ impl FastPath {
                     }
                     Parsed::Partial => {}
                 }
-                legacy_upgrade::grow(&mut conn.read);
+                stream::grow(&mut conn.read);
                 let got = tokio::select! {
                     biased;
                     got = conn.client.read_buf(&mut conn.read) => got,

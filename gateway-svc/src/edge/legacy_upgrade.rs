@@ -18,7 +18,7 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
-use crate::stream::Prefixed;
+use crate::stream::{self, Prefixed};
 
 /// What the first look found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub async fn first_request<IO: AsyncRead + Unpin, K>(
     let mut buf = Vec::new();
     let mut line_end = None;
     let outcome = loop {
-        grow(&mut buf);
+        stream::grow(&mut buf);
         let n = io.read_buf(&mut buf).await?;
         if bare_lf(&buf) {
             break FirstRequest::AsSent;
@@ -78,14 +78,6 @@ pub async fn first_request<IO: AsyncRead + Unpin, K>(
         }
     };
     Ok((Prefixed::new(buf, io, keep), outcome))
-}
-
-/// Room for the next read: 512 bytes first (a request line and a few fields), then twice what
-/// is there.
-pub(crate) fn grow(buf: &mut Vec<u8>) {
-    if buf.capacity() - buf.len() < 256 {
-        buf.reserve(buf.len().max(512));
-    }
 }
 
 fn bare_lf(bytes: &[u8]) -> bool {
