@@ -311,13 +311,18 @@ impl Settings {
     pub fn check(&self) -> Result<(), String> {
         self.session_svc.check()?;
         if let Some(routes) = &self.routes {
-            let mut own: Vec<&str> = fixed_paths().collect();
-            own.push(&self.login_path);
-            routes
-                .check_against(&own)
-                .map_err(|e| format!("WEAPP_ROUTES_FILE: {e}"))?;
+            self.check_routes(routes)?;
         }
         Ok(())
+    }
+
+    /// A routes file (at start-up, or read again by a reload) against the own paths.
+    pub fn check_routes(&self, routes: &RouteTable) -> Result<(), String> {
+        let mut own: Vec<&str> = fixed_paths().collect();
+        own.push(&self.login_path);
+        routes
+            .check_against(&own)
+            .map_err(|e| format!("WEAPP_ROUTES_FILE: {e}"))
     }
 }
 

@@ -3,6 +3,7 @@
 //! over gRPC about every session. It holds no secrets of the app (only its own API key
 //! for session-svc) and no state worth keeping.
 
+pub mod apps;
 pub mod business;
 pub mod config;
 pub mod edge;

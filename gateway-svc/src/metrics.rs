@@ -66,8 +66,9 @@ pub struct RouteLabel(usize);
 
 pub struct GatewayMetrics {
     pub registry: Registry,
-    /// By route template, in label order (`Destination::label`).
-    handles: Vec<RouteHandles>,
+    /// By route template, in label order (`Destination::label`); replaced when a reload
+    /// changes the routes (a template kept keeps its series).
+    handles: arc_swap::ArcSwap<Vec<RouteHandles>>,
     /// By (method, gRPC code).
     grpc: DashMap<(&'static str, i32), (Counter, Histogram)>,
     pub ws_open: Gauge,
@@ -96,6 +97,8 @@ pub struct GatewayMetrics {
     /// By (route prefix, refused): requests that waited for a place among a route's requests
     /// in flight, and those that waited in vain (503).
     upstream_queue: DashMap<(String, bool), Counter>,
+    /// Reloads of the routes file, by outcome (applied, unchanged, error).
+    reloads: DashMap<&'static str, Counter>,
 }
 
 impl GatewayMetrics {
@@ -103,10 +106,12 @@ impl GatewayMetrics {
     /// label a request gets).
     pub fn new(registry: Registry, templates: &[String]) -> Arc<Self> {
         describe(&registry);
-        let handles = templates
-            .iter()
-            .map(|template| RouteHandles::new(&registry, template))
-            .collect();
+        let handles = arc_swap::ArcSwap::from_pointee(
+            templates
+                .iter()
+                .map(|template| RouteHandles::new(&registry, template))
+                .collect(),
+        );
         let gauge = |name| registry.gauge(name, &[]);
         let counter = |name| registry.counter(name, &[]);
         let login = |outcome| registry.counter("weapp_logins_total", &[("outcome", outcome)]);
@@ -148,6 +153,7 @@ impl GatewayMetrics {
             websockets_refused: registry
                 .counter("weapp_connections_refused_total", &[("cap", "websockets")]),
             upstream_queue: DashMap::new(),
+            reloads: DashMap::new(),
             address_refused: registry.counter(
                 "weapp_connections_refused_total",
                 &[("cap", "http_connections_per_address")],
@@ -170,21 +176,44 @@ impl GatewayMetrics {
         counter.increment(1);
     }
 
+    /// The routes changed (a reload): handles for the new templates, in their label order.
+    pub fn set_routes(&self, templates: &[String]) {
+        self.handles.store(Arc::new(
+            templates
+                .iter()
+                .map(|template| RouteHandles::new(&self.registry, template))
+                .collect(),
+        ));
+    }
+
     /// The route template a request is counted under, by its index (`Destination::label`).
     pub fn route_label(&self, index: usize) -> RouteLabel {
-        RouteLabel(index.min(self.handles.len().saturating_sub(1)))
+        RouteLabel(index.min(self.handles.load().len().saturating_sub(1)))
     }
 
     /// The template a label stands for (what spans are named by, too).
-    pub fn route_template(&self, route: RouteLabel) -> &str {
+    pub fn route_template(&self, route: RouteLabel) -> String {
         self.handles
+            .load()
             .get(route.0)
-            .map_or("other", |handles| handles.template.as_str())
+            .map_or_else(|| "other".to_owned(), |handles| handles.template.clone())
+    }
+
+    /// A reload of the routes file (`SIGHUP`) and how it went.
+    pub fn config_reload(&self, outcome: &'static str) {
+        self.reloads
+            .entry(outcome)
+            .or_insert_with(|| {
+                self.registry
+                    .counter("weapp_config_reloads_total", &[("outcome", outcome)])
+            })
+            .increment(1);
     }
 
     /// One HTTP request: its route template, status and time to its response head.
     pub fn request(&self, route: RouteLabel, status: u16, elapsed: Duration) {
-        let Some(handles) = self.handles.get(route.0) else {
+        let handles = self.handles.load();
+        let Some(handles) = handles.get(route.0) else {
             return;
         };
         let class = match status {
@@ -315,6 +344,10 @@ fn describe(registry: &Registry) {
         (
             "weapp_upstream_refused_total",
             "Forwarded requests refused with 503 after waiting queue_timeout for such a place, by route.",
+        ),
+        (
+            "weapp_config_reloads_total",
+            "Reloads of the routes file (SIGHUP), by outcome (applied, unchanged, error: the routes in force stay).",
         ),
     ] {
         registry.describe(name, help);

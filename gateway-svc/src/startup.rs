@@ -1,6 +1,7 @@
 //! Wiring: binds the listener up front (so port 0 works), builds the shared state and serves
 //! until told to stop; then stops accepting, lets requests finish, and closes WebSockets with
 //! "going away".
+use arc_swap::ArcSwap;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::Semaphore};
@@ -13,7 +14,7 @@ use weapp_common::{
 
 use crate::{
     config::Settings,
-    edge::destination::Routing,
+    edge::destination::{LiveRouting, Routing},
     edge::dispatch::Dispatcher,
     edge::io_threads::IoThreads,
     edge::rate_limit::LoginLimiter,
@@ -52,8 +53,9 @@ pub struct Application {
     metrics: Arc<GatewayMetrics>,
     /// `/metrics`, on its own address, when it is on.
     metrics_listener: Option<(TcpListener, SocketAddr)>,
-    /// Where each request goes (the own paths, the business routes and their connections).
-    routing: Arc<Routing>,
+    /// Where each request goes (the own paths, the business routes and their connections);
+    /// `SIGHUP` reads the routes file again.
+    routing: LiveRouting,
     settings: Arc<Settings>,
     sessions: SessionClient,
     relay: Option<Relay>,
@@ -66,11 +68,12 @@ impl Application {
         // Built here so a bad relay client fails the start, not the first message.
         let relay = Relay::new(&settings.relay, settings.ws.max_message_size)
             .map_err(StartupError::Relay)?;
-        let routing = Arc::new(Routing::new(&settings.login_path, settings.routes.as_ref()));
+        let routing = Routing::new(&settings.login_path, settings.routes.as_ref());
         let metrics = GatewayMetrics::new(
             Registry::for_listen(settings.metrics_listen),
             &routing.templates(),
         );
+        let routing = Arc::new(ArcSwap::from_pointee(routing));
         let sessions = SessionClient::connect_lazy(
             &settings.session_svc,
             (settings.session_timeout, settings.login_timeout),
@@ -157,7 +160,14 @@ impl Application {
                 Arc::new(refresh),
             ))
         });
+        tokio::spawn(reload_routes_on_hangup(
+            self.routing.clone(),
+            self.settings.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
         let state = AppState::from(Shared {
+            routing: self.routing.clone(),
             resolver: SessionResolver::new(cache, self.sessions.clone()),
             relay: self.relay,
             sockets: sockets.clone(),
@@ -210,6 +220,55 @@ impl Application {
         drop(threads);
         tracing::info!("gateway-svc stopped");
         Ok(())
+    }
+}
+
+/// `SIGHUP`: the routes file read again and put in force for the next requests, all or
+/// nothing (a bad file keeps the routes in force, and the log says why). Requests in flight
+/// finish on the routes they started with.
+async fn reload_routes_on_hangup(
+    routing: LiveRouting,
+    settings: Arc<Settings>,
+    metrics: Arc<GatewayMetrics>,
+    shutdown: CancellationToken,
+) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP cannot be handled: reload the routes by restart");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hangups.recv() => {}
+        }
+        let Some(table) = &settings.routes else {
+            tracing::info!("SIGHUP: no routes file (WEAPP_ROUTES_FILE) to reload");
+            metrics.config_reload("unchanged");
+            continue;
+        };
+        match table
+            .reread()
+            .and_then(|t| settings.check_routes(&t).map(|()| t))
+        {
+            Ok(table) => {
+                let next = Routing::new(&settings.login_path, Some(&table));
+                metrics.set_routes(&next.templates());
+                routing.store(Arc::new(next));
+                metrics.config_reload("applied");
+                tracing::info!(
+                    routes = table.routes().count(),
+                    login_rules = table.logins().len(),
+                    "routes file reloaded"
+                );
+            }
+            Err(e) => {
+                metrics.config_reload("error");
+                tracing::error!(error = %e, "routes file not reloaded: the routes in force stay");
+            }
+        }
     }
 }
 

@@ -28,6 +28,8 @@ impl std::ops::Deref for AppState {
 }
 
 pub struct Shared {
+    /// The routing in force (the login handler reads its rules of which app a login is for).
+    pub routing: crate::edge::destination::LiveRouting,
     /// Every request's session goes through it.
     pub resolver: SessionResolver,
     /// session-svc, for what is not session resolution (login, readiness).

@@ -12,7 +12,17 @@
 //! name = "gateway"
 //! file = "gateway.key"
 //! scopes = ["validate", "login", "follow"]
+//!
+//! [[key]]
+//! name = "club-backend"
+//! file = "club.key"
+//! scopes = ["push", "wechat.token"]
+//! apps = ["wx2222222222222222"]   # which apps it may act for; ["*"]: all
 //! ```
+//!
+//! A key without `apps` acts for the default app only, so a keys file from before apps files
+//! keeps its meaning. A call whose subject is a session credential (Validate, Logout, a
+//! session's phone number) acts for that session's app: a gateway key serves every app.
 //!
 //! Only SHA-256 digests of the keys are kept; a presented key is hashed and compared with every
 //! digest in constant time.
@@ -102,9 +112,51 @@ pub fn required_scope(path: &str) -> Option<Scope> {
     })
 }
 
-/// The key a call was made with (its name, for logs), in the request's extensions.
+/// The key a call was made with (its name, for logs, and the apps it may act for), in the
+/// request's extensions. A call with none came through without keys configured (loopback,
+/// or `WEAPP_GRPC_INSECURE`): it may act for every app.
 #[derive(Clone, Debug)]
-pub struct Caller(pub Arc<str>);
+pub struct Caller {
+    pub name: Arc<str>,
+    pub apps: AppScope,
+}
+
+/// The apps a key may act for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppScope {
+    /// No `apps` in its entry: the default app, whichever that is.
+    DefaultOnly,
+    Listed(Arc<[Arc<str>]>),
+    /// `apps = ["*"]`.
+    All,
+}
+
+impl AppScope {
+    /// Whether the key may act for `app` when `default` is the default app.
+    pub fn allows(&self, app: &str, default: &str) -> bool {
+        match self {
+            Self::DefaultOnly => app == default,
+            Self::Listed(apps) => apps.iter().any(|a| &**a == app),
+            Self::All => true,
+        }
+    }
+
+    /// The app a call that names none acts for: the key's first, else the default.
+    pub fn first<'a>(&'a self, default: &'a str) -> &'a str {
+        match self {
+            Self::Listed(apps) => apps.first().map_or(default, |a| a),
+            _ => default,
+        }
+    }
+}
+
+/// What a call without a key may do: everything (the operator configured no keys).
+pub fn caller_apps<T>(request: &tonic::Request<T>) -> AppScope {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or(AppScope::All, |c| c.apps.clone())
+}
 
 struct Key {
     name: Arc<str>,
@@ -112,6 +164,7 @@ struct Key {
     scopes: u16,
     /// The WeChat API paths this key may call through the open-API proxy.
     openapi: AllowList,
+    apps: AppScope,
 }
 
 /// Why a presented credential is not a known key.
@@ -132,14 +185,20 @@ impl KeyRefusal {
     }
 }
 
-/// The API keys session-svc accepts.
+/// The API keys session-svc accepts, and the file they were read from (a reload reads it
+/// again).
 #[derive(Clone)]
-pub struct ApiKeys(Arc<Vec<Key>>);
+pub struct ApiKeys {
+    keys: Arc<Vec<Key>>,
+    source: Arc<Path>,
+    /// Over every byte read to build it: a watch of the files reloads only on a change.
+    digest: [u8; 32],
+}
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.0.iter().map(|k| &*k.name))
+            .entries(self.keys.iter().map(|k| &*k.name))
             .finish()
     }
 }
@@ -159,6 +218,8 @@ struct KeyEntry {
     /// With the `wechat.openapi` scope: the WeChat API paths the key may call.
     #[serde(default)]
     openapi: Vec<String>,
+    /// The apps it may act for (`["*"]`: all); absent: the default app only.
+    apps: Option<Vec<String>>,
 }
 
 /// Shortest key accepted: 32 characters (`openssl rand -hex 32` makes 64).
@@ -168,8 +229,27 @@ impl ApiKeys {
     /// Reads the keys file at `path` and every key file it names (a clap value parser: errors
     /// name the file and the entry, never a key).
     pub fn load(path: &str) -> Result<Self, String> {
-        let path = Path::new(path);
+        Self::load_path(Path::new(path))
+    }
+
+    /// Reads the same file again (a reload).
+    pub fn reread(&self) -> Result<Self, String> {
+        Self::load_path(&self.source)
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Whether `other` was built from exactly the same bytes.
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+
+    fn load_path(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+        let mut whole = Sha256::new();
+        whole.update(text.as_bytes());
         let file: KeysFile = toml::from_str(&text).map_err(|e| e.message().to_owned())?;
         if file.key.is_empty() {
             return Err("it lists no [[key]]".into());
@@ -227,14 +307,41 @@ impl ApiKeys {
             if keys.iter().any(|k| bool::from(k.digest.ct_eq(&digest))) {
                 return Err(problem("the same key is listed twice".into()));
             }
+            whole.update(digest);
+            let apps = match entry.apps {
+                None => AppScope::DefaultOnly,
+                Some(apps) if apps.iter().any(|a| a == "*") => match apps.len() {
+                    1 => AppScope::All,
+                    _ => return Err(problem("`apps = [\"*\"]` stands alone".into())),
+                },
+                Some(apps) if apps.is_empty() => {
+                    return Err(problem(
+                        "`apps` is empty: list AppIds, or [\"*\"] for all".into(),
+                    ));
+                }
+                Some(apps) => {
+                    if let Some(bad) = apps
+                        .iter()
+                        .find(|a| !crate::apps::well_formed_app_id(a.trim()))
+                    {
+                        return Err(problem(format!("{bad:?} in `apps` is not an AppId")));
+                    }
+                    AppScope::Listed(apps.iter().map(|a| Arc::from(a.trim())).collect())
+                }
+            };
             keys.push(Key {
                 name: name.into(),
                 digest,
                 scopes,
                 openapi,
+                apps,
             });
         }
-        Ok(Self(Arc::new(keys)))
+        Ok(Self {
+            keys: Arc::new(keys),
+            source: path.into(),
+            digest: whole.finalize().into(),
+        })
     }
 
     /// The key behind an `authorization` header.
@@ -247,7 +354,7 @@ impl ApiKeys {
         let digest: [u8; 32] = Sha256::digest(presented).into();
         // Every key is compared, matched or not: the time taken says nothing about which.
         let mut found: Option<&Key> = None;
-        for key in self.0.iter() {
+        for key in self.keys.iter() {
             if bool::from(key.digest.ct_eq(&digest)) {
                 found = Some(key);
             }
@@ -267,14 +374,23 @@ impl ApiKeys {
                 scope.name()
             )));
         }
-        Ok(Caller(key.name.clone()))
+        Ok(Caller {
+            name: key.name.clone(),
+            apps: key.apps.clone(),
+        })
     }
 
     /// The caller behind an `authorization` header and the WeChat API paths it may call
     /// through the open-API proxy (empty for a key without the `wechat.openapi` scope).
     pub fn openapi(&self, authorization: Option<&[u8]>) -> Result<(Caller, AllowList), KeyRefusal> {
         let key = self.identify(authorization)?;
-        Ok((Caller(key.name.clone()), key.openapi.clone()))
+        Ok((
+            Caller {
+                name: key.name.clone(),
+                apps: key.apps.clone(),
+            },
+            key.openapi.clone(),
+        ))
     }
 }
 
@@ -311,14 +427,30 @@ pub fn allow_listed_path(path: &str) -> Result<String, String> {
     Ok(path.to_owned())
 }
 
+/// The one `&'static` copy of an allow-listed path: files are read again on every reload
+/// (and a watch), so each distinct path is kept once, not once per reading.
+fn intern(path: String) -> &'static str {
+    static PATHS: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut paths = PATHS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = paths.get(path.as_str()) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(path.into_boxed_str());
+    paths.insert(leaked);
+    leaked
+}
+
 impl AllowList {
     /// Keeps `paths`, each checked by [`allow_listed_path`].
     pub fn new(paths: Vec<String>) -> Result<Self, String> {
         let mut list: Vec<&'static str> = Vec::with_capacity(paths.len());
         for path in paths {
-            let path = allow_listed_path(&path)?;
-            if !list.contains(&path.as_str()) {
-                list.push(Box::leak(path.into_boxed_str()));
+            let path = intern(allow_listed_path(&path)?);
+            if !list.contains(&path) {
+                list.push(path);
             }
         }
         Ok(Self(list.into()))
@@ -373,9 +505,10 @@ impl AccessSettings {
 }
 
 /// Puts [`Access`] in front of the gRPC services; without keys it lets everything through
-/// (loopback only, or the operator said `WEAPP_GRPC_INSECURE`).
+/// (loopback only, or the operator said `WEAPP_GRPC_INSECURE`). The keys are the live ones:
+/// a reload takes effect on the next call.
 #[derive(Clone)]
-pub struct AccessLayer(pub Option<ApiKeys>);
+pub struct AccessLayer(pub Arc<crate::reload::LiveConfig>);
 
 impl<S> tower::Layer<S> for AccessLayer {
     type Service = Access<S>;
@@ -383,7 +516,7 @@ impl<S> tower::Layer<S> for AccessLayer {
     fn layer(&self, inner: S) -> Access<S> {
         Access {
             inner,
-            keys: self.0.clone(),
+            live: self.0.clone(),
         }
     }
 }
@@ -391,7 +524,7 @@ impl<S> tower::Layer<S> for AccessLayer {
 #[derive(Clone)]
 pub struct Access<S> {
     inner: S,
-    keys: Option<ApiKeys>,
+    live: Arc<crate::reload::LiveConfig>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Access<S>
@@ -407,7 +540,8 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if let (Some(keys), Some(scope)) = (&self.keys, required_scope(request.uri().path())) {
+        let keys = self.live.keys();
+        if let (Some(keys), Some(scope)) = (keys.as_deref(), required_scope(request.uri().path())) {
             let authorization = request
                 .headers()
                 .get(http::header::AUTHORIZATION)
@@ -464,7 +598,12 @@ mod tests {
         let bearer = |key: &str| format!("Bearer {key}").into_bytes();
         let gateway = bearer(GATEWAY_KEY);
         let caller = keys.authorize(Some(&gateway), Scope::Validate).unwrap();
-        assert_eq!(&*caller.0, "gateway");
+        assert_eq!(&*caller.name, "gateway");
+        assert_eq!(
+            caller.apps,
+            AppScope::DefaultOnly,
+            "no `apps`: the default app only"
+        );
         let denied = keys.authorize(Some(&gateway), Scope::Admin).unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert!(denied.message().contains("admin"));
@@ -501,7 +640,7 @@ mod tests {
         let keys = ApiKeys::load(dir.path().join("api-keys.toml").to_str().unwrap()).unwrap();
         let bearer = format!("Bearer {GATEWAY_KEY}-open").into_bytes();
         let (caller, allowed) = keys.openapi(Some(&bearer)).unwrap();
-        assert_eq!(&*caller.0, "backend");
+        assert_eq!(&*caller.name, "backend");
         assert_eq!(
             allowed.find("/wxa/msg_sec_check"),
             Some("/wxa/msg_sec_check")

@@ -18,6 +18,9 @@
 //! * The token is stored sealed (`vault.rs`), so it survives restarts and replicas share it.
 //! * WeChat unreachable: the current token is served until its real expiry (in its last
 //!   seconds each call first tries WeChat once more); then UNAVAILABLE.
+//! * One of everything above per app ([`AccessTokens`] holds an [`AppToken`] per AppId):
+//!   token, lease, refresher and forced-refresh budget are each app's own (WeChat counts
+//!   them per app), and a removed app's refresher stops.
 use std::{
     sync::{
         Arc, Mutex, PoisonError,
@@ -31,11 +34,14 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use weapp_common::config::duration;
 
+use dashmap::DashMap;
+
 use crate::{
     credentials,
     error::SessionError,
     metrics::SessionMetrics,
     record::{UnixMillis, now_millis},
+    reload::LiveConfig,
     store::{SecretStore, StoredToken},
     vault::Vault,
     wechat::{WeChatClient, WeChatError, errcode},
@@ -119,7 +125,79 @@ enum Need<'a> {
     Force,
 }
 
+/// The access_tokens of every app served, each created on first use.
 pub struct AccessTokens {
+    per_app: DashMap<Arc<str>, Arc<AppToken>>,
+    live: Arc<LiveConfig>,
+    wechat: Arc<WeChatClient>,
+    store: Arc<dyn SecretStore>,
+    vault: Arc<Vault>,
+    settings: AccessTokenSettings,
+    /// This replica's name in the refresh leases.
+    holder: String,
+    shutdown: CancellationToken,
+    metrics: Arc<SessionMetrics>,
+}
+
+impl AccessTokens {
+    pub fn new(
+        (wechat, live): (Arc<WeChatClient>, Arc<LiveConfig>),
+        store: Arc<dyn SecretStore>,
+        vault: Arc<Vault>,
+        settings: AccessTokenSettings,
+        (metrics, shutdown): (Arc<SessionMetrics>, CancellationToken),
+    ) -> Result<Self, SessionError> {
+        let holder = credentials::Credentials::generate()
+            .map_err(|e| SessionError::Internal(format!("OS random source: {e}")))?
+            .id;
+        Ok(Self {
+            per_app: DashMap::new(),
+            live,
+            wechat,
+            store,
+            vault,
+            settings,
+            holder,
+            shutdown,
+            metrics,
+        })
+    }
+
+    /// The token of `app_id` (empty: the default app); an app not served is the caller's
+    /// mistake.
+    pub fn of(&self, app_id: &str) -> Result<Arc<AppToken>, SessionError> {
+        let app = self.live.apps().resolve(app_id)?;
+        if let Some(token) = self.per_app.get(&app.id) {
+            return Ok(token.clone());
+        }
+        Ok(self
+            .per_app
+            .entry(app.id.clone())
+            .or_insert_with(|| {
+                Arc::new(AppToken::new(
+                    app.id.clone(),
+                    (self.wechat.clone(), self.live.clone()),
+                    (self.store.clone(), self.vault.clone()),
+                    (self.settings, self.holder.clone()),
+                    (self.metrics.clone(), self.shutdown.child_token()),
+                ))
+            })
+            .clone())
+    }
+
+    /// `app_id` is no longer served: its refresher stops (its stored token stays, for when
+    /// it is added back).
+    pub fn forget(&self, app_id: &str) {
+        if let Some((_, token)) = self.per_app.remove(app_id) {
+            token.shutdown.cancel();
+        }
+    }
+}
+
+/// One app's access_token.
+pub struct AppToken {
+    app_id: Arc<str>,
+    live: Arc<LiveConfig>,
     wechat: Arc<WeChatClient>,
     store: Arc<dyn SecretStore>,
     vault: Arc<Vault>,
@@ -139,22 +217,21 @@ pub struct AccessTokens {
     metrics: Arc<SessionMetrics>,
 }
 
-impl AccessTokens {
-    pub fn new(
-        wechat: Arc<WeChatClient>,
-        store: Arc<dyn SecretStore>,
-        vault: Arc<Vault>,
-        settings: AccessTokenSettings,
+impl AppToken {
+    fn new(
+        app_id: Arc<str>,
+        (wechat, live): (Arc<WeChatClient>, Arc<LiveConfig>),
+        (store, vault): (Arc<dyn SecretStore>, Arc<Vault>),
+        (settings, holder): (AccessTokenSettings, String),
         (metrics, shutdown): (Arc<SessionMetrics>, CancellationToken),
-    ) -> Result<Self, SessionError> {
-        let holder = credentials::Credentials::generate()
-            .map_err(|e| SessionError::Internal(format!("OS random source: {e}")))?
-            .id;
+    ) -> Self {
         // Long enough for a WeChat call and the store writes around it: a lease that lapses
         // mid-refresh would let a second replica call WeChat too.
         let lease_ttl = (wechat.timeout() * 3).max(Duration::from_secs(30));
-        Ok(Self {
-            lease_name: format!("access_token:{}", wechat.app_id()),
+        Self {
+            lease_name: format!("access_token:{app_id}"),
+            app_id,
+            live,
             wechat,
             store,
             vault,
@@ -167,11 +244,15 @@ impl AccessTokens {
             started: AtomicBool::new(false),
             shutdown,
             metrics,
-        })
+        }
+    }
+
+    pub fn app_id(&self) -> &Arc<str> {
+        &self.app_id
     }
 
     fn context(&self) -> String {
-        format!("access_token:{}", self.wechat.app_id())
+        format!("access_token:{}", self.app_id)
     }
 
     fn cached(&self) -> Option<CurrentToken> {
@@ -182,12 +263,11 @@ impl AccessTokens {
     }
 
     fn adopt(&self, token: CurrentToken) -> CurrentToken {
-        self.metrics
-            .token_expires_at
-            .set(token.expires_at as f64 / 1000.0);
-        self.metrics
-            .token_fetched_at
-            .set(token.fetched_at as f64 / 1000.0);
+        self.metrics.token(
+            &self.app_id,
+            token.expires_at as f64 / 1000.0,
+            token.fetched_at as f64 / 1000.0,
+        );
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(token.clone());
         token
     }
@@ -390,7 +470,7 @@ impl AccessTokens {
     /// The stored token, opened. One that no configured key opens counts as none (a new one
     /// is fetched and sealed with the current key).
     async fn load(&self) -> Result<Option<(CurrentToken, StoredToken)>, SessionError> {
-        let Some(stored) = self.store.load_token(self.wechat.app_id()).await? else {
+        let Some(stored) = self.store.load_token(&self.app_id).await? else {
             return Ok(None);
         };
         match self.vault.open(&stored.sealed, &self.context()) {
@@ -431,7 +511,10 @@ impl AccessTokens {
             Need::Replace(_) => "reported",
             Need::Force => "forced",
         };
-        let fresh = self.wechat.stable_token(force).await;
+        let app = self.live.apps().get(&self.app_id).cloned().ok_or_else(|| {
+            SessionError::InvalidArgument(format!("app {:?} is not served here", self.app_id))
+        })?;
+        let fresh = self.wechat.stable_token(&app, force).await;
         self.metrics.token_refresh(reason, fresh.is_ok());
         let fresh = fresh.inspect_err(|e| {
             tracing::warn!(error = %e, force, "WeChat's stable_token failed");
@@ -471,11 +554,12 @@ impl AccessTokens {
             fetched_at,
             forced_at,
         };
-        if let Err(e) = self.store.save_token(self.wechat.app_id(), &record).await {
+        if let Err(e) = self.store.save_token(&self.app_id, &record).await {
             // Served from memory all the same; other replicas will fetch it themselves.
             tracing::warn!(error = %e, "the new access_token could not be stored");
         }
         tracing::info!(
+            app = %app.name,
             rotated,
             force,
             expires_in_s = (token.expires_at - fetched_at) / 1000,

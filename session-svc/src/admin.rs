@@ -3,10 +3,12 @@
 //!
 //! ```text
 //! session-svc admin revoke-user <openId>          RevokeUser: end every session of a user
+//! session-svc admin revoke-user --union-id <u>    … of a person, in every app the key may
 //! session-svc admin sessions <id>...              CheckSessions: which of these have ended
-//! session-svc admin token                         GetAccessToken: the app's access_token
-//! session-svc admin force-refresh --reason "…"    ForceRefreshAccessToken
-//! session-svc admin publish --open-id <o> <text>  Publish to a user's (or --session-id) sockets
+//! session-svc admin token [--app <appid>]         GetAccessToken: an app's access_token
+//! session-svc admin force-refresh --reason "…"    ForceRefreshAccessToken [--app <appid>]
+//! session-svc admin publish --open-id <o> <text>  Publish to a user's (or --union-id,
+//!                                                 --session-id) sockets [--app <appid>]
 //! ```
 //!
 //! Each prints one line of JSON and exits 0, or prints the refusal and exits 1. The key comes
@@ -51,7 +53,14 @@ pub struct Connection {
 pub enum AdminCommand {
     /// Ends every session of a user at once, on every gateway (RevokeUser); prints how many.
     RevokeUser {
-        open_id: String,
+        #[arg(required_unless_present = "union_id", conflicts_with = "union_id")]
+        open_id: Option<String>,
+        /// Every session of this person (unionId), in the apps the key may act for.
+        #[arg(long)]
+        union_id: Option<String>,
+        /// Only the sessions of this app (AppId).
+        #[arg(long)]
+        app: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -64,6 +73,9 @@ pub enum AdminCommand {
     },
     /// The app's current access_token and how long it has left (GetAccessToken).
     Token {
+        /// Whose token (AppId; default: the default app).
+        #[arg(long)]
+        app: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -73,6 +85,9 @@ pub enum AdminCommand {
         /// Why, for session-svc's log (1 to 200 characters).
         #[arg(long)]
         reason: String,
+        /// Whose token (AppId; default: the default app).
+        #[arg(long)]
+        app: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -81,12 +96,18 @@ pub enum AdminCommand {
     Publish {
         #[arg(
             long,
-            required_unless_present = "session_id",
-            conflicts_with = "session_id"
+            required_unless_present_any = ["session_id", "union_id"],
+            conflicts_with_all = ["session_id", "union_id"]
         )]
         open_id: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "union_id")]
         session_id: Option<String>,
+        /// Every socket of this person (unionId), in the apps the key may act for.
+        #[arg(long)]
+        union_id: Option<String>,
+        /// Only sockets of this app (AppId).
+        #[arg(long)]
+        app: Option<String>,
         text: String,
         #[command(flatten)]
         connection: Connection,
@@ -100,7 +121,7 @@ impl AdminCommand {
         match self {
             Self::RevokeUser { connection, .. }
             | Self::Sessions { connection, .. }
-            | Self::Token { connection }
+            | Self::Token { connection, .. }
             | Self::ForceRefresh { connection, .. }
             | Self::Publish { connection, .. } => connection,
         }
@@ -116,16 +137,33 @@ impl AdminCommand {
         let mut client = connect(&connection).await?;
         let key = key.as_ref();
         let answer = match self {
-            Self::RevokeUser { open_id, .. } => client
-                .revoke_user(authorized(RevokeUserRequest { open_id }, key)?)
+            Self::RevokeUser {
+                open_id,
+                union_id,
+                app,
+                ..
+            } => client
+                .revoke_user(authorized(
+                    RevokeUserRequest {
+                        open_id: open_id.unwrap_or_default(),
+                        union_id: union_id.unwrap_or_default(),
+                        app_id: app.unwrap_or_default(),
+                    },
+                    key,
+                )?)
                 .await
                 .map(|a| json!({ "revoked": a.into_inner().revoked })),
             Self::Sessions { ids, .. } => client
                 .check_sessions(authorized(CheckSessionsRequest { session_ids: ids }, key)?)
                 .await
                 .map(|a| json!({ "ended": a.into_inner().ended })),
-            Self::Token { .. } => client
-                .get_access_token(authorized(GetAccessTokenRequest {}, key)?)
+            Self::Token { app, .. } => client
+                .get_access_token(authorized(
+                    GetAccessTokenRequest {
+                        app_id: app.unwrap_or_default(),
+                    },
+                    key,
+                )?)
                 .await
                 .map(|a| {
                     let token = a.into_inner();
@@ -134,8 +172,14 @@ impl AdminCommand {
                         "expires_in_seconds": token.expires_in.map_or(0, |d| d.seconds),
                     })
                 }),
-            Self::ForceRefresh { reason, .. } => client
-                .force_refresh_access_token(authorized(ForceRefreshAccessTokenRequest { reason }, key)?)
+            Self::ForceRefresh { reason, app, .. } => client
+                .force_refresh_access_token(authorized(
+                    ForceRefreshAccessTokenRequest {
+                        reason,
+                        app_id: app.unwrap_or_default(),
+                    },
+                    key,
+                )?)
                 .await
                 .map(|a| {
                     json!({ "refreshed": true, "expires_in_seconds": a.into_inner().expires_in.map_or(0, |d| d.seconds) })
@@ -143,19 +187,28 @@ impl AdminCommand {
             Self::Publish {
                 open_id,
                 session_id,
+                union_id,
+                app,
                 text,
                 ..
             } => {
-                let target = match (open_id, session_id) {
-                    (Some(open_id), _) => Target::OpenId(open_id),
-                    (None, Some(session_id)) => Target::SessionId(session_id),
-                    (None, None) => return Err("say whom it is for: --open-id or --session-id".into()),
+                let target = match (open_id, session_id, union_id) {
+                    (Some(open_id), _, _) => Target::OpenId(open_id),
+                    (None, Some(session_id), _) => Target::SessionId(session_id),
+                    (None, None, Some(union_id)) => Target::UnionId(union_id),
+                    (None, None, None) => {
+                        return Err(
+                            "say whom it is for: --open-id, --union-id or --session-id".into(),
+                        );
+                    }
                 };
                 client
                     .publish(authorized(PublishRequest {
                         message: Some(PushMessage {
                             target: Some(target),
                             text,
+                            app_id: app.unwrap_or_default(),
+                            within_apps: Vec::new(),
                         }),
                     }, key)?)
                     .await
@@ -246,7 +299,7 @@ mod tests {
     fn commands_parse_as_the_docs_show() {
         let cli = Cli::try_parse_from(["admin", "revoke-user", "o-1", "--key-file", "k"]).unwrap();
         assert!(
-            matches!(cli.command, AdminCommand::RevokeUser { ref open_id, .. } if open_id == "o-1")
+            matches!(cli.command, AdminCommand::RevokeUser { ref open_id, .. } if open_id.as_deref() == Some("o-1"))
         );
         let cli = Cli::try_parse_from(["admin", "publish", "--open-id", "o", "hi"]).unwrap();
         assert!(matches!(cli.command, AdminCommand::Publish { ref text, .. } if text == "hi"));

@@ -91,6 +91,11 @@ pub struct Settings {
     #[arg(long, env = "WEAPP_PURGE_INTERVAL", default_value = "1m", value_parser = duration)]
     pub purge_interval: Duration,
 
+    /// How often to look for changes in the apps and API keys files (e.g. `5s`, for
+    /// Kubernetes Secrets mounted as files); unset: only on SIGHUP.
+    #[arg(long, env = "WEAPP_CONFIG_WATCH", value_parser = duration)]
+    pub config_watch: Option<Duration>,
+
     /// On SIGTERM, how long to keep answering while reporting NOT_SERVING, so that gateways
     /// (which probe every 500 ms) move to other replicas before the port closes.
     #[arg(long, env = "WEAPP_SHUTDOWN_DRAIN", default_value = "1s", value_parser = duration)]

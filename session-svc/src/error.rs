@@ -26,6 +26,9 @@ pub enum SessionError {
     UserData(#[from] UserDataError),
     #[error("invalid or expired session")]
     Unauthenticated,
+    /// The caller's API key may not do this for that app.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error(transparent)]
     WeChat(#[from] WeChatError),
     #[error(transparent)]
@@ -56,6 +59,7 @@ impl SessionError {
         match self {
             Self::InvalidArgument(_) | Self::UserData(_) => "InvalidArgument",
             Self::Unauthenticated => "Unauthenticated",
+            Self::PermissionDenied(_) => "PermissionDenied",
             Self::WeChat(w) => match wechat_code(w) {
                 Code::PermissionDenied => "PermissionDenied",
                 Code::FailedPrecondition => "FailedPrecondition",
@@ -129,6 +133,7 @@ impl From<SessionError> for Status {
                 Status::invalid_argument(message)
             }
             SessionError::Unauthenticated => Status::unauthenticated(message),
+            SessionError::PermissionDenied(_) => Status::permission_denied(message),
             SessionError::UserRateLimited(wait)
             | SessionError::Exhausted {
                 retry_after: wait, ..

@@ -18,14 +18,18 @@ use weapp_proto::session::v1::{
 };
 
 use crate::{
+    access::{AppScope, caller_apps},
     access_token::{AccessTokens, CurrentToken},
+    apps::AppUser,
     error::SessionError,
     identity::IdentitySigner,
     login::{LoginInput, LoginService},
     phone::PhoneNumbers,
     push,
     push::Pushes,
+    record::SessionRecord,
     record::{PhoneNumber, UnixMillis, now_millis},
+    reload::LiveConfig,
     revocations::RevocationStream,
     session::SessionManager,
     session_keys::SessionKeys,
@@ -42,6 +46,8 @@ pub struct WeChatServices {
 }
 
 pub struct SessionGrpc {
+    /// The apps served and the keys in force (reloadable).
+    live: Arc<LiveConfig>,
     login: Arc<LoginService>,
     sessions: Arc<SessionManager>,
     pushes: Arc<Pushes>,
@@ -57,9 +63,10 @@ impl SessionGrpc {
     pub fn new(
         (login, sessions, pushes): (Arc<LoginService>, Arc<SessionManager>, Arc<Pushes>),
         wechat: WeChatServices,
-        identity: Option<Arc<IdentitySigner>>,
+        (identity, live): (Option<Arc<IdentitySigner>>, Arc<LiveConfig>),
     ) -> Self {
         Self {
+            live,
             login,
             sessions,
             pushes,
@@ -78,18 +85,49 @@ impl SessionGrpc {
         Self { shutdown, ..self }
     }
 
-    /// The openId a request is about: a session's user (the session must be live), or an
-    /// openId given by a trusted backend.
-    async fn open_id_of(&self, subject: Option<pb::Subject>) -> Result<String, SessionError> {
-        match subject.and_then(|s| s.subject) {
-            Some(subject::Subject::Session(c)) => Ok(self
-                .sessions
-                .validate(&c.id, &c.skey)
-                .await?
-                .user
-                .open_id()
-                .to_owned()),
-            Some(subject::Subject::OpenId(id)) if !id.is_empty() && id.len() <= 128 => Ok(id),
+    /// A live session and its app; a session of an app no longer served is refused like a
+    /// revoked one (it stays in the store: adding the app back restores it).
+    async fn session(
+        &self,
+        id: &str,
+        skey: &str,
+    ) -> Result<(SessionRecord, Arc<str>), SessionError> {
+        let record = self.sessions.validate(id, skey).await?;
+        let app = self
+            .live
+            .apps()
+            .of_record(record.app_id.as_deref())
+            .map(|app| app.id.clone())
+            .ok_or(SessionError::Unauthenticated)?;
+        Ok((record, app))
+    }
+
+    /// The user a request is about: a session's (the session must be live; it acts for its
+    /// own app), or an openId of an app given by a trusted backend whose key may act for it.
+    async fn user_of<T>(
+        &self,
+        request: &Request<T>,
+        subject: Option<pb::Subject>,
+    ) -> Result<AppUser, SessionError> {
+        let Some(pb::Subject { subject, app_id }) = subject else {
+            return Err(SessionError::InvalidArgument(
+                "subject is required: a session (id and skey) or an open_id".into(),
+            ));
+        };
+        match subject {
+            Some(subject::Subject::Session(c)) => {
+                let (record, app_id) = self.session(&c.id, &c.skey).await?;
+                Ok(AppUser {
+                    app_id,
+                    open_id: record.user.open_id().to_owned(),
+                })
+            }
+            Some(subject::Subject::OpenId(id)) if !id.is_empty() && id.len() <= 128 => {
+                Ok(AppUser {
+                    app_id: self.acting_for(request, &app_id)?,
+                    open_id: id,
+                })
+            }
             Some(subject::Subject::OpenId(_)) => Err(SessionError::InvalidArgument(
                 "open_id must be 1 to 128 characters".into(),
             )),
@@ -97,6 +135,54 @@ impl SessionGrpc {
                 "subject is required: a session (id and skey) or an open_id".into(),
             )),
         }
+    }
+
+    /// The app a call names (empty: the default app), if it is served and the caller's key
+    /// may act for it.
+    fn acting_for<T>(&self, request: &Request<T>, app_id: &str) -> Result<Arc<str>, SessionError> {
+        let apps = self.live.apps();
+        let app = apps.resolve(app_id)?;
+        if !caller_apps(request).allows(&app.id, &apps.default_app().id) {
+            return Err(SessionError::PermissionDenied(format!(
+                "this API key may not act for app {:?}",
+                app.id
+            )));
+        }
+        Ok(app.id.clone())
+    }
+
+    /// Whether the caller's key may act for a stored record's app.
+    fn may_act_for_record<T>(&self, request: &Request<T>) -> impl Fn(Option<&str>) -> bool {
+        let apps = self.live.apps();
+        let scope = caller_apps(request);
+        move |stored: Option<&str>| {
+            apps.of_record(stored)
+                .is_some_and(|app| scope.allows(&app.id, &apps.default_app().id))
+        }
+    }
+
+    /// Narrows each message to the apps the caller may act for (and the one it names):
+    /// gateways deliver a message only to sockets of those apps.
+    fn scope_messages<T>(
+        &self,
+        request: &Request<T>,
+        messages: &mut [pb::PushMessage],
+    ) -> Result<(), SessionError> {
+        let apps = self.live.apps();
+        let default = apps.default_app().id.clone();
+        let scope = caller_apps(request);
+        for message in messages {
+            message.within_apps = if !message.app_id.is_empty() {
+                vec![self.acting_for(request, &message.app_id)?.to_string()]
+            } else {
+                match &scope {
+                    AppScope::All => Vec::new(),
+                    AppScope::DefaultOnly => vec![default.to_string()],
+                    AppScope::Listed(listed) => listed.iter().map(|a| a.to_string()).collect(),
+                }
+            };
+        }
+        Ok(())
     }
 }
 
@@ -178,6 +264,7 @@ impl SessionService for SessionGrpc {
                 iv: r.iv,
                 raw_data: r.raw_data,
                 signature: r.signature,
+                app_id: r.app_id,
             })
             .await?;
         Ok(Response::new(LoginResponse {
@@ -187,6 +274,7 @@ impl SessionService for SessionGrpc {
             }),
             user: Some(pb::UserInfo::from(&record.user)),
             expires_at: Some(timestamp(record.expires_at)),
+            app_id: record.app_id.unwrap_or_default(),
         }))
     }
 
@@ -195,11 +283,11 @@ impl SessionService for SessionGrpc {
         request: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
         let r = request.into_inner();
-        let record = self.sessions.validate(&r.id, &r.skey).await?;
+        let (record, app_id) = self.session(&r.id, &r.skey).await?;
         let now = now_millis();
         let expires_in = record.expires_at.saturating_sub(now).max(0);
         let assertion = match (&self.identity, r.want_identity_assertion) {
-            (Some(signer), true) => signer.sign(&record, now),
+            (Some(signer), true) => signer.sign(&record, &app_id, now),
             _ => None,
         };
         Ok(Response::new(ValidateResponse {
@@ -212,7 +300,7 @@ impl SessionService for SessionGrpc {
                 .and_then(|a| prost_types::Duration::try_from(a.expires_in).ok()),
             identity_assertion: assertion.map(|a| a.token).unwrap_or_default(),
             phone: record.phone.as_ref().map(phone),
-            app_id: self.login.app_id().to_owned(),
+            app_id: app_id.to_string(),
         }))
     }
 
@@ -229,10 +317,34 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<RevokeUserRequest>,
     ) -> Result<Response<RevokeUserResponse>, Status> {
-        let revoked = self
-            .sessions
-            .revoke_user(&request.into_inner().open_id)
-            .await?;
+        let may_act_for = self.may_act_for_record(&request);
+        let r = request.get_ref();
+        let revoked = match (r.open_id.is_empty(), r.union_id.is_empty()) {
+            (false, true) => {
+                self.acting_for(&request, &r.app_id)?;
+                self.sessions.revoke_user(&r.open_id).await?
+            }
+            (true, false) if r.app_id.is_empty() => {
+                self.sessions
+                    .revoke_person(&r.union_id, may_act_for)
+                    .await?
+            }
+            (true, false) => {
+                let app = self.acting_for(&request, &r.app_id)?;
+                let default = self.live.apps().default_app().id.clone();
+                let only = move |stored: Option<&str>| match stored {
+                    None | Some("") => app == default,
+                    Some(stored) => *app == *stored,
+                };
+                self.sessions.revoke_person(&r.union_id, only).await?
+            }
+            _ => {
+                return Err(SessionError::InvalidArgument(
+                    "name one user: open_id (with an optional app_id) or union_id".into(),
+                )
+                .into());
+            }
+        };
         Ok(Response::new(RevokeUserResponse { revoked }))
     }
 
@@ -264,11 +376,13 @@ impl SessionService for SessionGrpc {
     ) -> Result<Response<PublishResponse>, Status> {
         let wait = push_wait(&request);
         let message = request
-            .into_inner()
+            .get_ref()
             .message
+            .clone()
             .ok_or_else(|| SessionError::InvalidArgument("no message to publish".into()))?;
-        let messages = vec![message];
+        let mut messages = vec![message];
         push::check(&messages)?;
+        self.scope_messages(&request, &mut messages)?;
         let outcome = self.pushes.publish(messages, wait).await;
         Ok(Response::new(PublishResponse {
             sockets: outcome.sockets.first().copied().unwrap_or_default(),
@@ -279,11 +393,12 @@ impl SessionService for SessionGrpc {
 
     async fn publish_batch(
         &self,
-        request: Request<PublishBatchRequest>,
+        mut request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
         let wait = push_wait(&request);
-        let messages = request.into_inner().messages;
+        let mut messages = std::mem::take(&mut request.get_mut().messages);
         push::check(&messages)?;
+        self.scope_messages(&request, &mut messages)?;
         let outcome = self.pushes.publish(messages, wait).await;
         Ok(Response::new(PublishBatchResponse {
             sockets: outcome.sockets,
@@ -303,17 +418,25 @@ impl SessionService for SessionGrpc {
 
     async fn get_access_token(
         &self,
-        _request: Request<GetAccessTokenRequest>,
+        request: Request<GetAccessTokenRequest>,
     ) -> Result<Response<AccessToken>, Status> {
-        Ok(Response::new(access_token(self.wechat.tokens.get().await?)))
+        let app = self.acting_for(&request, &request.get_ref().app_id)?;
+        let tokens = self.wechat.tokens.of(&app)?;
+        Ok(Response::new(access_token(tokens.get().await?)))
     }
 
     async fn report_invalid_access_token(
         &self,
         request: Request<ReportInvalidAccessTokenRequest>,
     ) -> Result<Response<AccessToken>, Status> {
+        let app = self.acting_for(&request, &request.get_ref().app_id)?;
         let refused = request.into_inner().access_token;
-        let current = self.wechat.tokens.report_invalid(&refused).await?;
+        let current = self
+            .wechat
+            .tokens
+            .of(&app)?
+            .report_invalid(&refused)
+            .await?;
         Ok(Response::new(access_token(current)))
     }
 
@@ -321,8 +444,9 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<ForceRefreshAccessTokenRequest>,
     ) -> Result<Response<AccessToken>, Status> {
+        let app = self.acting_for(&request, &request.get_ref().app_id)?;
         let reason = request.into_inner().reason;
-        let current = self.wechat.tokens.force_refresh(&reason).await?;
+        let current = self.wechat.tokens.of(&app)?.force_refresh(&reason).await?;
         Ok(Response::new(access_token(current)))
     }
 
@@ -330,9 +454,13 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<GetPhoneNumberRequest>,
     ) -> Result<Response<GetPhoneNumberResponse>, Status> {
-        let r = request.into_inner();
-        let open_id = self.open_id_of(r.subject).await?;
-        let verified = self.wechat.phones.verify(&open_id, &r.code).await?;
+        let subject = request.get_ref().subject.clone();
+        let user = self.user_of(&request, subject).await?;
+        let verified = self
+            .wechat
+            .phones
+            .verify(&user, &request.get_ref().code)
+            .await?;
         Ok(Response::new(GetPhoneNumberResponse {
             phone: Some(phone(&verified)),
         }))
@@ -342,12 +470,13 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<DecryptUserDataRequest>,
     ) -> Result<Response<DecryptUserDataResponse>, Status> {
+        let subject = request.get_ref().subject.clone();
+        let user = self.user_of(&request, subject).await?;
         let r = request.into_inner();
-        let open_id = self.open_id_of(r.subject).await?;
         let json = self
             .wechat
             .session_keys
-            .decrypt_user_data(&open_id, &r.encrypted_data, &r.iv)
+            .decrypt_user_data(&user, &r.encrypted_data, &r.iv)
             .await?;
         Ok(Response::new(DecryptUserDataResponse { json }))
     }
@@ -356,8 +485,9 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<CheckSessionKeyRequest>,
     ) -> Result<Response<CheckSessionKeyResponse>, Status> {
-        let open_id = self.open_id_of(request.into_inner().subject).await?;
-        let valid = self.wechat.session_keys.check(&open_id).await?;
+        let subject = request.get_ref().subject.clone();
+        let user = self.user_of(&request, subject).await?;
+        let valid = self.wechat.session_keys.check(&user).await?;
         Ok(Response::new(CheckSessionKeyResponse { valid }))
     }
 
@@ -365,8 +495,9 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<ResetSessionKeyRequest>,
     ) -> Result<Response<ResetSessionKeyResponse>, Status> {
-        let open_id = self.open_id_of(request.into_inner().subject).await?;
-        self.wechat.session_keys.reset(&open_id).await?;
+        let subject = request.get_ref().subject.clone();
+        let user = self.user_of(&request, subject).await?;
+        self.wechat.session_keys.reset(&user).await?;
         Ok(Response::new(ResetSessionKeyResponse {}))
     }
 

@@ -98,6 +98,9 @@ struct Claims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     unionid: Option<&'a str>,
     sid: String,
+    /// The session's app (AppId). Not `aud`: verifiers that name no audience (PyJWT's
+    /// default) refuse a token that has one.
+    appid: &'a str,
     iat: i64,
     exp: i64,
     /// The user object, as `/me` answers it.
@@ -140,7 +143,7 @@ impl IdentitySigner {
 
     /// An assertion for this session, good until `ttl` from `now` or the session's end,
     /// whichever comes first. `None` only when signing fails (logged).
-    pub fn sign(&self, record: &SessionRecord, now: UnixMillis) -> Option<Assertion> {
+    pub fn sign(&self, record: &SessionRecord, app_id: &str, now: UnixMillis) -> Option<Assertion> {
         let signer = self.settings.keys.first()?;
         let ttl = i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX);
         let until = now.saturating_add(ttl).min(record.expires_at);
@@ -149,6 +152,7 @@ impl IdentitySigner {
             sub: record.user.open_id(),
             unionid: record.user.union_id(),
             sid: short_hash(&record.id),
+            appid: app_id,
             iat: now.div_euclid(1000),
             exp: until.div_euclid(1000),
             user: record.user.fields(),
@@ -205,6 +209,7 @@ mod tests {
             expires_at: now + expires_in_ms,
             max_expires_at: now + expires_in_ms,
             phone: None,
+            app_id: None,
         }
     }
 
@@ -225,11 +230,17 @@ mod tests {
         let now = crate::record::now_millis();
         let (old, new) = (new_key(), new_key());
         let before = signer(vec![old.clone()]);
-        let old_token = before.sign(&record(now, 3_600_000), now).unwrap().token;
+        let old_token = before
+            .sign(&record(now, 3_600_000), "wxapp", now)
+            .unwrap()
+            .token;
 
         // The new key first: it signs; the old one is still published.
         let during = signer(vec![new.clone(), old.clone()]);
-        let new_token = during.sign(&record(now, 3_600_000), now).unwrap().token;
+        let new_token = during
+            .sign(&record(now, 3_600_000), "wxapp", now)
+            .unwrap()
+            .token;
         assert_eq!(
             decode_header(&new_token).unwrap().kid.as_deref(),
             Some(new.kid())
@@ -247,10 +258,11 @@ mod tests {
     fn an_assertion_never_outlives_its_session() {
         let now = crate::record::now_millis();
         let signer = signer(vec![new_key()]);
-        let assertion = signer.sign(&record(now, 60_000), now).unwrap();
+        let assertion = signer.sign(&record(now, 60_000), "wxapp", now).unwrap();
         assert_eq!(assertion.expires_in, Duration::from_secs(60));
         let claims = verify(&signer, &assertion.token).unwrap();
         assert_eq!(claims["exp"].as_i64().unwrap(), (now + 60_000) / 1000);
+        assert_eq!(claims["appid"], "wxapp");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod access_token;
 pub mod admin;
+pub mod apps;
 pub mod cluster;
 pub mod config;
 pub mod credentials;
@@ -21,6 +22,7 @@ pub mod phone;
 pub mod probe;
 pub mod push;
 pub mod record;
+pub mod reload;
 pub mod revocations;
 pub mod session;
 pub mod session_keys;

@@ -10,16 +10,22 @@ use secrecy::ExposeSecret;
 use weapp_common::{config::duration, singleflight::SingleFlight};
 
 use crate::{
+    apps::App,
     credentials::{Credentials, short_hash},
     error::SessionError,
     login_limit::LoginLimit,
     metrics::SessionMetrics,
     record::{SessionRecord, UserInfo},
+    reload::LiveConfig,
     session::SessionManager,
     session_keys::SessionKeys,
     user_data::{self, Expected},
     wechat::{CodeSession, WeChatClient, WeChatError},
 };
+
+/// How logins for an app that is not served are counted (the label set stays the apps
+/// file's, whatever clients send).
+const UNKNOWN_APP: &str = "unknown";
 
 /// Longest login code accepted (WeChat's are 32 characters).
 const MAX_CODE_LEN: usize = 128;
@@ -58,12 +64,15 @@ pub struct LoginInput {
     pub iv: Option<String>,
     pub raw_data: Option<String>,
     pub signature: Option<String>,
+    /// The app the gateway decided the login is for (empty: the default app).
+    pub app_id: String,
 }
 
 type Exchange = Result<Arc<CodeSession>, WeChatError>;
 
 pub struct LoginService {
     wechat: Arc<WeChatClient>,
+    live: Arc<LiveConfig>,
     sessions: Arc<SessionManager>,
     session_keys: Arc<SessionKeys>,
     metrics: Arc<SessionMetrics>,
@@ -78,13 +87,8 @@ fn given(v: &Option<String>) -> Option<&str> {
 }
 
 impl LoginService {
-    /// The mini-program this service logs users in to.
-    pub fn app_id(&self) -> &str {
-        self.wechat.app_id()
-    }
-
     pub fn new(
-        wechat: Arc<WeChatClient>,
+        (wechat, live): (Arc<WeChatClient>, Arc<LiveConfig>),
         sessions: Arc<SessionManager>,
         session_keys: Arc<SessionKeys>,
         (policy, metrics, per_user): (LoginPolicy, Arc<SessionMetrics>, LoginLimit),
@@ -92,6 +96,7 @@ impl LoginService {
         Self {
             metrics,
             wechat,
+            live,
             sessions,
             session_keys,
             policy,
@@ -120,17 +125,30 @@ impl LoginService {
         &self,
         input: LoginInput,
     ) -> Result<(Credentials, SessionRecord), SessionError> {
-        let outcome = self.log_in(input).await;
-        self.metrics.login(match &outcome {
-            Ok(_) => "ok",
-            Err(e) => e.outcome(),
-        });
+        // The app first: a login for an app not served ends here, before WeChat is called.
+        let app = self.live.apps().resolve(&input.app_id);
+        let label = match &app {
+            Ok(app) => app.id.clone(),
+            Err(_) => Arc::from(UNKNOWN_APP),
+        };
+        let outcome = match app {
+            Ok(app) => self.log_in(input, &app).await,
+            Err(e) => Err(e),
+        };
+        self.metrics.login(
+            &label,
+            match &outcome {
+                Ok(_) => "ok",
+                Err(e) => e.outcome(),
+            },
+        );
         outcome
     }
 
     async fn log_in(
         &self,
         input: LoginInput,
+        app: &Arc<App>,
     ) -> Result<(Credentials, SessionRecord), SessionError> {
         let code = input.code.trim();
         if code.is_empty() {
@@ -167,7 +185,7 @@ impl LoginService {
             }
         };
 
-        let exchanged = self.exchange(code).await?;
+        let exchanged = self.exchange(app, code).await?;
         self.admit_user(&exchanged.open_id).await?;
         let session_key = exchanged.session_key.expose_secret();
 
@@ -181,7 +199,7 @@ impl LoginService {
                 user_data::parse_decrypted(
                     &plaintext,
                     &Expected {
-                        app_id: self.wechat.app_id(),
+                        app_id: &app.id,
                         open_id: &exchanged.open_id,
                         union_id: exchanged.union_id.as_deref(),
                         now_secs,
@@ -202,8 +220,9 @@ impl LoginService {
         self.session_keys
             .remember(&exchanged.open_id, &exchanged.session_key, false)
             .await?;
-        let (credentials, record) = self.sessions.create(user).await?;
+        let (credentials, record) = self.sessions.create(user, &app.id).await?;
         tracing::info!(
+            app = %app.name,
             session = %short_hash(&record.id),
             user = %short_hash(record.user.open_id()),
             "login succeeded"
@@ -211,14 +230,17 @@ impl LoginService {
         Ok((credentials, record))
     }
 
-    /// One WeChat exchange per code in flight: double taps and client retries share it.
-    async fn exchange(&self, code: &str) -> Result<Arc<CodeSession>, SessionError> {
+    /// One WeChat exchange per code in flight: double taps and client retries share it (a
+    /// code sent for two apps is two exchanges: at most one can succeed).
+    async fn exchange(&self, app: &Arc<App>, code: &str) -> Result<Arc<CodeSession>, SessionError> {
         let wechat = self.wechat.clone();
         let owned = code.to_owned();
+        let key = format!("{}\n{code}", app.id);
+        let app = app.clone();
         let outcome = self
             .in_flight
-            .run(code.to_owned(), async move {
-                wechat.code2session(&owned).await.map(Arc::new)
+            .run(key, async move {
+                wechat.code2session(&app, &owned).await.map(Arc::new)
             })
             .await
             .ok_or_else(|| SessionError::Internal("the WeChat exchange task failed".into()))?;

@@ -19,10 +19,14 @@ pub struct SessionMetrics {
     store: DashMap<(&'static str, bool), (Counter, Histogram)>,
     /// By (why, outcome).
     token_refreshes: DashMap<(&'static str, bool), Counter>,
-    pub token_expires_at: Gauge,
-    pub token_fetched_at: Gauge,
-    /// By outcome (`ok`, or the status code's name).
-    logins: DashMap<&'static str, Counter>,
+    /// By app: (expiry, fetched at).
+    tokens: DashMap<Arc<str>, (Gauge, Gauge)>,
+    /// By (app, outcome): `ok`, or the status code's name. The app is one of the apps file's
+    /// (a login for an app not served is counted under `unknown`).
+    logins: DashMap<(Arc<str>, &'static str), Counter>,
+    apps_configured: Gauge,
+    /// By outcome (applied, unchanged, error).
+    reloads: DashMap<&'static str, Counter>,
     pub login_rate_limited: Counter,
     /// Open-API calls not handed to WeChat (or not answered by it), by reason.
     openapi_refused: DashMap<&'static str, Counter>,
@@ -69,7 +73,15 @@ impl SessionMetrics {
             ),
             (
                 "weapp_logins_total",
-                "Logins, by outcome (ok, or the gRPC code of the refusal).",
+                "Logins, by app and outcome (ok, or the gRPC code of the refusal).",
+            ),
+            (
+                "weapp_apps_configured",
+                "Mini-programs (AppIds) this replica serves.",
+            ),
+            (
+                "weapp_config_reloads_total",
+                "Reloads of the apps and API keys files (SIGHUP or a watch), by outcome (applied, unchanged, error: the previous configuration stays).",
             ),
             (
                 "weapp_rate_limited_total",
@@ -87,9 +99,10 @@ impl SessionMetrics {
             wechat: DashMap::new(),
             store: DashMap::new(),
             token_refreshes: DashMap::new(),
-            token_expires_at: registry.gauge("weapp_access_token_expiry_timestamp_seconds", &[]),
-            token_fetched_at: registry.gauge("weapp_access_token_fetched_timestamp_seconds", &[]),
+            tokens: DashMap::new(),
             logins: DashMap::new(),
+            apps_configured: registry.gauge("weapp_apps_configured", &[]),
+            reloads: DashMap::new(),
             login_rate_limited: registry
                 .counter("weapp_rate_limited_total", &[("limit", "login_per_user")]),
             openapi_refused: DashMap::new(),
@@ -159,12 +172,45 @@ impl SessionMetrics {
             .increment(1);
     }
 
-    pub fn login(&self, outcome: &'static str) {
+    pub fn login(&self, app: &Arc<str>, outcome: &'static str) {
+        if let Some(counter) = self.logins.get(&(app.clone(), outcome)) {
+            counter.increment(1);
+            return;
+        }
         self.logins
+            .entry((app.clone(), outcome))
+            .or_insert_with(|| {
+                self.registry
+                    .counter("weapp_logins_total", &[("app", app), ("outcome", outcome)])
+            })
+            .increment(1);
+    }
+
+    /// The access_token of `app` this process hands out: when it expires, when it was fetched.
+    pub fn token(&self, app: &Arc<str>, expires_at: f64, fetched_at: f64) {
+        let entry = self.tokens.entry(app.clone()).or_insert_with(|| {
+            let labels = [("app", &**app)];
+            (
+                self.registry
+                    .gauge("weapp_access_token_expiry_timestamp_seconds", &labels),
+                self.registry
+                    .gauge("weapp_access_token_fetched_timestamp_seconds", &labels),
+            )
+        });
+        entry.0.set(expires_at);
+        entry.1.set(fetched_at);
+    }
+
+    pub fn apps_configured(&self, apps: &crate::apps::Apps) {
+        self.apps_configured.set(apps.len() as f64);
+    }
+
+    pub fn config_reload(&self, outcome: &'static str) {
+        self.reloads
             .entry(outcome)
             .or_insert_with(|| {
                 self.registry
-                    .counter("weapp_logins_total", &[("outcome", outcome)])
+                    .counter("weapp_config_reloads_total", &[("outcome", outcome)])
             })
             .increment(1);
     }

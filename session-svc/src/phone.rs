@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::{
     access_token::AccessTokens,
+    apps::AppUser,
     credentials::short_hash,
     error::SessionError,
     record::{PhoneNumber, now_millis},
@@ -37,7 +38,8 @@ impl PhoneNumbers {
     }
 
     /// Exchanges a phone code for the user's number and records it on their sessions.
-    pub async fn verify(&self, open_id: &str, code: &str) -> Result<PhoneNumber, SessionError> {
+    pub async fn verify(&self, user: &AppUser, code: &str) -> Result<PhoneNumber, SessionError> {
+        let open_id = user.open_id.as_str();
         let code = code.trim();
         if code.is_empty() {
             return Err(SessionError::InvalidArgument(
@@ -51,12 +53,13 @@ impl PhoneNumbers {
         }
         let info = self
             .tokens
+            .of(&user.app_id)?
             .call(|token| {
                 let wechat = self.wechat.clone();
                 async move { wechat.phone_number(&token, code, Some(open_id)).await }
             })
             .await?;
-        if info.watermark_app_id != self.wechat.app_id() {
+        if info.watermark_app_id != *user.app_id {
             return Err(SessionError::InvalidArgument(
                 "the phone number's watermark does not name this mini-program".into(),
             ));

@@ -63,11 +63,11 @@ pub fn check(messages: &[PushMessage]) -> Result<(), SessionError> {
     for (index, message) in messages.iter().enumerate() {
         let empty_target = match &message.target {
             None => true,
-            Some(Target::OpenId(id) | Target::SessionId(id)) => id.is_empty(),
+            Some(Target::OpenId(id) | Target::SessionId(id) | Target::UnionId(id)) => id.is_empty(),
         };
         if empty_target {
             return Err(SessionError::InvalidArgument(format!(
-                "message #{}: say whom it is for (open_id or session_id)",
+                "message #{}: say whom it is for (open_id, union_id or session_id)",
                 index + 1
             )));
         }
@@ -365,6 +365,7 @@ mod tests {
         PushMessage {
             target: Some(Target::OpenId("o".into())),
             text: text.into(),
+            ..Default::default()
         }
     }
 
@@ -397,6 +398,7 @@ mod tests {
         let aimless = PushMessage {
             target: None,
             text: "x".into(),
+            ..Default::default()
         };
         assert!(check(&[aimless]).is_err());
         assert!(check(&vec![message(""); MAX_BATCH + 1]).is_err());

@@ -64,6 +64,10 @@ pub struct SessionRecord {
     /// The user's phone number, once WeChat has verified it for this app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<PhoneNumber>,
+    /// The app (AppId) the session belongs to. Records from before apps files have none:
+    /// they are the default app's, so moving to an apps file keeps every session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
 }
 
 impl SessionRecord {

@@ -36,6 +36,8 @@ enum FeedEvent {
     Revoked(Revoked),
     /// A user's sessions changed (not revoked): caches of them are stale.
     UserChanged(String),
+    /// An app is no longer served: its sessions are refused, its sockets closed.
+    AppRemoved(String),
     /// What other replicas revoke cannot be heard: followers must not trust their caches.
     Suspended,
 }
@@ -92,6 +94,12 @@ impl RevocationFeed {
         let _ = self.sender.send(FeedEvent::UserChanged(open_id.to_owned()));
     }
 
+    /// Announces that this replica no longer serves `app_id` (a reload removed it): followers
+    /// forget its cached sessions and close its sockets. Its sessions stay in the store.
+    pub fn app_removed(&self, app_id: &str) {
+        let _ = self.sender.send(FeedEvent::AppRemoved(app_id.to_owned()));
+    }
+
     /// A stream for one subscriber: a heartbeat at once, then revocations and heartbeats.
     pub fn subscribe(&self) -> RevocationStream {
         if !self.is_live() {
@@ -114,6 +122,9 @@ impl RevocationFeed {
                 }),
                 Ok(FeedEvent::UserChanged(open_id)) => Ok(Revocation {
                     event: Some(Event::UserChanged(open_id)),
+                }),
+                Ok(FeedEvent::AppRemoved(app_id)) => Ok(Revocation {
+                    event: Some(Event::AppRemoved(app_id)),
                 }),
                 Ok(FeedEvent::Suspended) => Err(suspended()),
                 Err(_lagged) => Err(Status::resource_exhausted(

@@ -115,6 +115,7 @@ impl SessionManager {
     pub async fn create(
         &self,
         user: UserInfo,
+        app_id: &str,
     ) -> Result<(Credentials, SessionRecord), SessionError> {
         let credentials = Credentials::generate()
             .map_err(|e| SessionError::Internal(format!("OS random source: {e}")))?;
@@ -131,6 +132,7 @@ impl SessionManager {
                 .min(max_expires_at),
             max_expires_at,
             phone: None,
+            app_id: Some(app_id.to_owned()),
         };
         self.store.insert(&record).await?;
         Ok((credentials, record))
@@ -187,6 +189,36 @@ impl SessionManager {
         self.announce(Event::Revoked(Revoked::User(open_id.to_owned())))
             .await;
         tracing::info!(user = %credentials::short_hash(open_id), revoked, "user's sessions revoked");
+        Ok(revoked)
+    }
+
+    /// Revokes every session of a person (unionId) in the apps `may_act_for` allows: the
+    /// openIds found are revoked as users (each gateway's cache and sockets of them end).
+    /// How many sessions there were.
+    pub async fn revoke_person(
+        &self,
+        union_id: &str,
+        may_act_for: impl Fn(Option<&str>) -> bool,
+    ) -> Result<u64, SessionError> {
+        if union_id.is_empty() || union_id.len() > 128 {
+            return Err(SessionError::InvalidArgument(
+                "union_id must be 1 to 128 characters".into(),
+            ));
+        }
+        let mut users: Vec<String> = self
+            .store
+            .sessions_of_union(union_id)
+            .await?
+            .into_iter()
+            .filter(|r| may_act_for(r.app_id.as_deref()))
+            .map(|r| r.user.open_id().to_owned())
+            .collect();
+        users.sort();
+        users.dedup();
+        let mut revoked = 0;
+        for open_id in users {
+            revoked += self.revoke_user(&open_id).await?;
+        }
         Ok(revoked)
     }
 

@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     access_token::AccessTokens,
+    apps::AppUser,
     error::SessionError,
     record::now_millis,
     store::{SecretStore, StoredSessionKey},
@@ -114,7 +115,7 @@ impl SessionKeys {
     /// decrypted object, as JSON text.
     pub async fn decrypt_user_data(
         &self,
-        open_id: &str,
+        user: &AppUser,
         encrypted_data: &str,
         iv: &str,
     ) -> Result<String, SessionError> {
@@ -124,7 +125,7 @@ impl SessionKeys {
             )));
         }
         let (ciphertext, iv) = user_data::precheck_encrypted(encrypted_data, iv)?;
-        let key = self.latest(open_id).await?;
+        let key = self.latest(&user.open_id).await?;
         let plaintext =
             user_data::decrypt(key.expose_secret(), &ciphertext, &iv).map_err(|e| match e {
                 UserDataError::Decrypt => SessionError::InvalidArgument(
@@ -139,7 +140,7 @@ impl SessionKeys {
         let appid = value
             .pointer("/watermark/appid")
             .and_then(serde_json::Value::as_str);
-        if appid != Some(self.wechat.app_id()) {
+        if appid != Some(&*user.app_id) {
             return Err(SessionError::InvalidArgument(
                 "the decrypted data's watermark does not name this mini-program".into(),
             ));
@@ -148,10 +149,12 @@ impl SessionKeys {
     }
 
     /// Asks WeChat whether the kept session_key is still the user's valid one.
-    pub async fn check(&self, open_id: &str) -> Result<bool, SessionError> {
+    pub async fn check(&self, user: &AppUser) -> Result<bool, SessionError> {
+        let open_id = user.open_id.as_str();
         let key = self.latest(open_id).await?;
         let outcome = self
             .tokens
+            .of(&user.app_id)?
             .call(|token| {
                 let (wechat, key) = (self.wechat.clone(), key.clone());
                 async move { wechat.check_session(&token, open_id, &key).await }
@@ -169,10 +172,12 @@ impl SessionKeys {
     }
 
     /// Has WeChat issue the user a new session_key (the old one stops working) and keeps it.
-    pub async fn reset(&self, open_id: &str) -> Result<(), SessionError> {
+    pub async fn reset(&self, user: &AppUser) -> Result<(), SessionError> {
+        let open_id = user.open_id.as_str();
         let key = self.latest(open_id).await?;
         let fresh = self
             .tokens
+            .of(&user.app_id)?
             .call(|token| {
                 let (wechat, key) = (self.wechat.clone(), key.clone());
                 async move { wechat.reset_session_key(&token, open_id, &key).await }

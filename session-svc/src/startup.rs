@@ -28,6 +28,7 @@ use crate::{
     phone::PhoneNumbers,
     push::Pushes,
     record::now_millis,
+    reload::{LiveConfig, Reloader},
     revocations::RevocationFeed,
     session::SessionManager,
     session_keys::SessionKeys,
@@ -65,6 +66,9 @@ pub struct Application {
     /// The open-API proxy and its listener, when it is on.
     openapi: Option<(Arc<OpenApi>, TcpListener, SocketAddr)>,
     access: AccessLayer,
+    /// Reloads the apps and keys files on SIGHUP (and the watch, when set).
+    reloader: Reloader,
+    config_watch: Option<Duration>,
     tls: Option<ServerTlsConfig>,
     grpc: SessionGrpc,
     login: Arc<LoginService>,
@@ -116,11 +120,18 @@ impl Application {
             metrics.clone(),
             spans.clone(),
         )?);
-        let app_secret = settings
-            .wechat
-            .app_secret()
-            .ok_or_else(|| StartupError::Config("the AppSecret is missing".into()))?;
-        let vault = Arc::new(Vault::new(&settings.vault, app_secret));
+        let apps = settings.wechat.apps().map_err(StartupError::Config)?;
+        metrics.apps_configured(&apps);
+        tracing::info!(
+            apps = apps.len(),
+            default = %apps.default_app().id,
+            "serving {} mini-program(s)",
+            apps.len()
+        );
+        // Without a key file, the data key is derived from the default app's secret at start
+        // (a reload does not change it: what was sealed stays readable).
+        let vault = Arc::new(Vault::new(&settings.vault, apps.default_app().secret()));
+        let live = LiveConfig::new(apps, settings.access.api_keys.clone());
         tracing::info!(data_key = %vault.sealing_key_id(), "secrets at rest are sealed");
         let sessions = Arc::new(match &cluster {
             None => SessionManager::new(store.clone(), settings.sessions),
@@ -130,7 +141,7 @@ impl Application {
         });
         let tokens = Arc::new(
             AccessTokens::new(
-                wechat.clone(),
+                (wechat.clone(), live.clone()),
                 secrets.clone(),
                 vault.clone(),
                 settings.access_token,
@@ -159,10 +170,10 @@ impl Application {
         let openapi = match settings.openapi.listen {
             None => None,
             Some(addr) => {
-                let callers = Callers::new(&settings.openapi, settings.access.api_keys.clone())
-                    .map_err(StartupError::Config)?;
+                let callers =
+                    Callers::new(&settings.openapi, live.clone()).map_err(StartupError::Config)?;
                 let proxy = OpenApi::new(
-                    wechat.clone(),
+                    (wechat.clone(), live.clone()),
                     tokens.clone(),
                     (callers, settings.openapi.max_body_bytes),
                     metrics.clone(),
@@ -172,7 +183,7 @@ impl Application {
             }
         };
         let login = Arc::new(LoginService::new(
-            wechat,
+            (wechat, live.clone()),
             sessions.clone(),
             session_keys.clone(),
             (settings.login, metrics.clone(), login_limit),
@@ -182,13 +193,21 @@ impl Application {
             MetricsListen::Off => None,
             MetricsListen::At(addr) => Some(weapp_common::bind(addr).await?),
         };
+        let reloader = Reloader {
+            live: live.clone(),
+            feed: sessions.feed(),
+            tokens: tokens.clone(),
+            metrics: metrics.clone(),
+        };
         Ok(Self {
             listener,
             local_addr,
             metrics,
             metrics_listener,
             openapi,
-            access: AccessLayer(settings.access.api_keys.clone()),
+            access: AccessLayer(live.clone()),
+            reloader,
+            config_watch: settings.config_watch,
             tls: settings.tls.server_config(),
             login: login.clone(),
             grpc: SessionGrpc::new(
@@ -198,7 +217,7 @@ impl Application {
                     phones,
                     session_keys,
                 },
-                IdentitySigner::new(&settings.identity).map(Arc::new),
+                (IdentitySigner::new(&settings.identity).map(Arc::new), live),
             ),
             store,
             secrets,
@@ -320,6 +339,7 @@ impl Application {
             tracing::info!(%addr, "session-svc open-API proxy listening");
             tokio::spawn(proxy.serve(listener, stop_serving.clone()))
         });
+        tokio::spawn(self.reloader.run(self.config_watch, shutdown.clone()));
         let background = self.background.clone();
         let stop_background = shutdown.clone();
         tokio::spawn(async move {

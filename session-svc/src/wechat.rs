@@ -5,7 +5,7 @@
 mod passthrough;
 mod server_api;
 
-pub use passthrough::{Answer, Passthrough, without_access_token};
+pub use passthrough::{Answer, Passthrough, from_appid, without_access_token, without_fields};
 pub use server_api::{FreshToken, session_key_signature};
 use std::{sync::Arc, time::Duration};
 
@@ -18,7 +18,10 @@ use weapp_common::{
     trace,
 };
 
-use crate::metrics::SessionMetrics;
+use crate::{
+    apps::{App, Apps},
+    metrics::SessionMetrics,
+};
 
 /// Largest answer read from WeChat; a real one is under 200 bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -26,9 +29,14 @@ const MAX_BODY: usize = 64 * 1024;
 /// Who we are to WeChat, and how its API is called.
 #[derive(clap::Args, Clone, Debug)]
 pub struct WeChatSettings {
-    /// The mini-program's AppId.
-    #[arg(long, env = "WEAPP_APP_ID", required = true)]
+    /// The mini-program's AppId, for a deployment of one app (or WEAPP_APPS_FILE).
+    #[arg(long, env = "WEAPP_APP_ID", conflicts_with = "apps_file")]
     pub app_id: Option<String>,
+
+    /// The apps file: every mini-program served, with its secret file (README, "Several
+    /// mini-programs"). Instead of WEAPP_APP_ID and its secret.
+    #[arg(id = "apps_file", value_name = "APPS_FILE", long = "apps-file", env = "WEAPP_APPS_FILE", value_parser = Apps::load)]
+    pub apps_file: Option<Apps>,
 
     /// The mini-program's AppSecret. Environment only (a flag would show in `ps`); prefer
     /// WEAPP_APP_SECRET_FILE.
@@ -54,28 +62,40 @@ pub struct WeChatSettings {
 }
 
 impl WeChatSettings {
-    /// The AppId, checked present and non-empty at start-up.
-    pub fn app_id(&self) -> &str {
-        self.app_id.as_deref().unwrap_or_default().trim()
-    }
-
     /// The AppSecret from whichever of its two sources was set.
     pub fn app_secret(&self) -> Option<&SecretString> {
         self.app_secret.as_ref().or(self.app_secret_file.as_ref())
     }
 
-    /// What clap cannot check alone.
-    pub fn check(&self) -> Result<(), String> {
-        if self.app_id().is_empty() {
-            return Err("WEAPP_APP_ID is empty".into());
+    /// The apps served: the apps file's, or the one app of WEAPP_APP_ID and its secret.
+    pub fn apps(&self) -> Result<Apps, String> {
+        if let Some(apps) = &self.apps_file {
+            if self.app_id.is_some() || self.app_secret().is_some() {
+                return Err("WEAPP_APPS_FILE names every app and its secret: unset \
+                            WEAPP_APP_ID and WEAPP_APP_SECRET(_FILE) (README, \"Several \
+                            mini-programs\", moving to an apps file)"
+                    .into());
+            }
+            return Ok(apps.clone());
+        }
+        let app_id = self.app_id.as_deref().unwrap_or_default().trim();
+        if app_id.is_empty() {
+            return Err("no app: set WEAPP_APP_ID (and WEAPP_APP_SECRET_FILE), or \
+                        WEAPP_APPS_FILE for several mini-programs"
+                .into());
         }
         match self.app_secret() {
-            Some(s) if !s.expose_secret().is_empty() => Ok(()),
+            Some(s) if !s.expose_secret().is_empty() => Apps::single(app_id, s.clone()),
             Some(_) => Err("WEAPP_APP_SECRET is empty".into()),
             None => Err(
                 "the AppSecret is missing: set WEAPP_APP_SECRET_FILE (or WEAPP_APP_SECRET)".into(),
             ),
         }
+    }
+
+    /// What clap cannot check alone.
+    pub fn check(&self) -> Result<(), String> {
+        self.apps().map(drop)
     }
 }
 
@@ -158,8 +178,6 @@ pub mod errcode {
 pub struct WeChatClient {
     http: reqwest::Client,
     base_url: Url,
-    app_id: String,
-    app_secret: SecretString,
     timeout: Duration,
     slots: Arc<Semaphore>,
     metrics: Arc<SessionMetrics>,
@@ -172,11 +190,6 @@ impl WeChatClient {
         metrics: Arc<SessionMetrics>,
         spans: Spans,
     ) -> Result<Self, SetupError> {
-        settings.check().map_err(SetupError::Settings)?;
-        let app_secret = settings
-            .app_secret()
-            .cloned()
-            .ok_or_else(|| SetupError::Settings("the AppSecret is missing".into()))?;
         // Checked once here, so that joining API paths later cannot fail.
         settings
             .base_url
@@ -191,17 +204,11 @@ impl WeChatClient {
         Ok(Self {
             http,
             base_url: settings.base_url.clone(),
-            app_id: settings.app_id().to_owned(),
-            app_secret,
             timeout: settings.timeout,
             slots: Arc::new(Semaphore::new(settings.max_concurrent)),
             metrics,
             spans,
         })
-    }
-
-    pub fn app_id(&self) -> &str {
-        &self.app_id
     }
 
     /// The budget of one call.
@@ -261,15 +268,15 @@ impl WeChatClient {
 
     /// Exchanges a login code. Never retried here: a code is single-use, and a retry after a
     /// lost answer would only turn a success into 40163.
-    pub async fn code2session(&self, code: &str) -> Result<CodeSession, WeChatError> {
-        self.timed("jscode2session", self.exchange(code)).await
+    pub async fn code2session(&self, app: &App, code: &str) -> Result<CodeSession, WeChatError> {
+        self.timed("jscode2session", self.exchange(app, code)).await
     }
 
-    async fn exchange(&self, code: &str) -> Result<CodeSession, WeChatError> {
+    async fn exchange(&self, app: &App, code: &str) -> Result<CodeSession, WeChatError> {
         let mut url = self.endpoint("sns/jscode2session")?;
         url.query_pairs_mut()
-            .append_pair("appid", &self.app_id)
-            .append_pair("secret", self.app_secret.expose_secret())
+            .append_pair("appid", &app.id)
+            .append_pair("secret", app.secret().expose_secret())
             .append_pair("js_code", code)
             .append_pair("grant_type", "authorization_code");
         let body = self.send(self.http.get(url)).await?;

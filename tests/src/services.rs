@@ -57,6 +57,8 @@ pub struct ServiceProcess {
     program: PathBuf,
     env: BTreeMap<String, String>,
     port: Port,
+    /// Where its `/metrics` is, when the test did not say.
+    metrics_port: Option<Port>,
     log: tempfile::NamedTempFile,
     child: Option<Child>,
 }
@@ -81,14 +83,17 @@ impl ServiceProcess {
         vars.insert(listen_var.to_owned(), port.addr().to_string());
         vars.entry("RUST_LOG".into())
             .or_insert_with(|| "info".into());
-        // Several services run side by side: each takes a free port for its metrics.
-        vars.entry("WEAPP_METRICS_LISTEN".into())
-            .or_insert_with(|| "127.0.0.1:0".into());
+        // Several services run side by side: each takes a port of its own for its metrics.
+        let metrics_port = (!vars.contains_key("WEAPP_METRICS_LISTEN")).then(Port::reserve);
+        if let Some(metrics) = &metrics_port {
+            vars.insert("WEAPP_METRICS_LISTEN".into(), metrics.addr().to_string());
+        }
         let mut service = Self {
             name,
             program: bin_dir().join(name),
             env: vars,
             port,
+            metrics_port,
             log: tempfile::NamedTempFile::new().expect("log file"),
             child: None,
         };
@@ -102,6 +107,20 @@ impl ServiceProcess {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr())
+    }
+
+    /// Its `/metrics` exposition.
+    pub async fn metrics(&self) -> String {
+        let port = self
+            .metrics_port
+            .as_ref()
+            .expect("the test set WEAPP_METRICS_LISTEN itself");
+        reqwest::get(format!("http://{}/metrics", port.addr()))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -163,6 +182,30 @@ impl ServiceProcess {
                 let _ = child.wait();
                 panic!("{} did not exit within {within:?} of SIGTERM", self.name);
             }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends the process a signal by name (`HUP`: reload its configuration files).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("the process is running");
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(sent.success(), "SIG{name} was not delivered");
+    }
+
+    /// Waits until the log holds `needle` `count` times (a reload logged, …).
+    pub fn wait_for_log(&self, needle: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.log().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {needle:?} {count} times:\n{}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -661,6 +661,7 @@ impl Stack {
                     message: Some(PushMessage {
                         target: Some(Target::OpenId("o-nobody-is-this-user".into())),
                         text: "probe".into(),
+                        ..Default::default()
                     }),
                 })
                 .await

@@ -9,8 +9,11 @@ use wechat_sandbox::{MintRequest, MintedLogin, Sandbox, SandboxConfig};
 pub struct WeChat {
     pub sandbox: Sandbox,
     pub addr: SocketAddr,
+    /// The first app's (the default app's) AppId and AppSecret.
     pub app_id: String,
     pub app_secret: String,
+    /// Every app the sandbox knows, as (AppId, AppSecret), the first one first.
+    pub apps: Vec<(String, String)>,
     shutdown: CancellationToken,
 }
 
@@ -27,9 +30,24 @@ impl WeChat {
 
     /// A sandbox whose access_tokens live `token_ttl` (default: WeChat's two hours).
     pub async fn start_with_token_ttl(token_ttl: Option<std::time::Duration>) -> Self {
-        let app_id = format!("wx{}", random_hex(8));
-        let app_secret = random_hex(16);
+        Self::start_apps(1, token_ttl).await
+    }
+
+    /// A sandbox that knows `count` apps (one company's mini-programs), each with its own
+    /// AppId and AppSecret.
+    pub async fn start_apps(count: usize, token_ttl: Option<std::time::Duration>) -> Self {
+        let apps: Vec<(String, String)> = (0..count.max(1))
+            .map(|_| (format!("wx{}", random_hex(8)), random_hex(16)))
+            .collect();
+        let (app_id, app_secret) = apps[0].clone();
         let mut config = SandboxConfig::single(app_id.clone(), app_secret.clone());
+        config.apps = apps
+            .iter()
+            .map(|(app_id, app_secret)| wechat_sandbox::App {
+                app_id: app_id.clone(),
+                app_secret: app_secret.clone(),
+            })
+            .collect();
         if let Some(ttl) = token_ttl {
             config.token_ttl = ttl;
         }
@@ -50,6 +68,7 @@ impl WeChat {
             addr,
             app_id,
             app_secret,
+            apps,
             shutdown,
         }
     }

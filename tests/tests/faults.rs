@@ -316,6 +316,7 @@ async fn the_store_killed_under_load_fails_closed_and_heals_without_a_restart() 
     let made = grpc
         .revoke_user(RevokeUserRequest {
             open_id: minted.openid.clone(),
+            ..Default::default()
         })
         .await
         .expect("RevokeUser")
@@ -532,6 +533,7 @@ async fn wechat_failing_or_slow_under_load_maps_to_statuses_and_spends_no_code_t
         let made = grpc
             .revoke_user(RevokeUserRequest {
                 open_id: minted.openid.clone(),
+                ..Default::default()
             })
             .await
             .expect("RevokeUser")

@@ -114,7 +114,9 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     // number through the gateway, the session_key decrypting, checked and reset.
     let mut backend = SessionServiceClient::new(stack.session_channel().await);
     let first = backend
-        .get_access_token(GetAccessTokenRequest {})
+        .get_access_token(GetAccessTokenRequest {
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -124,6 +126,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     let second = backend
         .report_invalid_access_token(ReportInvalidAccessTokenRequest {
             access_token: first.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -133,6 +136,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     let forced = backend
         .force_refresh_access_token(ForceRefreshAccessTokenRequest {
             reason: "log test".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -158,7 +162,9 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         .unwrap();
     assert_eq!(answer.status(), 200);
     let current = backend
-        .get_access_token(GetAccessTokenRequest {})
+        .get_access_token(GetAccessTokenRequest {
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -196,7 +202,9 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         "0123456789abcdef0123456789abcdef-unknown-key".into(),
     ));
     let proxied = backend
-        .get_access_token(GetAccessTokenRequest {})
+        .get_access_token(GetAccessTokenRequest {
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -209,6 +217,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
                 id: session.id.clone(),
                 skey: session.skey.clone(),
             })),
+            ..Default::default()
         })
     };
     let werun = stack
@@ -286,6 +295,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     client
         .revoke_user(RevokeUserRequest {
             open_id: minted.openid.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -253,6 +253,7 @@ async fn revocations_cross_replicas(feed: &str) {
             message: Some(PushMessage {
                 target: Some(Target::OpenId(open_id.clone())),
                 text: "from replica 2".into(),
+                ..Default::default()
             }),
         })
         .await
@@ -267,7 +268,10 @@ async fn revocations_cross_replicas(feed: &str) {
 
     let revoked_at = Instant::now();
     replica_2
-        .revoke_user(RevokeUserRequest { open_id })
+        .revoke_user(RevokeUserRequest {
+            open_id,
+            ..Default::default()
+        })
         .await
         .expect("RevokeUser");
     let closed = loop {

@@ -103,6 +103,8 @@ struct ApiState {
     phone_codes: HashMap<String, PhoneCode>,
     /// openid → (appid, base64 session_key): each user's latest.
     session_keys: HashMap<String, (String, String)>,
+    /// `stable_token` calls that named an app, by its appid.
+    stable_token_by_app: HashMap<String, u64>,
 }
 
 pub(crate) fn error(errcode: i64, errmsg: &str) -> Value {
@@ -229,6 +231,20 @@ impl ServerApis {
     }
 
     /// How often the token endpoints were called.
+    /// `stable_token` calls made for `app_id` (each app's central control server's).
+    pub fn stable_token_calls(&self, app_id: &str) -> u64 {
+        self.apis()
+            .stable_token_by_app
+            .get(app_id)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The app an access_token was issued to (any family, expired or not).
+    pub fn app_of_token(&self, token: &str) -> Option<String> {
+        self.apis().tokens.get(token).map(|t| t.app_id.clone())
+    }
+
     pub fn token_stats(&self) -> TokenStats {
         self.apis().stats
     }
@@ -334,6 +350,9 @@ impl ServerApis {
         };
         if request.force_refresh {
             apis.stats.stable_token_forced += 1;
+        }
+        if let Some(app_id) = &request.appid {
+            *apis.stable_token_by_app.entry(app_id.clone()).or_default() += 1;
         }
         if let Some(failure) = apis.failures.pop_front() {
             return failure_answer(failure);

@@ -2,13 +2,14 @@
 //! (`request_head`: the one strict reading every request gets at the gateway) and bodies'
 //! framing (`framing`), request paths (`path`: normalized before the gateway routes on
 //! them), wafer's parameters
-//! (`params`), WeChat's user data (`user_data`: base64, AES-128-CBC, PKCS#7, JSON with a
+//! (`params`), the mini-program `Referer` WeChat writes (`referer`), WeChat's user data (`user_data`: base64, AES-128-CBC, PKCS#7, JSON with a
 //! watermark, rawData signatures) and WeChat's `jscode2session` answers (`wechat_answer`).
 //! A crate of its own so that the fuzz targets in `fuzz/` build in seconds, not minutes.
 
 pub mod framing;
 pub mod params;
 pub mod path;
+pub mod referer;
 pub mod request_head;
 pub mod user;
 pub mod user_data;

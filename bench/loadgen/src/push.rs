@@ -153,6 +153,7 @@ pub async fn run(plan: Plan) -> Result<serde_json::Value, String> {
                         message: Some(PushMessage {
                             target: Some(Target::OpenId(open_id.clone())),
                             text: format!("push {i}"),
+                            ..Default::default()
                         }),
                     })
                     .await

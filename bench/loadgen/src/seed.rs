@@ -48,6 +48,7 @@ fn record(n: u64, salt: u64, now: i64) -> SessionRecord {
         expires_at: now + 2 * 3600 * 1000,
         max_expires_at: now + 7 * 24 * 3600 * 1000,
         phone: None,
+        app_id: None,
     }
 }
 

@@ -79,7 +79,11 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     request_headers(
         &mut parts.headers,
-        (session, route.identity_headers),
+        (
+            session,
+            route.identity_headers,
+            route.resource_appid.as_ref(),
+        ),
         client_address,
     );
     parts.headers.insert(header::HOST, route.host.clone());
@@ -279,7 +283,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// the forwarding headers instead.
 pub(crate) fn request_headers(
     headers: &mut HeaderMap,
-    (session, names): (Option<&AuthSession>, identity::Names),
+    (session, names, resource): (Option<&AuthSession>, identity::Names, Option<&HeaderValue>),
     client_address: ClientAddress<'_>,
 ) {
     remove_hop_by_hop(headers);
@@ -312,7 +316,7 @@ pub(crate) fn request_headers(
     // the client made up, in any spelling; the forwarding fields are the gateway's alone.
     identity::strip_client_headers(headers);
     if let Some(session) = session {
-        session.insert_identity(headers, names);
+        session.insert_identity_for(headers, names, resource);
     }
     if let Some(host) = host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
@@ -405,7 +409,7 @@ mod tests {
             headers.insert(wafer::HEADER_SKEY, HeaderValue::from_static("secret"));
             request_headers(
                 &mut headers,
-                (None, identity::Names::Both),
+                (None, identity::Names::Both, None),
                 ClientAddress {
                     peer: peer.parse().unwrap(),
                     trusted_proxies: &trusted,

@@ -16,6 +16,14 @@
 //! queue_timeout = "2s"                 # …the next waits this long for one to end, then 503
 //! body_timeout = "10s"                 # most time between two reads of a client's body (408)
 //! buffer_body_bytes = 16384            # a body up to this is read whole before the upstream is asked
+//! apps = ["wx1111111111111111"]        # sessions of other apps get 401 (default: any app)
+//! resource_appid = "wx1111111111111111" # Cloud Run's resource sharing: other apps' users
+//!                                      # reach this app's backend as X-WX-FROM-*
+//!
+//! [[login]]                            # which app a login is for (else the Referer WeChat
+//! host = "club.example.com"            # writes, else session-svc's default app): a Host…
+//! path = "/club/login"                 # …and/or an extra login path
+//! app = "wx2222222222222222"
 //! ```
 //!
 //! Mistakes stop start-up with the entry named: unknown fields, a bad URL, prefixes that
@@ -48,6 +56,8 @@ pub enum SessionRule {
 struct File {
     #[serde(default)]
     route: Vec<Entry>,
+    #[serde(default)]
+    login: Vec<crate::apps::LoginEntry>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +79,8 @@ struct Entry {
     queue_timeout: Option<String>,
     body_timeout: Option<String>,
     buffer_body_bytes: Option<u64>,
+    apps: Option<Vec<String>>,
+    resource_appid: Option<String>,
 }
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -113,9 +125,22 @@ pub struct Route {
     pub body_timeout: Duration,
     /// A body up to this is read whole before the upstream is asked.
     pub buffer_body_bytes: u64,
+    /// The apps whose sessions this route serves (`None`: any); another app's session gets
+    /// 401 and is not forwarded (it stays valid).
+    pub apps: Option<Arc<[Arc<str>]>>,
+    /// Cloud Run's resource sharing: this route is app `resource_appid`'s backend, and other
+    /// apps' users reach it as `X-WX-FROM-APPID/-OPENID/-UNIONID`.
+    pub resource_appid: Option<http::HeaderValue>,
 }
 
 impl Route {
+    /// Whether this route serves sessions of `app_id`.
+    pub fn serves_app(&self, app_id: &str) -> bool {
+        self.apps
+            .as_ref()
+            .is_none_or(|apps| apps.iter().any(|a| &**a == app_id))
+    }
+
     /// Whether `path` (normalized, `path.rs`) is under this route: the prefix itself, or
     /// below it at a segment boundary (`/api` takes `/api` and `/api/x`, not `/apix`), in
     /// any letter case.
@@ -207,21 +232,42 @@ impl Business {
 }
 
 /// The routes, in file order. Few, and never overlapping: the first that takes a path is
-/// the only one.
+/// the only one. With them, the operator's rules of which app a login is for.
 #[derive(Clone, Debug, Default)]
-pub struct RouteTable(Arc<[Arc<Route>]>);
+pub struct RouteTable {
+    routes: Arc<[Arc<Route>]>,
+    logins: Arc<[crate::apps::LoginRule]>,
+    /// The file it was read from (`SIGHUP` reads it again).
+    source: Option<Arc<Path>>,
+}
 
 impl RouteTable {
     pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
-        self.0.iter().find(|route| route.takes(path))
+        self.routes.iter().find(|route| route.takes(path))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.routes.is_empty() && self.logins.is_empty()
     }
 
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.0.iter()
+        self.routes.iter()
+    }
+
+    pub fn logins(&self) -> &Arc<[crate::apps::LoginRule]> {
+        &self.logins
+    }
+
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// The file read again (a reload), checked as at start-up.
+    pub fn reread(&self) -> Result<Self, String> {
+        match &self.source {
+            Some(path) => routes_file_at(path),
+            None => Ok(self.clone()),
+        }
     }
 
     /// Refuses routes that the gateway's own paths would hide (`own` are those paths; `/me`
@@ -239,6 +285,21 @@ impl RouteTable {
                 return Err(format!(
                     "route {:?}: the gateway serves {own} itself, so this route would never be \
                      reached",
+                    route.prefix
+                ));
+            }
+        }
+        for rule in self.logins.iter() {
+            let Some(path) = &rule.path else { continue };
+            if own.iter().any(|own| own.eq_ignore_ascii_case(path)) {
+                return Err(format!(
+                    "[[login]] path {path:?} is one of the gateway's own paths"
+                ));
+            }
+            if let Some(route) = self.find(path) {
+                return Err(format!(
+                    "[[login]] path {path:?} is under the route {:?}: it would be forwarded, \
+                     not a login",
                     route.prefix
                 ));
             }
@@ -263,7 +324,12 @@ impl RouteTable {
             }
             routes.push(route);
         }
-        Ok(Self(routes.into()))
+        let logins = crate::apps::LoginRule::parse_all(file.login)?;
+        Ok(Self {
+            routes: routes.into(),
+            logins: logins.into(),
+            source: None,
+        })
     }
 }
 
@@ -341,6 +407,24 @@ impl Entry {
             queue_timeout: time(self.queue_timeout, DEFAULT_QUEUE_TIMEOUT, "queue_timeout")?,
             body_timeout: time(self.body_timeout, DEFAULT_BODY_TIMEOUT, "body_timeout")?,
             buffer_body_bytes: self.buffer_body_bytes.unwrap_or(DEFAULT_BUFFER_BODY_BYTES),
+            apps: match self.apps {
+                None => None,
+                Some(apps) if apps.is_empty() => {
+                    return Err("apps is empty: list AppIds, or leave it out for any app".into());
+                }
+                Some(apps) => Some(
+                    apps.iter()
+                        .map(|a| crate::apps::app_id(a).map(Arc::from))
+                        .collect::<Result<_, _>>()?,
+                ),
+            },
+            resource_appid: match self.resource_appid {
+                None => None,
+                Some(app) => Some(
+                    http::HeaderValue::from_str(crate::apps::app_id(&app)?)
+                        .map_err(|_| format!("resource_appid {app:?} is not an AppId"))?,
+                ),
+            },
             prefix,
         })
     }
@@ -348,9 +432,14 @@ impl Entry {
 
 /// clap's parser for `WEAPP_ROUTES_FILE`.
 pub fn routes_file(path: &str) -> Result<RouteTable, String> {
-    let text =
-        std::fs::read_to_string(Path::new(path)).map_err(|e| format!("cannot read it: {e}"))?;
-    RouteTable::parse(&text)
+    routes_file_at(Path::new(path))
+}
+
+fn routes_file_at(path: &Path) -> Result<RouteTable, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut table = RouteTable::parse(&text)?;
+    table.source = Some(path.into());
+    Ok(table)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::{
+    apps::LoginRule,
     business::route_table::{Business, RouteTable},
     wafer,
 };
@@ -107,12 +108,18 @@ impl Destination {
     }
 }
 
-/// The gateway's routing: its own paths and the business routes, fixed at start-up.
+/// The gateway's routing: its own paths, the business routes and the rules of which app a
+/// login is for. Built at start-up and again by a reload of the routes file (`SIGHUP`):
+/// requests take the one in force when they arrive ([`LiveRouting`]).
 #[derive(Debug)]
 pub struct Routing {
     login_path: Arc<str>,
     business: Vec<Arc<Business>>,
+    logins: Arc<[LoginRule]>,
 }
+
+/// The routing in force, replaced whole by a reload.
+pub type LiveRouting = Arc<arc_swap::ArcSwap<Routing>>;
 
 /// The template of requests that are neither own paths nor business routes.
 pub const OTHER: &str = "other";
@@ -129,12 +136,23 @@ impl Routing {
         Self {
             login_path: login_path.into(),
             business,
+            logins: table.map(|t| t.logins().clone()).unwrap_or_default(),
         }
+    }
+
+    /// The operator's rules of which app a login is for.
+    pub fn login_rules(&self) -> &[LoginRule] {
+        &self.logins
     }
 
     /// Where a request for `path` (normalized) goes.
     pub fn decide(&self, path: &str) -> Destination {
-        if path == &*self.login_path {
+        if path == &*self.login_path
+            || self
+                .logins
+                .iter()
+                .any(|rule| rule.path.as_deref() == Some(path))
+        {
             return Destination::Own(Own::Login);
         }
         if wafer::is_me(path) {

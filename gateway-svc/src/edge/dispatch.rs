@@ -138,6 +138,15 @@ impl Dispatcher {
                 "this needs a session; log in first".into(),
             ));
         }
+        // Another app's session is not this route's to serve: refused, not forwarded, and
+        // still valid where it belongs.
+        if let Some(session) = &session
+            && !business.route.serves_app(&session.user.app_id)
+        {
+            return Err(ApiError::InvalidSession(
+                "this route does not serve this mini-program's sessions".into(),
+            ));
+        }
         Ok(session)
     }
 

@@ -224,12 +224,25 @@ impl FastPath {
         let Buffers {
             request, fields, ..
         } = &mut *buffers;
-        forward::request_headers(fields, (insert, route.identity_headers), client_address);
+        let resource = route.resource_appid.as_ref();
+        forward::request_headers(
+            fields,
+            (insert, route.identity_headers, resource),
+            client_address,
+        );
         fields.insert(header::HOST, route.host.clone());
         request.clear();
+        // Cloud Run's resource sharing renders another app's user per request; every other
+        // request sends the fields rendered with the session.
+        let shared = identity
+            .as_ref()
+            .zip(resource)
+            .and_then(|(i, resource)| i.shared(route.identity_headers, resource));
         let identity_fields = identity
             .iter()
-            .flat_map(|i| i.fields(route.identity_headers));
+            .filter(|_| shared.is_none())
+            .flat_map(|i| i.fields(route.identity_headers))
+            .chain(shared.iter().flatten().map(|(n, v)| (n, v)));
         h1::write_request_head(request, (&head.method, &target), fields, identity_fields);
         let in_flight = business.admit(&self.metrics).await?;
         let upload = Upload {

@@ -46,7 +46,7 @@ use weapp_wire::request_head::{self, Parsed, RequestHead, Serve};
 use crate::{
     business::h1,
     config::HttpLimits,
-    edge::destination::{Destination, Routing},
+    edge::destination::{Destination, LiveRouting},
     edge::dispatch::Dispatcher,
     edge::handover::Hyper,
     edge::served,
@@ -56,7 +56,7 @@ use crate::{
 };
 
 pub struct FastPath {
-    pub routing: Arc<Routing>,
+    pub routing: LiveRouting,
     pub dispatcher: Arc<Dispatcher>,
     pub limits: HttpLimits,
     pub metrics: Arc<GatewayMetrics>,
@@ -175,9 +175,9 @@ impl FastPath {
                         let done =
                             Box::pin(refuse(ApiError::Head(refused), &mut conn, (false, true)))
                                 .await;
-                        let label = self
-                            .metrics
-                            .route_label(Destination::Other.label(self.routing.business_routes()));
+                        let label = self.metrics.route_label(
+                            Destination::Other.label(self.routing.load().business_routes()),
+                        );
                         self.metrics.request(label, done.status, started.elapsed());
                         return Box::pin(linger(conn.client, conn.read, shutdown)).await;
                     }
@@ -215,7 +215,7 @@ impl FastPath {
                     };
                     let destination = match refused {
                         Some(_) => Destination::Other,
-                        None => self.routing.decide(head.path()),
+                        None => self.routing.load().decide(head.path()),
                     };
                     (refused, destination)
                 }
@@ -236,7 +236,7 @@ impl FastPath {
             conn.read.drain(..head.len);
             let label = self
                 .metrics
-                .route_label(destination.label(self.routing.business_routes()));
+                .route_label(destination.label(self.routing.load().business_routes()));
             let context = self.spans.serve(
                 conn.buffers
                     .fields

@@ -43,7 +43,7 @@ use crate::{
     business::h1,
     config::HttpLimits,
     edge::body_limit,
-    edge::destination::{Destination, Routing},
+    edge::destination::{Destination, LiveRouting},
     edge::dispatch::Dispatcher,
     edge::served,
     error::ApiError,
@@ -62,7 +62,7 @@ pub struct Hyper {
 }
 
 struct Shared {
-    routing: Arc<Routing>,
+    routing: LiveRouting,
     dispatcher: Arc<Dispatcher>,
     limits: HttpLimits,
     metrics: Arc<GatewayMetrics>,
@@ -104,7 +104,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
 
 impl Hyper {
     pub fn new(
-        (routing, dispatcher): (Arc<Routing>, Arc<Dispatcher>),
+        (routing, dispatcher): (LiveRouting, Arc<Dispatcher>),
         limits: HttpLimits,
         (metrics, spans): (Arc<GatewayMetrics>, Spans),
     ) -> Self {
@@ -207,11 +207,11 @@ impl Shared {
         };
         let destination = match refused {
             Some(_) => Destination::Other,
-            None => self.routing.decide(request.uri().path()),
+            None => self.routing.load().decide(request.uri().path()),
         };
         let label = self
             .metrics
-            .route_label(destination.label(self.routing.business_routes()));
+            .route_label(destination.label(self.routing.load().business_routes()));
         // The request's trace: the caller's (a traceparent from nginx or a client), or a new
         // one; the gateway's span is a child of it.
         let context = self.spans.serve(

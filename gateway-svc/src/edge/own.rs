@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use axum::{
     Extension, Json,
     extract::{ConnectInfo, State},
-    http::{HeaderMap, StatusCode, Uri, header},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::{MethodRouter, any, get},
 };
@@ -16,8 +16,10 @@ use weapp_proto::session::v1::LoginRequest;
 use weapp_wire::UserInfo;
 
 use crate::{
+    apps::login_app,
     edge::destination::Own,
     error::ApiError,
+    sessions::identity::APP_ID,
     sessions::resolver::{AuthSession, Need},
     sockets::ws,
     state::AppState,
@@ -73,6 +75,13 @@ async fn log_in(
     }
     let params = wafer::login_params(headers, uri.query());
     let code = params.code.ok_or(ApiError::MissingCode)?;
+    // Which app: the operator's rule, else WeChat's Referer, else session-svc's default.
+    let app_id = login_app(state.routing.load().login_rules(), headers, uri.path()).map_err(
+        |disagreement| ApiError::LoginFailed {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("login failed: {disagreement}"),
+        },
+    )?;
     let answer = state
         .sessions
         .login(LoginRequest {
@@ -81,6 +90,7 @@ async fn log_in(
             iv: params.iv,
             raw_data: params.raw_data,
             signature: params.signature,
+            app_id: app_id.as_deref().unwrap_or_default().to_owned(),
         })
         .await
         .map_err(|s| ApiError::login(&s))?;
@@ -93,18 +103,34 @@ async fn log_in(
         .map(UserInfo::try_from)
         .transpose()
         .map_err(|_| ApiError::BadAnswer("session service sent a user without an openId"))?;
-    Ok(Json(wafer::login_body(&session.id, &session.skey, user.as_ref())).into_response())
+    let mut response =
+        Json(wafer::login_body(&session.id, &session.skey, user.as_ref())).into_response();
+    if let Ok(app) = HeaderValue::from_str(&answer.app_id)
+        && !answer.app_id.is_empty()
+    {
+        response.headers_mut().insert(APP_ID, app);
+    }
+    Ok(response)
 }
 
 /// `/me`: the session's user object as wafer kept it, or `{"noBody": true}` without a session
 /// (the tutorial's express route).
 async fn me(session: Option<Extension<AuthSession>>) -> Response {
     match session {
-        Some(Extension(session)) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            session.user.me_body.clone(),
-        )
-            .into_response(),
+        Some(Extension(session)) => {
+            let mut response = (
+                [(header::CONTENT_TYPE, "application/json")],
+                session.user.me_body.clone(),
+            )
+                .into_response();
+            // The body stays wafer's exact payload; the app goes beside it.
+            if let Ok(app) = HeaderValue::from_str(&session.user.app_id)
+                && !session.user.app_id.is_empty()
+            {
+                response.headers_mut().insert(APP_ID, app);
+            }
+            response
+        }
         None => Json(json!({ "noBody": true })).into_response(),
     }
 }

@@ -20,7 +20,7 @@ pub fn server_span(
     status: u16,
     started: Instant,
 ) -> FinishedSpan {
-    let route = metrics.route_template(label).to_owned();
+    let route = metrics.route_template(label);
     FinishedSpan {
         context,
         name: format!("{method} {route}").into(),

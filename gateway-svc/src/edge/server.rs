@@ -32,7 +32,7 @@ use weapp_common::otlp::Spans;
 
 use crate::{
     config::HttpLimits,
-    edge::destination::Routing,
+    edge::destination::LiveRouting,
     edge::dispatch::Dispatcher,
     edge::fast_path::{FastPath, Served},
     edge::handover::Hyper,
@@ -49,7 +49,7 @@ use crate::{
 /// decided here, once (`destination.rs`), and `dispatcher` serves it.
 pub async fn serve(
     (listener, threads): (TcpListener, &IoThreads),
-    (routing, dispatcher): (Arc<Routing>, Arc<Dispatcher>),
+    (routing, dispatcher): (LiveRouting, Arc<Dispatcher>),
     limits: HttpLimits,
     (metrics, spans): (Arc<GatewayMetrics>, Spans),
     shutdown: CancellationToken,

@@ -115,6 +115,7 @@ impl SessionClient {
         let message = GetPhoneNumberRequest {
             subject: Some(Subject {
                 subject: Some(subject::Subject::Session(SessionCredentials { id, skey })),
+                app_id: String::new(),
             }),
             code,
         };

@@ -35,6 +35,13 @@ pub const SESSION: HeaderName = HeaderName::from_static("x-weapp-session");
 pub const USER: HeaderName = HeaderName::from_static("x-weapp-user");
 /// The signed identity assertion (JWT).
 pub const ASSERTION: HeaderName = HeaderName::from_static("x-weapp-assertion");
+/// The session's mini-program (AppId), on forwarded requests and on `/login` and `/me`.
+pub const APP_ID: HeaderName = HeaderName::from_static("x-weapp-app-id");
+/// Cloud Run's resource sharing: the caller's app, openid and unionid when a route serves
+/// another app's resources (`resource_appid`).
+pub const WX_FROM_APPID: HeaderName = HeaderName::from_static("x-wx-from-appid");
+pub const WX_FROM_OPENID: HeaderName = HeaderName::from_static("x-wx-from-openid");
+pub const WX_FROM_UNIONID: HeaderName = HeaderName::from_static("x-wx-from-unionid");
 /// The user's phone number (E.164), once WeChat has verified it (`/phone-number`).
 pub const PHONE: HeaderName = HeaderName::from_static("x-weapp-phone");
 /// Cloud Run's names: the user's openid, unionid (when WeChat gave one), the mini-program's
@@ -62,7 +69,7 @@ pub enum Names {
 }
 
 impl Names {
-    fn weapp(self) -> bool {
+    pub fn weapp(self) -> bool {
         self != Self::Cloudrun
     }
 
@@ -183,6 +190,11 @@ impl Identity {
         if let Ok(value) = HeaderValue::from_str(&weapp_wire::short_hash(session_id)) {
             headers.insert(SESSION, value);
         }
+        if let Ok(value) = HeaderValue::from_str(app_id)
+            && !app_id.is_empty()
+        {
+            headers.insert(APP_ID, value);
+        }
         if let Ok(value) = HeaderValue::try_from(URL_SAFE_NO_PAD.encode(&user.me_body)) {
             headers.insert(USER, value);
         }
@@ -200,6 +212,41 @@ impl Identity {
         for (name, value) in self.fields(names) {
             headers.insert(name, value.clone());
         }
+    }
+
+    /// What a route's upstream gets when the route serves app `resource`'s resources (Cloud
+    /// Run's resource sharing): a session of that app as usual; another app's user under
+    /// Cloud Run's names as `X-WX-APPID` = the resource's app, no `X-WX-OPENID` (an openid
+    /// of another app means nothing there), and `X-WX-FROM-APPID/-OPENID/-UNIONID` of the
+    /// caller. weapp's own names are unchanged (they say the session's app). `None`: no
+    /// sharing applies, send [`Identity::fields`].
+    pub fn shared(
+        &self,
+        names: Names,
+        resource: &HeaderValue,
+    ) -> Option<Vec<(HeaderName, HeaderValue)>> {
+        let app = self.cloudrun.get(WX_APPID);
+        if app == Some(resource) {
+            return None;
+        }
+        let mut fields: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        if names.weapp() {
+            fields.extend(self.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        }
+        if names.cloudrun() {
+            fields.push((WX_APPID, resource.clone()));
+            let from = [
+                (WX_FROM_APPID, app),
+                (WX_FROM_OPENID, self.cloudrun.get(WX_OPENID)),
+                (WX_FROM_UNIONID, self.cloudrun.get(WX_UNIONID)),
+            ];
+            fields.extend(
+                from.into_iter()
+                    .filter_map(|(name, value)| Some((name, value?.clone()))),
+            );
+            fields.push((WX_SOURCE, SOURCE));
+        }
+        Some(fields)
     }
 
     /// The headers of `names` (one value each).

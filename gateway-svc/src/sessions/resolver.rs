@@ -30,9 +30,32 @@ pub struct AuthSession {
 impl AuthSession {
     /// Adds the session's identity headers (`identity.rs`) under `names` to `headers`.
     pub fn insert_identity(&self, headers: &mut HeaderMap, names: Names) {
-        match &self.identity {
-            Some(identity) => identity.apply(headers, names),
-            None => Identity::new(&self.id, &self.user, "", None, None).apply(headers, names),
+        self.insert_identity_for(headers, names, None);
+    }
+
+    /// The same for a route that may serve app `resource`'s resources to other apps' users
+    /// (Cloud Run's resource sharing, `Identity::shared`).
+    pub fn insert_identity_for(
+        &self,
+        headers: &mut HeaderMap,
+        names: Names,
+        resource: Option<&HeaderValue>,
+    ) {
+        let rendered;
+        let identity = match &self.identity {
+            Some(identity) => identity,
+            None => {
+                rendered = Identity::new(&self.id, &self.user, &self.user.app_id, None, None);
+                &rendered
+            }
+        };
+        match resource.and_then(|r| identity.shared(names, r)) {
+            Some(fields) => {
+                for (name, value) in fields {
+                    headers.insert(name, value);
+                }
+            }
+            None => identity.apply(headers, names),
         }
     }
 
@@ -149,7 +172,8 @@ async fn validate(
         .user
         .as_ref()
         .and_then(|u| User::try_from(u).ok())
-        .ok_or_else(|| Status::unavailable("session service sent no user"))?;
+        .ok_or_else(|| Status::unavailable("session service sent no user"))?
+        .of_app(&answer.app_id);
     let left = |d: Option<prost_types::Duration>| {
         d.and_then(|d| Duration::try_from(d).ok())
             .unwrap_or_default()

@@ -2,6 +2,8 @@
 //! session-svc sent, into its `/me` body and the two fields the gateway itself reads. Not the
 //! parsed object: thousands of sessions stay cached and behind open WebSockets, and the
 //! rendered body is all `/me` needs (a cached session answers it without building JSON).
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use weapp_proto::session::v1 as pb;
 use weapp_wire::{UserInfo, user::MissingOpenId};
@@ -12,6 +14,8 @@ pub struct User {
     pub open_id: String,
     /// The user's unionId, when WeChat gave one (an identity header of forwarded requests).
     pub union_id: Option<String>,
+    /// The session's app (AppId), as session-svc said (empty from an older one).
+    pub app_id: Arc<str>,
     /// What the WebSocket greeting calls the user.
     pub display_name: String,
     /// The user object as JSON: `/me`'s answer, exactly wafer's `req.session.userInfo`.
@@ -27,8 +31,19 @@ impl User {
         Self {
             open_id: info.open_id().to_owned(),
             union_id: info.union_id().map(str::to_owned),
+            app_id: Arc::from(""),
             display_name: info.display_name().to_owned(),
             me_body: me_body.into(),
+        }
+    }
+}
+
+impl User {
+    /// The same user, of `app_id`.
+    pub fn of_app(self, app_id: &str) -> Self {
+        Self {
+            app_id: Arc::from(app_id),
+            ..self
         }
     }
 }

@@ -56,6 +56,13 @@ pub async fn follow(
                             }
                             // Not revoked: only the cached answers are stale.
                             Some(Event::UserChanged(open_id)) => cache.revoke_user(&open_id),
+                            // Rare (an operator removed an app): every cached answer goes, the
+                            // app's sockets close; its sessions are refused from now on.
+                            Some(Event::AppRemoved(app_id)) => {
+                                tracing::warn!(app = %app_id, "app no longer served: its sessions refused, its sockets closed");
+                                cache.reset();
+                                sockets.revoke_app(&app_id);
+                            }
                             Some(Event::Push(push)) => deliver(&sockets, &client, &replica, push),
                             Some(Event::Heartbeat(_)) | None => {}
                         }
@@ -105,10 +112,16 @@ fn deliver(sockets: &OpenSockets, client: &SessionClient, replica: &Arc<Replica>
         .into_iter()
         .map(|message| {
             let text = Utf8Bytes::from(message.text);
+            let within = &message.within_apps;
             match &message.target {
-                Some(push_message::Target::OpenId(id)) => sockets.deliver(Target::User(id), &text),
+                Some(push_message::Target::OpenId(id)) => {
+                    sockets.deliver(Target::User(id), within, &text)
+                }
                 Some(push_message::Target::SessionId(id)) => {
-                    sockets.deliver(Target::Session(id), &text)
+                    sockets.deliver(Target::Session(id), within, &text)
+                }
+                Some(push_message::Target::UnionId(id)) => {
+                    sockets.deliver(Target::Person(id), within, &text)
                 }
                 None => 0,
             }

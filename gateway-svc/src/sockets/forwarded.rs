@@ -93,7 +93,11 @@ pub async fn forward(
     };
     request_headers(
         &mut headers,
-        (session.as_ref(), route.identity_headers),
+        (
+            session.as_ref(),
+            route.identity_headers,
+            route.resource_appid.as_ref(),
+        ),
         client,
     );
     // The handshake's own fields (Host, Upgrade, the key) stay as tungstenite made them.

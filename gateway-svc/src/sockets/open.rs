@@ -22,6 +22,10 @@ use crate::{
 struct Watched {
     /// Whose session it is, to leave the index by user with the last connection.
     open_id: String,
+    /// The person (unionId), when WeChat gave one: pushes to a person across apps.
+    union_id: Option<String>,
+    /// The session's app: pushes narrowed to apps, and an app's removal, match it.
+    app_id: Arc<str>,
     /// One per open connection of the session.
     outboxes: Vec<Arc<Outbox>>,
 }
@@ -34,6 +38,8 @@ pub struct OpenSockets {
     /// Ids of the sessions with open sockets, by openId (most users have one). Locked before
     /// `sessions` when both are, never after.
     by_user: DashMap<String, Vec<Arc<str>>>,
+    /// The same by unionId (sessions whose user has one), across apps.
+    by_person: DashMap<String, Vec<Arc<str>>>,
     /// Set when the gateway stops: a socket registered after that is told at once.
     closed: AtomicBool,
 }
@@ -42,6 +48,8 @@ pub struct OpenSockets {
 pub enum Target<'a> {
     User(&'a str),
     Session(&'a str),
+    /// Every session of a person (unionId), in any app `within` allows.
+    Person(&'a str),
 }
 
 /// One connection's place in [`OpenSockets`]; leaves it when dropped.
@@ -64,18 +72,25 @@ impl Drop for Registration {
                     .outboxes
                     .retain(|outbox| !Arc::ptr_eq(outbox, &self.outbox));
                 if watched.outboxes.is_empty() {
-                    last = Some(std::mem::take(&mut watched.open_id));
+                    last = Some((
+                        std::mem::take(&mut watched.open_id),
+                        watched.union_id.take(),
+                    ));
                 }
                 last.is_some()
             });
-        if let Some(open_id) = last {
-            sockets.by_user.remove_if_mut(&open_id, |_, ids| {
+        if let Some((open_id, union_id)) = last {
+            let leave = |_: &String, ids: &mut Vec<Arc<str>>| {
                 // A new connection of the session may have come in meanwhile: it stays.
                 if !sockets.sessions.contains_key(&self.session_id) {
                     ids.retain(|id| id != &self.session_id);
                 }
                 ids.is_empty()
-            });
+            };
+            sockets.by_user.remove_if_mut(&open_id, leave);
+            if let Some(union_id) = union_id {
+                sockets.by_person.remove_if_mut(&union_id, leave);
+            }
         }
     }
 }
@@ -95,6 +110,8 @@ impl OpenSockets {
                 let id: Arc<str> = Arc::from(session_id);
                 let watched = self.sessions.entry(id.clone()).or_insert_with(|| Watched {
                     open_id: user.open_id.clone(),
+                    union_id: user.union_id.clone(),
+                    app_id: user.app_id.clone(),
                     outboxes: Vec::new(),
                 });
                 (id, watched)
@@ -112,9 +129,15 @@ impl OpenSockets {
             outbox.end(End::Shutdown);
         }
         if first {
-            let mut ids = self.by_user.entry(user.open_id.clone()).or_default();
-            if !ids.iter().any(|known| known == &id) {
-                ids.push(id.clone());
+            let index = |map: &DashMap<String, Vec<Arc<str>>>, key: &str| {
+                let mut ids = map.entry(key.to_owned()).or_default();
+                if !ids.iter().any(|known| known == &id) {
+                    ids.push(id.clone());
+                }
+            };
+            index(&self.by_user, &user.open_id);
+            if let Some(union_id) = &user.union_id {
+                index(&self.by_person, union_id);
             }
         }
         Some(Registration {
@@ -124,25 +147,32 @@ impl OpenSockets {
         })
     }
 
-    /// Queues `text` on every open socket of `target`; how many took it.
-    pub fn deliver(&self, target: Target<'_>, text: &Utf8Bytes) -> u64 {
+    /// Queues `text` on every open socket of `target` whose app `within` lists (empty: any
+    /// app); how many took it.
+    pub fn deliver(&self, target: Target<'_>, within: &[String], text: &Utf8Bytes) -> u64 {
+        let ids = |index: &DashMap<String, Vec<Arc<str>>>, key: &str| {
+            index.get(key).map(|ids| ids.clone()).unwrap_or_default()
+        };
         match target {
-            Target::Session(id) => self.deliver_to_session(id, text),
-            Target::User(open_id) => {
-                let ids = self
-                    .by_user
-                    .get(open_id)
-                    .map(|ids| ids.clone())
-                    .unwrap_or_default();
-                ids.iter().map(|id| self.deliver_to_session(id, text)).sum()
-            }
+            Target::Session(id) => self.deliver_to_session(id, within, text),
+            Target::User(open_id) => ids(&self.by_user, open_id)
+                .iter()
+                .map(|id| self.deliver_to_session(id, within, text))
+                .sum(),
+            Target::Person(union_id) => ids(&self.by_person, union_id)
+                .iter()
+                .map(|id| self.deliver_to_session(id, within, text))
+                .sum(),
         }
     }
 
-    fn deliver_to_session(&self, id: &str, text: &Utf8Bytes) -> u64 {
+    fn deliver_to_session(&self, id: &str, within: &[String], text: &Utf8Bytes) -> u64 {
         let Some(watched) = self.sessions.get(id) else {
             return 0;
         };
+        if !within.is_empty() && !within.iter().any(|app| **app == *watched.app_id) {
+            return 0;
+        }
         let took = watched
             .outboxes
             .iter()
@@ -175,6 +205,19 @@ impl OpenSockets {
             .get(open_id)
             .map(|ids| ids.clone())
             .unwrap_or_default();
+        for id in ids {
+            self.revoke_session(&id);
+        }
+    }
+
+    /// Closes every socket of an app that is no longer served (1008, like a revocation).
+    pub fn revoke_app(&self, app_id: &str) {
+        let ids: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .filter(|watched| &*watched.app_id == app_id)
+            .map(|watched| watched.key().clone())
+            .collect();
         for id in ids {
             self.revoke_session(&id);
         }
@@ -238,20 +281,20 @@ mod tests {
             register("c", &u2),
         );
         let text = Utf8Bytes::from("hello");
-        assert_eq!(sockets.deliver(Target::User("o1"), &text), 3);
-        assert_eq!(sockets.deliver(Target::Session("c"), &text), 1);
-        assert_eq!(sockets.deliver(Target::User("nobody"), &text), 0);
+        assert_eq!(sockets.deliver(Target::User("o1"), &[], &text), 3);
+        assert_eq!(sockets.deliver(Target::Session("c"), &[], &text), 1);
+        assert_eq!(sockets.deliver(Target::User("nobody"), &[], &text), 0);
         for outbox in [&a1.outbox, &a2.outbox, &b.outbox] {
             assert_eq!(outbox.next().as_deref(), Some("hello"));
         }
         drop((a1, a2));
         assert_eq!(
-            sockets.deliver(Target::User("o1"), &text),
+            sockets.deliver(Target::User("o1"), &[], &text),
             1,
             "only b is left"
         );
         drop(b);
-        assert_eq!(sockets.deliver(Target::User("o1"), &text), 0);
+        assert_eq!(sockets.deliver(Target::User("o1"), &[], &text), 0);
         assert!(
             sockets.by_user.get("o1").is_none(),
             "the index forgets the user"

@@ -3,14 +3,18 @@
 //! containers written for WeChat Cloud Run, which send no credential — a caller from
 //! `WEAPP_OPENAPI_TRUSTED_NETWORKS`, with `WEAPP_OPENAPI_TRUSTED_PATHS`. A key, when sent,
 //! must be right: a wrong key never falls back to the network's allow-list.
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use ipnet::IpNet;
 use weapp_common::config::{ip_net, within};
 
 use crate::{
-    access::{AllowList, ApiKeys, KeyRefusal, allow_listed_path},
+    access::{AllowList, AppScope, KeyRefusal, allow_listed_path},
     error::OpenApiError,
+    reload::LiveConfig,
 };
 
 /// The open-API proxy's settings.
@@ -66,30 +70,32 @@ impl OpenApiSettings {
 
 /// Who may call what.
 pub struct Callers {
-    keys: Option<ApiKeys>,
+    live: Arc<LiveConfig>,
     networks: Vec<IpNet>,
     trusted: AllowList,
 }
 
 impl Callers {
-    pub fn new(settings: &OpenApiSettings, keys: Option<ApiKeys>) -> Result<Self, String> {
+    pub fn new(settings: &OpenApiSettings, live: Arc<LiveConfig>) -> Result<Self, String> {
         Ok(Self {
-            keys,
+            live,
             networks: settings.trusted_networks.clone(),
             trusted: AllowList::new(settings.trusted_paths.clone())?,
         })
     }
 
-    /// The caller's name (for logs) and what it may call.
+    /// The caller's name (for logs), what it may call, and for which apps. Callers from the
+    /// trusted networks (Cloud Run containers) may name any app with `from_appid`, as on
+    /// Cloud Run.
     pub fn allowed(
         &self,
         authorization: Option<&[u8]>,
         peer: IpAddr,
-    ) -> Result<(String, AllowList), OpenApiError> {
+    ) -> Result<(String, AllowList, AppScope), OpenApiError> {
         if authorization.is_some() {
-            let keys = self.keys.as_ref().ok_or(OpenApiError::UnknownKey)?;
+            let keys = self.live.keys().ok_or(OpenApiError::UnknownKey)?;
             return match keys.openapi(authorization) {
-                Ok((caller, paths)) => Ok((format!("key {:?}", &*caller.0), paths)),
+                Ok((caller, paths)) => Ok((format!("key {:?}", &*caller.name), paths, caller.apps)),
                 Err(KeyRefusal::Missing) => Err(OpenApiError::NoCredential),
                 Err(KeyRefusal::Unknown) => Err(OpenApiError::UnknownKey),
             };
@@ -98,6 +104,7 @@ impl Callers {
             return Ok((
                 format!("trusted network caller {peer}"),
                 self.trusted.clone(),
+                AppScope::All,
             ));
         }
         Err(OpenApiError::NoCredential)

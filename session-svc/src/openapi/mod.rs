@@ -35,7 +35,8 @@ use crate::{
     access_token::AccessTokens,
     error::OpenApiError,
     metrics::SessionMetrics,
-    wechat::{Answer, Passthrough, WeChatClient, without_access_token},
+    reload::LiveConfig,
+    wechat::{Answer, Passthrough, WeChatClient, from_appid, without_fields},
 };
 
 /// The host a Cloud Run container calls, the only one the absolute form may name.
@@ -46,6 +47,7 @@ const SEQID: &str = "x-openapi-seqid";
 
 pub struct OpenApi {
     wechat: Arc<WeChatClient>,
+    live: Arc<LiveConfig>,
     tokens: Arc<AccessTokens>,
     callers: Callers,
     max_body_bytes: usize,
@@ -54,13 +56,14 @@ pub struct OpenApi {
 
 impl OpenApi {
     pub fn new(
-        wechat: Arc<WeChatClient>,
+        (wechat, live): (Arc<WeChatClient>, Arc<LiveConfig>),
         tokens: Arc<AccessTokens>,
         (callers, max_body_bytes): (Callers, usize),
         metrics: Arc<SessionMetrics>,
     ) -> Self {
         Self {
             wechat,
+            live,
             tokens,
             callers,
             max_body_bytes,
@@ -92,7 +95,7 @@ impl OpenApi {
             .headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
-        let (caller, allowed) = self.callers.allowed(authorization, peer.ip())?;
+        let (caller, allowed, may_act_for) = self.callers.allowed(authorization, peer.ip())?;
         let Some(label) = allowed.find(&path) else {
             let caller = match allowed.is_empty() {
                 true => format!("{caller}, which has no \"wechat.openapi\" scope"),
@@ -100,16 +103,53 @@ impl OpenApi {
             };
             return Err(OpenApiError::NotAllowed { path, caller });
         };
+        // Whose token: `from_appid` (Cloud Run's spelling), else the key's first app, else
+        // the default. Both the caller and the app must allow the path.
+        let apps = self.live.apps();
+        let default = apps.default_app().id.clone();
+        let named = parts
+            .uri
+            .query()
+            .and_then(from_appid)
+            .filter(|a| !a.is_empty());
+        let app_id = named.unwrap_or_else(|| may_act_for.first(&default).to_owned());
+        let app = apps
+            .get(&app_id)
+            .cloned()
+            .ok_or_else(|| OpenApiError::NotAllowed {
+                path: path.clone(),
+                caller: format!("app {app_id:?}, which is not served here"),
+            })?;
+        if !may_act_for.allows(&app.id, &default) {
+            return Err(OpenApiError::NotAllowed {
+                path,
+                caller: format!("{caller} acting for app {app_id:?}, which it may not act for"),
+            });
+        }
+        if app
+            .openapi
+            .as_ref()
+            .is_some_and(|list| list.find(&path).is_none())
+        {
+            return Err(OpenApiError::NotAllowed {
+                path,
+                caller: format!("app {:?}", app.name),
+            });
+        }
         let body = read_body(body, self.max_body_bytes).await?;
         let call = Passthrough {
             method: parts.method,
             path: label,
-            query: parts.uri.query().and_then(without_access_token),
+            query: parts
+                .uri
+                .query()
+                .and_then(|q| without_fields(q, &["access_token", "from_appid"])),
             content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
             body,
         };
         let no_token = |e: crate::error::SessionError| OpenApiError::NoToken(e.to_string());
-        let token = self.tokens.get().await.map_err(no_token)?;
+        let tokens = self.tokens.of(&app.id).map_err(no_token)?;
+        let token = tokens.get().await.map_err(no_token)?;
         let mut answer = self.wechat.passthrough(&call, &token.token).await?;
         if answer.refused_token() {
             tracing::info!(
@@ -117,14 +157,13 @@ impl OpenApi {
                 errcode = answer.errcode,
                 "WeChat refused the access_token; refreshing and retrying once"
             );
-            let next = self
-                .tokens
+            let next = tokens
                 .report_invalid(token.token.expose_secret())
                 .await
                 .map_err(no_token)?;
             answer = self.wechat.passthrough(&call, &next.token).await?;
         }
-        tracing::debug!(%caller, path = label, errcode = answer.errcode, status = %answer.status, "open-API call");
+        tracing::debug!(%caller, app = %app.name, path = label, errcode = answer.errcode, status = %answer.status, "open-API call");
         Ok(respond(answer))
     }
 }

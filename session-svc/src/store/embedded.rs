@@ -13,8 +13,9 @@ use std::{
 
 use async_trait::async_trait;
 use redb::{
-    Database, Durability, MultimapTableDefinition, ReadableMultimapTable as _, ReadableTable as _,
-    ReadableTableMetadata as _, TableDefinition, WriteTransaction,
+    Database, Durability, MultimapTableDefinition, MultimapTableHandle as _,
+    ReadableMultimapTable as _, ReadableTable as _, ReadableTableMetadata as _, TableDefinition,
+    WriteTransaction,
 };
 
 use super::{SessionStore, StoreError, StoredSessionKey};
@@ -25,6 +26,10 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// openId → ids of that user's sessions, for revoking them all.
 const BY_OPEN_ID: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("sessions_by_open_id");
+/// unionId → ids of that person's sessions (in any app), for pushing to and revoking a
+/// person. Filled from the sessions when a store from before it is opened.
+const BY_UNION_ID: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("sessions_by_union_id");
 /// (expires_at, id), so the sweeper reads only what has expired.
 const BY_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("sessions_by_expiry");
 
@@ -99,6 +104,7 @@ impl EmbeddedStore {
         txn.open_table(SESSIONS).map_err(unavailable)?;
         txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
         txn.open_table(BY_EXPIRY).map_err(unavailable)?;
+        index_union_ids(&txn)?;
         txn.open_table(secrets::TOKENS).map_err(unavailable)?;
         txn.open_table(secrets::LEASES).map_err(unavailable)?;
         txn.open_table(secrets::SESSION_KEYS).map_err(unavailable)?;
@@ -207,18 +213,44 @@ fn insert_batch(
         let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
         let mut by_open_id = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
         let mut by_expiry = txn.open_table(BY_EXPIRY).map_err(unavailable)?;
+        let mut by_union_id = txn.open_multimap_table(BY_UNION_ID).map_err(unavailable)?;
         for PendingInsert { record, bytes, .. } in batch {
             let id = record.id.as_str();
             sessions.insert(id, bytes.as_slice()).map_err(unavailable)?;
             by_open_id
                 .insert(record.user.open_id(), id)
                 .map_err(unavailable)?;
+            if let Some(union_id) = record.user.union_id() {
+                by_union_id.insert(union_id, id).map_err(unavailable)?;
+            }
             by_expiry
                 .insert((record.expires_at, id), ())
                 .map_err(unavailable)?;
         }
     }
     txn.commit().map_err(unavailable)
+}
+
+/// Creates the unionId index, filling it from the stored sessions when it is new (a store
+/// written before it existed).
+fn index_union_ids(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let new = txn
+        .list_multimap_tables()
+        .map_err(unavailable)?
+        .all(|t| t.name() != "sessions_by_union_id");
+    let mut index = txn.open_multimap_table(BY_UNION_ID).map_err(unavailable)?;
+    if !new {
+        return Ok(());
+    }
+    let sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+    for entry in sessions.iter().map_err(unavailable)? {
+        let (id, bytes) = entry.map_err(unavailable)?;
+        let record = decode(bytes.value())?;
+        if let Some(union_id) = record.user.union_id() {
+            index.insert(union_id, id.value()).map_err(unavailable)?;
+        }
+    }
+    Ok(())
 }
 
 /// The ids of a user's sessions, from the index.
@@ -242,6 +274,12 @@ fn remove_in(txn: &WriteTransaction, id: &str) -> Result<Option<SessionRecord>, 
         .map_err(unavailable)?
         .remove(record.user.open_id(), id)
         .map_err(unavailable)?;
+    if let Some(union_id) = record.user.union_id() {
+        txn.open_multimap_table(BY_UNION_ID)
+            .map_err(unavailable)?
+            .remove(union_id, id)
+            .map_err(unavailable)?;
+    }
     txn.open_table(BY_EXPIRY)
         .map_err(unavailable)?
         .remove((record.expires_at, id))
@@ -363,6 +401,24 @@ impl SessionStore for EmbeddedStore {
                 }
             }
             Ok(removed)
+        })
+        .await
+    }
+
+    async fn sessions_of_union(&self, union_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let union_id = union_id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let index = txn.open_multimap_table(BY_UNION_ID).map_err(unavailable)?;
+            let sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+            let mut records = Vec::new();
+            for id in index.get(union_id.as_str()).map_err(unavailable)? {
+                let id = id.map_err(unavailable)?;
+                if let Some(bytes) = sessions.get(id.value()).map_err(unavailable)? {
+                    records.push(decode(bytes.value())?);
+                }
+            }
+            Ok(records)
         })
         .await
     }

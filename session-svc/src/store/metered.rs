@@ -69,6 +69,11 @@ impl SessionStore for Metered<dyn SessionStore> {
             .await
     }
 
+    async fn sessions_of_union(&self, union_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        self.timed("sessions_of_union", self.store.sessions_of_union(union_id))
+            .await
+    }
+
     async fn purge_expired(&self, now: UnixMillis) -> Result<u64, StoreError> {
         self.timed("purge_expired", self.store.purge_expired(now))
             .await

@@ -2,13 +2,14 @@
 //! server). One document per session in `<database>.sessions`, shaped for reading in mongosh:
 //!
 //! ```text
-//! { _id: "<session id>", skeyHash: "<hex sha256 of the skey>", openId, unionId?,
+//! { _id: "<session id>", appId?, skeyHash: "<hex sha256 of the skey>", openId, unionId?,
 //!   userInfo: { openId, nickName, gender, ... }, createdAt: ISODate, lastSeenAt: ISODate,
 //!   expiresAt: ISODate, maxExpiresAt: ISODate }
 //! ```
 //!
 //! `expiresAt` carries a TTL index (MongoDB deletes a document once it has passed), `openId` an
-//! ordinary one (revoke every session of a user). The TTL monitor runs once a minute, so reads
+//! ordinary one (revoke every session of a user), `unionId` a sparse one (a person across
+//! apps). The TTL monitor runs once a minute, so reads
 //! check expiry themselves (in `SessionManager`). WeChat's session_keys and the access_token
 //! live in collections of their own (`mongo/secrets.rs`), sealed.
 mod secrets;
@@ -31,6 +32,7 @@ use crate::record::{PhoneNumber, SessionRecord, UnixMillis, UserInfo};
 const COLLECTION: &str = "sessions";
 const TTL_INDEX: &str = "expiresAt_ttl";
 const OPEN_ID_INDEX: &str = "openId_1";
+const UNION_ID_INDEX: &str = "unionId_1";
 
 /// How to reach MongoDB, when sessions go there. The URI is a secret: it usually holds the
 /// password.
@@ -110,6 +112,9 @@ struct SessionDoc {
     max_expires_at: DateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     phone: Option<PhoneNumber>,
+    /// Absent on records from before apps files: the default app's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    app_id: Option<String>,
 }
 
 impl From<&SessionRecord> for SessionDoc {
@@ -125,6 +130,7 @@ impl From<&SessionRecord> for SessionDoc {
             expires_at: DateTime::from_millis(r.expires_at),
             max_expires_at: DateTime::from_millis(r.max_expires_at),
             phone: r.phone.clone(),
+            app_id: r.app_id.clone(),
         }
     }
 }
@@ -141,6 +147,7 @@ impl From<SessionDoc> for SessionRecord {
             expires_at: d.expires_at.timestamp_millis(),
             max_expires_at: d.max_expires_at.timestamp_millis(),
             phone: d.phone,
+            app_id: d.app_id,
         }
     }
 }
@@ -254,8 +261,17 @@ impl SessionStore for MongoStore {
                     .build(),
             )
             .build();
+        let by_person = IndexModel::builder()
+            .keys(doc! { "unionId": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name(UNION_ID_INDEX.to_owned())
+                    .sparse(true)
+                    .build(),
+            )
+            .build();
         self.sessions
-            .create_indexes([ttl, by_user])
+            .create_indexes([ttl, by_user, by_person])
             .await
             .map_err(unavailable)?;
         self.secrets.prepare().await
@@ -348,6 +364,19 @@ impl SessionStore for MongoStore {
         Ok(result.deleted_count)
     }
 
+    async fn sessions_of_union(&self, union_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        use futures::TryStreamExt as _;
+        let docs: Vec<SessionDoc> = self
+            .sessions
+            .find(doc! { "unionId": union_id })
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        Ok(docs.into_iter().map(SessionRecord::from).collect())
+    }
+
     async fn purge_expired(&self, now: UnixMillis) -> Result<u64, StoreError> {
         // Normally the TTL monitor's job; this keeps servers without one (or a lagging one)
         // from growing.
@@ -404,6 +433,7 @@ mod tests {
             expires_at: 1_700_000_100_000,
             max_expires_at: 1_700_000_900_000,
             phone: None,
+            app_id: Some("wx1".into()),
         };
         let doc = mongodb::bson::to_document(&SessionDoc::from(&record)).unwrap();
         assert_eq!(doc.get_str("openId").unwrap(), "o1");

@@ -46,6 +46,13 @@ impl Answer {
 /// `query` without its `access_token` parameters (however the name is encoded), the rest of it
 /// byte for byte.
 pub fn without_access_token(query: &str) -> Option<String> {
+    without_fields(query, &["access_token"])
+}
+
+/// `query` without the fields named `names` (however encoded, any case), `None` if nothing
+/// is left: `access_token` is session-svc's to add, `from_appid` (Cloud Run's) is read by
+/// the proxy and never reaches WeChat.
+pub fn without_fields(query: &str, names: &[&str]) -> Option<String> {
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| {
@@ -53,10 +60,17 @@ pub fn without_access_token(query: &str) -> Option<String> {
             let decoded: String = url::form_urlencoded::parse(name.as_bytes())
                 .map(|(k, _)| k.into_owned())
                 .collect();
-            !pair.is_empty() && !decoded.trim().eq_ignore_ascii_case("access_token")
+            !pair.is_empty() && !names.iter().any(|n| decoded.trim().eq_ignore_ascii_case(n))
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// The `from_appid` of a query (Cloud Run's name for the app whose token to call with).
+pub fn from_appid(query: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("from_appid"))
+        .map(|(_, v)| v.trim().to_owned())
 }
 
 impl WeChatClient {

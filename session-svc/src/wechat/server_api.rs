@@ -7,6 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{WeChatClient, WeChatError};
+use crate::apps::App;
 
 /// An access_token as WeChat handed it out.
 pub struct FreshToken {
@@ -114,13 +115,13 @@ struct ResetAnswer {
 impl WeChatClient {
     /// `POST /cgi-bin/stable_token` (JSON body). `force` invalidates the current token: only
     /// an operator's explicit request may ask for it.
-    pub async fn stable_token(&self, force: bool) -> Result<FreshToken, WeChatError> {
+    pub async fn stable_token(&self, app: &App, force: bool) -> Result<FreshToken, WeChatError> {
         self.timed("stable_token", async {
             let url = self.endpoint("cgi-bin/stable_token")?;
             let body = serde_json::json!({
                 "grant_type": "client_credential",
-                "appid": self.app_id,
-                "secret": self.app_secret.expose_secret(),
+                "appid": &*app.id,
+                "secret": app.secret().expose_secret(),
                 "force_refresh": force,
             });
             let answer: TokenAnswer = parse(&self.send(self.http.post(url).json(&body)).await?)?;

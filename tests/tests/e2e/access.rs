@@ -20,6 +20,7 @@ async fn no_key_is_unauthenticated_a_missing_scope_is_permission_denied() {
     };
     let revoke = || RevokeUserRequest {
         open_id: minted.openid.clone(),
+        ..Default::default()
     };
 
     // No key, or a key session-svc does not know: UNAUTHENTICATED, whatever the RPC.

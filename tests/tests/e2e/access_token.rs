@@ -23,7 +23,9 @@ pub(crate) async fn client(stack: &Stack) -> Client {
 
 pub(crate) async fn token(client: &mut Client) -> Result<AccessToken, tonic::Status> {
     client
-        .get_access_token(GetAccessTokenRequest {})
+        .get_access_token(GetAccessTokenRequest {
+            ..Default::default()
+        })
         .await
         .map(tonic::Response::into_inner)
 }
@@ -69,6 +71,7 @@ async fn two_replicas_on_one_mongodb_fetch_the_token_once_and_share_it() {
             client
                 .report_invalid_access_token(ReportInvalidAccessTokenRequest {
                     access_token: stale,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -97,6 +100,7 @@ async fn two_replicas_on_one_mongodb_fetch_the_token_once_and_share_it() {
     let again = a
         .report_invalid_access_token(ReportInvalidAccessTokenRequest {
             access_token: stale,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -208,6 +212,7 @@ async fn reports_of_a_token_wechat_still_answers_ask_wechat_once() {
         let answer = c
             .report_invalid_access_token(ReportInvalidAccessTokenRequest {
                 access_token: current.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -221,6 +226,7 @@ async fn reports_of_a_token_wechat_still_answers_ask_wechat_once() {
     let empty = c
         .report_invalid_access_token(ReportInvalidAccessTokenRequest {
             access_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -270,6 +276,7 @@ async fn a_forced_refresh_is_an_admins_and_keeps_within_wechats_limits() {
     let before = token(&mut c).await.unwrap().access_token;
     let force = |reason: &str| ForceRefreshAccessTokenRequest {
         reason: reason.into(),
+        ..Default::default()
     };
     let mut gateway =
         SessionServiceClient::new(stack.session_channel_with(Some(stack.gateway_key())).await);

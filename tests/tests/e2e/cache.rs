@@ -94,6 +94,7 @@ async fn revoking_a_user_reaches_every_gateway_within_the_bound() {
     let revoked = client
         .revoke_user(RevokeUserRequest {
             open_id: minted.openid.clone(),
+            ..Default::default()
         })
         .await
         .expect("revoke")

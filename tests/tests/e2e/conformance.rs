@@ -72,6 +72,9 @@ fn user(open_id: &str) -> UserInfo {
     .expect("a user object")
 }
 
+/// The app sessions are created for, unless a case says otherwise.
+const APP: &str = "wx0123456789abcdef";
+
 fn record(id: &str, open_id: &str, expires_in_ms: i64) -> SessionRecord {
     let now = now_millis();
     SessionRecord {
@@ -83,6 +86,7 @@ fn record(id: &str, open_id: &str, expires_in_ms: i64) -> SessionRecord {
         expires_at: now + expires_in_ms,
         max_expires_at: now + expires_in_ms.max(0) + 60_000,
         phone: None,
+        app_id: None,
     }
 }
 
@@ -149,9 +153,65 @@ async fn revoke_and_revoke_by_open_id(h: Harness) {
     );
 }
 
+/// A person (unionId) has sessions in several apps, each naming its app; records from before
+/// apps files name none. All are found by the unionId, and go with their sessions.
+async fn a_person_is_found_across_apps(h: Harness) {
+    let store = h.open().await;
+    let person = |id: &str, open_id: &str, app: Option<&str>| {
+        let mut r = record(id, open_id, 60_000);
+        r.user = UserInfo::code_only(open_id, Some("u-person"));
+        r.app_id = app.map(str::to_owned);
+        r
+    };
+    let shop = person(&"a".repeat(32), "o-shop", Some("wxshop"));
+    let club = person(&"b".repeat(32), "o-club", Some("wxclub"));
+    let old = person(&"c".repeat(32), "o-old", None);
+    for r in [&shop, &club, &old] {
+        store.insert(r).await.unwrap();
+    }
+    store
+        .insert(&record(&"d".repeat(32), "o-stranger", 60_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&club.id).await.unwrap(),
+        Some(club.clone()),
+        "the app round-trips"
+    );
+    assert_eq!(store.get(&old.id).await.unwrap().unwrap().app_id, None);
+    let mut found: Vec<(String, Option<String>)> = store
+        .sessions_of_union("u-person")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.user.open_id().to_owned(), r.app_id))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("o-club".to_owned(), Some("wxclub".to_owned())),
+            ("o-old".to_owned(), None),
+            ("o-shop".to_owned(), Some("wxshop".to_owned())),
+        ]
+    );
+    assert!(
+        store
+            .sessions_of_union("u-nobody")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.remove_by_open_id("o-club").await.unwrap(), 1);
+    assert!(store.remove(&shop.id).await.unwrap());
+    let left = store.sessions_of_union("u-person").await.unwrap();
+    assert_eq!(left.len(), 1, "removed sessions leave the person's index");
+    assert_eq!(left[0].id, old.id);
+}
+
 async fn manager_life_cycle(h: Harness) {
     let sessions = manager(h.open().await, SessionPolicy::shipped().unwrap());
-    let (creds, created) = sessions.create(user("o1")).await.unwrap();
+    let (creds, created) = sessions.create(user("o1"), APP).await.unwrap();
     let valid = sessions.validate(&creds.id, &creds.skey).await.unwrap();
     assert_eq!(valid.user, created.user);
     assert!(matches!(
@@ -175,7 +235,7 @@ async fn expired_sessions_are_refused_on_read(h: Harness) {
             renew_after: Duration::from_millis(100),
         },
     );
-    let (creds, _) = sessions.create(user("o1")).await.unwrap();
+    let (creds, _) = sessions.create(user("o1"), APP).await.unwrap();
     tokio::time::sleep(Duration::from_millis(450)).await;
     // No sweep has run (and MongoDB's TTL monitor runs once a minute): the read refuses it.
     assert!(matches!(
@@ -195,7 +255,7 @@ async fn renewal_is_throttled(h: Harness) {
             renew_after: Duration::from_millis(400),
         },
     );
-    let (creds, created) = sessions.create(user("o1")).await.unwrap();
+    let (creds, created) = sessions.create(user("o1"), APP).await.unwrap();
     for _ in 0..10 {
         sessions.validate(&creds.id, &creds.skey).await.unwrap();
     }
@@ -217,7 +277,7 @@ async fn concurrent_logins_of_one_user(h: Harness) {
     let sessions = Arc::new(manager(store.clone(), SessionPolicy::shipped().unwrap()));
     let logins = (0..20).map(|_| {
         let sessions = sessions.clone();
-        tokio::spawn(async move { sessions.create(user("busy-user")).await.unwrap().0 })
+        tokio::spawn(async move { sessions.create(user("busy-user"), APP).await.unwrap().0 })
     });
     let creds = futures::future::join_all(logins).await;
     let ids: HashSet<_> = creds
@@ -244,7 +304,10 @@ async fn sessions_survive_reopening(h: Harness) {
     let policy = SessionPolicy::shipped().unwrap();
     let (creds, created) = {
         let store = h.open().await;
-        manager(store, policy).create(user("o1")).await.unwrap()
+        manager(store, policy)
+            .create(user("o1"), APP)
+            .await
+            .unwrap()
     };
     // A new store instance over the same data: what a restarted session-svc sees.
     let sessions = manager(h.open().await, policy);
@@ -499,6 +562,7 @@ conformance!(
     renew_updates_times_and_never_resurrects,
     expired_sessions_are_purged_and_live_ones_kept,
     revoke_and_revoke_by_open_id,
+    a_person_is_found_across_apps,
     manager_life_cycle,
     expired_sessions_are_refused_on_read,
     renewal_is_throttled,

@@ -101,6 +101,7 @@ async fn revoke_user_ends_every_session_of_that_user_and_no_other() {
     let answer = client
         .revoke_user(RevokeUserRequest {
             open_id: alice.openid.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -261,6 +262,7 @@ async fn watch_revocations_streams_heartbeats_logouts_and_user_revocations() {
     client
         .revoke_user(RevokeUserRequest {
             open_id: minted.openid.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

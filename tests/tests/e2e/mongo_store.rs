@@ -71,7 +71,9 @@ async fn session_keys_and_the_access_token_are_stored_sealed() {
     let (minted, _) = stack.new_session().await;
     let session_key = stack.sandbox.session_key(&minted.code).unwrap();
     let token = SessionServiceClient::new(stack.session_channel().await)
-        .get_access_token(GetAccessTokenRequest {})
+        .get_access_token(GetAccessTokenRequest {
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

@@ -32,6 +32,7 @@ fn to_user(open_id: &str, text: &str) -> PushMessage {
     PushMessage {
         target: Some(Target::OpenId(open_id.into())),
         text: text.into(),
+        ..Default::default()
     }
 }
 
@@ -80,6 +81,7 @@ async fn a_publish_reaches_every_socket_of_the_user_on_every_gateway_as_given() 
     let to_session = PushMessage {
         target: Some(Target::SessionId(second.id.clone())),
         text: "only the second session".into(),
+        ..Default::default()
     };
     assert_eq!(publish(&mut client, to_session).await.0, 1);
     assert_eq!(
@@ -136,6 +138,7 @@ async fn bad_publishes_are_refused_and_the_gateway_key_cannot_publish() {
     let aimless = PushMessage {
         target: None,
         text: "x".into(),
+        ..Default::default()
     };
     let status = client
         .publish(PublishRequest {

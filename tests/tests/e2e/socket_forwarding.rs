@@ -302,6 +302,7 @@ async fn a_logout_or_a_revocation_closes_a_forwarded_socket_within_a_second() {
     SessionServiceClient::new(stack.session_channel().await)
         .revoke_user(RevokeUserRequest {
             open_id: minted.openid.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

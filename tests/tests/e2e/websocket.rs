@@ -305,7 +305,10 @@ async fn revoking_a_user_closes_the_websockets_of_all_their_sessions() {
     }
     let mut client = SessionServiceClient::new(stack.session_channel().await);
     let revoked = client
-        .revoke_user(RevokeUserRequest { open_id: openid })
+        .revoke_user(RevokeUserRequest {
+            open_id: openid,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -23,12 +23,14 @@ fn by_session(session: &ClientSession) -> Option<Subject> {
             id: session.id.clone(),
             skey: session.skey.clone(),
         })),
+        ..Default::default()
     })
 }
 
 fn by_open_id(open_id: &str) -> Option<Subject> {
     Some(Subject {
         subject: Some(subject::Subject::OpenId(open_id.to_owned())),
+        ..Default::default()
     })
 }
 

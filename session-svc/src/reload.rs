@@ -1,0 +1,182 @@
+//! The configuration that changes without a restart: the apps served and the API keys.
+//! `SIGHUP` (systemd's `ExecReload`) reads both files again, and `WEAPP_CONFIG_WATCH` polls
+//! them (Kubernetes updates a mounted Secret in place, and sends no signal). All or nothing:
+//! when either file (or a file it names) is wrong, the old configuration stays and the log
+//! says which entry is at fault. What a reload removes takes effect on every gateway at once:
+//! a removed app is announced on the revocation stream (its cached sessions forgotten, its
+//! sockets closed), its access_token refresher stops, its sessions stay in the store so that
+//! adding it back restores them.
+use std::{sync::Arc, time::Duration};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    access::ApiKeys, access_token::AccessTokens, apps::Apps, metrics::SessionMetrics,
+    revocations::RevocationFeed,
+};
+
+/// The apps and keys in force. Read on every call (a pointer load); replaced whole.
+pub struct LiveConfig {
+    apps: ArcSwap<Apps>,
+    keys: ArcSwapOption<ApiKeys>,
+}
+
+impl LiveConfig {
+    pub fn new(apps: Apps, keys: Option<ApiKeys>) -> Arc<Self> {
+        Arc::new(Self {
+            apps: ArcSwap::from_pointee(apps),
+            keys: ArcSwapOption::from_pointee(keys),
+        })
+    }
+
+    pub fn apps(&self) -> Arc<Apps> {
+        self.apps.load_full()
+    }
+
+    pub fn keys(&self) -> Option<Arc<ApiKeys>> {
+        self.keys.load_full()
+    }
+
+    /// Both files read again; `Err` names what is wrong (and changes nothing).
+    fn read(&self) -> Result<(Apps, Option<ApiKeys>), String> {
+        let apps = self
+            .apps()
+            .reread()
+            .map_err(|e| match self.apps().source() {
+                Some(path) => format!("apps file {}: {e}", path.display()),
+                None => e,
+            })?;
+        let keys = match self.keys() {
+            None => None,
+            Some(keys) => Some(
+                keys.reread()
+                    .map_err(|e| format!("API keys file {}: {e}", keys.source().display()))?,
+            ),
+        };
+        Ok((apps, keys))
+    }
+
+    fn unchanged(&self, apps: &Apps, keys: Option<&ApiKeys>) -> bool {
+        let keys_same = match (self.keys(), keys) {
+            (Some(old), Some(new)) => old.same_as(new),
+            (None, None) => true,
+            _ => false,
+        };
+        self.apps().same_as(apps) && keys_same
+    }
+}
+
+/// Applies reloads and says what they changed to those who hold per-app state.
+pub struct Reloader {
+    pub live: Arc<LiveConfig>,
+    pub feed: Arc<RevocationFeed>,
+    pub tokens: Arc<AccessTokens>,
+    pub metrics: Arc<SessionMetrics>,
+}
+
+/// What one reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied { added: usize, removed: usize },
+    Unchanged,
+}
+
+impl Reloader {
+    /// Reads both files again and puts them in force, all or nothing.
+    pub fn reload(&self) -> Result<Outcome, String> {
+        let outcome = self.apply(true);
+        self.count(&outcome);
+        outcome
+    }
+
+    fn count(&self, outcome: &Result<Outcome, String>) {
+        let label = match outcome {
+            Ok(Outcome::Applied { .. }) => "applied",
+            Ok(Outcome::Unchanged) => "unchanged",
+            Err(_) => "error",
+        };
+        self.metrics.config_reload(label);
+    }
+
+    /// `always`: a signal applies even an unchanged file (its log line says it was read).
+    fn apply(&self, always: bool) -> Result<Outcome, String> {
+        let (apps, keys) = self.live.read()?;
+        if self.live.unchanged(&apps, keys.as_ref()) && !always {
+            return Ok(Outcome::Unchanged);
+        }
+        let before = self.live.apps();
+        let removed = before.removed_in(&apps);
+        let added = apps.ids().filter(|id| before.get(id).is_none()).count();
+        self.live.apps.store(Arc::new(apps.clone()));
+        if let Some(keys) = keys {
+            self.live.keys.store(Some(Arc::new(keys)));
+        }
+        for app in &removed {
+            self.tokens.forget(app);
+            self.feed.app_removed(app);
+            tracing::warn!(app = %app, "app removed: its logins are refused and its sessions with them (kept in the store until they expire)");
+        }
+        self.metrics.apps_configured(&apps);
+        tracing::info!(
+            apps = apps.len(),
+            added,
+            removed = removed.len(),
+            default = %apps.default_app().id,
+            "configuration reloaded"
+        );
+        Ok(Outcome::Applied {
+            added,
+            removed: removed.len(),
+        })
+    }
+
+    /// Reloads on `SIGHUP`, and every `watch` when the files changed, until `shutdown`.
+    pub async fn run(self, watch: Option<Duration>, shutdown: CancellationToken) {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP cannot be handled: reload by restart");
+                    None
+                }
+            };
+        let mut tick = watch.map(|every| {
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        // A watch logs a bad file once, not every tick, until it changes.
+        let mut last_error: Option<String> = None;
+        loop {
+            let signalled = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hangup(&mut hangups) => true,
+                _ = async { match &mut tick { Some(t) => { t.tick().await; } None => std::future::pending().await } } => false,
+            };
+            let outcome = self.apply(signalled);
+            match &outcome {
+                Err(e) if signalled || last_error.as_ref() != Some(e) => {
+                    tracing::error!(error = %e, "configuration not reloaded: the previous one stays in force");
+                    self.count(&outcome);
+                    last_error = Some(e.clone());
+                }
+                Err(_) => {}
+                Ok(Outcome::Unchanged) => last_error = None,
+                Ok(Outcome::Applied { .. }) => {
+                    self.count(&outcome);
+                    last_error = None;
+                }
+            }
+        }
+    }
+}
+
+async fn hangup(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
