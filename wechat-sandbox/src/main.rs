@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -13,11 +13,15 @@ struct Cli {
     #[arg(long, env = "SANDBOX_LISTEN", default_value = "127.0.0.1:9870")]
     listen: String,
     /// AppId of the mini-program registered with the sandbox.
-    #[arg(long, env = "WEAPP_APP_ID")]
-    app_id: String,
+    #[arg(long, env = "WEAPP_APP_ID", required_unless_present = "apps_file", conflicts_with = "apps_file")]
+    app_id: Option<String>,
     /// File holding the AppSecret the sandbox expects (never pass secrets on the command line).
-    #[arg(long, env = "WEAPP_APP_SECRET_FILE")]
-    app_secret_file: std::path::PathBuf,
+    #[arg(long, env = "WEAPP_APP_SECRET_FILE", required_unless_present = "apps_file")]
+    app_secret_file: Option<std::path::PathBuf>,
+    /// Several mini-programs: session-svc's apps file (each [[app]]'s appid and secret_file),
+    /// the default app first to be minted for.
+    #[arg(long, env = "WEAPP_APPS_FILE")]
+    apps_file: Option<std::path::PathBuf>,
     /// Lifetime of a minted code, in seconds.
     #[arg(long, env = "SANDBOX_CODE_TTL_SECS", default_value_t = 300)]
     code_ttl_secs: u64,
@@ -26,19 +30,59 @@ struct Cli {
     token_ttl_secs: u64,
 }
 
+fn read_secret(path: &Path) -> Result<String, String> {
+    Ok(std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .trim()
+        .to_owned())
+}
+
+/// The apps of session-svc's apps file, the default app first.
+fn apps_of(path: &Path) -> Result<Vec<App>, String> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        default: Option<String>,
+        app: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        appid: String,
+        secret_file: std::path::PathBuf,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut apps = file
+        .app
+        .into_iter()
+        .map(|entry| {
+            Ok(App {
+                app_secret: read_secret(&dir.join(&entry.secret_file))?,
+                app_id: entry.appid,
+            })
+        })
+        .collect::<Result<Vec<App>, String>>()?;
+    if let Some(default) = file.default {
+        apps.sort_by_key(|app| app.app_id != default);
+    }
+    Ok(apps)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     weapp_common::init_tracing();
     let cli = Cli::parse();
-    let app_secret = std::fs::read_to_string(&cli.app_secret_file)
-        .map_err(|e| format!("cannot read {}: {e}", cli.app_secret_file.display()))?
-        .trim()
-        .to_owned();
-    let sandbox = Sandbox::new(SandboxConfig {
-        apps: vec![App {
-            app_id: cli.app_id,
-            app_secret,
+    let apps = match (&cli.apps_file, cli.app_id, &cli.app_secret_file) {
+        (Some(file), _, _) => apps_of(file)?,
+        (None, Some(app_id), Some(secret_file)) => vec![App {
+            app_id,
+            app_secret: read_secret(secret_file)?,
         }],
+        _ => return Err("set WEAPP_APP_ID and WEAPP_APP_SECRET_FILE, or WEAPP_APPS_FILE".into()),
+    };
+    let sandbox = Sandbox::new(SandboxConfig {
+        apps,
         code_ttl: Duration::from_secs(cli.code_ttl_secs),
         token_ttl: Duration::from_secs(cli.token_ttl_secs),
     });

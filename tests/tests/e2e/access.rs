@@ -318,3 +318,62 @@ async fn a_python_backend_through_reflection_gets_what_its_key_allows() {
         })
     );
 }
+
+/// `WEAPP_CONFIG_WATCH` (Kubernetes updates a mounted Secret in place and sends no signal): a
+/// key added to the keys file on disk is in force within the interval, a key removed is
+/// refused, and a file that cannot be read as a whole keeps the keys in force.
+#[tokio::test]
+async fn a_keys_file_changed_on_disk_is_in_force_within_the_watch_interval() {
+    use weapp_proto::session::v1::GetAccessTokenRequest;
+    let stack = Stack::builder()
+        .session_args(["--config-watch", "100ms"])
+        .start()
+        .await;
+    let keys = stack.data_dir.path().join("keys");
+    let file = keys.join("api-keys.toml");
+    let before = std::fs::read_to_string(&file).unwrap();
+    let key = "a-key-added-while-running-0123456789abcdef";
+    std::fs::write(keys.join("added.key"), key).unwrap();
+    let ask = || async {
+        SessionServiceClient::new(stack.session_channel_with(Some(key)).await)
+            .get_access_token(GetAccessTokenRequest::default())
+            .await
+    };
+    assert_eq!(ask().await.unwrap_err().code(), Code::Unauthenticated);
+
+    let added = format!(
+        "{before}\n[[key]]\nname = \"added\"\nfile = \"added.key\"\nscopes = [\"wechat.token\"]\n"
+    );
+    std::fs::write(&file, &added).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while ask().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the added key never took effect");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Half a file: nothing changes, and the reason is counted.
+    std::fs::write(&file, &added[..added.len() / 2]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(ask().await.is_ok(), "a broken file keeps the keys in force");
+    let metrics = reqwest::get(format!(
+        "http://{}/metrics",
+        stack.metrics_addr(weapp_tests::Service::SessionSvc)
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains(r#"weapp_config_reloads_total{outcome="error"} 1"#),
+        "one error counted, not one per look: {metrics}"
+    );
+
+    std::fs::write(&file, &before).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while ask().await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the removed key still works");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(ask().await.unwrap_err().code(), Code::Unauthenticated);
+}
