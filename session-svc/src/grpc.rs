@@ -321,8 +321,24 @@ impl SessionService for SessionGrpc {
         let r = request.get_ref();
         let revoked = match (r.open_id.is_empty(), r.union_id.is_empty()) {
             (false, true) => {
-                self.acting_for(&request, &r.app_id)?;
-                self.sessions.revoke_user(&r.open_id).await?
+                let app = self.acting_for(&request, &r.app_id)?;
+                let apps = self.live.apps();
+                let scope = caller_apps(&request);
+                let default = apps.default_app().id.clone();
+                let everything =
+                    r.app_id.is_empty() && apps.ids().all(|id| scope.allows(id, &default));
+                // Named app or not, only sessions of apps the key may act for (an openId is
+                // one app's, but the caller may not know which).
+                let only = move |stored: Option<&str>| match (r.app_id.is_empty(), stored) {
+                    (false, None | Some("")) => app == default,
+                    (false, Some(stored)) => *app == *stored,
+                    (true, stored) => apps
+                        .of_record(stored)
+                        .is_some_and(|a| scope.allows(&a.id, &default)),
+                };
+                self.sessions
+                    .revoke_user_within(&r.open_id, (everything, only))
+                    .await?
             }
             (true, false) if r.app_id.is_empty() => {
                 self.sessions

@@ -192,6 +192,26 @@ impl SessionManager {
         Ok(revoked)
     }
 
+    /// Revokes every session of a user (openId) if each is of an app `may_act_for` allows;
+    /// otherwise refuses and revokes nothing. `everything`: the caller may act for every app
+    /// served, so nothing is read first.
+    pub async fn revoke_user_within(
+        &self,
+        open_id: &str,
+        (everything, may_act_for): (bool, impl Fn(Option<&str>) -> bool),
+    ) -> Result<u64, SessionError> {
+        if !everything && !open_id.is_empty() && open_id.len() <= 128 {
+            let sessions = self.store.sessions_of_user(open_id).await?;
+            if let Some(other) = sessions.iter().find(|r| !may_act_for(r.app_id.as_deref())) {
+                return Err(SessionError::PermissionDenied(format!(
+                    "this user's sessions are of app {:?}, which this API key may not act for",
+                    other.app_id.as_deref().unwrap_or("(the default app)")
+                )));
+            }
+        }
+        self.revoke_user(open_id).await
+    }
+
     /// Revokes every session of a person (unionId) in the apps `may_act_for` allows: the
     /// openIds found are revoked as users (each gateway's cache and sockets of them end).
     /// How many sessions there were.

@@ -48,6 +48,42 @@ fn write_apps(dir: &Path, apps: &[(String, String)]) {
     std::fs::write(dir.join("apps.toml"), text).unwrap();
 }
 
+/// The gateway's routes file: `/shop/` serves `shop_apps`, `/any/` every app, `/shared/` is A's
+/// resources shared with other apps' users; logins on `/club/login` are B's.
+fn write_routes(dir: &Path, up: &str, (a, b): (&str, &str), shop_apps: &[&str]) {
+    std::fs::write(
+        dir.join("routes.toml"),
+        format!(
+            r#"
+[[route]]
+prefix = "/shop/"
+upstream = "{up}"
+session = "required"
+identity_headers = "both"
+apps = {shop_apps:?}
+
+[[route]]
+prefix = "/any/"
+upstream = "{up}"
+session = "required"
+identity_headers = "both"
+
+[[route]]
+prefix = "/shared/"
+upstream = "{up}"
+session = "required"
+identity_headers = "cloudrun"
+resource_appid = "{a}"
+
+[[login]]
+path = "/club/login"
+app = "{b}"
+"#
+        ),
+    )
+    .unwrap();
+}
+
 fn random_key() -> String {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).unwrap();
@@ -143,38 +179,7 @@ scopes = ["wechat.token"]
             ServiceProcess::session_svc(&env(Some(&openapi))),
             ServiceProcess::session_svc(&env(None)),
         ];
-        let up = upstream.url();
-        std::fs::write(
-            dir.path().join("routes.toml"),
-            format!(
-                r#"
-[[route]]
-prefix = "/shop/"
-upstream = "{up}"
-session = "required"
-identity_headers = "both"
-apps = ["{a}"]
-
-[[route]]
-prefix = "/any/"
-upstream = "{up}"
-session = "required"
-identity_headers = "both"
-
-[[route]]
-prefix = "/shared/"
-upstream = "{up}"
-session = "required"
-identity_headers = "cloudrun"
-resource_appid = "{a}"
-
-[[login]]
-path = "/club/login"
-app = "{b}"
-"#
-            ),
-        )
-        .unwrap();
+        write_routes(dir.path(), &upstream.url(), (a, b), &[a]);
         let gateway = ServiceProcess::gateway(&[
             (
                 "WEAPP_SESSION_SVC_URL",
@@ -235,12 +240,22 @@ app = "{b}"
                 },
                 &self.keys.backend,
             );
-            if grpc.publish(probe).await.unwrap().into_inner().gateways_answered >= 1 {
+            if grpc
+                .publish(probe)
+                .await
+                .unwrap()
+                .into_inner()
+                .gateways_answered
+                >= 1
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the gateway never followed a replica:\n{}", self.gateway.log());
+        panic!(
+            "the gateway never followed a replica:\n{}",
+            self.gateway.log()
+        );
     }
 
     fn mint(&self, app: usize, open_id: &str, union_id: Option<&str>) -> MintedLogin {
@@ -307,10 +322,9 @@ app = "{b}"
 
 fn with_key<T>(message: T, key: &str) -> Request<T> {
     let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {key}").parse().unwrap(),
-    );
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
     request
 }
 
@@ -323,7 +337,11 @@ fn header(response: &reqwest::Response, name: &str) -> Option<String> {
 
 /// What the upstream received last, as its `/echo` describes it.
 fn last_seen(upstream: &Upstream) -> Value {
-    upstream.seen().last().cloned().expect("a request reached the upstream")
+    upstream
+        .seen()
+        .last()
+        .cloned()
+        .expect("a request reached the upstream")
 }
 
 /// The close code a socket ends with (after the text frame that says why).
@@ -353,18 +371,30 @@ async fn two_apps_share_one_deployment_and_every_session_says_its_app() {
     // Referer, the default app.
     let club = d.mint(1, "o-club", Some(UNION));
     let by_rule = d.login("/club/login", &club, None).await;
-    assert_eq!(header(&by_rule, "x-weapp-app-id").as_deref(), Some(b.as_str()));
+    assert_eq!(
+        header(&by_rule, "x-weapp-app-id").as_deref(),
+        Some(b.as_str())
+    );
     let club_session = session_from(by_rule).await;
     let shop = d.mint(0, "o-shop", Some(UNION));
     let by_referer = d.login("/login", &shop, Some(&a)).await;
-    assert_eq!(header(&by_referer, "x-weapp-app-id").as_deref(), Some(a.as_str()));
+    assert_eq!(
+        header(&by_referer, "x-weapp-app-id").as_deref(),
+        Some(a.as_str())
+    );
     let shop_session = session_from(by_referer).await;
     let club2 = d.mint(1, "o-club-2", None);
     let by_referer_b = d.login("/login", &club2, Some(&b)).await;
-    assert_eq!(header(&by_referer_b, "x-weapp-app-id").as_deref(), Some(b.as_str()));
+    assert_eq!(
+        header(&by_referer_b, "x-weapp-app-id").as_deref(),
+        Some(b.as_str())
+    );
     let stranger = d.mint(0, "o-stranger", Some("u-someone-else"));
     let by_default = d.login("/login", &stranger, None).await;
-    assert_eq!(header(&by_default, "x-weapp-app-id").as_deref(), Some(a.as_str()));
+    assert_eq!(
+        header(&by_default, "x-weapp-app-id").as_deref(),
+        Some(a.as_str())
+    );
     let stranger_session = session_from(by_default).await;
 
     // A code of one app sent as another's: WeChat refuses it (40029), nothing is stored, and
@@ -375,13 +405,19 @@ async fn two_apps_share_one_deployment_and_every_session_says_its_app() {
     assert_eq!(refused.status(), 401, "{:?}", refused.text().await);
     let stats = d.wechat.sandbox.code_stats(&misdirected.code).unwrap();
     assert!(!stats.used, "the code is not spent by the wrong app");
-    for (path, referer) in [("/club/login", Some(a.as_str())), ("/login", Some(d.app(2)))] {
+    for (path, referer) in [
+        ("/club/login", Some(a.as_str())),
+        ("/login", Some(d.app(2))),
+    ] {
         let minted = d.mint(1, "o-never", None);
         let answer = d.login(path, &minted, referer).await;
         assert_eq!(answer.status(), 400, "{path} {referer:?}");
         let body: Value = answer.json().await.unwrap();
         assert_eq!(body["error"], "ERR_LOGIN_FAILED");
-        assert_eq!(d.wechat.sandbox.code_stats(&minted.code).unwrap().exchanges, 0);
+        assert_eq!(
+            d.wechat.sandbox.code_stats(&minted.code).unwrap().exchanges,
+            0
+        );
     }
     let mut grpc = d.grpc(0).await;
     for session in [&club_session, &shop_session] {
@@ -405,7 +441,10 @@ async fn two_apps_share_one_deployment_and_every_session_says_its_app() {
         .count_documents(mongodb::bson::doc! {})
         .await
         .unwrap();
-    assert_eq!(sessions, 4, "four logins succeeded, nothing else was stored");
+    assert_eq!(
+        sessions, 4,
+        "four logins succeeded, nothing else was stored"
+    );
 
     // /me: wafer's exact body, the app beside it.
     let me = d.get("/me", &club_session).await;
@@ -420,27 +459,52 @@ async fn two_apps_share_one_deployment_and_every_session_says_its_app() {
     let refused = d.get("/shop/echo", &club_session).await;
     assert_eq!(refused.status(), 401);
     assert_eq!(d.upstream.seen().len(), before, "not forwarded");
-    assert_eq!(d.get("/me", &club_session).await.status(), 200, "still valid");
-    assert!(d.get("/shop/echo", &shop_session).await.status().is_success());
+    assert_eq!(
+        d.get("/me", &club_session).await.status(),
+        200,
+        "still valid"
+    );
+    assert!(
+        d.get("/shop/echo", &shop_session)
+            .await
+            .status()
+            .is_success()
+    );
     let seen = last_seen(&d.upstream);
     let h = &seen["headers"];
     assert_eq!(h["x-weapp-app-id"], a.as_str());
     assert_eq!(h["x-wx-appid"], a.as_str());
     assert_eq!(h["x-wx-openid"], "o-shop");
     assert_eq!(h["x-wx-unionid"], UNION);
-    assert_eq!(claims(h["x-weapp-assertion"].as_str().unwrap())["appid"], a.as_str());
+    assert_eq!(
+        claims(h["x-weapp-assertion"].as_str().unwrap())["appid"],
+        a.as_str()
+    );
 
     // One person, two apps: the same unionid, two openids.
-    assert!(d.get("/any/echo", &club_session).await.status().is_success());
+    assert!(
+        d.get("/any/echo", &club_session)
+            .await
+            .status()
+            .is_success()
+    );
     let seen = last_seen(&d.upstream);
     let h = &seen["headers"];
     assert_eq!(h["x-wx-appid"], b.as_str());
     assert_eq!(h["x-wx-openid"], "o-club");
     assert_eq!(h["x-wx-unionid"], UNION);
-    assert_eq!(claims(h["x-weapp-assertion"].as_str().unwrap())["appid"], b.as_str());
+    assert_eq!(
+        claims(h["x-weapp-assertion"].as_str().unwrap())["appid"],
+        b.as_str()
+    );
 
     // Cloud Run's resource sharing: B's user reaches A's backend as X-WX-FROM-*.
-    assert!(d.get("/shared/echo", &club_session).await.status().is_success());
+    assert!(
+        d.get("/shared/echo", &club_session)
+            .await
+            .status()
+            .is_success()
+    );
     let seen = last_seen(&d.upstream);
     let h = &seen["headers"];
     assert_eq!(h["x-wx-appid"], a.as_str());
@@ -448,9 +512,17 @@ async fn two_apps_share_one_deployment_and_every_session_says_its_app() {
     assert_eq!(h["x-wx-from-appid"], b.as_str());
     assert_eq!(h["x-wx-from-openid"], "o-club");
     assert_eq!(h["x-wx-from-unionid"], UNION);
-    assert!(d.get("/shared/echo", &shop_session).await.status().is_success());
+    assert!(
+        d.get("/shared/echo", &shop_session)
+            .await
+            .status()
+            .is_success()
+    );
     let seen = last_seen(&d.upstream);
-    assert_eq!(seen["headers"]["x-wx-openid"], "o-shop", "A's own user as usual");
+    assert_eq!(
+        seen["headers"]["x-wx-openid"], "o-shop",
+        "A's own user as usual"
+    );
 
     // One token per app, from one refresh per app, with both replicas asking at once.
     let mut asks = Vec::new();
@@ -460,7 +532,12 @@ async fn two_apps_share_one_deployment_and_every_session_says_its_app() {
             let mut client = d.grpc(replica).await;
             asks.push(tokio::spawn(async move {
                 let token = client
-                    .get_access_token(with_key(GetAccessTokenRequest { app_id: app.clone() }, &key))
+                    .get_access_token(with_key(
+                        GetAccessTokenRequest {
+                            app_id: app.clone(),
+                        },
+                        &key,
+                    ))
                     .await
                     .expect("a token")
                     .into_inner()
@@ -482,7 +559,10 @@ async fn two_apps_share_one_deployment_and_every_session_says_its_app() {
         tokens[&b].first().unwrap().clone(),
     );
     assert_ne!(token_a, token_b);
-    assert_eq!(d.wechat.sandbox.apis().app_of_token(&token_b).as_deref(), Some(b.as_str()));
+    assert_eq!(
+        d.wechat.sandbox.apis().app_of_token(&token_b).as_deref(),
+        Some(b.as_str())
+    );
     assert_eq!(d.wechat.sandbox.apis().stable_token_calls(&a), 1);
     assert_eq!(d.wechat.sandbox.apis().stable_token_calls(&b), 1);
 
@@ -495,11 +575,21 @@ async fn two_apps_share_one_deployment_and_every_session_says_its_app() {
             key,
         )
     };
-    let denied = grpc.get_access_token(asked(&d.keys.club, &a)).await.unwrap_err();
+    let denied = grpc
+        .get_access_token(asked(&d.keys.club, &a))
+        .await
+        .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
     assert!(grpc.get_access_token(asked(&d.keys.club, &b)).await.is_ok());
-    assert!(grpc.get_access_token(asked(&d.keys.legacy, "")).await.is_ok());
-    let denied = grpc.get_access_token(asked(&d.keys.legacy, &b)).await.unwrap_err();
+    assert!(
+        grpc.get_access_token(asked(&d.keys.legacy, ""))
+            .await
+            .is_ok()
+    );
+    let denied = grpc
+        .get_access_token(asked(&d.keys.legacy, &b))
+        .await
+        .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
 
     // The open-API proxy calls with the right app's token: the club key's is B's.
@@ -514,7 +604,10 @@ async fn two_apps_share_one_deployment_and_every_session_says_its_app() {
     assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
     let call = d.wechat.sandbox.wxa().calls().pop().unwrap();
     let used = call.access_token.unwrap();
-    assert_eq!(d.wechat.sandbox.apis().app_of_token(&used).as_deref(), Some(b.as_str()));
+    assert_eq!(
+        d.wechat.sandbox.apis().app_of_token(&used).as_deref(),
+        Some(b.as_str())
+    );
     let refused = check(&format!("?from_appid={a}")).await.unwrap();
     assert_eq!(refused.status(), 403);
     let body: Value = refused.json().await.unwrap();
@@ -583,7 +676,12 @@ async fn two_apps_share_one_deployment_and_every_session_says_its_app() {
     assert_eq!(revoked, 1);
     assert_eq!(closed_with(&mut on_b).await, CloseCode::Policy);
     assert_eq!(d.get("/me", &club_session).await.status(), 401);
-    assert!(d.get("/shop/echo", &shop_session).await.status().is_success());
+    assert!(
+        d.get("/shop/echo", &shop_session)
+            .await
+            .status()
+            .is_success()
+    );
 
     // No AppSecret or access_token in any log or metric.
     let mut seen_by_operators = d.logs_and_metrics().await;
@@ -591,10 +689,16 @@ async fn two_apps_share_one_deployment_and_every_session_says_its_app() {
         seen_by_operators.push_str(&replica.metrics().await);
     }
     for (app, secret) in &d.wechat.apps {
-        assert!(!seen_by_operators.contains(secret.as_str()), "{app}'s AppSecret leaked");
+        assert!(
+            !seen_by_operators.contains(secret.as_str()),
+            "{app}'s AppSecret leaked"
+        );
     }
     for token in [&token_a, &token_b] {
-        assert!(!seen_by_operators.contains(token.as_str()), "an access_token leaked");
+        assert!(
+            !seen_by_operators.contains(token.as_str()),
+            "an access_token leaked"
+        );
     }
     assert!(seen_by_operators.contains("weapp_apps_configured 2"));
 }
@@ -618,20 +722,70 @@ async fn a_third_app_comes_and_goes_by_reload_with_no_restart() {
     }
     let third = d.mint(2, "o-third", None);
     let answer = d.login("/login", &third, Some(&c)).await;
-    assert_eq!(header(&answer, "x-weapp-app-id").as_deref(), Some(c.as_str()));
+    assert_eq!(
+        header(&answer, "x-weapp-app-id").as_deref(),
+        Some(c.as_str())
+    );
     let third_session = session_from(answer).await;
-    assert!(d.get("/any/echo", &third_session).await.status().is_success());
+    assert!(
+        d.get("/any/echo", &third_session)
+            .await
+            .status()
+            .is_success()
+    );
+    // The gateway's SIGHUP reads its routes again: /shop/ serves C too from then on; a bad
+    // routes file keeps the routes in force.
+    assert_eq!(d.get("/shop/echo", &third_session).await.status(), 401);
+    write_routes(
+        d.dir.path(),
+        &d.upstream.url(),
+        (d.app(0), d.app(1)),
+        &[d.app(0), &c],
+    );
+    d.gateway.signal("HUP");
+    d.gateway
+        .wait_for_log("routes file reloaded", 1, Duration::from_secs(5));
+    assert!(
+        d.get("/shop/echo", &third_session)
+            .await
+            .status()
+            .is_success()
+    );
+    std::fs::write(
+        d.dir.path().join("routes.toml"),
+        "[[route]]\nprefix = \"/me\"\n",
+    )
+    .unwrap();
+    d.gateway.signal("HUP");
+    d.gateway
+        .wait_for_log("routes file not reloaded", 1, Duration::from_secs(5));
+    assert!(
+        d.get("/shop/echo", &third_session)
+            .await
+            .status()
+            .is_success()
+    );
+
     let url = format!("ws://{}/ws?{}", d.gateway.addr(), third_session.query());
     let (mut socket, _) = connect_async(url).await.expect("upgrade accepted");
     next_text(&mut socket).await;
 
     // A bad file keeps what is in force, and says why.
-    std::fs::write(d.dir.path().join("apps.toml"), "default = \"wxnone\"\n[[app]]\n").unwrap();
+    std::fs::write(
+        d.dir.path().join("apps.toml"),
+        "default = \"wxnone\"\n[[app]]\n",
+    )
+    .unwrap();
     d.reload();
     for replica in &d.replicas {
         replica.wait_for_log("configuration not reloaded", 1, Duration::from_secs(5));
     }
-    assert!(d.get("/any/echo", &third_session).await.status().is_success());
+    assert!(
+        d.get("/any/echo", &third_session)
+            .await
+            .status()
+            .is_success()
+    );
 
     // Removed: its sessions refused on the gateway within a second, its sockets closed,
     // every other session untouched; kept in the store, so adding it back restores them.
@@ -651,14 +805,25 @@ async fn a_third_app_comes_and_goes_by_reload_with_no_restart() {
     }
     let again = d.mint(2, "o-third", None);
     assert_eq!(d.login("/login", &again, Some(&c)).await.status(), 400);
-    assert!(d.get("/any/echo", &shop_session).await.status().is_success());
+    assert!(
+        d.get("/any/echo", &shop_session)
+            .await
+            .status()
+            .is_success()
+    );
 
     write_apps(d.dir.path(), &d.wechat.apps);
     d.reload();
     for replica in &d.replicas {
         replica.wait_for_log("configuration reloaded", 3, Duration::from_secs(5));
     }
-    assert!(d.get("/any/echo", &third_session).await.status().is_success(), "restored");
+    assert!(
+        d.get("/any/echo", &third_session)
+            .await
+            .status()
+            .is_success(),
+        "restored"
+    );
     for replica in &d.replicas {
         let metrics = replica.metrics().await;
         assert!(metrics.contains("weapp_apps_configured 3"), "{metrics}");
@@ -670,6 +835,9 @@ async fn a_third_app_comes_and_goes_by_reload_with_no_restart() {
             metrics.contains(r#"weapp_config_reloads_total{outcome="error"} 1"#),
             "{metrics}"
         );
-        assert!(replica.log().contains("apps file"), "the log names the file at fault");
+        assert!(
+            replica.log().contains("apps file"),
+            "the log names the file at fault"
+        );
     }
 }

@@ -13,10 +13,19 @@ struct Cli {
     #[arg(long, env = "SANDBOX_LISTEN", default_value = "127.0.0.1:9870")]
     listen: String,
     /// AppId of the mini-program registered with the sandbox.
-    #[arg(long, env = "WEAPP_APP_ID", required_unless_present = "apps_file", conflicts_with = "apps_file")]
+    #[arg(
+        long,
+        env = "WEAPP_APP_ID",
+        required_unless_present = "apps_file",
+        conflicts_with = "apps_file"
+    )]
     app_id: Option<String>,
     /// File holding the AppSecret the sandbox expects (never pass secrets on the command line).
-    #[arg(long, env = "WEAPP_APP_SECRET_FILE", required_unless_present = "apps_file")]
+    #[arg(
+        long,
+        env = "WEAPP_APP_SECRET_FILE",
+        required_unless_present = "apps_file"
+    )]
     app_secret_file: Option<std::path::PathBuf>,
     /// Several mini-programs: session-svc's apps file (each [[app]]'s appid and secret_file),
     /// the default app first to be minted for.

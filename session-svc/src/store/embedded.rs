@@ -118,6 +118,29 @@ impl EmbeddedStore {
         })
     }
 
+    /// The sessions an index lists under `key`.
+    async fn indexed(
+        &self,
+        index: MultimapTableDefinition<'static, &'static str, &'static str>,
+        key: &str,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let index = txn.open_multimap_table(index).map_err(unavailable)?;
+            let sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+            let mut records = Vec::new();
+            for id in index.get(key.as_str()).map_err(unavailable)? {
+                let id = id.map_err(unavailable)?;
+                if let Some(bytes) = sessions.get(id.value()).map_err(unavailable)? {
+                    records.push(decode(bytes.value())?);
+                }
+            }
+            Ok(records)
+        })
+        .await
+    }
+
     /// Queues a user's session_key for the next batch of inserts.
     fn queue_session_key(&self, key: StoredSessionKey) {
         self.inserts
@@ -405,22 +428,12 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
+    async fn sessions_of_user(&self, open_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        self.indexed(BY_OPEN_ID, open_id).await
+    }
+
     async fn sessions_of_union(&self, union_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
-        let union_id = union_id.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(unavailable)?;
-            let index = txn.open_multimap_table(BY_UNION_ID).map_err(unavailable)?;
-            let sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
-            let mut records = Vec::new();
-            for id in index.get(union_id.as_str()).map_err(unavailable)? {
-                let id = id.map_err(unavailable)?;
-                if let Some(bytes) = sessions.get(id.value()).map_err(unavailable)? {
-                    records.push(decode(bytes.value())?);
-                }
-            }
-            Ok(records)
-        })
-        .await
+        self.indexed(BY_UNION_ID, union_id).await
     }
 
     async fn purge_expired(&self, now: UnixMillis) -> Result<u64, StoreError> {

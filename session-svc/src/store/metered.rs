@@ -69,6 +69,11 @@ impl SessionStore for Metered<dyn SessionStore> {
             .await
     }
 
+    async fn sessions_of_user(&self, open_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        self.timed("sessions_of_user", self.store.sessions_of_user(open_id))
+            .await
+    }
+
     async fn sessions_of_union(&self, union_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
         self.timed("sessions_of_union", self.store.sessions_of_union(union_id))
             .await

@@ -50,6 +50,8 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn remove(&self, id: &str) -> Result<bool, StoreError>;
     /// Revokes every session of a user; how many there were.
     async fn remove_by_open_id(&self, open_id: &str) -> Result<u64, StoreError>;
+    /// Every stored session of a user (openId), expired or not.
+    async fn sessions_of_user(&self, open_id: &str) -> Result<Vec<SessionRecord>, StoreError>;
     /// Every stored session of a person (unionId), in any app, expired or not.
     async fn sessions_of_union(&self, union_id: &str) -> Result<Vec<SessionRecord>, StoreError>;
     /// Deletes sessions whose expiry is at or before `now`; how many.

@@ -230,6 +230,23 @@ impl MongoStore {
     }
 
     /// The database, for what replicas share beside the sessions (`cluster/`).
+    /// Every session matching `filter`.
+    async fn find_all(
+        &self,
+        filter: mongodb::bson::Document,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        use futures::TryStreamExt as _;
+        let docs: Vec<SessionDoc> = self
+            .sessions
+            .find(filter)
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        Ok(docs.into_iter().map(SessionRecord::from).collect())
+    }
+
     pub fn database(&self) -> &Database {
         &self.db
     }
@@ -364,17 +381,12 @@ impl SessionStore for MongoStore {
         Ok(result.deleted_count)
     }
 
+    async fn sessions_of_user(&self, open_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        self.find_all(doc! { "openId": open_id }).await
+    }
+
     async fn sessions_of_union(&self, union_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
-        use futures::TryStreamExt as _;
-        let docs: Vec<SessionDoc> = self
-            .sessions
-            .find(doc! { "unionId": union_id })
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
-        Ok(docs.into_iter().map(SessionRecord::from).collect())
+        self.find_all(doc! { "unionId": union_id }).await
     }
 
     async fn purge_expired(&self, now: UnixMillis) -> Result<u64, StoreError> {

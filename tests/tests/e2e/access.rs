@@ -347,7 +347,10 @@ async fn a_keys_file_changed_on_disk_is_in_force_within_the_watch_interval() {
     std::fs::write(&file, &added).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while ask().await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the added key never took effect");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the added key never took effect"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
@@ -372,7 +375,10 @@ async fn a_keys_file_changed_on_disk_is_in_force_within_the_watch_interval() {
     std::fs::write(&file, &before).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while ask().await.is_ok() {
-        assert!(std::time::Instant::now() < deadline, "the removed key still works");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed key still works"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(ask().await.unwrap_err().code(), Code::Unauthenticated);

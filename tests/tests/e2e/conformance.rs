@@ -202,7 +202,11 @@ async fn a_person_is_found_across_apps(h: Harness) {
             .unwrap()
             .is_empty()
     );
+    let of_user = store.sessions_of_user("o-club").await.unwrap();
+    assert_eq!(of_user.len(), 1);
+    assert_eq!(of_user[0].app_id.as_deref(), Some("wxclub"));
     assert_eq!(store.remove_by_open_id("o-club").await.unwrap(), 1);
+    assert!(store.sessions_of_user("o-club").await.unwrap().is_empty());
     assert!(store.remove(&shop.id).await.unwrap());
     let left = store.sessions_of_union("u-person").await.unwrap();
     assert_eq!(left.len(), 1, "removed sessions leave the person's index");

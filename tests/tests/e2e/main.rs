@@ -5,6 +5,7 @@ mod access;
 mod access_token;
 mod admin;
 mod agreement;
+mod apps;
 mod auth_request;
 mod cache;
 mod cloudrun;
