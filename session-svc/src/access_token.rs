@@ -190,6 +190,8 @@ impl AccessTokens {
     pub fn forget(&self, app_id: &str) {
         if let Some((_, token)) = self.per_app.remove(app_id) {
             token.shutdown.cancel();
+            // No longer handed out: its gauges say so (an expiry of 0 raises no alert).
+            self.metrics.token(&token.app_id, 0.0, 0.0);
         }
     }
 }

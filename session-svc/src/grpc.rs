@@ -368,9 +368,11 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<CheckSessionsRequest>,
     ) -> Result<Response<CheckSessionsResponse>, Status> {
+        let apps = self.live.apps();
+        let served = move |stored: Option<&str>| apps.of_record(stored).is_some();
         let ended = self
             .sessions
-            .ended(request.into_inner().session_ids)
+            .ended(request.into_inner().session_ids, served)
             .await?;
         Ok(Response::new(CheckSessionsResponse { ended }))
     }

@@ -10,7 +10,7 @@ use secrecy::ExposeSecret;
 use weapp_common::{config::duration, singleflight::SingleFlight};
 
 use crate::{
-    apps::App,
+    apps::{App, AppUser},
     credentials::{Credentials, short_hash},
     error::SessionError,
     login_limit::LoginLimit,
@@ -217,8 +217,12 @@ impl LoginService {
         // The user's latest session_key replaces the one kept from their previous login
         // (WeChat has just invalidated it), before the session exists: no session is created
         // whose user's key could not be kept.
+        let user_of_app = AppUser {
+            app_id: app.id.clone(),
+            open_id: exchanged.open_id.clone(),
+        };
         self.session_keys
-            .remember(&exchanged.open_id, &exchanged.session_key, false)
+            .remember(&user_of_app, &exchanged.session_key, false)
             .await?;
         let (credentials, record) = self.sessions.create(user, &app.id).await?;
         tracing::info!(

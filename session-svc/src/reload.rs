@@ -83,13 +83,6 @@ pub enum Outcome {
 }
 
 impl Reloader {
-    /// Reads both files again and puts them in force, all or nothing.
-    pub fn reload(&self) -> Result<Outcome, String> {
-        let outcome = self.apply(true);
-        self.count(&outcome);
-        outcome
-    }
-
     fn count(&self, outcome: &Result<Outcome, String>) {
         let label = match outcome {
             Ok(Outcome::Applied { .. }) => "applied",
@@ -99,10 +92,13 @@ impl Reloader {
         self.metrics.config_reload(label);
     }
 
-    /// `always`: a signal applies even an unchanged file (its log line says it was read).
-    fn apply(&self, always: bool) -> Result<Outcome, String> {
+    /// `signalled`: an operator asked, so an unchanged file is logged as read.
+    fn apply(&self, signalled: bool) -> Result<Outcome, String> {
         let (apps, keys) = self.live.read()?;
-        if self.live.unchanged(&apps, keys.as_ref()) && !always {
+        if self.live.unchanged(&apps, keys.as_ref()) {
+            if signalled {
+                tracing::info!("configuration read again: unchanged");
+            }
             return Ok(Outcome::Unchanged);
         }
         let before = self.live.apps();
@@ -155,19 +151,22 @@ impl Reloader {
                 _ = async { match &mut tick { Some(t) => { t.tick().await; } None => std::future::pending().await } } => false,
             };
             let outcome = self.apply(signalled);
-            match &outcome {
-                Err(e) if signalled || last_error.as_ref() != Some(e) => {
-                    tracing::error!(error = %e, "configuration not reloaded: the previous one stays in force");
-                    self.count(&outcome);
-                    last_error = Some(e.clone());
-                }
-                Err(_) => {}
-                Ok(Outcome::Unchanged) => last_error = None,
-                Ok(Outcome::Applied { .. }) => {
-                    self.count(&outcome);
-                    last_error = None;
-                }
+            // A watch counts and logs what changed, not every look at the same files.
+            let repeated = !signalled
+                && match &outcome {
+                    Err(e) => last_error.as_ref() == Some(e),
+                    Ok(Outcome::Unchanged) => true,
+                    Ok(Outcome::Applied { .. }) => false,
+                };
+            if let Err(e) = &outcome
+                && !repeated
+            {
+                tracing::error!(error = %e, "configuration not reloaded: the previous one stays in force");
             }
+            if !repeated {
+                self.count(&outcome);
+            }
+            last_error = outcome.err();
         }
     }
 }

@@ -242,22 +242,30 @@ impl SessionManager {
         Ok(revoked)
     }
 
-    /// Which of `ids` no longer name a live session. Asked by id alone, for callers that
-    /// hold something open per session and may have missed revocations.
-    pub async fn ended(&self, ids: Vec<String>) -> Result<Vec<String>, SessionError> {
+    /// Which of `ids` no longer name a live session (one of an app no longer `served` has
+    /// ended too). Asked by id alone, for callers that hold something open per session and
+    /// may have missed revocations.
+    pub async fn ended(
+        &self,
+        ids: Vec<String>,
+        served: impl Fn(Option<&str>) -> bool,
+    ) -> Result<Vec<String>, SessionError> {
         if ids.len() > MAX_CHECKED_SESSIONS {
             return Err(SessionError::InvalidArgument(format!(
                 "at most {MAX_CHECKED_SESSIONS} session ids per call"
             )));
         }
         let now = now_millis();
-        let store = &self.store;
+        let (store, served) = (&self.store, &served);
         let answers: Vec<Option<String>> = futures::stream::iter(ids)
             .map(|id| async move {
                 if !credentials::well_formed_id(&id) {
                     return Ok(Some(id));
                 }
-                let live = store.get(&id).await?.is_some_and(|r| !r.is_expired(now));
+                let live = store
+                    .get(&id)
+                    .await?
+                    .is_some_and(|r| !r.is_expired(now) && served(r.app_id.as_deref()));
                 Ok::<_, SessionError>((!live).then_some(id))
             })
             .buffer_unordered(16)

@@ -57,10 +57,11 @@ impl SessionKeys {
     /// passes `sync` false: the session it stores next makes both durable at once.
     pub async fn remember(
         &self,
-        open_id: &str,
+        user: &AppUser,
         session_key: &SecretString,
         sync: bool,
     ) -> Result<(), SessionError> {
+        let open_id = user.open_id.as_str();
         let now = now_millis();
         let sealed = self
             .vault
@@ -70,6 +71,7 @@ impl SessionKeys {
             .put_session_key(
                 &StoredSessionKey {
                     open_id: open_id.to_owned(),
+                    app_id: Some(user.app_id.to_string()),
                     sealed,
                     updated_at: now,
                     expires_at: now.saturating_add(keep_for),
@@ -183,6 +185,6 @@ impl SessionKeys {
                 async move { wechat.reset_session_key(&token, open_id, &key).await }
             })
             .await?;
-        self.remember(open_id, &fresh, true).await
+        self.remember(user, &fresh, true).await
     }
 }

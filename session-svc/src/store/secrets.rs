@@ -27,6 +27,9 @@ pub struct StoredToken {
 #[serde(rename_all = "camelCase")]
 pub struct StoredSessionKey {
     pub open_id: String,
+    /// The app of the login it came from (none: from before apps files, the default app's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
     pub sealed: Sealed,
     pub updated_at: UnixMillis,
     /// Kept as long as a session of that login can live; then deleted.

@@ -456,6 +456,7 @@ async fn session_keys_are_replaced_and_expire(h: Harness) {
     let now = now_millis();
     let key = |tag: &str, expires_at| StoredSessionKey {
         open_id: "o1".into(),
+        app_id: Some(APP.into()),
         sealed: sealed(tag),
         updated_at: now,
         expires_at,
@@ -471,6 +472,11 @@ async fn session_keys_are_replaced_and_expire(h: Harness) {
         .await
         .unwrap();
     assert_eq!(kept().await.sealed, sealed("login"));
+    assert_eq!(
+        kept().await.app_id.as_deref(),
+        Some(APP),
+        "the key names its app"
+    );
     secrets
         .put_session_key(&key("reset", now + 120_000), true)
         .await

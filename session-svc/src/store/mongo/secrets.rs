@@ -62,6 +62,8 @@ struct LeaseDoc {
 struct SessionKeyDoc {
     #[serde(rename = "_id")]
     open_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    app_id: Option<String>,
     sealed: Sealed,
     updated_at: i64,
     expires_at: DateTime,
@@ -182,6 +184,7 @@ impl SecretStore for MongoStore {
     async fn put_session_key(&self, key: &StoredSessionKey, _sync: bool) -> Result<(), StoreError> {
         let doc = SessionKeyDoc {
             open_id: key.open_id.clone(),
+            app_id: key.app_id.clone(),
             sealed: key.sealed.clone(),
             updated_at: key.updated_at,
             expires_at: DateTime::from_millis(key.expires_at),
@@ -204,6 +207,7 @@ impl SecretStore for MongoStore {
             .map_err(unavailable)?;
         Ok(doc.map(|d| StoredSessionKey {
             open_id: d.open_id,
+            app_id: d.app_id,
             sealed: d.sealed,
             updated_at: d.updated_at,
             expires_at: d.expires_at.timestamp_millis(),
