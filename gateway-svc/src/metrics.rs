@@ -80,6 +80,10 @@ pub struct GatewayMetrics {
     pub ws_messages_in: Counter,
     pub ws_messages_out: Counter,
     pub pushes_delivered: Counter,
+    /// Resuming sockets: pushes that came before their turn and waited; gaps filled from the
+    /// stream.
+    pub stream_reorders: Counter,
+    pub stream_gaps_filled: Counter,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub cache_entries: Gauge,
@@ -123,6 +127,8 @@ impl GatewayMetrics {
             ws_open: gauge("weapp_websockets_open"),
             ws_limit: gauge("weapp_websockets_limit"),
             ws_opened: counter("weapp_websockets_opened_total"),
+            stream_reorders: counter("weapp_stream_reorders_total"),
+            stream_gaps_filled: counter("weapp_stream_gaps_filled_total"),
             ws_closed: DashMap::new(),
             ws_messages_in: registry
                 .counter("weapp_websocket_messages_total", &[("direction", "in")]),
@@ -344,6 +350,14 @@ fn describe(registry: &Registry) {
         (
             "weapp_upstream_refused_total",
             "Forwarded requests refused with 503 after waiting queue_timeout for such a place, by route.",
+        ),
+        (
+            "weapp_stream_reorders_total",
+            "Pushes to resuming sockets that came before the one due (replicas publishing at once) and waited for it.",
+        ),
+        (
+            "weapp_stream_gaps_filled_total",
+            "Gaps in a resuming socket's pushes filled from the user's stream.",
         ),
         (
             "weapp_config_reloads_total",

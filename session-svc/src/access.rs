@@ -99,10 +99,10 @@ pub fn required_scope(path: &str) -> Option<Scope> {
     Some(match method {
         // Public keys: open, like health and reflection.
         "GetIdentityKeys" => return None,
-        "Validate" | "CheckSessions" => Scope::Validate,
+        "Validate" | "CheckSessions" | "ReadStream" => Scope::Validate,
         "Login" | "Logout" => Scope::Login,
         "WatchRevocations" | "ReportDelivery" => Scope::Follow,
-        "Publish" | "PublishBatch" => Scope::Push,
+        "Publish" | "PublishBatch" | "Presence" => Scope::Push,
         "GetAccessToken" | "ReportInvalidAccessToken" => Scope::WechatToken,
         "GetPhoneNumber" => Scope::WechatPhone,
         "DecryptUserData" | "CheckSessionKey" | "ResetSessionKey" => Scope::WechatUserData,

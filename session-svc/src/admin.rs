@@ -208,13 +208,18 @@ impl AdminCommand {
                             target: Some(target),
                             text,
                             app_id: app.unwrap_or_default(),
-                            within_apps: Vec::new(),
+                            ..Default::default()
                         }),
                     }, key)?)
                     .await
                     .map(|a| {
                         let a = a.into_inner();
-                        json!({ "sockets": a.sockets, "gateways": a.gateways, "gateways_answered": a.gateways_answered })
+                        let mut answer = json!({ "sockets": a.sockets, "gateways": a.gateways, "gateways_answered": a.gateways_answered });
+                        if let Some(position) = a.position {
+                            answer["epoch"] = json!(position.epoch);
+                            answer["offset"] = json!(position.offset);
+                        }
+                        answer
                     })
             }
         };

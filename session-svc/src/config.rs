@@ -12,7 +12,7 @@ use weapp_common::config::{ServiceCli, duration};
 use crate::{
     access::AccessSettings, access_token::AccessTokenSettings, identity::IdentitySettings,
     login::LoginPolicy, openapi::OpenApiSettings, session::SessionPolicy, store::MongoSettings,
-    tls::TlsSettings, vault::VaultSettings, wechat::WeChatSettings,
+    streams::StreamSettings, tls::TlsSettings, vault::VaultSettings, wechat::WeChatSettings,
 };
 
 /// weapp session-svc: WeChat login and sessions over gRPC.
@@ -86,6 +86,9 @@ pub struct Settings {
 
     #[command(flatten)]
     pub login: LoginPolicy,
+
+    #[command(flatten)]
+    pub streams: StreamSettings,
 
     /// How often expired sessions are swept from the store.
     #[arg(long, env = "WEAPP_PURGE_INTERVAL", default_value = "1m", value_parser = duration)]

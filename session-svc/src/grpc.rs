@@ -33,7 +33,11 @@ use crate::{
     revocations::RevocationStream,
     session::SessionManager,
     session_keys::SessionKeys,
+    streams::Streams,
 };
+
+/// Users' streams one publish writes side by side.
+const STREAM_WRITERS: usize = 16;
 
 /// How long a new follower waits for a feed that is not live yet before it is refused.
 const FOLLOWER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -48,6 +52,8 @@ pub struct WeChatServices {
 pub struct SessionGrpc {
     /// The apps served and the keys in force (reloadable).
     live: Arc<LiveConfig>,
+    /// Users' streams of pushes, for reconnecting sockets.
+    streams: Arc<Streams>,
     login: Arc<LoginService>,
     sessions: Arc<SessionManager>,
     pushes: Arc<Pushes>,
@@ -63,10 +69,11 @@ impl SessionGrpc {
     pub fn new(
         (login, sessions, pushes): (Arc<LoginService>, Arc<SessionManager>, Arc<Pushes>),
         wechat: WeChatServices,
-        (identity, live): (Option<Arc<IdentitySigner>>, Arc<LiveConfig>),
+        (identity, live, streams): (Option<Arc<IdentitySigner>>, Arc<LiveConfig>, Arc<Streams>),
     ) -> Self {
         Self {
             live,
+            streams,
             login,
             sessions,
             pushes,
@@ -172,6 +179,9 @@ impl SessionGrpc {
         let default = apps.default_app().id.clone();
         let scope = caller_apps(request);
         for message in messages {
+            // What only session-svc sets.
+            message.position = None;
+            message.probe = false;
             message.within_apps = if !message.app_id.is_empty() {
                 vec![self.acting_for(request, &message.app_id)?.to_string()]
             } else {
@@ -181,6 +191,64 @@ impl SessionGrpc {
                     AppScope::Listed(listed) => listed.iter().map(|a| a.to_string()).collect(),
                 }
             };
+        }
+        Ok(())
+    }
+
+    /// Keeps each push to a user in the user's stream, in request order for each user, before
+    /// any gateway sees it (a live push can always be read back). Users' streams are written
+    /// side by side. A retry of a push already kept (its idempotency key) appends nothing and
+    /// delivers nothing again: it only counts sockets.
+    async fn keep(&self, messages: &mut [pb::PushMessage]) -> Result<(), SessionError> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let mut by_user: std::collections::HashMap<String, Vec<usize>> = Default::default();
+        for (index, message) in messages.iter().enumerate() {
+            if let Some(pb::push_message::Target::OpenId(open_id)) = &message.target
+                && !message.skip_history
+            {
+                by_user.entry(open_id.clone()).or_default().push(index);
+            }
+        }
+        let messages_ref = &*messages;
+        let kept: Vec<Vec<(usize, crate::streams::Position, bool)>> =
+            futures::stream::iter(by_user)
+                .map(|(open_id, indices)| async move {
+                    let first = &messages_ref[indices[0]];
+                    let app = first
+                        .within_apps
+                        .first()
+                        .filter(|_| first.within_apps.len() == 1);
+                    let pushes: Vec<(&str, Option<&str>)> = indices
+                        .iter()
+                        .map(|&index| {
+                            let message = &messages_ref[index];
+                            let key = (!message.idempotency_key.is_empty())
+                                .then_some(message.idempotency_key.as_str());
+                            (message.text.as_str(), key)
+                        })
+                        .collect();
+                    let positions = self
+                        .streams
+                        .append(&open_id, app.map(String::as_str), &pushes)
+                        .await?;
+                    Ok::<_, SessionError>(
+                        indices
+                            .into_iter()
+                            .zip(positions)
+                            .map(|(index, (position, appended))| (index, position, appended))
+                            .collect(),
+                    )
+                })
+                .buffer_unordered(STREAM_WRITERS)
+                .try_collect()
+                .await?;
+        for (index, position, appended) in kept.into_iter().flatten() {
+            let message = &mut messages[index];
+            message.position = Some(pb::StreamPosition {
+                epoch: position.epoch,
+                offset: position.offset,
+            });
+            message.probe = !appended;
         }
         Ok(())
     }
@@ -401,11 +469,16 @@ impl SessionService for SessionGrpc {
         let mut messages = vec![message];
         push::check(&messages)?;
         self.scope_messages(&request, &mut messages)?;
+        self.keep(&mut messages).await?;
+        let position = messages.first().and_then(|m| m.position.clone());
         let outcome = self.pushes.publish(messages, wait).await;
+        let sockets = outcome.sockets.first().copied().unwrap_or_default();
         Ok(Response::new(PublishResponse {
-            sockets: outcome.sockets.first().copied().unwrap_or_default(),
+            sockets,
             gateways: outcome.gateways,
             gateways_answered: outcome.answered,
+            position,
+            online: sockets > 0,
         }))
     }
 
@@ -417,11 +490,17 @@ impl SessionService for SessionGrpc {
         let mut messages = std::mem::take(&mut request.get_mut().messages);
         push::check(&messages)?;
         self.scope_messages(&request, &mut messages)?;
+        self.keep(&mut messages).await?;
+        let positions = messages
+            .iter()
+            .map(|m| m.position.clone().unwrap_or_default())
+            .collect();
         let outcome = self.pushes.publish(messages, wait).await;
         Ok(Response::new(PublishBatchResponse {
             sockets: outcome.sockets,
             gateways: outcome.gateways,
             gateways_answered: outcome.answered,
+            positions,
         }))
     }
 
@@ -517,6 +596,81 @@ impl SessionService for SessionGrpc {
         let user = self.user_of(&request, subject).await?;
         self.wechat.session_keys.reset(&user).await?;
         Ok(Response::new(ResetSessionKeyResponse {}))
+    }
+
+    async fn read_stream(
+        &self,
+        request: Request<pb::ReadStreamRequest>,
+    ) -> Result<Response<pb::ReadStreamResponse>, Status> {
+        let r = request.into_inner();
+        let credentials = r.session.unwrap_or_default();
+        // A revoked or expired session reads nothing; a user reads their own stream only.
+        let (record, app) = self.session(&credentials.id, &credentials.skey).await?;
+        let since = r.since.as_ref().map(|p| (p.epoch.as_str(), p.offset));
+        let resume = self
+            .streams
+            .read(record.user.open_id(), Some(&app), since)
+            .await?;
+        Ok(Response::new(pb::ReadStreamResponse {
+            epoch: resume.epoch,
+            top: resume.top,
+            recovered: resume.failure.is_none(),
+            reason: resume.failure.unwrap_or_default().to_owned(),
+            entries: resume
+                .entries
+                .into_iter()
+                .map(|e| pb::StreamEntry {
+                    offset: e.offset,
+                    text: e.text,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn presence(
+        &self,
+        request: Request<pb::PresenceRequest>,
+    ) -> Result<Response<pb::PresenceResponse>, Status> {
+        let wait = push_wait(&request);
+        let r = request.get_ref();
+        if r.open_ids.is_empty() || r.open_ids.len() > push::MAX_PRESENCE {
+            return Err(SessionError::InvalidArgument(format!(
+                "ask about 1 to {} users",
+                push::MAX_PRESENCE
+            ))
+            .into());
+        }
+        let mut probes: Vec<pb::PushMessage> = r
+            .open_ids
+            .iter()
+            .map(|open_id| pb::PushMessage {
+                target: Some(pb::push_message::Target::OpenId(open_id.clone())),
+                app_id: r.app_id.clone(),
+                ..Default::default()
+            })
+            .collect();
+        push::check(&probes)?;
+        self.scope_messages(&request, &mut probes)?;
+        for probe in &mut probes {
+            probe.probe = true;
+        }
+        let outcome = self.pushes.publish(probes, wait).await;
+        let mut users = Vec::with_capacity(r.open_ids.len());
+        for (open_id, sockets) in r.open_ids.iter().zip(outcome.sockets) {
+            let top = self.streams.top(open_id).await?;
+            users.push(pb::UserPresence {
+                open_id: open_id.clone(),
+                online: sockets > 0,
+                sockets,
+                top: top.as_ref().map_or(0, |p| p.offset),
+                epoch: top.map(|p| p.epoch).unwrap_or_default(),
+            });
+        }
+        Ok(Response::new(pb::PresenceResponse {
+            users,
+            gateways: outcome.gateways,
+            gateways_answered: outcome.answered,
+        }))
     }
 
     async fn watch_revocations(

@@ -28,6 +28,7 @@ pub mod session;
 pub mod session_keys;
 pub mod startup;
 pub mod store;
+pub mod streams;
 pub mod tls;
 pub mod vault;
 pub mod wechat;

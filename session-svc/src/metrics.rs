@@ -25,6 +25,12 @@ pub struct SessionMetrics {
     /// (a login for an app not served is counted under `unknown`).
     logins: DashMap<(Arc<str>, &'static str), Counter>,
     apps_configured: Gauge,
+    /// Pushes kept in users' streams; appends that lost a race and were tried again.
+    stream_appends: Counter,
+    stream_append_retries: Counter,
+    /// Resumes, by outcome (recovered, or the reason not: window, burst, epoch, future).
+    resumes: DashMap<&'static str, Counter>,
+    pub messages_recovered: Counter,
     /// By outcome (applied, unchanged, error).
     reloads: DashMap<&'static str, Counter>,
     pub login_rate_limited: Counter,
@@ -76,6 +82,22 @@ impl SessionMetrics {
                 "Logins, by app and outcome (ok, or the gRPC code of the refusal).",
             ),
             (
+                "weapp_stream_appends_total",
+                "Pushes kept in users' streams (written before they are fanned out).",
+            ),
+            (
+                "weapp_stream_append_retries_total",
+                "Appends another publisher won the race for, read again and retried.",
+            ),
+            (
+                "weapp_stream_resumes_total",
+                "Reconnecting sockets' resumes, by outcome (recovered, or why not: window, burst, epoch, future).",
+            ),
+            (
+                "weapp_stream_messages_recovered_total",
+                "Pushes sent to reconnecting sockets from the stream.",
+            ),
+            (
                 "weapp_apps_configured",
                 "Mini-programs (AppIds) this replica serves.",
             ),
@@ -102,6 +124,10 @@ impl SessionMetrics {
             tokens: DashMap::new(),
             logins: DashMap::new(),
             apps_configured: registry.gauge("weapp_apps_configured", &[]),
+            stream_appends: registry.counter("weapp_stream_appends_total", &[]),
+            stream_append_retries: registry.counter("weapp_stream_append_retries_total", &[]),
+            resumes: DashMap::new(),
+            messages_recovered: registry.counter("weapp_stream_messages_recovered_total", &[]),
             reloads: DashMap::new(),
             login_rate_limited: registry
                 .counter("weapp_rate_limited_total", &[("limit", "login_per_user")]),
@@ -199,6 +225,26 @@ impl SessionMetrics {
         });
         entry.0.set(expires_at);
         entry.1.set(fetched_at);
+    }
+
+    /// An append to a stream: written, or lost to another publisher (tried again).
+    pub fn stream_append(&self, written: bool) {
+        match written {
+            true => self.stream_appends.increment(1),
+            false => self.stream_append_retries.increment(1),
+        }
+    }
+
+    /// A resume read: its outcome, and how many pushes it sent.
+    pub fn resume(&self, outcome: &'static str, recovered: usize) {
+        self.resumes
+            .entry(outcome)
+            .or_insert_with(|| {
+                self.registry
+                    .counter("weapp_stream_resumes_total", &[("outcome", outcome)])
+            })
+            .increment(1);
+        self.messages_recovered.increment(recovered as u64);
     }
 
     pub fn apps_configured(&self, apps: &crate::apps::Apps) {

@@ -38,6 +38,8 @@ pub trait OtherReplicas: Send + Sync {
 
 /// Largest message text: the gateway's default WebSocket message limit.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Most users one Presence call asks about.
+pub const MAX_PRESENCE: usize = 1_000;
 /// Most messages in one PublishBatch.
 pub const MAX_BATCH: usize = 10_000;
 /// Most text in one PublishBatch.
@@ -69,6 +71,13 @@ pub fn check(messages: &[PushMessage]) -> Result<(), SessionError> {
             return Err(SessionError::InvalidArgument(format!(
                 "message #{}: say whom it is for (open_id, union_id or session_id)",
                 index + 1
+            )));
+        }
+        if message.idempotency_key.len() > crate::streams::MAX_KEY_LEN {
+            return Err(SessionError::InvalidArgument(format!(
+                "message #{}: an idempotency key of at most {} characters",
+                index + 1,
+                crate::streams::MAX_KEY_LEN
             )));
         }
         if message.text.len() > MAX_TEXT_BYTES {

@@ -32,7 +32,10 @@ use crate::{
     revocations::RevocationFeed,
     session::SessionManager,
     session_keys::SessionKeys,
-    store::{EmbeddedStore, Metered, MongoStore, SecretStore, SessionStore, StoreError},
+    store::{
+        EmbeddedStore, Metered, MongoStore, SecretStore, SessionStore, StoreError, StreamStore,
+    },
+    streams::Streams,
     vault::Vault,
     wechat::{SetupError, WeChatClient},
 };
@@ -56,6 +59,9 @@ pub enum StartupError {
     #[error(transparent)]
     Otlp(#[from] weapp_common::otlp::OtlpError),
 }
+
+/// The store's other two faces: secrets (tokens, leases, session_keys) and users' streams.
+type Faces = (Arc<dyn SecretStore>, Arc<dyn StreamStore>);
 
 pub struct Application {
     listener: TcpListener,
@@ -88,15 +94,20 @@ impl Application {
         settings.check().map_err(StartupError::Config)?;
         let metrics = SessionMetrics::new(Registry::for_listen(settings.metrics_listen));
         let per_user = settings.login.max_per_user_per_minute;
-        let (store, secrets, cluster, login_limit): (
+        let (store, (secrets, streams), cluster, login_limit): (
             Arc<dyn SessionStore>,
-            Arc<dyn SecretStore>,
+            Faces,
             _,
             _,
         ) = match settings.store.mongo.uri() {
             None => {
                 let store = Arc::new(EmbeddedStore::open(&settings.store.data_dir)?);
-                (store.clone(), store, None, LoginLimit::local(per_user))
+                (
+                    store.clone(),
+                    (store.clone(), store),
+                    None,
+                    LoginLimit::local(per_user),
+                )
             }
             Some(_) => {
                 let store = Arc::new(MongoStore::connect(&settings.store.mongo).await?);
@@ -106,11 +117,18 @@ impl Application {
                 let login_limit = LoginLimit::shared(per_user, store.database(), replica.clone());
                 let cluster =
                     ClusterFeed::new(store.database(), replica, settings.store.mongo.replica_feed);
-                (store.clone(), store, Some(cluster), login_limit)
+                (
+                    store.clone(),
+                    (store.clone(), store),
+                    Some(cluster),
+                    login_limit,
+                )
             }
         };
         let store: Arc<dyn SessionStore> = Arc::new(Metered::new(store, metrics.clone()));
         let secrets: Arc<dyn SecretStore> = Arc::new(Metered::new(secrets, metrics.clone()));
+        let streams: Arc<dyn StreamStore> = Arc::new(Metered::new(streams, metrics.clone()));
+        let streams = Arc::new(Streams::new(streams, settings.streams, metrics.clone()));
         // Background work started by requests (the access_token refresher) ends with this.
         let background = CancellationToken::new();
         tracing::info!(store = %store.describe(), "session store configured");
@@ -217,7 +235,11 @@ impl Application {
                     phones,
                     session_keys,
                 },
-                (IdentitySigner::new(&settings.identity).map(Arc::new), live),
+                (
+                    IdentitySigner::new(&settings.identity).map(Arc::new),
+                    live,
+                    streams,
+                ),
             ),
             store,
             secrets,

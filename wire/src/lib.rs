@@ -11,6 +11,7 @@ pub mod params;
 pub mod path;
 pub mod referer;
 pub mod request_head;
+pub mod since;
 pub mod user;
 pub mod user_data;
 pub mod wechat_answer;

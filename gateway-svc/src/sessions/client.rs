@@ -133,6 +133,32 @@ impl SessionClient {
         .ok_or_else(|| Status::internal("session service sent no phone number"))
     }
 
+    /// Where the session's user's stream is, and with `since` what they missed (a
+    /// reconnecting socket's resume). Read-only, so tried on another replica if need be.
+    pub async fn read_stream(
+        &self,
+        (id, skey): (String, String),
+        since: Option<(String, u64)>,
+    ) -> Result<weapp_proto::session::v1::ReadStreamResponse, Status> {
+        use weapp_proto::session::v1::{ReadStreamRequest, StreamPosition};
+        let message = ReadStreamRequest {
+            session: Some(SessionCredentials { id, skey }),
+            since: since.map(|(epoch, offset)| StreamPosition { epoch, offset }),
+        };
+        // Reading a window of pushes may take longer than resolving a session.
+        let deadline = self.session_timeout.max(Duration::from_secs(2));
+        self.call(
+            "ReadStream",
+            deadline,
+            Retry::Idempotent,
+            |mut client, time| {
+                let request = with_deadline(message.clone(), time);
+                async move { client.read_stream(request).await }
+            },
+        )
+        .await
+    }
+
     pub async fn logout(&self, id: String, skey: String) -> Result<(), Status> {
         let message = LogoutRequest { id, skey };
         self.call(

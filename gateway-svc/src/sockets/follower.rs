@@ -15,7 +15,8 @@ use crate::{
     sessions::cache::{REVOCATION_BOUND, SessionCache},
     sessions::client::{Followed, SessionClient},
     sessions::replicas::Replica,
-    sockets::open::{OpenSockets, Target},
+    sockets::open::{OpenSockets, Outgoing, Target},
+    sockets::outbox::Position,
 };
 
 /// Most ids sent in one CheckSessions call (session-svc takes up to 10,000).
@@ -113,15 +114,23 @@ fn deliver(sockets: &OpenSockets, client: &SessionClient, replica: &Arc<Replica>
         .map(|message| {
             let text = Utf8Bytes::from(message.text);
             let within = &message.within_apps;
+            let push = Outgoing {
+                text: &text,
+                position: message.position.map(|p| Position {
+                    epoch: Arc::from(p.epoch),
+                    offset: p.offset,
+                }),
+                probe: message.probe,
+            };
             match &message.target {
                 Some(push_message::Target::OpenId(id)) => {
-                    sockets.deliver(Target::User(id), within, &text)
+                    sockets.deliver(Target::User(id), within, &push)
                 }
                 Some(push_message::Target::SessionId(id)) => {
-                    sockets.deliver(Target::Session(id), within, &text)
+                    sockets.deliver(Target::Session(id), within, &push)
                 }
                 Some(push_message::Target::UnionId(id)) => {
-                    sockets.deliver(Target::Person(id), within, &text)
+                    sockets.deliver(Target::Person(id), within, &push)
                 }
                 None => 0,
             }

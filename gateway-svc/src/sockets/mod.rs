@@ -10,5 +10,6 @@ pub mod keepalive;
 pub mod open;
 pub mod outbox;
 pub mod relay;
+pub mod resume;
 pub mod upgrade;
 pub mod ws;

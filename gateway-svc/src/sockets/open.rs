@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::{
     sessions::user::User,
-    sockets::outbox::{End, Outbox},
+    sockets::outbox::{End, Outbox, Position},
 };
 
 /// A session's sockets. Revocations and the shutdown reach each through its outbox.
@@ -42,6 +42,26 @@ pub struct OpenSockets {
     by_person: DashMap<String, Vec<Arc<str>>>,
     /// Set when the gateway stops: a socket registered after that is told at once.
     closed: AtomicBool,
+}
+
+/// A push as this gateway hands it to sockets.
+pub struct Outgoing<'a> {
+    pub text: &'a Utf8Bytes,
+    /// Its place in its user's stream (a push to a user that was kept).
+    pub position: Option<Position>,
+    /// Count the target's sockets, deliver nothing (Presence, a retried publish).
+    pub probe: bool,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A plain push: text only.
+    pub fn text(text: &'a Utf8Bytes) -> Self {
+        Self {
+            text,
+            position: None,
+            probe: false,
+        }
+    }
 }
 
 /// Who a push is for.
@@ -149,35 +169,38 @@ impl OpenSockets {
 
     /// Queues `text` on every open socket of `target` whose app `within` lists (empty: any
     /// app); how many took it.
-    pub fn deliver(&self, target: Target<'_>, within: &[String], text: &Utf8Bytes) -> u64 {
+    pub fn deliver(&self, target: Target<'_>, within: &[String], push: &Outgoing<'_>) -> u64 {
         let ids = |index: &DashMap<String, Vec<Arc<str>>>, key: &str| {
             index.get(key).map(|ids| ids.clone()).unwrap_or_default()
         };
         match target {
-            Target::Session(id) => self.deliver_to_session(id, within, text),
+            Target::Session(id) => self.deliver_to_session(id, within, push),
             Target::User(open_id) => ids(&self.by_user, open_id)
                 .iter()
-                .map(|id| self.deliver_to_session(id, within, text))
+                .map(|id| self.deliver_to_session(id, within, push))
                 .sum(),
             Target::Person(union_id) => ids(&self.by_person, union_id)
                 .iter()
-                .map(|id| self.deliver_to_session(id, within, text))
+                .map(|id| self.deliver_to_session(id, within, push))
                 .sum(),
         }
     }
 
-    fn deliver_to_session(&self, id: &str, within: &[String], text: &Utf8Bytes) -> u64 {
+    fn deliver_to_session(&self, id: &str, within: &[String], push: &Outgoing<'_>) -> u64 {
         let Some(watched) = self.sessions.get(id) else {
             return 0;
         };
         if !within.is_empty() && !within.iter().any(|app| **app == *watched.app_id) {
             return 0;
         }
-        let took = watched
-            .outboxes
-            .iter()
-            .filter(|outbox| outbox.offer(text.clone()))
-            .count();
+        let took = match push.probe {
+            true => watched.outboxes.len(),
+            false => watched
+                .outboxes
+                .iter()
+                .filter(|outbox| outbox.offer_at(push.text.clone(), push.position.clone()))
+                .count(),
+        };
         u64::try_from(took).unwrap_or(u64::MAX)
     }
 
@@ -281,20 +304,32 @@ mod tests {
             register("c", &u2),
         );
         let text = Utf8Bytes::from("hello");
-        assert_eq!(sockets.deliver(Target::User("o1"), &[], &text), 3);
-        assert_eq!(sockets.deliver(Target::Session("c"), &[], &text), 1);
-        assert_eq!(sockets.deliver(Target::User("nobody"), &[], &text), 0);
+        assert_eq!(
+            sockets.deliver(Target::User("o1"), &[], &Outgoing::text(&text)),
+            3
+        );
+        assert_eq!(
+            sockets.deliver(Target::Session("c"), &[], &Outgoing::text(&text)),
+            1
+        );
+        assert_eq!(
+            sockets.deliver(Target::User("nobody"), &[], &Outgoing::text(&text)),
+            0
+        );
         for outbox in [&a1.outbox, &a2.outbox, &b.outbox] {
-            assert_eq!(outbox.next().as_deref(), Some("hello"));
+            assert_eq!(outbox.next().map(|q| q.text).as_deref(), Some("hello"));
         }
         drop((a1, a2));
         assert_eq!(
-            sockets.deliver(Target::User("o1"), &[], &text),
+            sockets.deliver(Target::User("o1"), &[], &Outgoing::text(&text)),
             1,
             "only b is left"
         );
         drop(b);
-        assert_eq!(sockets.deliver(Target::User("o1"), &[], &text), 0);
+        assert_eq!(
+            sockets.deliver(Target::User("o1"), &[], &Outgoing::text(&text)),
+            0
+        );
         assert!(
             sockets.by_user.get("o1").is_none(),
             "the index forgets the user"

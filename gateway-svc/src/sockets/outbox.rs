@@ -31,12 +31,27 @@ pub enum End {
     Shutdown = 2,
 }
 
+/// A message waiting for its socket. A push to a user carries its place in the user's stream:
+/// a socket that resumed sends it as a positioned frame, merging by offset; a plain socket
+/// sends the text.
+pub struct Queued {
+    pub text: Utf8Bytes,
+    pub position: Option<Position>,
+}
+
+/// A push's place in its user's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: std::sync::Arc<str>,
+    pub offset: u64,
+}
+
 /// One socket's queue. Kept small on purpose (an `AtomicWaker`, not a `Notify`; a `u32`
 /// capacity): there is one per open socket, and its waiting future lives in every socket's task.
 pub struct Outbox {
     /// None while empty: an idle socket's queue is one pointer, not a `VecDeque`'s four words.
     #[expect(clippy::box_collection, reason = "one word while idle, the point")]
-    queue: Mutex<Option<Box<VecDeque<Utf8Bytes>>>>,
+    queue: Mutex<Option<Box<VecDeque<Queued>>>>,
     /// The socket's task, which alone sends what is queued.
     task: AtomicWaker,
     capacity: u32,
@@ -66,6 +81,11 @@ impl Outbox {
     /// outbox of capacity 0 belongs to a socket that takes no pushes (one forwarded to a
     /// business upstream speaks the business's protocol): it refuses, and that is all.
     pub fn offer(&self, text: Utf8Bytes) -> bool {
+        self.offer_at(text, None)
+    }
+
+    /// Queues a push with its place in its user's stream (`offer` otherwise).
+    pub fn offer_at(&self, text: Utf8Bytes, position: Option<Position>) -> bool {
         if self.capacity == 0 {
             return false;
         }
@@ -77,7 +97,7 @@ impl Outbox {
             let queue = queue.get_or_insert_default();
             let room = queue.len() < self.capacity as usize;
             if room {
-                queue.push_back(text);
+                queue.push_back(Queued { text, position });
             }
             room
         };
@@ -175,7 +195,7 @@ impl Outbox {
     }
 
     /// The next queued message.
-    pub fn next(&self) -> Option<Utf8Bytes> {
+    pub fn next(&self) -> Option<Queued> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let next = queue.as_mut()?.pop_front();
         if queue.as_ref().is_some_and(|q| q.is_empty()) {
@@ -200,9 +220,9 @@ mod tests {
             !outbox.offer("d".into()),
             "an overflowed queue takes nothing more"
         );
-        assert_eq!(outbox.next().as_deref(), Some("a"));
-        assert_eq!(outbox.next().as_deref(), Some("b"));
-        assert_eq!(outbox.next(), None);
+        assert_eq!(outbox.next().map(|q| q.text).as_deref(), Some("a"));
+        assert_eq!(outbox.next().map(|q| q.text).as_deref(), Some("b"));
+        assert!(outbox.next().is_none());
     }
 
     #[tokio::test]

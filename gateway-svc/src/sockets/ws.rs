@@ -25,12 +25,13 @@ use crate::{
     sockets::open::Registration,
     sockets::outbox::{End, Outbox, SLOW_CLIENT},
     sockets::relay,
+    sockets::resume::{self, Resuming},
     sockets::upgrade::{self, Socket, Upgrade},
     state::AppState,
 };
 
 /// RFC 6455 "try again later": the session could not be checked, not refused.
-const TRY_AGAIN_LATER: u16 = 1013;
+pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
 
 pub async fn upgrade(State(state): State<AppState>, mut request: Request) -> Response {
     let handshake = match Upgrade::from_request(&mut request) {
@@ -38,6 +39,9 @@ pub async fn upgrade(State(state): State<AppState>, mut request: Request) -> Res
         Err(refused) => return refused.into_response(),
     };
     let (headers, uri) = (request.headers(), request.uri());
+    // A client that says where it was resumes its user's stream (`resume.rs`); without it,
+    // the tutorial's socket.
+    let since = weapp_wire::since::since(headers, uri.query());
     let Ok(permit) = state.ws_slots.clone().try_acquire_owned() else {
         state.metrics.websockets_refused.increment(1);
         return ApiError::TooManyConnections.into_response();
@@ -74,7 +78,13 @@ pub async fn upgrade(State(state): State<AppState>, mut request: Request) -> Res
                 });
                 sender
             });
-            Ok(Some((session.user, registration, relay)))
+            let resuming = since.map(|since| {
+                Box::new(Resuming {
+                    credentials: (session.id.clone(), session.skey.clone()),
+                    since,
+                })
+            });
+            Ok(Some((session.user, registration, relay, resuming)))
         }
         Ok(None) => Ok(None),
         Err(e) => Err(e),
@@ -95,7 +105,12 @@ pub async fn upgrade(State(state): State<AppState>, mut request: Request) -> Res
 
 /// An accepted socket's session: its user, its place among the open sockets, and where its
 /// messages go when they are relayed.
-type Accepted = (Arc<User>, Registration, Option<mpsc::Sender<Utf8Bytes>>);
+type Accepted = (
+    Arc<User>,
+    Registration,
+    Option<mpsc::Sender<Utf8Bytes>>,
+    Option<Box<Resuming>>,
+);
 
 /// What a connection needs from its upgrade request.
 struct Params {
@@ -122,17 +137,34 @@ async fn connection(mut open: Box<Open>) {
     } = &*params;
     let (settings, metrics) = (&state.settings, &state.metrics);
     match resolution {
-        Ok(Some((user, registration, relay))) => {
+        Ok(Some((user, registration, relay, resuming))) => {
             metrics.ws_opened.increment(1);
             metrics.ws_open.increment(1.0);
-            let code = serve(
-                socket,
-                user,
-                (&settings.ws, metrics, &state.keepalive),
-                &registration.outbox,
-                relay.as_ref(),
-            )
-            .await;
+            let code = match resuming {
+                None => {
+                    serve(
+                        socket,
+                        user,
+                        (&settings.ws, metrics, &state.keepalive),
+                        &registration.outbox,
+                        relay.as_ref(),
+                    )
+                    .await
+                }
+                // Boxed: a plain socket's task does not carry a resuming one's state.
+                Some(resuming) => {
+                    let greeting = relay
+                        .is_none()
+                        .then(|| format!("Server: 恭喜，{}", user.display_name).into());
+                    Box::pin(resume::serve(
+                        socket,
+                        state,
+                        (&registration.outbox, relay.as_ref()),
+                        (resuming, greeting),
+                    ))
+                    .await
+                }
+            };
             metrics.websocket_closed(code, true);
         }
         // Refusals are boxed: their futures would otherwise widen every open socket's task
@@ -155,17 +187,17 @@ async fn connection(mut open: Box<Open>) {
 }
 
 /// What a socket's end is counted as when the client closed it, or the connection broke.
-const CLIENT_CLOSED: u16 = close_code::NORMAL;
-const BROKEN: u16 = close_code::ABNORMAL;
+pub(crate) const CLIENT_CLOSED: u16 = close_code::NORMAL;
+pub(crate) const BROKEN: u16 = close_code::ABNORMAL;
 
-fn close(code: u16, reason: &'static str) -> Message {
+pub(crate) fn close(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
         code: code.into(),
         reason: Utf8Bytes::from_static(reason),
     }))
 }
 
-async fn refuse(socket: &mut Socket, error: &ApiError, code: u16) {
+pub(crate) async fn refuse(socket: &mut Socket, error: &ApiError, code: u16) {
     let _ = socket
         .send(Message::Text(error.body().to_string().into()))
         .await;
@@ -179,7 +211,11 @@ async fn refuse(socket: &mut Socket, error: &ApiError, code: u16) {
 
 /// Sends a queued message, unless the queue overflows first (the client is not reading: the
 /// send would wait for it forever). Err: the socket is done.
-async fn send_queued(socket: &mut Socket, text: Utf8Bytes, outbox: &Outbox) -> Result<(), ()> {
+pub(crate) async fn send_queued(
+    socket: &mut Socket,
+    text: Utf8Bytes,
+    outbox: &Outbox,
+) -> Result<(), ()> {
     tokio::select! {
         sent = socket.send(Message::Text(text)) => sent.map_err(drop),
         _ = outbox.overflow() => Err(()),
@@ -188,7 +224,7 @@ async fn send_queued(socket: &mut Socket, text: Utf8Bytes, outbox: &Outbox) -> R
 
 /// Closes a socket whose client let its queue fill up. It is not reading, so the close frame
 /// gets a moment and no more.
-async fn close_slow(socket: &mut Socket) {
+pub(crate) async fn close_slow(socket: &mut Socket) {
     let closing = socket.send(close(SLOW_CLIENT, "too many unread messages"));
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), closing).await;
 }
@@ -314,22 +350,11 @@ async fn from_outbox(
     outbox: &Outbox,
     metrics: &GatewayMetrics,
 ) -> Option<u16> {
-    match outbox.ended() {
-        Some(End::Shutdown) => {
-            let _ = socket
-                .send(close(close_code::AWAY, "server shutting down"))
-                .await;
-            return Some(close_code::AWAY);
-        }
-        Some(End::Revoked) => {
-            let revoked = ApiError::InvalidSession("the session was revoked".into());
-            refuse(socket, &revoked, close_code::POLICY).await;
-            return Some(close_code::POLICY);
-        }
-        None => {}
+    if let Some(code) = ended(socket, outbox).await {
+        return Some(code);
     }
-    while let Some(text) = outbox.next() {
-        if send_queued(socket, text, outbox).await.is_err() {
+    while let Some(queued) = outbox.next() {
+        if send_queued(socket, queued.text, outbox).await.is_err() {
             return Some(BROKEN);
         }
         metrics.ws_messages_out.increment(1);
@@ -339,6 +364,23 @@ async fn from_outbox(
         return Some(SLOW_CLIENT);
     }
     None
+}
+
+/// A socket whose session was revoked or whose gateway stops is told so and closed; the code.
+pub(crate) async fn ended(socket: &mut Socket, outbox: &Outbox) -> Option<u16> {
+    match outbox.ended()? {
+        End::Shutdown => {
+            let _ = socket
+                .send(close(close_code::AWAY, "server shutting down"))
+                .await;
+            Some(close_code::AWAY)
+        }
+        End::Revoked => {
+            let revoked = ApiError::InvalidSession("the session was revoked".into());
+            refuse(socket, &revoked, close_code::POLICY).await;
+            Some(close_code::POLICY)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! written together by the next one, so N concurrent logins cost one fsync instead of N, and
 //! each login still answers only once its session is on disk.
 mod secrets;
+mod streams;
 
 use std::{
     path::Path,
@@ -106,6 +107,7 @@ impl EmbeddedStore {
         txn.open_table(BY_EXPIRY).map_err(unavailable)?;
         index_union_ids(&txn)?;
         txn.open_table(secrets::TOKENS).map_err(unavailable)?;
+        txn.open_table(streams::STREAMS).map_err(unavailable)?;
         txn.open_table(secrets::LEASES).map_err(unavailable)?;
         txn.open_table(secrets::SESSION_KEYS).map_err(unavailable)?;
         txn.open_table(secrets::SESSION_KEYS_BY_EXPIRY)

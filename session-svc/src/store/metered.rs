@@ -4,7 +4,9 @@ use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 
-use super::{SecretStore, SessionStore, StoreError, StoredSessionKey, StoredToken};
+use super::{
+    SecretStore, SessionStore, StoreError, StoredSessionKey, StoredToken, Stream, StreamStore,
+};
 use crate::{
     metrics::SessionMetrics,
     record::{PhoneNumber, SessionRecord, UnixMillis},
@@ -134,5 +136,26 @@ impl SecretStore for Metered<dyn SecretStore> {
     async fn purge_session_keys(&self, now: UnixMillis) -> Result<u64, StoreError> {
         self.timed("purge_session_keys", self.store.purge_session_keys(now))
             .await
+    }
+}
+
+#[async_trait]
+impl StreamStore for Metered<dyn StreamStore> {
+    async fn load_stream(&self, open_id: &str) -> Result<Option<Stream>, StoreError> {
+        self.timed("load_stream", self.store.load_stream(open_id))
+            .await
+    }
+
+    async fn save_stream(
+        &self,
+        open_id: &str,
+        stream: &Stream,
+        expected: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            "save_stream",
+            self.store.save_stream(open_id, stream, expected),
+        )
+        .await
     }
 }

@@ -4,11 +4,13 @@ mod embedded;
 mod metered;
 mod mongo;
 pub mod secrets;
+pub mod streams;
 
 pub use embedded::EmbeddedStore;
 pub use metered::Metered;
 pub use mongo::{MongoSettings, MongoStore};
 pub use secrets::{SecretStore, StoredSessionKey, StoredToken};
+pub use streams::{Stream, StreamStore, Window};
 
 use async_trait::async_trait;
 

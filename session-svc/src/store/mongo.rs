@@ -13,6 +13,7 @@
 //! check expiry themselves (in `SessionManager`). WeChat's session_keys and the access_token
 //! live in collections of their own (`mongo/secrets.rs`), sealed.
 mod secrets;
+mod streams;
 
 use std::time::Duration;
 
@@ -159,6 +160,8 @@ pub struct MongoStore {
     database: String,
     hosts: String,
     db: Database,
+    /// Users' streams of pushes (`mongo/streams.rs`).
+    streams: Collection<streams::StreamDoc>,
 }
 
 /// Driver errors become "unavailable": the only thing a caller can do is try again later.
@@ -223,6 +226,7 @@ impl MongoStore {
         Ok(Self {
             sessions: db.collection(COLLECTION),
             secrets: secrets::Collections::new(&db),
+            streams: streams::collection(&db),
             database,
             hosts,
             db,

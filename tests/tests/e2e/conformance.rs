@@ -10,7 +10,7 @@ use session_svc::{
     session::{SessionManager, SessionPolicy},
     store::{
         EmbeddedStore, MongoSettings, MongoStore, SecretStore, SessionStore, StoredSessionKey,
-        StoredToken,
+        StoredToken, Stream, StreamStore, Window,
     },
     vault::Sealed,
 };
@@ -37,10 +37,22 @@ impl Harness {
 
     /// The session store and the secret store of one opened instance.
     async fn open_both(&self) -> (Arc<dyn SessionStore>, Arc<dyn SecretStore>) {
+        let (store, secrets, _) = self.open_all().await;
+        (store, secrets)
+    }
+
+    /// The three faces of one opened instance.
+    async fn open_all(
+        &self,
+    ) -> (
+        Arc<dyn SessionStore>,
+        Arc<dyn SecretStore>,
+        Arc<dyn StreamStore>,
+    ) {
         match self {
             Self::Embedded(dir) => {
                 let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-                (store.clone(), store)
+                (store.clone(), store.clone(), store)
             }
             Self::Mongo(server, database) => {
                 let store = MongoStore::connect(&MongoSettings {
@@ -55,7 +67,7 @@ impl Harness {
                 .unwrap();
                 store.prepare().await.unwrap();
                 let store = Arc::new(store);
-                (store.clone(), store)
+                (store.clone(), store.clone(), store)
             }
         }
     }
@@ -211,6 +223,47 @@ async fn a_person_is_found_across_apps(h: Harness) {
     let left = store.sessions_of_union("u-person").await.unwrap();
     assert_eq!(left.len(), 1, "removed sessions leave the person's index");
     assert_eq!(left[0].id, old.id);
+}
+
+/// A user's stream is written by compare-and-swap on its top: of two writers that read the
+/// same top, one wins and the other is told to read again; what was acknowledged survives a
+/// restart.
+async fn streams_are_written_by_compare_and_swap(h: Harness) {
+    let (_, _, streams) = h.open_all().await;
+    let window = Window {
+        count: 10,
+        age: Duration::from_secs(60),
+        bytes: 1 << 16,
+    };
+    assert_eq!(streams.load_stream("o1").await.unwrap(), None);
+    let mut first = Stream::new("e1".into(), Some(APP.into()));
+    first.append("a", Some("k-a"), now_millis(), &window);
+    assert!(streams.save_stream("o1", &first, None).await.unwrap());
+    let mut rival = Stream::new("e2".into(), None);
+    rival.append("x", None, now_millis(), &window);
+    assert!(
+        !streams.save_stream("o1", &rival, None).await.unwrap(),
+        "a second first write loses"
+    );
+    let mut next = streams.load_stream("o1").await.unwrap().unwrap();
+    assert_eq!(next, first);
+    next.append("b", None, now_millis(), &window);
+    let mut stale = first.clone();
+    stale.append("c", None, now_millis(), &window);
+    assert!(streams.save_stream("o1", &next, Some(1)).await.unwrap());
+    assert!(
+        !streams.save_stream("o1", &stale, Some(1)).await.unwrap(),
+        "a writer that read top 1 loses to the one that wrote top 2"
+    );
+    drop(streams);
+    let (_, _, streams) = h.open_all().await;
+    let kept = streams.load_stream("o1").await.unwrap().unwrap();
+    assert_eq!((kept.epoch.as_str(), kept.top), ("e1", 2));
+    let texts: Vec<&str> = kept.entries.iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(texts, ["a", "b"]);
+    assert_eq!(kept.keyed("k-a"), Some(1));
+    assert_eq!(kept.app_id.as_deref(), Some(APP));
+    assert_eq!(streams.load_stream("o2").await.unwrap(), None, "per user");
 }
 
 async fn manager_life_cycle(h: Harness) {
@@ -573,6 +626,7 @@ conformance!(
     expired_sessions_are_purged_and_live_ones_kept,
     revoke_and_revoke_by_open_id,
     a_person_is_found_across_apps,
+    streams_are_written_by_compare_and_swap,
     manager_life_cycle,
     expired_sessions_are_refused_on_read,
     renewal_is_throttled,

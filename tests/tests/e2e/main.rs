@@ -23,6 +23,7 @@ mod nginx;
 mod observability;
 mod openapi;
 mod push;
+mod push_recovery;
 mod readme;
 mod relay;
 mod resilience;
