@@ -280,4 +280,21 @@ async fn resumes_raced_against_publishes_on_two_replicas_lose_and_repeat_nothing
         seen, expected,
         "in order, exactly once, no gap (epoch {epoch})"
     );
+
+    // Presence, counted live on both gateways, asked of either replica.
+    let _on_one = open(gateways[0], &session, None).await;
+    let _on_other = open(gateways[1], &session, Some("")).await;
+    let mut client = SessionServiceClient::new(stack.session_channel_at(replica.addr).await);
+    let presence = client
+        .presence(PresenceRequest {
+            open_ids: vec![minted.openid.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(presence.gateways_answered, 2, "{presence:?}");
+    let user = &presence.users[0];
+    assert_eq!((user.online, user.sockets, user.top), (true, 2, 2 * EACH));
+    assert_eq!(user.epoch, epoch);
 }
