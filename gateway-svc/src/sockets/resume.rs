@@ -54,6 +54,8 @@ struct Place {
     waiting: BTreeMap<u64, Utf8Bytes>,
     /// When the oldest of them stops waiting.
     fill_at: Option<Instant>,
+    /// Pushes sent since the last count.
+    sent: u64,
 }
 
 fn push_frame(epoch: &str, offset: u64, text: &str) -> Utf8Bytes {
@@ -147,6 +149,7 @@ pub async fn serve(
         last: 0,
         waiting: BTreeMap::new(),
         fill_at: None,
+        sent: 0,
     };
     for entry in &answer.entries {
         if let Err(code) = send_push(socket, &mut place, entry.offset, &entry.text).await {
@@ -208,7 +211,7 @@ pub async fn serve(
             } => Woke::Fill,
         };
         let done = match woke {
-            Woke::Outbox => from_outbox(socket, state, outbox, &mut place, resuming).await,
+            Woke::Outbox => from_outbox(socket, state, outbox, &mut place).await,
             Woke::Fill => fill_gap(socket, state, resuming, &mut place).await.err(),
             Woke::Ping => socket
                 .send(Message::Ping(Default::default()))
@@ -227,6 +230,9 @@ pub async fn serve(
                 Some(code)
             }
         };
+        metrics
+            .ws_messages_out
+            .increment(std::mem::take(&mut place.sent));
         if let Some(code) = done {
             return code;
         }
@@ -239,7 +245,6 @@ async fn from_outbox(
     state: &AppState,
     outbox: &Outbox,
     place: &mut Place,
-    _resuming: &Resuming,
 ) -> Option<u16> {
     if let Some(code) = ended(socket, outbox).await {
         return Some(code);
@@ -248,7 +253,6 @@ async fn from_outbox(
         if let Err(code) = take(socket, outbox, place, queued, state).await {
             return Some(code);
         }
-        state.metrics.ws_messages_out.increment(1);
     }
     if outbox.overflowed() {
         close_slow(socket).await;
@@ -300,6 +304,7 @@ async fn send_push(
         return Err(BROKEN);
     }
     place.last = offset;
+    place.sent += 1;
     Ok(())
 }
 
@@ -342,14 +347,12 @@ async fn fill_gap(
         }
     };
     state.metrics.stream_gaps_filled.increment(1);
-    let before = place.last;
-    let upto = place.waiting.keys().next().copied().unwrap_or(read.top);
-    for entry in read
-        .entries
-        .iter()
-        .filter(|e| e.offset > before && e.offset < upto)
-    {
-        send_push(socket, place, entry.offset, &entry.text).await?;
+    // Everything after the last sent, up to the stream's top: contiguous, as the read says;
+    // what waited and is now behind goes, what is further on still waits its turn.
+    for entry in &read.entries {
+        if entry.offset == place.last + 1 {
+            send_push(socket, place, entry.offset, &entry.text).await?;
+        }
     }
     send_waiting(socket, place).await?;
     if !place.waiting.is_empty() {
