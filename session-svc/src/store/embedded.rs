@@ -41,6 +41,8 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     path: std::path::PathBuf,
     inserts: Arc<Mutex<InsertQueue>>,
+    /// Users' streams waiting for the next group commit (`embedded/streams.rs`).
+    streams: Arc<Mutex<streams::StreamQueue>>,
 }
 
 /// Sessions waiting for the next group commit.
@@ -117,6 +119,7 @@ impl EmbeddedStore {
             db: Arc::new(db),
             path,
             inserts: Arc::default(),
+            streams: Arc::default(),
         })
     }
 
