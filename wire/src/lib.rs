@@ -15,6 +15,7 @@ pub mod since;
 pub mod user;
 pub mod user_data;
 pub mod wechat_answer;
+pub mod wechat_event;
 pub mod wechat_push;
 
 pub use user::UserInfo;
