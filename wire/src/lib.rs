@@ -9,6 +9,7 @@
 pub mod framing;
 pub mod params;
 pub mod path;
+pub mod push_request;
 pub mod referer;
 pub mod request_head;
 pub mod since;
