@@ -29,14 +29,14 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
-    task::{Context, Poll},
 };
 
-use futures::future::{Either, Ready, ready};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::Status;
+
+pub use crate::allow_list::{AllowList, TOKEN_PATHS, allow_listed_path};
 
 /// What a key may do. Every RPC of `weapp.session.v1.SessionService` needs exactly one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -394,84 +394,6 @@ impl ApiKeys {
     }
 }
 
-/// WeChat API paths a caller of the open-API proxy may call: exact, normalized paths. Each
-/// lives as long as the process, so that it can label metrics (`&'static str`) — the list
-/// is the operator's, read once, so this is bounded.
-#[derive(Clone, Default)]
-pub struct AllowList(Arc<[&'static str]>);
-
-/// WeChat's token endpoints: never proxied (they take the AppSecret, and the token they
-/// hand out is session-svc's to keep; a backend asks GetAccessToken for it).
-pub const TOKEN_PATHS: [&str; 2] = ["/cgi-bin/token", "/cgi-bin/stable_token"];
-
-/// A path an allow-list may name: like `/wxa/msg_sec_check`, normalized, no query, not a
-/// token endpoint (a clap value parser too).
-pub fn allow_listed_path(path: &str) -> Result<String, String> {
-    let path = path.trim();
-    let normal = matches!(
-        weapp_wire::path::normalize(path),
-        Ok(std::borrow::Cow::Borrowed(_))
-    );
-    if !path.starts_with('/') || path.len() < 2 || !normal || path.contains(['?', '#']) {
-        return Err(format!(
-            "{path:?} is not a WeChat API path like \"/wxa/msg_sec_check\" (no host, query, \
-             %, . or .. segments)"
-        ));
-    }
-    if TOKEN_PATHS.iter().any(|t| t.eq_ignore_ascii_case(path)) {
-        return Err(format!(
-            "{path:?} is never proxied: session-svc keeps the access_token; a backend that \
-             needs it asks GetAccessToken (scope \"wechat.token\")"
-        ));
-    }
-    Ok(path.to_owned())
-}
-
-/// The one `&'static` copy of an allow-listed path: files are read again on every reload
-/// (and a watch), so each distinct path is kept once, not once per reading.
-fn intern(path: String) -> &'static str {
-    static PATHS: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut paths = PATHS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(known) = paths.get(path.as_str()) {
-        return known;
-    }
-    let leaked: &'static str = Box::leak(path.into_boxed_str());
-    paths.insert(leaked);
-    leaked
-}
-
-impl AllowList {
-    /// Keeps `paths`, each checked by [`allow_listed_path`].
-    pub fn new(paths: Vec<String>) -> Result<Self, String> {
-        let mut list: Vec<&'static str> = Vec::with_capacity(paths.len());
-        for path in paths {
-            let path = intern(allow_listed_path(&path)?);
-            if !list.contains(&path) {
-                list.push(path);
-            }
-        }
-        Ok(Self(list.into()))
-    }
-
-    /// The listed path equal to `path`, as the label to count it by.
-    pub fn find(&self, path: &str) -> Option<&'static str> {
-        self.0.iter().copied().find(|listed| *listed == path)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for AllowList {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.iter()).finish()
-    }
-}
-
 /// Who may call: the API keys, and the operator's explicit consent to run without them.
 #[derive(clap::Args, Clone, Debug)]
 pub struct AccessSettings {
@@ -501,65 +423,6 @@ impl AccessSettings {
             ));
         }
         Ok(())
-    }
-}
-
-/// Puts [`Access`] in front of the gRPC services; without keys it lets everything through
-/// (loopback only, or the operator said `WEAPP_GRPC_INSECURE`). The keys are the live ones:
-/// a reload takes effect on the next call.
-#[derive(Clone)]
-pub struct AccessLayer(pub Arc<crate::reload::LiveConfig>);
-
-impl<S> tower::Layer<S> for AccessLayer {
-    type Service = Access<S>;
-
-    fn layer(&self, inner: S) -> Access<S> {
-        Access {
-            inner,
-            live: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Access<S> {
-    inner: S,
-    live: Arc<crate::reload::LiveConfig>,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for Access<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Either<S::Future, Ready<Result<S::Response, S::Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let keys = self.live.keys();
-        if let (Some(keys), Some(scope)) = (keys.as_deref(), required_scope(request.uri().path())) {
-            let authorization = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .map(http::HeaderValue::as_bytes);
-            match keys.authorize(authorization, scope) {
-                Ok(caller) => {
-                    request.extensions_mut().insert(caller);
-                }
-                Err(mut status) => {
-                    status.metadata_mut().insert(
-                        weapp_proto::metadata::API_KEY_REFUSED,
-                        tonic::metadata::MetadataValue::from_static("1"),
-                    );
-                    return Either::Right(ready(Ok(status.into_http())));
-                }
-            }
-        }
-        Either::Left(self.inner.call(request))
     }
 }
 

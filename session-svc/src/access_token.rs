@@ -39,9 +39,9 @@ use dashmap::DashMap;
 use crate::{
     credentials,
     error::SessionError,
+    live::LiveConfig,
     metrics::SessionMetrics,
     record::{UnixMillis, now_millis},
-    reload::LiveConfig,
     store::{SecretStore, StoredToken},
     vault::Vault,
     wechat::{WeChatClient, WeChatError, errcode},

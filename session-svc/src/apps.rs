@@ -34,7 +34,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::{access::AllowList, error::SessionError};
+use crate::allow_list::AllowList;
 
 /// Longest AppId accepted (WeChat's are 18 characters: `wx` and 16 hex digits).
 const MAX_APP_ID_LEN: usize = 64;
@@ -65,6 +65,11 @@ impl std::fmt::Debug for App {
             .finish_non_exhaustive()
     }
 }
+
+/// An app a caller named that this deployment does not serve (INVALID_ARGUMENT).
+#[derive(Debug, thiserror::Error)]
+#[error("app {0:?} is not served here")]
+pub struct NotServed(pub String);
 
 /// A user of one app: what the WeChat APIs about a user (phone number, session_key) act on.
 #[derive(Clone, Debug)]
@@ -262,14 +267,15 @@ impl Apps {
 
     /// The app a caller named (empty: the default app); one not served is the caller's
     /// mistake.
-    pub fn resolve(&self, requested: &str) -> Result<Arc<App>, SessionError> {
+    pub fn resolve(&self, requested: &str) -> Result<Arc<App>, NotServed> {
         let requested = requested.trim();
         if requested.is_empty() {
             return Ok(self.default.clone());
         }
-        self.apps.get(requested).cloned().ok_or_else(|| {
-            SessionError::InvalidArgument(format!("app {requested:?} is not served here"))
-        })
+        self.apps
+            .get(requested)
+            .cloned()
+            .ok_or_else(|| NotServed(requested.to_owned()))
     }
 
     /// The app a stored record belongs to: the one it names, or (a record from before apps

@@ -22,6 +22,9 @@ pub use weapp_proto::metadata::{
 pub enum SessionError {
     #[error("{0}")]
     InvalidArgument(String),
+    /// A request named an app this deployment does not serve.
+    #[error(transparent)]
+    NotServed(#[from] crate::apps::NotServed),
     #[error(transparent)]
     UserData(#[from] UserDataError),
     #[error("invalid or expired session")]
@@ -57,7 +60,7 @@ impl SessionError {
     /// The gRPC code this error answers with, by name: a bounded label for the metrics.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::InvalidArgument(_) | Self::UserData(_) => "InvalidArgument",
+            Self::InvalidArgument(_) | Self::UserData(_) | Self::NotServed(_) => "InvalidArgument",
             Self::Unauthenticated => "Unauthenticated",
             Self::PermissionDenied(_) => "PermissionDenied",
             Self::WeChat(w) => match wechat_code(w) {
@@ -129,9 +132,9 @@ impl From<SessionError> for Status {
     fn from(e: SessionError) -> Self {
         let message = e.to_string();
         match e {
-            SessionError::InvalidArgument(_) | SessionError::UserData(_) => {
-                Status::invalid_argument(message)
-            }
+            SessionError::InvalidArgument(_)
+            | SessionError::UserData(_)
+            | SessionError::NotServed(_) => Status::invalid_argument(message),
             SessionError::Unauthenticated => Status::unauthenticated(message),
             SessionError::PermissionDenied(_) => Status::permission_denied(message),
             SessionError::UserRateLimited(wait)

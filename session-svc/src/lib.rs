@@ -3,8 +3,10 @@
 //! Everything is reached over gRPC (`weapp.session.v1.SessionService`).
 
 pub mod access;
+pub mod access_layer;
 pub mod access_token;
 pub mod admin;
+pub mod allow_list;
 pub mod apps;
 pub mod cluster;
 pub mod config;
@@ -13,6 +15,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod identity;
+pub mod live;
 pub mod login;
 pub mod login_limit;
 pub mod metrics;

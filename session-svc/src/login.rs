@@ -13,10 +13,10 @@ use crate::{
     apps::{App, AppUser},
     credentials::{Credentials, short_hash},
     error::SessionError,
+    live::LiveConfig,
     login_limit::LoginLimit,
     metrics::SessionMetrics,
     record::{SessionRecord, UserInfo},
-    reload::LiveConfig,
     session::SessionManager,
     session_keys::SessionKeys,
     user_data::{self, Expected},
@@ -133,7 +133,7 @@ impl LoginService {
         };
         let outcome = match app {
             Ok(app) => self.log_in(input, &app).await,
-            Err(e) => Err(e),
+            Err(e) => Err(SessionError::from(e)),
         };
         self.metrics.login(
             &label,

@@ -247,8 +247,8 @@ impl SessionMetrics {
         self.messages_recovered.increment(recovered as u64);
     }
 
-    pub fn apps_configured(&self, apps: &crate::apps::Apps) {
-        self.apps_configured.set(apps.len() as f64);
+    pub fn apps_configured(&self, apps: usize) {
+        self.apps_configured.set(apps as f64);
     }
 
     pub fn config_reload(&self, outcome: &'static str) {

@@ -8,64 +8,12 @@
 //! adding it back restores them.
 use std::{sync::Arc, time::Duration};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    access::ApiKeys, access_token::AccessTokens, apps::Apps, metrics::SessionMetrics,
+    access_token::AccessTokens, live::LiveConfig, metrics::SessionMetrics,
     revocations::RevocationFeed,
 };
-
-/// The apps and keys in force. Read on every call (a pointer load); replaced whole.
-pub struct LiveConfig {
-    apps: ArcSwap<Apps>,
-    keys: ArcSwapOption<ApiKeys>,
-}
-
-impl LiveConfig {
-    pub fn new(apps: Apps, keys: Option<ApiKeys>) -> Arc<Self> {
-        Arc::new(Self {
-            apps: ArcSwap::from_pointee(apps),
-            keys: ArcSwapOption::from_pointee(keys),
-        })
-    }
-
-    pub fn apps(&self) -> Arc<Apps> {
-        self.apps.load_full()
-    }
-
-    pub fn keys(&self) -> Option<Arc<ApiKeys>> {
-        self.keys.load_full()
-    }
-
-    /// Both files read again; `Err` names what is wrong (and changes nothing).
-    fn read(&self) -> Result<(Apps, Option<ApiKeys>), String> {
-        let apps = self
-            .apps()
-            .reread()
-            .map_err(|e| match self.apps().source() {
-                Some(path) => format!("apps file {}: {e}", path.display()),
-                None => e,
-            })?;
-        let keys = match self.keys() {
-            None => None,
-            Some(keys) => Some(
-                keys.reread()
-                    .map_err(|e| format!("API keys file {}: {e}", keys.source().display()))?,
-            ),
-        };
-        Ok((apps, keys))
-    }
-
-    fn unchanged(&self, apps: &Apps, keys: Option<&ApiKeys>) -> bool {
-        let keys_same = match (self.keys(), keys) {
-            (Some(old), Some(new)) => old.same_as(new),
-            (None, None) => true,
-            _ => false,
-        };
-        self.apps().same_as(apps) && keys_same
-    }
-}
 
 /// Applies reloads and says what they changed to those who hold per-app state.
 pub struct Reloader {
@@ -104,21 +52,20 @@ impl Reloader {
         let before = self.live.apps();
         let removed = before.removed_in(&apps);
         let added = apps.ids().filter(|id| before.get(id).is_none()).count();
-        self.live.apps.store(Arc::new(apps.clone()));
-        if let Some(keys) = keys {
-            self.live.keys.store(Some(Arc::new(keys)));
-        }
+        let count = apps.len();
+        let default = apps.default_app().id.clone();
+        self.live.put(apps, keys);
         for app in &removed {
             self.tokens.forget(app);
             self.feed.app_removed(app);
             tracing::warn!(app = %app, "app removed: its logins are refused and its sessions with them (kept in the store until they expire)");
         }
-        self.metrics.apps_configured(&apps);
+        self.metrics.apps_configured(count);
         tracing::info!(
-            apps = apps.len(),
+            apps = count,
             added,
             removed = removed.len(),
-            default = %apps.default_app().id,
+            %default,
             "configuration reloaded"
         );
         Ok(Outcome::Applied {

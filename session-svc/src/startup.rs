@@ -12,7 +12,7 @@ use weapp_common::{
 use weapp_proto::session::v1::session_service_server::SessionServiceServer;
 
 use crate::{
-    access::AccessLayer,
+    access_layer::AccessLayer,
     access_token::AccessTokens,
     cluster::ClusterFeed,
     config::Settings,
@@ -20,6 +20,7 @@ use crate::{
     grpc::{SessionGrpc, WeChatServices},
     health::StoreWatch,
     identity::IdentitySigner,
+    live::LiveConfig,
     login::LoginService,
     login_limit::LoginLimit,
     metrics::SessionMetrics,
@@ -28,7 +29,7 @@ use crate::{
     phone::PhoneNumbers,
     push::Pushes,
     record::now_millis,
-    reload::{LiveConfig, Reloader},
+    reload::Reloader,
     revocations::RevocationFeed,
     session::SessionManager,
     session_keys::SessionKeys,
@@ -139,7 +140,7 @@ impl Application {
             spans.clone(),
         )?);
         let apps = settings.wechat.apps().map_err(StartupError::Config)?;
-        metrics.apps_configured(&apps);
+        metrics.apps_configured(apps.len());
         tracing::info!(
             apps = apps.len(),
             default = %apps.default_app().id,

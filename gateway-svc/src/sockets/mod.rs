@@ -4,6 +4,7 @@
 //! with its queue of pushes (`outbox.rs`) and its keep-alive on one timer wheel
 //! (`keepalive.rs`); and session-svc's feed of revocations and pushes that acts on them and on
 //! the session cache (`follower.rs`).
+pub mod closing;
 pub mod follower;
 pub mod forwarded;
 pub mod keepalive;

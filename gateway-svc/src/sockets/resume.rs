@@ -23,11 +23,11 @@ use weapp_wire::since::Since;
 
 use crate::{
     error::ApiError,
-    sockets::outbox::{Outbox, Queued, SLOW_CLIENT},
-    sockets::upgrade::{self, Socket},
-    sockets::ws::{
+    sockets::closing::{
         BROKEN, CLIENT_CLOSED, TRY_AGAIN_LATER, close, close_slow, ended, refuse, send_queued,
     },
+    sockets::outbox::{Outbox, Queued, SLOW_CLIENT},
+    sockets::upgrade::{self, Socket},
     state::AppState,
 };
 

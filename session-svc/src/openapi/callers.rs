@@ -14,7 +14,7 @@ use weapp_common::config::{ip_net, within};
 use crate::{
     access::{AllowList, AppScope, KeyRefusal, allow_listed_path},
     error::OpenApiError,
-    reload::LiveConfig,
+    live::LiveConfig,
 };
 
 /// The open-API proxy's settings.

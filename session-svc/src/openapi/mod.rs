@@ -34,8 +34,8 @@ use crate::{
     access::TOKEN_PATHS,
     access_token::AccessTokens,
     error::OpenApiError,
+    live::LiveConfig,
     metrics::SessionMetrics,
-    reload::LiveConfig,
     wechat::{Answer, Passthrough, WeChatClient, from_appid, without_fields},
 };
 
