@@ -90,9 +90,17 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
 
     fn call(&self, request: hyper::Request<Incoming>) -> Answer {
         let (shared, peer, rest) = (self.shared.clone(), self.peer, self.rest);
+        let http1 = request.version() < http::Version::HTTP_2;
         Box::pin(async move {
             let mut response = shared.answer(peer, request).await?;
-            if rest && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            // A refusal in the middle of a body (too large, too slow) ends the connection:
+            // said, so that a client does not pool it and lose its next request to the close.
+            let unread_body = matches!(
+                status,
+                StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+            );
+            if (rest && status != StatusCode::SWITCHING_PROTOCOLS) || (http1 && unread_body) {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -263,6 +263,9 @@ async fn bodies_over_the_routes_limit_are_refused() {
         .await
         .unwrap();
     assert_eq!(chunked.status(), 413);
+    // Refused in the middle of its body: the connection ends, and says so (a client that
+    // pooled it would lose its next request to the close).
+    assert_eq!(chunked.headers()["connection"], "close");
     let (status, seen) = json(
         stack
             .http
