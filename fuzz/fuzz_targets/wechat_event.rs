@@ -7,7 +7,7 @@ use weapp_wire::wechat_event::{dedupe_key, parse};
 fuzz_target!(|data: &[u8]| {
     if let Ok(fields) = parse(data) {
         if let Some(key) = dedupe_key(&fields) {
-            assert!(key.starts_with("msg:") || key.starts_with("event:"));
+            assert!(!key.is_empty());
         }
     }
 });

@@ -59,9 +59,11 @@ pub enum Scope {
     WechatUserData,
     /// The open-API proxy (`openapi/`), for the paths the key's `openapi` list names.
     WechatOpenapi,
+    /// HandleWeChatPush: relay WeChat's message push, as a gateway does.
+    WechatPush,
 }
 
-const SCOPES: [(Scope, &str); 9] = [
+const SCOPES: [(Scope, &str); 10] = [
     (Scope::Validate, "validate"),
     (Scope::Login, "login"),
     (Scope::Follow, "follow"),
@@ -71,6 +73,7 @@ const SCOPES: [(Scope, &str); 9] = [
     (Scope::WechatPhone, "wechat.phone"),
     (Scope::WechatUserData, "wechat.user_data"),
     (Scope::WechatOpenapi, "wechat.openapi"),
+    (Scope::WechatPush, "wechat.push"),
 ];
 
 impl Scope {
@@ -106,6 +109,7 @@ pub fn required_scope(path: &str) -> Option<Scope> {
         "GetAccessToken" | "ReportInvalidAccessToken" => Scope::WechatToken,
         "GetPhoneNumber" => Scope::WechatPhone,
         "DecryptUserData" | "CheckSessionKey" | "ResetSessionKey" => Scope::WechatUserData,
+        "HandleWeChatPush" => Scope::WechatPush,
         // RevokeUser, ForceRefreshAccessToken, and whatever is added before this table
         // learns it: the narrowest door.
         _ => Scope::Admin,

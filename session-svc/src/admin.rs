@@ -9,6 +9,10 @@
 //! session-svc admin force-refresh --reason "…"    ForceRefreshAccessToken [--app <appid>]
 //! session-svc admin publish --open-id <o> <text>  Publish to a user's (or --union-id,
 //!                                                 --session-id) sockets [--app <appid>]
+//! session-svc admin dead-letters [--app <appid>]  ListDeadLetters: WeChat's pushed events
+//!                                                 whose delivery gave up
+//! session-svc admin requeue --all | <eventId>...  RequeueDeadLetters: deliver them again
+//!                                                 [--app <appid>]
 //! ```
 //!
 //! Each prints one line of JSON and exits 0, or prints the refusal and exits 1. The key comes
@@ -25,9 +29,9 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 use weapp_proto::session::v1::{
-    CheckSessionsRequest, ForceRefreshAccessTokenRequest, GetAccessTokenRequest, PublishRequest,
-    PushMessage, RevokeUserRequest, push_message::Target,
-    session_service_client::SessionServiceClient,
+    CheckSessionsRequest, ForceRefreshAccessTokenRequest, GetAccessTokenRequest,
+    ListDeadLettersRequest, PublishRequest, PushMessage, RequeueDeadLettersRequest,
+    RevokeUserRequest, push_message::Target, session_service_client::SessionServiceClient,
 };
 
 /// Where session-svc is and how to be let in.
@@ -112,6 +116,32 @@ pub enum AdminCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// WeChat's pushed events whose delivery to the upstream gave up, oldest first, with why
+    /// (ListDeadLetters).
+    DeadLetters {
+        /// Only this app's (AppId; default: every app the key may act for).
+        #[arg(long)]
+        app: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value = "100")]
+        limit: u32,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Puts dead letters back in the outbox, delivered again at once (RequeueDeadLetters);
+    /// prints how many.
+    Requeue {
+        /// These event ids (as dead-letters lists them).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        event_ids: Vec<String>,
+        /// Every dead letter (of --app, or of every app the key may act for).
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        app: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,7 +153,9 @@ impl AdminCommand {
             | Self::Sessions { connection, .. }
             | Self::Token { connection, .. }
             | Self::ForceRefresh { connection, .. }
-            | Self::Publish { connection, .. } => connection,
+            | Self::Publish { connection, .. }
+            | Self::DeadLetters { connection, .. }
+            | Self::Requeue { connection, .. } => connection,
         }
     }
 
@@ -222,6 +254,50 @@ impl AdminCommand {
                         answer
                     })
             }
+            Self::DeadLetters { app, limit, .. } => client
+                .list_dead_letters(authorized(
+                    ListDeadLettersRequest {
+                        app_id: app.unwrap_or_default(),
+                        limit,
+                    },
+                    key,
+                )?)
+                .await
+                .map(|a| {
+                    let dead: Vec<_> = a
+                        .into_inner()
+                        .dead_letters
+                        .into_iter()
+                        .map(|d| {
+                            json!({
+                                "event_id": d.event_id,
+                                "app_id": d.app_id,
+                                "open_id": d.open_id,
+                                "received_at": d.received_at.map_or(0, |t| t.seconds),
+                                "attempts": d.attempts,
+                                "last_error": d.last_error,
+                                "body": d.body,
+                            })
+                        })
+                        .collect();
+                    json!({ "dead_letters": dead })
+                }),
+            Self::Requeue {
+                event_ids,
+                all,
+                app,
+                ..
+            } => client
+                .requeue_dead_letters(authorized(
+                    RequeueDeadLettersRequest {
+                        app_id: app.unwrap_or_default(),
+                        event_ids,
+                        all,
+                    },
+                    key,
+                )?)
+                .await
+                .map(|a| json!({ "requeued": a.into_inner().requeued })),
         };
         answer
             .map(|value| value.to_string())

@@ -20,6 +20,8 @@
 //! name = "club"
 //! secret_file = "club.secret"
 //! openapi = ["/wxa/msg_sec_check"]   # what its token may serve through the open-API proxy
+//! push_token_file = "club.push-token"        # WeChat's message push (README): the Token,
+//! push_aes_key_file = "club.push-aeskey"     # and the EncodingAESKey (compatible/safe mode)
 //! ```
 //!
 //! Without the file, `WEAPP_APP_ID` and its secret are a one-app list, and everything behaves
@@ -34,7 +36,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::allow_list::AllowList;
+use crate::{allow_list::AllowList, message_push::keys::PushKeys};
 
 /// Longest AppId accepted (WeChat's are 18 characters: `wx` and 16 hex digits).
 const MAX_APP_ID_LEN: usize = 64;
@@ -48,6 +50,8 @@ pub struct App {
     /// The WeChat APIs its token may serve through the open-API proxy; `None`: whatever the
     /// caller's key allows.
     pub openapi: Option<AllowList>,
+    /// Its message-push Token and EncodingAESKey; `None`: its push URL answers 404.
+    pub push: Option<PushKeys>,
 }
 
 impl App {
@@ -62,6 +66,7 @@ impl std::fmt::Debug for App {
             .field("id", &self.id)
             .field("name", &self.name)
             .field("openapi", &self.openapi)
+            .field("push", &self.push)
             .finish_non_exhaustive()
     }
 }
@@ -115,6 +120,8 @@ struct AppEntry {
     name: Option<String>,
     secret_file: PathBuf,
     openapi: Option<Vec<String>>,
+    push_token_file: Option<PathBuf>,
+    push_aes_key_file: Option<PathBuf>,
 }
 
 /// An AppId as WeChat spells them: short, visible ASCII letters and digits.
@@ -125,8 +132,13 @@ pub fn well_formed_app_id(id: &str) -> bool {
 }
 
 impl Apps {
-    /// One app: `WEAPP_APP_ID` and its secret, as before apps files.
-    pub fn single(app_id: &str, secret: SecretString) -> Result<Self, String> {
+    /// One app: `WEAPP_APP_ID` and its secret (and its message-push files, Token then
+    /// EncodingAESKey), as before apps files.
+    pub fn single(
+        app_id: &str,
+        secret: SecretString,
+        push: Option<(&Path, Option<&Path>)>,
+    ) -> Result<Self, String> {
         if !well_formed_app_id(app_id) {
             return Err(format!("WEAPP_APP_ID {app_id:?} is not an AppId"));
         }
@@ -137,11 +149,21 @@ impl Apps {
         digest.update(app_id.as_bytes());
         digest.update([0]);
         digest.update(secret.expose_secret().as_bytes());
+        let push = match push {
+            None => None,
+            Some((token, aes_key)) => {
+                let (keys, read) = PushKeys::load(token, aes_key)?;
+                digest.update([0]);
+                digest.update(read);
+                Some(keys)
+            }
+        };
         let app = Arc::new(App {
             id: app_id.into(),
             name: app_id.into(),
             secret,
             openapi: None,
+            push,
         });
         Ok(Self {
             apps: Arc::new(BTreeMap::from([(app.id.clone(), app.clone())])),
@@ -196,6 +218,24 @@ impl Apps {
                 None => None,
                 Some(paths) => Some(AllowList::new(paths).map_err(problem)?),
             };
+            let push = match (&entry.push_token_file, &entry.push_aes_key_file) {
+                (None, None) => None,
+                (None, Some(_)) => {
+                    return Err(problem(
+                        "`push_aes_key_file` needs `push_token_file` (WeChat signs every push \
+                         with the Token)"
+                            .into(),
+                    ));
+                }
+                (Some(token), aes_key) => {
+                    let aes_key = aes_key.as_ref().map(|k| dir.join(k));
+                    let (keys, read) =
+                        PushKeys::load(&dir.join(token), aes_key.as_deref()).map_err(problem)?;
+                    digest.update([1]);
+                    digest.update(read);
+                    Some(keys)
+                }
+            };
             let name = entry
                 .name
                 .map(|n| n.trim().to_owned())
@@ -209,6 +249,7 @@ impl Apps {
                     name: name.into(),
                     secret: SecretString::from(secret.to_owned()),
                     openapi,
+                    push,
                 }),
             );
         }
@@ -392,11 +433,11 @@ mod tests {
 
     #[test]
     fn one_app_from_the_environment_is_a_one_app_list() {
-        let apps = Apps::single("wx123", SecretString::from("s".to_owned())).unwrap();
+        let apps = Apps::single("wx123", SecretString::from("s".to_owned()), None).unwrap();
         assert_eq!(apps.len(), 1);
         assert_eq!(&*apps.default_app().id, "wx123");
         assert!(apps.source().is_none());
         assert!(apps.same_as(&apps.reread().unwrap()));
-        assert!(Apps::single("", SecretString::from("s".to_owned())).is_err());
+        assert!(Apps::single("", SecretString::from("s".to_owned()), None).is_err());
     }
 }

@@ -90,6 +90,9 @@ pub struct Settings {
     #[command(flatten)]
     pub streams: StreamSettings,
 
+    #[command(flatten)]
+    pub message_push: crate::message_push::MessagePushSettings,
+
     /// How often expired sessions are swept from the store.
     #[arg(long, env = "WEAPP_PURGE_INTERVAL", default_value = "1m", value_parser = duration)]
     pub purge_interval: Duration,

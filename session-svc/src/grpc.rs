@@ -17,6 +17,7 @@ use weapp_proto::session::v1::{
     WatchRevocationsRequest, session_service_server::SessionService,
 };
 
+mod message_push;
 mod scoping;
 
 use crate::{
@@ -42,6 +43,15 @@ const STREAM_WRITERS: usize = 16;
 /// How long a new follower waits for a feed that is not live yet before it is refused.
 const FOLLOWER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// WeChat's message push as the RPCs reach it: the intake, and the store's outbox for the
+/// operator's calls.
+pub struct MessagePushRpcs {
+    pub intake: Arc<crate::message_push::Intake>,
+    pub store: Arc<dyn crate::store::EventStore>,
+    /// Wakes this replica's outbox (a requeue is delivered at once).
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
 /// What session-svc does as the app's central control server for WeChat's server APIs.
 pub struct WeChatServices {
     pub tokens: Arc<AccessTokens>,
@@ -60,6 +70,7 @@ pub struct SessionGrpc {
     wechat: WeChatServices,
     /// Signs identity assertions, when a key is configured.
     identity: Option<Arc<IdentitySigner>>,
+    message_push: MessagePushRpcs,
     /// Ends the open-ended revocation streams, which graceful shutdown would otherwise wait
     /// on forever.
     shutdown: CancellationToken,
@@ -70,8 +81,10 @@ impl SessionGrpc {
         (login, sessions, pushes): (Arc<LoginService>, Arc<SessionManager>, Arc<Pushes>),
         wechat: WeChatServices,
         (identity, live, streams): (Option<Arc<IdentitySigner>>, Arc<LiveConfig>, Arc<Streams>),
+        message_push: MessagePushRpcs,
     ) -> Self {
         Self {
+            message_push,
             live,
             streams,
             login,
@@ -464,6 +477,29 @@ impl SessionService for SessionGrpc {
                 })
                 .collect(),
         }))
+    }
+
+    async fn handle_we_chat_push(
+        &self,
+        request: Request<pb::WeChatPushRequest>,
+    ) -> Result<Response<pb::WeChatPushResponse>, Status> {
+        Ok(Response::new(
+            self.relay_wechat_push(request.get_ref()).await,
+        ))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        Ok(Response::new(self.list_dead(&request).await?))
+    }
+
+    async fn requeue_dead_letters(
+        &self,
+        request: Request<pb::RequeueDeadLettersRequest>,
+    ) -> Result<Response<pb::RequeueDeadLettersResponse>, Status> {
+        Ok(Response::new(self.requeue_dead(&request).await?))
     }
 
     async fn presence(

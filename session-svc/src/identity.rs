@@ -112,6 +112,22 @@ struct Claims<'a> {
     phone_number_verified: Option<bool>,
 }
 
+/// What an event's assertion says: which app's event, about whom, and the digest of the body
+/// it came with, so an upstream believes the body only if it matches.
+#[derive(Serialize)]
+struct EventClaims<'a> {
+    iss: &'a str,
+    /// The user the event is about (FromUserName); absent for events about no user.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    sub: &'a str,
+    appid: &'a str,
+    event_id: &'a str,
+    /// Lowercase hex SHA-256 of the delivered body.
+    body_sha256: &'a str,
+    iat: i64,
+    exp: i64,
+}
+
 /// A signed assertion and how long it is good for.
 pub struct Assertion {
     pub token: String,
@@ -173,6 +189,34 @@ impl IdentitySigner {
                 None
             }
         }
+    }
+}
+
+impl IdentitySigner {
+    /// An assertion for one delivery of WeChat's pushed event (`body_sha256`: of the body
+    /// as delivered), good for the assertions' lifetime from `now`.
+    pub fn sign_event(
+        &self,
+        (app_id, open_id, event_id): (&str, &str, &str),
+        body_sha256: &str,
+        now: UnixMillis,
+    ) -> Option<String> {
+        let signer = self.settings.keys.first()?;
+        let iat = now.div_euclid(1000);
+        let claims = EventClaims {
+            iss: &self.settings.issuer,
+            sub: open_id,
+            appid: app_id,
+            event_id,
+            body_sha256,
+            iat,
+            exp: iat.saturating_add(i64::try_from(self.settings.ttl.as_secs()).unwrap_or(i64::MAX)),
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(signer.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &signer.key)
+            .inspect_err(|e| tracing::error!(error = %e, "cannot sign an event assertion"))
+            .ok()
     }
 }
 

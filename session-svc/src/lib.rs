@@ -18,6 +18,7 @@ pub mod identity;
 pub mod live;
 pub mod login;
 pub mod login_limit;
+pub mod message_push;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;

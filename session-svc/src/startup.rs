@@ -17,12 +17,13 @@ use crate::{
     cluster::ClusterFeed,
     config::Settings,
     credentials,
-    grpc::{SessionGrpc, WeChatServices},
+    grpc::{MessagePushRpcs, SessionGrpc, WeChatServices},
     health::StoreWatch,
     identity::IdentitySigner,
     live::LiveConfig,
     login::LoginService,
     login_limit::LoginLimit,
+    message_push::{Intake, Outbox, PushMetrics},
     metrics::SessionMetrics,
     observe::ObserveLayer,
     openapi::{Callers, OpenApi},
@@ -34,7 +35,8 @@ use crate::{
     session::SessionManager,
     session_keys::SessionKeys,
     store::{
-        EmbeddedStore, Metered, MongoStore, SecretStore, SessionStore, StoreError, StreamStore,
+        EmbeddedStore, EventStore, Metered, MongoStore, SecretStore, SessionStore, StoreError,
+        StreamStore,
     },
     streams::Streams,
     vault::Vault,
@@ -61,8 +63,13 @@ pub enum StartupError {
     Otlp(#[from] weapp_common::otlp::OtlpError),
 }
 
-/// The store's other two faces: secrets (tokens, leases, session_keys) and users' streams.
-type Faces = (Arc<dyn SecretStore>, Arc<dyn StreamStore>);
+/// The store's other faces: secrets (tokens, leases, session_keys), users' streams, and
+/// WeChat's pushed events.
+type Faces = (
+    Arc<dyn SecretStore>,
+    Arc<dyn StreamStore>,
+    Arc<dyn EventStore>,
+);
 
 pub struct Application {
     listener: TcpListener,
@@ -81,6 +88,10 @@ pub struct Application {
     login: Arc<LoginService>,
     store: Arc<dyn SessionStore>,
     secrets: Arc<dyn SecretStore>,
+    /// WeChat's pushed events: delivered by the outbox, swept once delivered long enough.
+    events: Arc<dyn EventStore>,
+    outbox: Arc<Outbox>,
+    keep_delivered: Duration,
     /// On MongoDB: the feed between replicas, and the local feed it fills.
     cluster: Option<(Arc<ClusterFeed>, Arc<RevocationFeed>, Arc<Pushes>)>,
     background: CancellationToken,
@@ -95,7 +106,7 @@ impl Application {
         settings.check().map_err(StartupError::Config)?;
         let metrics = SessionMetrics::new(Registry::for_listen(settings.metrics_listen));
         let per_user = settings.login.max_per_user_per_minute;
-        let (store, (secrets, streams), cluster, login_limit): (
+        let (store, (secrets, streams, events), cluster, login_limit): (
             Arc<dyn SessionStore>,
             Faces,
             _,
@@ -105,7 +116,7 @@ impl Application {
                 let store = Arc::new(EmbeddedStore::open(&settings.store.data_dir)?);
                 (
                     store.clone(),
-                    (store.clone(), store),
+                    (store.clone(), store.clone(), store),
                     None,
                     LoginLimit::local(per_user),
                 )
@@ -120,7 +131,7 @@ impl Application {
                     ClusterFeed::new(store.database(), replica, settings.store.mongo.replica_feed);
                 (
                     store.clone(),
-                    (store.clone(), store),
+                    (store.clone(), store.clone(), store),
                     Some(cluster),
                     login_limit,
                 )
@@ -129,6 +140,7 @@ impl Application {
         let store: Arc<dyn SessionStore> = Arc::new(Metered::new(store, metrics.clone()));
         let secrets: Arc<dyn SecretStore> = Arc::new(Metered::new(secrets, metrics.clone()));
         let streams: Arc<dyn StreamStore> = Arc::new(Metered::new(streams, metrics.clone()));
+        let events: Arc<dyn EventStore> = Arc::new(Metered::new(events, metrics.clone()));
         let streams = Arc::new(Streams::new(streams, settings.streams, metrics.clone()));
         // Background work started by requests (the access_token refresher) ends with this.
         let background = CancellationToken::new();
@@ -212,6 +224,39 @@ impl Application {
             MetricsListen::Off => None,
             MetricsListen::At(addr) => Some(weapp_common::bind(addr).await?),
         };
+        let push_metrics = PushMetrics::new(&metrics.registry);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let identity = IdentitySigner::new(&settings.identity).map(Arc::new);
+        let intake = Arc::new(Intake::new(
+            (live.clone(), events.clone()),
+            settings.message_push.clone(),
+            push_metrics.clone(),
+            wake.clone(),
+        ));
+        let owner = credentials::Credentials::generate()
+            .map_err(|e| StartupError::Config(format!("OS random source: {e}")))?
+            .id;
+        let outbox = Arc::new(
+            Outbox::new(
+                events.clone(),
+                settings.message_push.clone(),
+                (identity.clone(), push_metrics),
+                (wake.clone(), owner),
+            )
+            .map_err(StartupError::Config)?,
+        );
+        let serving = live.apps();
+        let pushed_to = serving
+            .ids()
+            .filter(|id| serving.get(id).is_some_and(|a| a.push.is_some()))
+            .count();
+        if settings.message_push.upstream.is_none() && pushed_to > 0 {
+            tracing::warn!(
+                apps = pushed_to,
+                "message push is configured but WEAPP_WECHAT_PUSH_UPSTREAM is not: events are \
+                 kept and wait in the outbox"
+            );
+        }
         let reloader = Reloader {
             live: live.clone(),
             feed: sessions.feed(),
@@ -236,14 +281,18 @@ impl Application {
                     phones,
                     session_keys,
                 },
-                (
-                    IdentitySigner::new(&settings.identity).map(Arc::new),
-                    live,
-                    streams,
-                ),
+                (identity, live, streams),
+                MessagePushRpcs {
+                    intake,
+                    store: events.clone(),
+                    wake,
+                },
             ),
             store,
             secrets,
+            events,
+            outbox,
+            keep_delivered: settings.message_push.keep_delivered,
             cluster: cluster.map(|c| (c, feed, pushes)),
             background,
             purge_interval: settings.purge_interval,
@@ -344,11 +393,12 @@ impl Application {
             }
         });
         let sweeper = tokio::spawn(sweep_expired(
-            self.store.clone(),
-            self.secrets.clone(),
+            (self.store.clone(), self.secrets.clone()),
+            (self.events.clone(), self.keep_delivered),
             self.purge_interval,
             shutdown.clone(),
         ));
+        let outbox = tokio::spawn(self.outbox.clone().run(shutdown.clone()));
         let metrics_server = self.metrics_listener.map(|(listener, addr)| {
             tracing::info!(%addr, "session-svc metrics at /metrics");
             tokio::spawn(self.metrics.registry.clone().serve(
@@ -399,6 +449,7 @@ impl Application {
         }
         let tasks = [
             ("expiry sweeper", Some(sweeper)),
+            ("outbox", Some(outbox)),
             ("metrics server", metrics_server),
             ("open-API proxy", openapi_server),
             ("feed between replicas", follower),
@@ -418,8 +469,8 @@ impl Application {
 /// Deletes expired sessions now and then; reads refuse expired sessions regardless, so this
 /// only keeps the store from growing.
 async fn sweep_expired(
-    store: Arc<dyn SessionStore>,
-    secrets: Arc<dyn SecretStore>,
+    (store, secrets): (Arc<dyn SessionStore>, Arc<dyn SecretStore>),
+    (events, keep_delivered): (Arc<dyn EventStore>, Duration),
     every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -439,6 +490,13 @@ async fn sweep_expired(
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "expired session_keys swept"),
             Err(e) => tracing::warn!(error = %e, "session_key sweep failed"),
+        }
+        let now = now_millis();
+        let keep = i64::try_from(keep_delivered.as_millis()).unwrap_or(i64::MAX);
+        match events.purge_events(now.saturating_sub(keep), now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "delivered events and old nonces swept"),
+            Err(e) => tracing::warn!(error = %e, "event sweep failed"),
         }
     }
 }

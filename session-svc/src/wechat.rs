@@ -47,6 +47,24 @@ pub struct WeChatSettings {
     #[arg(long, env = "WEAPP_APP_SECRET_FILE", value_parser = secret_file)]
     pub app_secret_file: Option<SecretString>,
 
+    /// File holding the message-push Token typed into WeChat's console (README, "WeChat's
+    /// message push"), for a deployment of one app (an apps file names one per app).
+    #[arg(
+        long,
+        env = "WEAPP_WECHAT_PUSH_TOKEN_FILE",
+        conflicts_with = "apps_file"
+    )]
+    pub push_token_file: Option<std::path::PathBuf>,
+
+    /// File holding the message-push EncodingAESKey (compatible or safe mode).
+    #[arg(
+        long,
+        env = "WEAPP_WECHAT_PUSH_AES_KEY_FILE",
+        conflicts_with = "apps_file",
+        requires = "push_token_file"
+    )]
+    pub push_aes_key_file: Option<std::path::PathBuf>,
+
     /// Base URL of WeChat's API (the sandbox's URL for local runs).
     #[arg(id = "wechat_base_url", value_name = "WECHAT_BASE_URL", long = "wechat-base-url", env = "WEAPP_WECHAT_BASE_URL", default_value = "https://api.weixin.qq.com", value_parser = base_url)]
     pub base_url: Url,
@@ -85,7 +103,13 @@ impl WeChatSettings {
                 .into());
         }
         match self.app_secret() {
-            Some(s) if !s.expose_secret().is_empty() => Apps::single(app_id, s.clone()),
+            Some(s) if !s.expose_secret().is_empty() => Apps::single(
+                app_id,
+                s.clone(),
+                self.push_token_file
+                    .as_deref()
+                    .map(|token| (token, self.push_aes_key_file.as_deref())),
+            ),
             Some(_) => Err("WEAPP_APP_SECRET is empty".into()),
             None => Err(
                 "the AppSecret is missing: set WEAPP_APP_SECRET_FILE (or WEAPP_APP_SECRET)".into(),

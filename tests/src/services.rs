@@ -51,6 +51,11 @@ fn bin_dir() -> &'static Path {
     })
 }
 
+/// A shipped binary of this build (`session-svc`, `gateway-svc`), for its subcommands.
+pub fn binary(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
 /// One service process: its address, environment and log, restartable on the same port.
 pub struct ServiceProcess {
     name: &'static str,

@@ -6,12 +6,13 @@
 //! * `/…/upload` reads its body as it streams, says when the first bytes arrived
 //!   ([`Upstream::first_bytes`]) and answers the length and SHA-256;
 //! * `/…/stream` sends one chunk, waits for [`Upstream::release`], then sends the rest;
-//! * `/…/slow` answers after 5 s; `/…/fail` answers 500.
+//! * `/…/slow` answers after 5 s; `/…/fail` answers 500;
+//! * anything answers 503 and is not recorded while [`Upstream::set_down`] says so.
 use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -35,6 +36,7 @@ struct Shared {
     connections: AtomicUsize,
     first_bytes: Notify,
     release: Notify,
+    down: AtomicBool,
 }
 
 pub struct Upstream {
@@ -51,7 +53,12 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Listening on `addr` (a reserved port: nothing answered there until now).
+    pub async fn start_at(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared::default());
         let app = Router::new().fallback(handle).with_state(shared.clone());
@@ -92,6 +99,11 @@ impl Upstream {
         self.shared.first_bytes.notified().await
     }
 
+    /// While down, every request gets 503 and is not recorded (a broken upstream).
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.store(down, Ordering::SeqCst);
+    }
+
     /// Lets a `/stream` answer finish.
     pub fn release(&self) {
         self.shared.release.notify_one()
@@ -121,6 +133,9 @@ fn describe(request: &Request, body: &[u8], length: usize, digest: &[u8]) -> Val
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
+    if shared.down.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
     if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_secs(5)).await;
         return "late".into_response();

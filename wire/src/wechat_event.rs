@@ -48,8 +48,10 @@ pub fn parse(body: &[u8]) -> Result<Map<String, Value>, EventError> {
     }
 }
 
-/// What an event is known by, for WeChat's retries (three tries, the same event): its
-/// `MsgId`, else who sent it, when and which event.
+/// What an event is known by, for WeChat's retries (three tries, the same event) and for the
+/// team's upstream (its event id): its `MsgId` as a decimal string (MsgIds exceed 2^53, so
+/// never a JSON number downstream), else `FromUserName:CreateTime:Event` (an event has no
+/// MsgId; MsgIds are digits only, so the two never collide).
 pub fn dedupe_key(fields: &Map<String, Value>) -> Option<String> {
     let text = |name: &str| match fields.get(name)? {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -57,14 +59,14 @@ pub fn dedupe_key(fields: &Map<String, Value>) -> Option<String> {
         _ => None,
     };
     if let Some(id) = text("MsgId").or_else(|| text("MsgID")) {
-        return Some(format!("msg:{id}"));
+        return Some(id);
     }
     let from = text("FromUserName")?;
     let at = text("CreateTime")?;
     let what = text("Event")
         .or_else(|| text("MsgType"))
         .unwrap_or_default();
-    Some(format!("event:{from}:{at}:{what}"))
+    Some(format!("{from}:{at}:{what}"))
 }
 
 /// One element being read: its name and what it holds so far.
@@ -221,7 +223,7 @@ mod tests {
         );
         assert_eq!(
             dedupe_key(&from_xml).as_deref(),
-            Some("msg:9223372036854775809")
+            Some("9223372036854775809")
         );
     }
 
@@ -238,7 +240,7 @@ mod tests {
         assert_eq!(fields["Empty"], "");
         assert_eq!(
             dedupe_key(&fields).as_deref(),
-            Some("event:o-user:1700000001:subscribe_msg_popup_event")
+            Some("o-user:1700000001:subscribe_msg_popup_event")
         );
     }
 

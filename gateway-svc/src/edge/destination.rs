@@ -31,10 +31,16 @@ pub enum Own {
     Jwks,
     Healthz,
     Readyz,
+    /// WeChat's message push: `/wechat/push` for the default app, `/wechat/push/{appid}` for
+    /// each app (session-svc holds the Token and decides).
+    WeChatPush,
 }
 
+/// Where WeChat posts an app's events.
+pub const WECHAT_PUSH: &str = "/wechat/push";
+
 impl Own {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Login,
         Self::Me,
         Self::Logout,
@@ -44,6 +50,7 @@ impl Own {
         Self::Jwks,
         Self::Healthz,
         Self::Readyz,
+        Self::WeChatPush,
     ];
 
     /// Its path; the login path is a setting (`None`).
@@ -58,6 +65,7 @@ impl Own {
             Self::Jwks => "/.well-known/jwks.json",
             Self::Healthz => "/healthz",
             Self::Readyz => "/readyz",
+            Self::WeChatPush => WECHAT_PUSH,
         })
     }
 
@@ -161,6 +169,12 @@ impl Routing {
         if let Some(own) = Own::ALL.into_iter().find(|o| o.fixed_path() == Some(path)) {
             return Destination::Own(own);
         }
+        if path
+            .strip_prefix(WECHAT_PUSH)
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return Destination::Own(Own::WeChatPush);
+        }
         match self.business.iter().find(|b| b.route.takes(path)) {
             Some(business) => Destination::Business(business.clone()),
             None => Destination::Other,
@@ -221,6 +235,10 @@ mod tests {
             "the default login path is not this gateway's"
         );
         assert_eq!(label("/anything"), OTHER);
+        assert_eq!(label("/wechat/push"), "/wechat/push");
+        assert_eq!(label("/wechat/push/wx0123"), "/wechat/push");
+        assert_eq!(label("/wechat/pushy"), OTHER);
+        assert!(!routing.decide("/wechat/push/wx0123").takes_session());
         assert!(matches!(routing.decide("/api/x"), Destination::Business(_)));
         assert!(routing.decide("/api/x").takes_session());
         assert!(!routing.decide("/healthz").takes_session());

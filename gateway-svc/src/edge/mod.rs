@@ -14,3 +14,4 @@ pub mod per_address;
 pub mod rate_limit;
 pub mod served;
 pub mod server;
+pub mod wechat_push;

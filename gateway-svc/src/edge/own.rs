@@ -18,6 +18,7 @@ use weapp_wire::UserInfo;
 use crate::{
     apps::login_app,
     edge::destination::Own,
+    edge::wechat_push,
     error::ApiError,
     sessions::identity::APP_ID,
     sessions::resolver::{AuthSession, Need},
@@ -41,6 +42,7 @@ pub fn handlers(state: &AppState) -> Vec<MethodRouter> {
                 Own::Jwks => get(jwks),
                 Own::Healthz => get(|| async { "ok" }),
                 Own::Readyz => get(readyz),
+                Own::WeChatPush => any(wechat_push::relay),
             };
             handler.with_state(state.clone())
         })

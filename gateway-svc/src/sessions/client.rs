@@ -21,6 +21,9 @@ use weapp_proto::session::v1::{
     subject,
 };
 
+/// WeChat waits 5 s for an answer to its push, then tries again: answer within it.
+const WECHAT_PUSH_DEADLINE: Duration = Duration::from_millis(4500);
+
 #[derive(Clone)]
 pub struct SessionClient {
     replicas: Arc<Replicas>,
@@ -131,6 +134,25 @@ impl SessionClient {
         .await?
         .phone
         .ok_or_else(|| Status::internal("session service sent no phone number"))
+    }
+
+    /// Relays one request to an app's message-push URL; session-svc decides and answers
+    /// within WeChat's 5 s. Tried once more on another replica: a request kept twice is one
+    /// event (session-svc deduplicates).
+    pub async fn wechat_push(
+        &self,
+        message: weapp_proto::session::v1::WeChatPushRequest,
+    ) -> Result<weapp_proto::session::v1::WeChatPushResponse, Status> {
+        self.call(
+            "HandleWeChatPush",
+            WECHAT_PUSH_DEADLINE,
+            Retry::Once,
+            |mut client, time| {
+                let request = with_deadline(message.clone(), time);
+                async move { client.handle_we_chat_push(request).await }
+            },
+        )
+        .await
     }
 
     /// Where the session's user's stream is, and with `since` what they missed (a

@@ -4,6 +4,7 @@
 //! New sessions are committed in groups: logins that arrive while a commit is in flight are
 //! written together by the next one, so N concurrent logins cost one fsync instead of N, and
 //! each login still answers only once its session is on disk.
+mod events;
 mod secrets;
 mod streams;
 
@@ -110,6 +111,10 @@ impl EmbeddedStore {
         index_union_ids(&txn)?;
         txn.open_table(secrets::TOKENS).map_err(unavailable)?;
         txn.open_table(streams::STREAMS).map_err(unavailable)?;
+        txn.open_table(events::EVENTS).map_err(unavailable)?;
+        txn.open_table(events::OUTBOX).map_err(unavailable)?;
+        txn.open_table(events::DEAD).map_err(unavailable)?;
+        txn.open_table(events::NONCES).map_err(unavailable)?;
         txn.open_table(secrets::LEASES).map_err(unavailable)?;
         txn.open_table(secrets::SESSION_KEYS).map_err(unavailable)?;
         txn.open_table(secrets::SESSION_KEYS_BY_EXPIRY)

@@ -5,7 +5,8 @@ use std::{sync::Arc, time::Instant};
 use async_trait::async_trait;
 
 use super::{
-    SecretStore, SessionStore, StoreError, StoredSessionKey, StoredToken, Stream, StreamStore,
+    Event, EventStore, NonceSeen, OutboxStats, Requeue, SecretStore, SessionStore, StoreError,
+    StoredSessionKey, StoredToken, Stream, StreamStore,
 };
 use crate::{
     metrics::SessionMetrics,
@@ -155,6 +156,81 @@ impl StreamStore for Metered<dyn StreamStore> {
         self.timed(
             "save_stream",
             self.store.save_stream(open_id, stream, expected),
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl EventStore for Metered<dyn EventStore> {
+    async fn note_nonce(
+        &self,
+        app_id: &str,
+        request: (i64, &str),
+        body_sha256: &str,
+        until: UnixMillis,
+    ) -> Result<NonceSeen, StoreError> {
+        self.timed(
+            "note_nonce",
+            self.store.note_nonce(app_id, request, body_sha256, until),
+        )
+        .await
+    }
+
+    async fn keep_event(&self, event: &Event) -> Result<bool, StoreError> {
+        self.timed("keep_event", self.store.keep_event(event)).await
+    }
+
+    async fn claim_events(
+        &self,
+        owner: &str,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.timed(
+            "claim_events",
+            self.store.claim_events(owner, now, lease_until, limit),
+        )
+        .await
+    }
+
+    async fn settle_event(&self, event: &Event, owner: &str) -> Result<bool, StoreError> {
+        self.timed("settle_event", self.store.settle_event(event, owner))
+            .await
+    }
+
+    async fn dead_letters(
+        &self,
+        app_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.timed("dead_letters", self.store.dead_letters(app_id, limit))
+            .await
+    }
+
+    async fn requeue_dead(
+        &self,
+        app_id: Option<&str>,
+        which: Requeue<'_>,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        self.timed("requeue_dead", self.store.requeue_dead(app_id, which, now))
+            .await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.timed("outbox_stats", self.store.outbox_stats()).await
+    }
+
+    async fn purge_events(
+        &self,
+        delivered_before: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        self.timed(
+            "purge_events",
+            self.store.purge_events(delivered_before, now),
         )
         .await
     }

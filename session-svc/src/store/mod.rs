@@ -1,12 +1,14 @@
 //! Where sessions live. Every store implements [`SessionStore`] and passes the same
 //! conformance suite; the embedded store is the default, MongoDB slots in beside it.
 mod embedded;
+pub mod events;
 mod metered;
 mod mongo;
 pub mod secrets;
 pub mod streams;
 
 pub use embedded::EmbeddedStore;
+pub use events::{Event, EventState, EventStore, NonceSeen, OutboxStats, Requeue};
 pub use metered::Metered;
 pub use mongo::{MongoSettings, MongoStore};
 pub use secrets::{SecretStore, StoredSessionKey, StoredToken};

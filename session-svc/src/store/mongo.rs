@@ -12,6 +12,7 @@
 //! apps). The TTL monitor runs once a minute, so reads
 //! check expiry themselves (in `SessionManager`). WeChat's session_keys and the access_token
 //! live in collections of their own (`mongo/secrets.rs`), sealed.
+mod events;
 mod secrets;
 mod streams;
 
@@ -162,6 +163,8 @@ pub struct MongoStore {
     db: Database,
     /// Users' streams of pushes (`mongo/streams.rs`).
     streams: Collection<streams::StreamDoc>,
+    /// WeChat's pushed events and the nonces they came with (`mongo/events.rs`).
+    events: events::Collections,
 }
 
 /// Driver errors become "unavailable": the only thing a caller can do is try again later.
@@ -227,6 +230,7 @@ impl MongoStore {
             sessions: db.collection(COLLECTION),
             secrets: secrets::Collections::new(&db),
             streams: streams::collection(&db),
+            events: events::Collections::new(&db),
             database,
             hosts,
             db,
@@ -295,7 +299,8 @@ impl SessionStore for MongoStore {
             .create_indexes([ttl, by_user, by_person])
             .await
             .map_err(unavailable)?;
-        self.secrets.prepare().await
+        self.secrets.prepare().await?;
+        self.events.prepare().await
     }
 
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {

@@ -9,8 +9,9 @@ use session_svc::{
     record::{PhoneNumber, SessionRecord, UserInfo, now_millis},
     session::{SessionManager, SessionPolicy},
     store::{
-        EmbeddedStore, MongoSettings, MongoStore, SecretStore, SessionStore, StoredSessionKey,
-        StoredToken, Stream, StreamStore, Window,
+        EmbeddedStore, Event, EventState, EventStore, MongoSettings, MongoStore, NonceSeen,
+        Requeue, SecretStore, SessionStore, StoredSessionKey, StoredToken, Stream, StreamStore,
+        Window,
     },
     vault::Sealed,
 };
@@ -41,6 +42,32 @@ impl Harness {
         (store, secrets)
     }
 
+    /// The store of WeChat's pushed events of one opened instance.
+    async fn open_events(&self) -> Arc<dyn EventStore> {
+        match self {
+            Self::Embedded(dir) => Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
+            Self::Mongo(..) => Arc::new(self.mongo_store().await),
+        }
+    }
+
+    async fn mongo_store(&self) -> MongoStore {
+        let Self::Mongo(server, database) = self else {
+            panic!("not MongoDB");
+        };
+        let store = MongoStore::connect(&MongoSettings {
+            mongodb_uri: Some(SecretString::from(server.uri())),
+            mongodb_uri_file: None,
+            password: None,
+            database: Some(database.clone()),
+            replica_feed: session_svc::cluster::FeedMode::Auto,
+            timeout: Duration::from_secs(2),
+        })
+        .await
+        .unwrap();
+        store.prepare().await.unwrap();
+        store
+    }
+
     /// The three faces of one opened instance.
     async fn open_all(
         &self,
@@ -54,19 +81,8 @@ impl Harness {
                 let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
                 (store.clone(), store.clone(), store)
             }
-            Self::Mongo(server, database) => {
-                let store = MongoStore::connect(&MongoSettings {
-                    mongodb_uri: Some(SecretString::from(server.uri())),
-                    mongodb_uri_file: None,
-                    password: None,
-                    database: Some(database.clone()),
-                    replica_feed: session_svc::cluster::FeedMode::Auto,
-                    timeout: Duration::from_secs(2),
-                })
-                .await
-                .unwrap();
-                store.prepare().await.unwrap();
-                let store = Arc::new(store);
+            Self::Mongo(..) => {
+                let store = Arc::new(self.mongo_store().await);
                 (store.clone(), store.clone(), store)
             }
         }
@@ -264,6 +280,195 @@ async fn streams_are_written_by_compare_and_swap(h: Harness) {
     assert_eq!(kept.keyed("k-a"), Some(1));
     assert_eq!(kept.app_id.as_deref(), Some(APP));
     assert_eq!(streams.load_stream("o2").await.unwrap(), None, "per user");
+}
+
+fn pushed(app: &str, event_id: &str, at: i64) -> Event {
+    Event {
+        app_id: app.into(),
+        event_id: event_id.into(),
+        open_id: "o-user".into(),
+        body: format!(r#"{{"MsgId":{event_id}}}"#),
+        received_at: at,
+        state: EventState::Pending,
+        attempts: 0,
+        next_at: at,
+        lease_until: 0,
+        owner: String::new(),
+        last_error: None,
+        settled_at: None,
+    }
+}
+
+/// WeChat's pushed events: keeping one is its deduplication (per app), a `(timestamp,
+/// nonce)` seen again is told apart by its body, and both survive a restart.
+async fn pushed_events_are_kept_once_and_replays_told_apart(h: Harness) {
+    let events = h.open_events().await;
+    let now = now_millis();
+    let until = now + 60_000;
+    let seen = |body: &'static str| {
+        let events = events.clone();
+        async move {
+            events
+                .note_nonce(APP, (1_700_000_000, "n1"), body, until)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(seen("sha-a").await, NonceSeen::First);
+    assert_eq!(seen("sha-a").await, NonceSeen::SameBody, "WeChat's retry");
+    assert_eq!(seen("sha-b").await, NonceSeen::OtherBody, "a replay");
+    assert_eq!(
+        events
+            .note_nonce("wxother", (1_700_000_000, "n1"), "sha-b", until)
+            .await
+            .unwrap(),
+        NonceSeen::First,
+        "per app"
+    );
+    let event = pushed(APP, "6054768590064713728", now);
+    assert!(events.keep_event(&event).await.unwrap());
+    assert!(!events.keep_event(&event).await.unwrap(), "a duplicate");
+    assert!(
+        events
+            .keep_event(&pushed("wxother", "6054768590064713728", now))
+            .await
+            .unwrap(),
+        "event ids are per app"
+    );
+    drop(events);
+    let events = h.open_events().await;
+    assert!(
+        !events.keep_event(&event).await.unwrap(),
+        "kept across a restart"
+    );
+    assert_eq!(
+        events
+            .note_nonce(APP, (1_700_000_000, "n1"), "sha-c", until)
+            .await
+            .unwrap(),
+        NonceSeen::OtherBody
+    );
+    let stats = events.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (2, 0));
+    assert_eq!(stats.oldest_pending, Some(now));
+    // Nonces past their time are forgotten; pending events never are.
+    events.purge_events(now + 1, until + 1).await.unwrap();
+    assert_eq!(
+        events
+            .note_nonce(APP, (1_700_000_000, "n1"), "sha-c", until)
+            .await
+            .unwrap(),
+        NonceSeen::First
+    );
+    assert!(!events.keep_event(&event).await.unwrap());
+}
+
+/// The outbox: a due event is claimed by one replica at a time, settled only by its holder,
+/// claimed again when a lease runs out; dead letters are listed and requeued; delivered
+/// events are forgotten after their time.
+async fn one_replica_delivers_each_event(h: Harness) {
+    let events = h.open_events().await;
+    let now = now_millis();
+    for (n, id) in ["1", "2", "3"].into_iter().enumerate() {
+        assert!(
+            events
+                .keep_event(&pushed(APP, id, now - 10 + n as i64))
+                .await
+                .unwrap()
+        );
+    }
+    let mut later = pushed(APP, "4", now);
+    later.next_at = now + 60_000;
+    assert!(events.keep_event(&later).await.unwrap());
+    let lease = now + 30_000;
+    let first = events.claim_events("r1", now, lease, 2).await.unwrap();
+    let second = events.claim_events("r2", now, lease, 10).await.unwrap();
+    let ids =
+        |claimed: &[Event]| -> Vec<String> { claimed.iter().map(|e| e.event_id.clone()).collect() };
+    assert_eq!(ids(&first), ["1", "2"], "oldest due first");
+    assert_eq!(
+        ids(&second),
+        ["3"],
+        "never one claimed twice, never one not due"
+    );
+    assert!(
+        events
+            .claim_events("r3", now, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let mut delivered = first[0].clone();
+    delivered.state = EventState::Delivered;
+    delivered.settled_at = Some(now);
+    delivered.lease_until = 0;
+    assert!(
+        !events.settle_event(&delivered, "r2").await.unwrap(),
+        "not r2's"
+    );
+    assert!(events.settle_event(&delivered, "r1").await.unwrap());
+    let mut dead = second[0].clone();
+    dead.state = EventState::Dead;
+    dead.attempts = 7;
+    dead.last_error = Some("the upstream answered 503".into());
+    dead.settled_at = Some(now);
+    assert!(events.settle_event(&dead, "r2").await.unwrap());
+
+    // r1 died holding event 2: once its lease is over, another replica gets it.
+    let reclaimed = events
+        .claim_events("r3", lease + 1, lease + 30_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&reclaimed), ["2"]);
+    let mut stale = first[1].clone();
+    stale.state = EventState::Delivered;
+    assert!(
+        !events.settle_event(&stale, "r1").await.unwrap(),
+        "a holder whose lease was taken over settles nothing"
+    );
+
+    let stats = events.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (2, 1));
+    let listed = events.dead_letters(None, 10).await.unwrap();
+    assert_eq!(ids(&listed), ["3"]);
+    assert_eq!(listed[0].attempts, 7);
+    assert!(
+        events
+            .dead_letters(Some("wxother"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        events
+            .requeue_dead(Some(APP), Requeue::Ids(&["3".into()]), now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(events.dead_letters(None, 10).await.unwrap().is_empty());
+    let again = events
+        .claim_events("r4", now + 1, now + 30_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&again), ["3"]);
+    assert_eq!(again[0].attempts, 0, "a requeued event starts over");
+    let mut dead = again[0].clone();
+    dead.state = EventState::Dead;
+    assert!(events.settle_event(&dead, "r4").await.unwrap());
+    assert_eq!(
+        events.requeue_dead(None, Requeue::All, now).await.unwrap(),
+        1
+    );
+
+    // Delivered long enough ago: forgotten (its id no longer deduplicates).
+    events.purge_events(now + 1, now).await.unwrap();
+    assert!(events.keep_event(&pushed(APP, "1", now)).await.unwrap());
+    assert!(
+        !events.keep_event(&pushed(APP, "2", now)).await.unwrap(),
+        "pending: kept"
+    );
 }
 
 async fn manager_life_cycle(h: Harness) {
@@ -637,4 +842,6 @@ conformance!(
     the_lease_has_one_holder,
     session_keys_are_replaced_and_expire,
     a_phone_number_lands_on_every_session_of_its_user,
+    pushed_events_are_kept_once_and_replays_told_apart,
+    one_replica_delivers_each_event,
 );
