@@ -1,48 +1,45 @@
 //! The per-user login limit (`WEAPP_LOGIN_RATE_PER_USER`): sessions one openId may create a
-//! minute. One session-svc counts in memory; replicas on MongoDB count together in MongoDB,
-//! so that spreading a login loop over replicas does not multiply what it may create.
+//! minute. One session-svc counts in memory; replicas on MongoDB count together, so that
+//! spreading a login loop over replicas does not multiply what it may create.
 //!
-//! ```text
-//! logins  { _id: "<replica>:<n>", user: "<openId>", at: ISODate }   TTL 2 min
-//! ```
-//!
-//! Each login is one document; a login is refused when, counting itself, more than the limit
-//! were made in the last minute (then its own document is taken back: refused logins do not
-//! count). Two replicas admitting the last slot at the same instant may both refuse: the
-//! limit errs on the side of refusing, never of letting more through.
+//! Together costs no store command in the common case. Each replica keeps its own exact
+//! count of a user's recent logins; while it stays within its share of the limit (the limit
+//! divided by the replicas about, `cluster/presence.rs`), the replicas together cannot pass
+//! the limit, so nobody is asked. Past its share, a replica counts the user's sessions created
+//! in the last minute in the store (one command, on the `openId` index) and admits only if the
+//! total stays within the limit. A login is then the session's insert and its session_key's
+//! update, as on one replica. Two replicas at the very edge at the same instant may both let
+//! one more through; a user who logs out between logins spread over replicas is counted by
+//! each replica alone (never more than the limit each).
 use std::{
     num::NonZeroU32,
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
-use futures::TryStreamExt as _;
+use dashmap::DashMap;
 use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock as _, DefaultClock},
 };
 use mongodb::{
-    Collection, Database, IndexModel,
-    bson::{DateTime, doc},
-    options::IndexOptions,
+    Collection, Database,
+    bson::{DateTime, Document, doc},
 };
-use serde::{Deserialize, Serialize};
 
-use crate::{error::SessionError, record::now_millis, store::StoreError};
+use crate::{
+    cluster::ClusterFeed,
+    error::SessionError,
+    record::now_millis,
+    store::{MongoStore, StoreError},
+};
 
-const COLLECTION: &str = "logins";
-/// Users the in-memory limit holds before it first forgets the idle ones.
+/// Users a table holds before it first forgets the idle ones.
 const SWEEP_FLOOR: usize = 100_000;
 const WINDOW: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Serialize, Deserialize)]
-/// One admitted login, as stored.
-pub struct Login {
-    #[serde(rename = "_id")]
-    id: String,
-    user: String,
-    at: DateTime,
-}
 
 pub enum LoginLimit {
     Off,
@@ -54,11 +51,19 @@ pub enum LoginLimit {
         sweep_above: AtomicUsize,
     },
     Shared {
-        logins: Collection<Login>,
+        /// This replica's admitted logins of each user within the window (Unix ms).
+        recent: DashMap<String, Vec<i64>>,
+        sweep_above: AtomicUsize,
+        /// The sessions, counted by user and creation time past this replica's share.
+        sessions: Collection<Document>,
         per_minute: u32,
-        origin: String,
-        written: AtomicU64,
+        /// Who else is about: this replica's share is the limit divided among them.
+        replicas: Arc<ClusterFeed>,
     },
+}
+
+fn refused(wait: Duration) -> SessionError {
+    SessionError::UserRateLimited(wait.max(Duration::from_secs(1)))
 }
 
 impl LoginLimit {
@@ -73,41 +78,23 @@ impl LoginLimit {
         }
     }
 
-    /// In MongoDB, shared by every replica on `db`; `origin` names this one.
-    pub fn shared(per_minute: u32, db: &Database, origin: String) -> Self {
+    /// Shared by every replica on `db`, which `replicas` sees.
+    pub fn shared(per_minute: u32, db: &Database, replicas: Arc<ClusterFeed>) -> Self {
         if per_minute == 0 {
             return Self::Off;
         }
         Self::Shared {
-            logins: db.collection(COLLECTION),
+            recent: DashMap::new(),
+            sweep_above: AtomicUsize::new(SWEEP_FLOOR),
+            sessions: db.collection(MongoStore::SESSIONS),
             per_minute,
-            origin,
-            written: AtomicU64::new(0),
+            replicas,
         }
     }
 
-    /// The indexes of the shared count. Idempotent.
+    /// Nothing to prepare: the shared count reads the sessions' `openId` index. Kept for
+    /// the start-up sequence.
     pub async fn prepare(&self) -> Result<(), StoreError> {
-        let Self::Shared { logins, .. } = self else {
-            return Ok(());
-        };
-        let unavailable =
-            |e: mongodb::error::Error| StoreError::Unavailable(format!("MongoDB: {e}"));
-        let ttl = IndexModel::builder()
-            .keys(doc! { "at": 1 })
-            .options(
-                IndexOptions::builder()
-                    .name("at_ttl".to_owned())
-                    .expire_after(WINDOW * 2)
-                    .build(),
-            )
-            .build();
-        let by_user = IndexModel::builder()
-            .keys(doc! { "user": 1, "at": 1 })
-            .options(IndexOptions::builder().name("user_at".to_owned()).build())
-            .build();
-        logins.create_index(ttl).await.map_err(unavailable)?;
-        logins.create_index(by_user).await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -132,53 +119,60 @@ impl LoginLimit {
                 })
             }
             Self::Shared {
-                logins,
+                recent,
+                sweep_above,
+                sessions,
                 per_minute,
-                origin,
-                written,
+                replicas,
             } => {
-                let unavailable = |e: mongodb::error::Error| {
-                    SessionError::from(StoreError::Unavailable(format!("MongoDB: {e}")))
-                };
                 let now = now_millis();
-                let id = format!("{origin}:{}", written.fetch_add(1, Ordering::Relaxed));
-                logins
-                    .insert_one(Login {
-                        id: id.clone(),
-                        user: open_id.to_owned(),
-                        at: DateTime::from_millis(now),
-                    })
-                    .await
-                    .map_err(unavailable)?;
-                let since = DateTime::from_millis(now - millis(WINDOW));
-                let mut recent: Vec<i64> = logins
-                    .find(doc! { "user": open_id, "at": { "$gte": since } })
-                    .await
-                    .map_err(unavailable)?
-                    .try_collect::<Vec<Login>>()
-                    .await
-                    .map_err(unavailable)?
-                    .into_iter()
-                    .map(|login| login.at.timestamp_millis())
-                    .collect();
-                if recent.len() <= *per_minute as usize {
-                    return Ok(());
+                let since = now - millis(WINDOW);
+                sweep(recent, sweep_above, since);
+                let mine = {
+                    let mut times = recent.entry(open_id.to_owned()).or_default();
+                    times.retain(|at| *at >= since);
+                    times.clone()
+                };
+                let limit = u64::from(*per_minute);
+                let share = limit / (replicas.others() + 1);
+                let local = mine.len() as u64;
+                // This replica's own count is exact: past the limit alone, refused.
+                let until_oldest_leaves = |times: &[i64]| {
+                    Duration::from_millis(
+                        u64::try_from(times.first().map_or(0, |at| at + millis(WINDOW) - now))
+                            .unwrap_or(0),
+                    )
+                };
+                if local >= limit {
+                    return Err(refused(until_oldest_leaves(&mine)));
                 }
-                let _ = logins.delete_one(doc! { "_id": &id }).await;
-                // Admitted again once the oldest of the last `per_minute` leaves the window.
-                recent.sort_unstable();
-                let oldest_kept = recent
-                    .len()
-                    .checked_sub(*per_minute as usize)
-                    .and_then(|i| recent.get(i))
-                    .copied()
-                    .unwrap_or(now);
-                let wait = (oldest_kept + millis(WINDOW) - now).max(1000);
-                Err(SessionError::UserRateLimited(Duration::from_millis(
-                    u64::try_from(wait).unwrap_or(1000),
-                )))
+                if local + 1 > share {
+                    let counted = sessions
+                        .count_documents(doc! {
+                            "openId": open_id,
+                            "createdAt": { "$gte": DateTime::from_millis(since) },
+                        })
+                        .await
+                        .map_err(|e| {
+                            SessionError::from(StoreError::Unavailable(format!("MongoDB: {e}")))
+                        })?;
+                    if counted.max(local) + 1 > limit {
+                        return Err(refused(until_oldest_leaves(&mine)));
+                    }
+                }
+                recent.entry(open_id.to_owned()).or_default().push(now);
+                Ok(())
             }
         }
+    }
+}
+
+/// Forgets users with no login in the window, now and then (the table stays the size of the
+/// users of the last minute, at O(1) per login).
+fn sweep(recent: &DashMap<String, Vec<i64>>, sweep_above: &AtomicUsize, since: i64) {
+    if recent.len() > sweep_above.load(Ordering::Relaxed) {
+        recent.retain(|_, times| times.last().is_some_and(|at| *at >= since));
+        sweep_above.store((recent.len() * 2).max(SWEEP_FLOOR), Ordering::Relaxed);
     }
 }
 

@@ -126,9 +126,9 @@ impl Application {
                 let replica = credentials::Credentials::generate()
                     .map_err(|e| StartupError::Config(format!("OS random source: {e}")))?
                     .id;
-                let login_limit = LoginLimit::shared(per_user, store.database(), replica.clone());
                 let cluster =
                     ClusterFeed::new(store.database(), replica, settings.store.mongo.replica_feed);
+                let login_limit = LoginLimit::shared(per_user, store.database(), cluster.clone());
                 (
                     store.clone(),
                     (store.clone(), store.clone(), store),

@@ -17,6 +17,7 @@ use reqwest::header::HeaderMap;
 pub use wechat_sandbox;
 
 pub mod client;
+pub mod command_counter;
 pub mod load;
 pub mod mongo;
 pub mod nginx;

@@ -2,7 +2,7 @@
 //! it revoked or changed (a logout, a RevokeUser, a user's new phone number) and what it was
 //! asked to push to the `feed` collection, and reads what the others wrote — by a change stream where MongoDB
 //! has them (a replica set, a sharded cluster, nx-27017), else by polling the collection
-//! every [`POLL_EVERY`] (a standalone `mongod`). What it reads goes to its own followers
+//! (a standalone `mongod`). What it reads goes to its own followers
 //! (`revocations.rs`; read in `read.rs`), so a revocation taken by any replica reaches every gateway, whichever
 //! replica each follows.
 //!
@@ -11,14 +11,21 @@
 //! replica) and new ones are refused until the feed is read again. A replica alone (none
 //! seen in [`PRESENCE_WINDOW`]) keeps its followers through an interruption, as a single
 //! session-svc always did: nobody else can have revoked anything, and what it wrote itself
-//! its followers already have. Replicas say they are about in `replicas` every second.
+//! its followers already have. Replicas say they are about in `replicas` every few seconds.
+//!
+//! Quiet when idle: what a replica sends the store on its own clock is a few commands a
+//! second, however many replicas there are. A server that answers an empty `getMore` at once
+//! (nx-27017; MongoDB waits `maxTimeMS`) and the poll of a standalone server are asked again
+//! sooner after an entry and later after each empty answer, never later than
+//! [`IDLE_PAUSE_MAX`] — well inside the 1 s in which a revocation reaches every gateway. A
+//! replica's presence is one upsert of its own document and one read of everyone's.
 //!
 //! ```text
 //! feed      { _id: "<replica>:<n>", origin: "<replica>", at: ISODate, kind: "session" |
 //!             "user" | "user_changed", value: "<session id or openId>" }   TTL 10 min
 //!           pushes ride it too: kind "push" (value: the messages, protobuf in base64) and
 //!           "push_report" (value: JSON, another replica's count for the publisher)
-//! replicas  { _id: "<replica>:<n>", origin: "<replica>", at: ISODate }      TTL 1 min
+//! replicas  { _id: "<replica>", origin: "<replica>", at: ISODate }   upserted; TTL 1 min
 //! ```
 mod presence;
 mod read;
@@ -51,21 +58,52 @@ const COLLECTION: &str = "feed";
 const PUSH: &str = "push";
 const PUSH_REPORT: &str = "push_report";
 const REPLICAS: &str = "replicas";
-/// A replica not heard from for this long is gone.
-pub const PRESENCE_WINDOW: Duration = Duration::from_secs(5);
+/// A replica not heard from for this long is gone (more than two beats: one lost write does
+/// not make it vanish).
+pub const PRESENCE_WINDOW: Duration = Duration::from_secs(8);
 /// How often a replica says it is about.
-const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+const PRESENCE_EVERY: Duration = Duration::from_secs(3);
 /// How long an entry is kept: long past any reader's lag, short enough to stay small.
 const KEEP: Duration = Duration::from_secs(600);
-/// How often a standalone MongoDB is asked for new entries.
-pub const POLL_EVERY: Duration = Duration::from_millis(200);
+/// How soon a standalone MongoDB is asked again for new entries after it had some.
+const POLL_BUSY: Duration = Duration::from_millis(200);
 /// How far back each poll looks again: writers' clocks and commit order may disagree by
 /// this much without an entry being missed.
 const POLL_OVERLAP: Duration = Duration::from_secs(3);
 /// MongoDB's code for "change streams are only supported on replica sets".
 const NO_CHANGE_STREAMS: i32 = 40573;
-/// How long to wait before asking a server that answered an empty batch at once.
+/// How long to wait before asking again a server that answered an empty batch at once, right
+/// after an entry (pushes in a burst follow each other closely).
 const WATCH_PAUSE: Duration = Duration::from_millis(50);
+/// The longest wait between two reads of the feed, however long it has been idle: a
+/// revocation reaches the other replicas' followers within it (the budget is 1 s).
+pub const IDLE_PAUSE_MAX: Duration = Duration::from_millis(700);
+
+/// The wait before the next read of the feed: short after an entry, doubling with each empty
+/// answer up to [`IDLE_PAUSE_MAX`].
+#[derive(Clone, Copy, Debug)]
+struct IdlePause {
+    busy: Duration,
+    next: Duration,
+}
+
+impl IdlePause {
+    fn new(busy: Duration) -> Self {
+        Self { busy, next: busy }
+    }
+
+    /// Entries came: read again soon.
+    fn busy(&mut self) {
+        self.next = self.busy;
+    }
+
+    /// Nothing came: how long to wait now (and longer next time).
+    fn idle(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(IDLE_PAUSE_MAX);
+        wait
+    }
+}
 
 /// How replicas read the feed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -211,7 +249,8 @@ impl ClusterFeed {
                 Ended::NoChangeStreams if self.mode == FeedMode::Auto => {
                     tracing::warn!(
                         "MongoDB has no change streams (a standalone server): session-svc \
-                         replicas share revocations by polling it every {POLL_EVERY:?}; run \
+                         replicas share revocations by polling it (at least every \
+                         {IDLE_PAUSE_MAX:?}); run \
                          MongoDB as a replica set (a single-node one is enough) for change streams"
                     );
                     polling = true;
@@ -340,6 +379,16 @@ fn millis(d: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_feed_is_read_less_often_but_within_the_revocation_budget() {
+        let mut pause = IdlePause::new(WATCH_PAUSE);
+        let waits: Vec<u128> = (0..7).map(|_| pause.idle().as_millis()).collect();
+        assert_eq!(waits, [50, 100, 200, 400, 700, 700, 700]);
+        pause.busy();
+        assert_eq!(pause.idle(), WATCH_PAUSE);
+        assert!(IDLE_PAUSE_MAX < Duration::from_secs(1));
+    }
 
     #[test]
     fn events_round_trip_through_their_entry() {

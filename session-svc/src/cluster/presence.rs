@@ -1,5 +1,5 @@
-//! Which replicas are about: each says so in `replicas` every second, and counts the others
-//! seen within the presence window. A replica alone keeps its followers through a feed
+//! Which replicas are about: each says so in `replicas` every few seconds, and counts the
+//! others seen within the presence window. A replica alone keeps its followers through a feed
 //! interruption; a publish waits for the others' counts (`push.rs`).
 use std::sync::{Arc, atomic::Ordering};
 
@@ -11,21 +11,25 @@ use super::{ClusterFeed, PRESENCE_EVERY, PRESENCE_WINDOW, Presence, millis};
 use crate::record::now_millis;
 
 impl ClusterFeed {
-    /// Says this replica is about, and counts the others, every second until `shutdown`;
-    /// then says it is gone. Each word is a new document (replacing one in place is where
-    /// MongoDB-wire servers differ most), and a replica clears its own old ones.
+    /// Says this replica is about, and counts the others, every [`PRESENCE_EVERY`] until
+    /// `shutdown`; then says it is gone. Two commands a beat: this replica's one document
+    /// replaced (upserted) with the time, and everyone's read. A replica that dies without a
+    /// word is left out once its time is older than the window (the TTL index removes its
+    /// document later).
     pub async fn be_present(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut n = 0u64;
         loop {
-            n += 1;
             let now = now_millis();
             let said = self
                 .replicas
-                .insert_one(Presence {
-                    id: format!("{}:{n}", self.origin),
-                    origin: self.origin.clone(),
-                    at: DateTime::from_millis(now),
-                })
+                .replace_one(
+                    doc! { "_id": &self.origin },
+                    Presence {
+                        id: self.origin.clone(),
+                        origin: self.origin.clone(),
+                        at: DateTime::from_millis(now),
+                    },
+                )
+                .upsert(true)
                 .await;
             let since = DateTime::from_millis(now - millis(PRESENCE_WINDOW));
             let found = match self.replicas.find(doc! { "at": { "$gte": since } }).await {
@@ -48,10 +52,6 @@ impl ClusterFeed {
                             "session-svc replicas on this MongoDB besides this one"
                         );
                     }
-                    let _ = self
-                        .replicas
-                        .delete_many(doc! { "origin": &self.origin, "at": { "$lt": since } })
-                        .await;
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::debug!(error = %e, "replica presence not updated");

@@ -7,7 +7,7 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    COLLECTION, ClusterFeed, Ended, Entry, NO_CHANGE_STREAMS, POLL_EVERY, POLL_OVERLAP,
+    COLLECTION, ClusterFeed, Ended, Entry, IdlePause, NO_CHANGE_STREAMS, POLL_BUSY, POLL_OVERLAP,
     WATCH_PAUSE, millis,
 };
 use crate::{push::Pushes, revocations::RevocationFeed};
@@ -49,6 +49,7 @@ impl ClusterFeed {
         // Open: from here on nothing written is missed.
         local.resume();
         tracing::info!("following the other session-svc replicas by change stream");
+        let mut pause = IdlePause::new(WATCH_PAUSE);
         loop {
             for event in &batch.events {
                 // Read field by field: only these three are needed, and servers differ in
@@ -87,11 +88,14 @@ impl ClusterFeed {
                 Err(e) => return Ended::Failed(e.to_string()),
             };
             // A server that answers an empty batch at once (instead of waiting up to
-            // maxTimeMS, as MongoDB does) is asked again a little later.
-            if batch.events.is_empty() && asked.elapsed() < WATCH_PAUSE {
+            // maxTimeMS, as MongoDB does) is asked again later, the longer the quieter.
+            if !batch.events.is_empty() {
+                pause.busy();
+            } else if asked.elapsed() < WATCH_PAUSE {
+                let wait = pause.idle();
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ended::Shutdown,
-                    _ = tokio::time::sleep(WATCH_PAUSE) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         }
@@ -106,6 +110,7 @@ impl ClusterFeed {
         // Entries seen in the overlap window, so each is applied once.
         let mut seen: HashMap<String, i64> = HashMap::new();
         let mut resumed = false;
+        let mut pause = IdlePause::new(POLL_BUSY);
         loop {
             let from = DateTime::from_millis(*since - millis(POLL_OVERLAP));
             let found = self
@@ -125,18 +130,23 @@ impl ClusterFeed {
                 resumed = true;
                 tracing::info!("following the other session-svc replicas by polling MongoDB");
             }
+            let mut fresh = false;
             for entry in entries {
                 let at = entry.at.timestamp_millis();
                 *since = (*since).max(at);
                 if seen.insert(entry.id.clone(), at).is_none() {
+                    fresh = true;
                     self.apply((local, pushes), &entry.origin, &entry.kind, &entry.value);
                 }
+            }
+            if fresh {
+                pause.busy();
             }
             let horizon = *since - 2 * millis(POLL_OVERLAP);
             seen.retain(|_, at| *at >= horizon);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
-                _ = tokio::time::sleep(POLL_EVERY) => {}
+                _ = tokio::time::sleep(pause.idle()) => {}
             }
         }
     }

@@ -27,9 +27,9 @@ use crate::{
 /// Events one round claims (delivered side by side).
 const BATCH: usize = 16;
 /// How often a replica looks for events it was not woken for (another replica's, retries).
-const LOOK_EVERY: Duration = Duration::from_secs(5);
+const LOOK_EVERY: Duration = Duration::from_secs(10);
 /// How often the outbox gauges are refreshed.
-const STATS_EVERY: Duration = Duration::from_secs(15);
+const STATS_EVERY: Duration = Duration::from_secs(30);
 /// The first wait after a failed attempt; it doubles from there.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 

@@ -255,6 +255,9 @@ impl MongoStore {
         Ok(docs.into_iter().map(SessionRecord::from).collect())
     }
 
+    /// The sessions' collection (the shared login limit counts a user's recent ones there).
+    pub const SESSIONS: &str = COLLECTION;
+
     pub fn database(&self) -> &Database {
         &self.db
     }
