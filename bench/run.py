@@ -947,6 +947,7 @@ def main():
     parser.add_argument("--profile", default="release")
     parser.add_argument("--ws-connections", type=int, default=10_000)
     parser.add_argument("--ws-connections-large", type=int, default=18_000)
+    parser.add_argument("--mongo-sessions", type=int, help="sessions created in nx-27017 by with_mongo (default 20,000; the smoke run 30)")
     parser.add_argument("--only", help="comma-separated scenarios to run (physical_limit, in_memory, forwarding, "
                         "push, websockets, idle_connections, with_mongo, observability, capacity, growth); prints their figures as JSON instead of writing the report")
     args = parser.parse_args()
@@ -985,6 +986,8 @@ def main():
         cfg.idle_connections = 8_000
         cfg.push_users = 10_000
         cfg.growth_embedded, cfg.growth_nx, cfg.growth_sessions = (0, 100_000, 1_000_000), (0, 10_000), 1000
+    if args.mongo_sessions:
+        cfg.mongo_sessions = args.mongo_sessions
     if max(cfg.ws_connections, cfg.ws_connections_large) + 100 > hard:
         raise SystemExit(f"{max(cfg.ws_connections, cfg.ws_connections_large)} WebSockets need more than the {hard} open files allowed here")
     cfg.work = Path(tempfile.mkdtemp(prefix="weapp-bench-"))

@@ -13,6 +13,7 @@
 //! check expiry themselves (in `SessionManager`). WeChat's session_keys and the access_token
 //! live in collections of their own (`mongo/secrets.rs`), sealed.
 mod events;
+mod logins;
 mod secrets;
 mod streams;
 
@@ -165,6 +166,8 @@ pub struct MongoStore {
     streams: Collection<streams::StreamDoc>,
     /// WeChat's pushed events and the nonces they came with (`mongo/events.rs`).
     events: events::Collections,
+    /// New sessions and their keys, written in groups (`mongo/logins.rs`).
+    logins: logins::LoginWrites,
 }
 
 /// Driver errors become "unavailable": the only thing a caller can do is try again later.
@@ -226,8 +229,14 @@ impl MongoStore {
             .join(",");
         let client = Client::with_options(options).map_err(unavailable)?;
         let db = client.database(&database);
+        let sessions: Collection<SessionDoc> = db.collection(COLLECTION);
         Ok(Self {
-            sessions: db.collection(COLLECTION),
+            logins: logins::LoginWrites::new(
+                &db,
+                sessions.clone(),
+                secrets::SESSION_KEYS_COLLECTION,
+            ),
+            sessions,
             secrets: secrets::Collections::new(&db),
             streams: streams::collection(&db),
             events: events::Collections::new(&db),
@@ -307,11 +316,10 @@ impl SessionStore for MongoStore {
     }
 
     async fn insert(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions
-            .insert_one(SessionDoc::from(record))
+        self.logins
+            .insert(SessionDoc::from(record))
             .await
-            .map_err(unavailable)?;
-        Ok(())
+            .map_err(StoreError::Unavailable)
     }
 
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {

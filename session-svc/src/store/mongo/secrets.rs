@@ -69,6 +69,26 @@ struct SessionKeyDoc {
     expires_at: DateTime,
 }
 
+/// A user's session_key as one upsert statement of an `update` command (a login's, written with
+/// its group: `logins.rs`).
+pub(super) fn key_upsert(key: &StoredSessionKey) -> Result<mongodb::bson::Document, StoreError> {
+    let replacement = mongodb::bson::to_document(&key_doc(key))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(doc! { "q": { "_id": &key.open_id }, "u": replacement, "upsert": true })
+}
+
+fn key_doc(key: &StoredSessionKey) -> SessionKeyDoc {
+    SessionKeyDoc {
+        open_id: key.open_id.clone(),
+        app_id: key.app_id.clone(),
+        sealed: key.sealed.clone(),
+        updated_at: key.updated_at,
+        expires_at: DateTime::from_millis(key.expires_at),
+    }
+}
+
+pub(super) const SESSION_KEYS_COLLECTION: &str = SESSION_KEYS;
+
 #[derive(Clone)]
 pub(super) struct Collections {
     tokens: Collection<TokenDoc>,
@@ -181,14 +201,14 @@ impl SecretStore for MongoStore {
         Ok(())
     }
 
-    async fn put_session_key(&self, key: &StoredSessionKey, _sync: bool) -> Result<(), StoreError> {
-        let doc = SessionKeyDoc {
-            open_id: key.open_id.clone(),
-            app_id: key.app_id.clone(),
-            sealed: key.sealed.clone(),
-            updated_at: key.updated_at,
-            expires_at: DateTime::from_millis(key.expires_at),
-        };
+    async fn put_session_key(&self, key: &StoredSessionKey, sync: bool) -> Result<(), StoreError> {
+        if !sync {
+            // A login's: written with its session, in the next group (`logins.rs`).
+            self.logins.queue_key(&key.open_id, key_upsert(key)?);
+            return Ok(());
+        }
+        self.logins.forget_keys(&key.open_id);
+        let doc = key_doc(key);
         self.secrets
             .session_keys
             .replace_one(doc! { "_id": &key.open_id }, doc)
