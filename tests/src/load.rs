@@ -24,6 +24,17 @@ pub fn http() -> reqwest::Client {
         .expect("http client")
 }
 
+/// `/me` at the gateway at `gateway` (`http://host:port`) in `session`: its status (0 when it
+/// did not answer).
+pub async fn me_status(gateway: &str, session: &ClientSession) -> u16 {
+    http()
+        .get(format!("{gateway}/me"))
+        .headers(session.headers())
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
 /// Logs `n` new users in through the gateway at `gateway` (`http://host:port`; code-only
 /// logins, 32 at a time).
 pub async fn log_in(wechat: &WeChat, gateway: &str, n: usize) -> Arc<Vec<ClientSession>> {

@@ -114,6 +114,29 @@ impl ServiceProcess {
         format!("http://{}", self.addr())
     }
 
+    /// Until a gateway's `/readyz` answers 200 (some replica takes its key), within `within`.
+    pub async fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let http = reqwest::Client::new();
+        loop {
+            let ready = http
+                .get(format!("{}/readyz", self.url()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became ready:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Its `/metrics` exposition.
     pub async fn metrics(&self) -> String {
         let port = self

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use weapp_proto::session::v1::{RevokeUserRequest, session_service_client::SessionServiceClient};
 use weapp_tests::{
-    ClientSession, WeChat,
+    WeChat,
     command_counter::CommandCounter,
-    load::{figure, http, log_in},
+    load::{figure, http, log_in, me_status},
     mongo::MongoServer,
     services::ServiceProcess,
 };
@@ -18,28 +18,6 @@ use weapp_tests::{
 const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 /// The most an idle replica may send its store, a second.
 const IDLE_BUDGET: f64 = 3.0;
-
-async fn ready(gateway: &ServiceProcess) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !http()
-        .get(format!("{}/readyz", gateway.url()))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "a gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn me(gateway: &ServiceProcess, session: &ClientSession) -> u16 {
-    http()
-        .get(format!("{}/me", gateway.url()))
-        .headers(session.headers())
-        .send()
-        .await
-        .map_or(0, |r| r.status().as_u16())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_replica_is_quiet_and_keeps_its_promises() {
@@ -60,8 +38,8 @@ async fn an_idle_replica_is_quiet_and_keeps_its_promises() {
         ])
     };
     let (a, b) = (gateway(&replicas[0]), gateway(&replicas[1]));
-    ready(&a).await;
-    ready(&b).await;
+    a.wait_ready(Duration::from_secs(20)).await;
+    b.wait_ready(Duration::from_secs(20)).await;
 
     // Idle: nothing asked of it for 10 s, after its start-up work.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -105,7 +83,7 @@ async fn an_idle_replica_is_quiet_and_keeps_its_promises() {
         .await
         .expect("replica 2 accepts gRPC");
     for session in sessions.iter().take(3) {
-        assert_eq!(me(&a, session).await, 200, "warm in A's cache");
+        assert_eq!(me_status(&a.url(), session).await, 200, "warm in A's cache");
         let user: serde_json::Value = http()
             .get(format!("{}/me", b.url()))
             .headers(session.headers())
@@ -126,7 +104,7 @@ async fn an_idle_replica_is_quiet_and_keeps_its_promises() {
             .expect("RevokeUser");
         let revoked = Instant::now();
         loop {
-            match me(&a, session).await {
+            match me_status(&a.url(), session).await {
                 401 => break,
                 200 => {}
                 other => panic!("only 200 until the revocation, then 401: {other}"),

@@ -22,7 +22,7 @@ use weapp_proto::session::v1::{
 };
 use weapp_tests::{
     ClientSession, WeChat,
-    load::{Load, Outcome, Samples, figure, http, log_in},
+    load::{Load, Outcome, Samples, figure, http, log_in, me_status},
     mongo::MongoServer,
     services::ServiceProcess,
     wechat_sandbox::MintRequest,
@@ -98,19 +98,7 @@ impl Topology {
     /// live (it hears a revocation stream): `/readyz` and a warm `/me` agree.
     async fn settle(&self) {
         for gateway in [&self.a, &self.b, &self.c] {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let ready = http()
-                    .get(format!("{}/readyz", gateway.url()))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                if ready {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "a gateway never became ready");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            gateway.wait_ready(Duration::from_secs(20)).await;
         }
         // The replicas open their feeds and the gateways their streams.
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -118,12 +106,7 @@ impl Topology {
 }
 
 async fn me(gateway: &ServiceProcess, session: &ClientSession) -> u16 {
-    http()
-        .get(format!("{}/me", gateway.url()))
-        .headers(session.headers())
-        .send()
-        .await
-        .map_or(0, |r| r.status().as_u16())
+    me_status(&gateway.url(), session).await
 }
 
 /// Polls `/me` on `gateway` until it stops answering 200; how long that took.

@@ -77,12 +77,18 @@ fn doc_of(event: &Event) -> EventDoc {
 }
 
 impl MongoStore {
-    async fn find_events(&self, filter: Document, limit: usize) -> Result<Vec<Event>, StoreError> {
+    /// Up to `limit` events matching `filter`, in `order`.
+    async fn find_events(
+        &self,
+        filter: Document,
+        order: Document,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
         let docs: Vec<EventDoc> = self
             .events
             .events
             .find(filter)
-            .sort(doc! { "receivedAt": 1 })
+            .sort(order)
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await
             .map_err(unavailable)?
@@ -155,35 +161,25 @@ impl EventStore for MongoStore {
             "nextAt": { "$lte": now },
             "leaseUntil": { "$lte": now },
         };
-        let docs: Vec<EventDoc> = self
-            .events
-            .events
-            .find(due)
-            .sort(doc! { "nextAt": 1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
-        let mut claimed = Vec::with_capacity(docs.len());
-        for doc in docs {
+        let due = self.find_events(due, doc! { "nextAt": 1 }, limit).await?;
+        let mut claimed = Vec::with_capacity(due.len());
+        for event in due {
             // Another replica may have claimed it since it was read: the lease it saw decides.
             let taken = self
                 .events
                 .events
                 .update_one(
                     doc! {
-                        "_id": &doc.key,
+                        "_id": event.key(),
                         "state": EventState::Pending.name(),
-                        "leaseUntil": doc.event.lease_until,
+                        "leaseUntil": event.lease_until,
                     },
                     doc! { "$set": { "leaseUntil": lease_until, "owner": owner } },
                 )
                 .await
                 .map_err(unavailable)?;
             if taken.modified_count == 1 {
-                let mut event = doc.event;
+                let mut event = event;
                 event.lease_until = lease_until;
                 event.owner = owner.to_owned();
                 claimed.push(event);
@@ -216,6 +212,7 @@ impl EventStore for MongoStore {
     ) -> Result<Vec<Event>, StoreError> {
         self.find_events(
             with_app(doc! { "state": EventState::Dead.name() }, app_id),
+            doc! { "receivedAt": 1 },
             limit,
         )
         .await
@@ -268,7 +265,7 @@ impl EventStore for MongoStore {
             .await
             .map_err(unavailable)?;
         let oldest = self
-            .find_events(pending, 1)
+            .find_events(pending, doc! { "receivedAt": 1 }, 1)
             .await?
             .first()
             .map(|e| e.received_at);
