@@ -60,6 +60,9 @@ pub struct Application {
     sessions: SessionClient,
     relay: Option<Relay>,
     spans: Spans,
+    /// The connection threads (`edge/io_threads.rs`), started first: each holds its own
+    /// connections to session-svc.
+    threads: IoThreads,
 }
 
 impl Application {
@@ -74,10 +77,13 @@ impl Application {
             &routing.templates(),
         );
         let routing = Arc::new(ArcSwap::from_pointee(routing));
+        // Kept to the end of `run`: the sockets on them close after the HTTP server stops.
+        let threads = IoThreads::start(settings.http.io_threads).map_err(StartupError::Threads)?;
         let sessions = SessionClient::connect_lazy(
             &settings.session_svc,
             (settings.session_timeout, settings.login_timeout),
             metrics.clone(),
+            threads.handles(),
         )
         .map_err(StartupError::SessionSvc)?;
         metrics.ws_limit.set(settings.ws.max_connections as f64);
@@ -97,6 +103,7 @@ impl Application {
             sessions,
             relay,
             spans,
+            threads,
         })
     }
 
@@ -185,8 +192,7 @@ impl Application {
         });
         let http_limits = state.settings.http;
         let dispatcher = Arc::new(Dispatcher::new(state));
-        // Kept to the end of `run`: the sockets on them close after the HTTP server stops.
-        let threads = IoThreads::start(http_limits.io_threads).map_err(StartupError::Threads)?;
+        let threads = self.threads;
         tracing::info!(addr = %self.local_addr, "gateway-svc listening");
         server::serve(
             (self.listener, &threads),

@@ -40,16 +40,20 @@ pub struct Followed {
 }
 
 impl SessionClient {
+    /// Connections made on first use: one on the multi-threaded runtime, and one per
+    /// connection thread of `threads` (the runtimes of `edge/io_threads.rs`).
     pub fn connect_lazy(
         link: &SessionSvcLink,
         timeouts: (Duration, Duration),
         metrics: Arc<GatewayMetrics>,
+        threads: Vec<tokio::runtime::Handle>,
     ) -> Result<Self, String> {
         let (session_timeout, login_timeout) = timeouts;
         let connector = Connector {
             key: ApiKey::new(link.key.as_ref())?,
             tls: link.tls_config(),
             connect_timeout: session_timeout.max(Duration::from_millis(100)),
+            threads,
         };
         let replicas = Replicas::new(Target::parse_list(&link.url)?, connector)?;
         Ok(Self {

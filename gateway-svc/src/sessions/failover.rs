@@ -108,7 +108,7 @@ where
             };
             let more = index + 1 < count;
             let budget = if more { left / 2 } else { left };
-            let attempt = (self.attempt)(replica.client.clone(), budget);
+            let attempt = (self.attempt)(replica.client_here(), budget);
             let answer = match tokio::time::timeout(budget, attempt).await {
                 Ok(answer) => answer.map(tonic::Response::into_inner),
                 Err(_) => Err(Status::deadline_exceeded(format!(

@@ -150,12 +150,24 @@ pub struct Replica {
     /// `host (address)`, for logs.
     pub name: String,
     pub addr: SocketAddr,
+    /// On the multi-threaded runtime (streams, probes, background calls).
     pub client: Client,
+    /// One per connection thread, its connection running on that thread: a request's call
+    /// (a login, a Validate) is written, answered and resumed without waking another thread.
+    per_thread: Vec<Client>,
     pub health: HealthClient<Channel>,
     up: AtomicBool,
 }
 
 impl Replica {
+    /// The client for a call made from here: this connection thread's, else the shared one.
+    pub fn client_here(&self) -> Client {
+        crate::edge::io_threads::current()
+            .and_then(|i| self.per_thread.get(i))
+            .unwrap_or(&self.client)
+            .clone()
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
@@ -204,6 +216,8 @@ pub struct Connector {
     pub key: ApiKey,
     pub tls: Option<ClientTlsConfig>,
     pub connect_timeout: Duration,
+    /// The connection threads' runtimes: each gets its own connection to every replica.
+    pub threads: Vec<tokio::runtime::Handle>,
 }
 
 impl Connector {
@@ -217,13 +231,23 @@ impl Connector {
                 .tls_config(tls.clone().domain_name(target.host.clone()))
                 .map_err(|e| format!("TLS to session-svc: {e}"))?;
         }
-        let channel = endpoint
+        let endpoint = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        // Made inside each thread's runtime: the channel's tasks (its buffer, then its
+        // connection) are spawned there.
+        let per_thread = self
+            .threads
+            .iter()
+            .map(|runtime| {
+                let _inside = runtime.enter();
+                SessionServiceClient::with_interceptor(endpoint.connect_lazy(), self.key.clone())
+            })
+            .collect();
         let name = match target.host.parse::<IpAddr>() {
             Ok(_) => addr.to_string(),
             Err(_) => format!("{} ({addr})", target.host),
@@ -232,6 +256,7 @@ impl Connector {
             name,
             addr,
             client: SessionServiceClient::with_interceptor(channel.clone(), self.key.clone()),
+            per_thread,
             health: HealthClient::new(channel),
             // Unknown until probed: believed up, so the first calls need no probe first.
             up: AtomicBool::new(true),
