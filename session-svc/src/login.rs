@@ -105,11 +105,6 @@ impl LoginService {
         }
     }
 
-    /// Creates what the per-user limit needs in the store (MongoDB's indexes). Idempotent.
-    pub async fn prepare(&self) -> Result<(), crate::store::StoreError> {
-        self.per_user.prepare().await
-    }
-
     /// Counts a login of `open_id`; refuses it past the per-user rate.
     async fn admit_user(&self, open_id: &str) -> Result<(), SessionError> {
         self.per_user.admit(open_id).await.inspect_err(|e| {

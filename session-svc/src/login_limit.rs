@@ -92,12 +92,6 @@ impl LoginLimit {
         }
     }
 
-    /// Nothing to prepare: the shared count reads the sessions' `openId` index. Kept for
-    /// the start-up sequence.
-    pub async fn prepare(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
     /// Counts a login of `open_id`: Ok, or how long until it would be admitted.
     pub async fn admit(&self, open_id: &str) -> Result<(), SessionError> {
         match self {

@@ -85,7 +85,6 @@ pub struct Application {
     config_watch: Option<Duration>,
     tls: Option<ServerTlsConfig>,
     grpc: SessionGrpc,
-    login: Arc<LoginService>,
     store: Arc<dyn SessionStore>,
     secrets: Arc<dyn SecretStore>,
     /// WeChat's pushed events: delivered by the outbox, swept once delivered long enough.
@@ -273,7 +272,6 @@ impl Application {
             reloader,
             config_watch: settings.config_watch,
             tls: settings.tls.server_config(),
-            login: login.clone(),
             grpc: SessionGrpc::new(
                 (login, sessions, pushes.clone()),
                 WeChatServices {
@@ -381,17 +379,6 @@ impl Application {
             ),
             None => (None, None),
         };
-        // The login limit's indexes, once the store answers (MongoDB may come up later).
-        let (login, stop_preparing) = (self.login.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            while let Err(e) = login.prepare().await {
-                tracing::debug!(error = %e, "login limit indexes not created yet");
-                tokio::select! {
-                    _ = stop_preparing.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        });
         let sweeper = tokio::spawn(sweep_expired(
             (self.store.clone(), self.secrets.clone()),
             (self.events.clone(), self.keep_delivered),

@@ -35,6 +35,20 @@ pub async fn me_status(gateway: &str, session: &ClientSession) -> u16 {
         .map_or(0, |r| r.status().as_u16())
 }
 
+/// The openId of `session`'s user, as `/me` at `gateway` (`http://host:port`) says it.
+pub async fn open_id_at(gateway: &str, session: &ClientSession) -> String {
+    let user: serde_json::Value = http()
+        .get(format!("{gateway}/me"))
+        .headers(session.headers())
+        .send()
+        .await
+        .expect("/me answers")
+        .json()
+        .await
+        .expect("/me is JSON");
+    user["openId"].as_str().expect("an openId").to_owned()
+}
+
 /// Logs `n` new users in through the gateway at `gateway` (`http://host:port`; code-only
 /// logins, 32 at a time).
 pub async fn log_in(wechat: &WeChat, gateway: &str, n: usize) -> Arc<Vec<ClientSession>> {

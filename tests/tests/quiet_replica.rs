@@ -9,7 +9,7 @@ use weapp_proto::session::v1::{RevokeUserRequest, session_service_client::Sessio
 use weapp_tests::{
     WeChat,
     command_counter::CommandCounter,
-    load::{figure, http, log_in, me_status},
+    load::{figure, log_in, me_status, open_id_at},
     mongo::MongoServer,
     services::ServiceProcess,
 };
@@ -84,16 +84,7 @@ async fn an_idle_replica_is_quiet_and_keeps_its_promises() {
         .expect("replica 2 accepts gRPC");
     for session in sessions.iter().take(3) {
         assert_eq!(me_status(&a.url(), session).await, 200, "warm in A's cache");
-        let user: serde_json::Value = http()
-            .get(format!("{}/me", b.url()))
-            .headers(session.headers())
-            .send()
-            .await
-            .expect("me")
-            .json()
-            .await
-            .expect("json");
-        let open_id = user["openId"].as_str().expect("openId").to_owned();
+        let open_id = open_id_at(&b.url(), session).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         replica_2
             .revoke_user(RevokeUserRequest {

@@ -22,7 +22,7 @@ use weapp_proto::session::v1::{
 };
 use weapp_tests::{
     ClientSession, WeChat,
-    load::{Load, Outcome, Samples, figure, http, log_in, me_status},
+    load::{Load, Outcome, Samples, figure, http, log_in, me_status, open_id_at},
     mongo::MongoServer,
     services::ServiceProcess,
     wechat_sandbox::MintRequest,
@@ -217,16 +217,7 @@ async fn revocations_cross_replicas(feed: &str) {
     let url = format!("ws://{}/ws?{}", a.addr(), user.query());
     let (mut ws, _) = connect_async(url).await.expect("upgrade accepted");
     assert!(next_text(&mut ws).await.starts_with("Server: 恭喜"));
-    let me_body: serde_json::Value = http()
-        .get(format!("{}/me", b.url()))
-        .headers(user.headers())
-        .send()
-        .await
-        .expect("me")
-        .json()
-        .await
-        .expect("json");
-    let open_id = me_body["openId"].as_str().expect("openId").to_owned();
+    let open_id = open_id_at(&b.url(), user).await;
     let mut replica_2 = SessionServiceClient::connect(topology.replicas[1].url())
         .await
         .expect("replica 2 accepts gRPC");
