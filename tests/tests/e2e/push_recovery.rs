@@ -67,6 +67,9 @@ fn push(epoch: &str, offset: u64, text: &str) -> Value {
 #[tokio::test]
 async fn a_reconnecting_socket_gets_what_it_missed_in_order_exactly_once_then_live() {
     let stack = Stack::start().await;
+    // Live pushes reach the gateway once it follows session-svc (under load, its first
+    // health probe can find the store not ready yet and the follow start a moment later).
+    stack.wait_for_followers(1).await;
     let (minted, session) = stack.new_session().await;
     let mut pushes = SessionServiceClient::new(stack.session_channel().await);
     let addr = stack.gateway_addr();
