@@ -1,9 +1,13 @@
 //! Prometheus metrics, one registry per service instance (not a process-wide recorder: tests run
 //! several services in one process, and each must expose only its own), served at `/metrics` on
 //! a listen address of its own, apart from the traffic (default loopback, never routed by the
-//! shipped nginx). Recording goes through the `metrics` crate's handles; rendering is
-//! `metrics-exporter-prometheus`'s, in Prometheus' text format.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+//! shipped nginx). Recording goes through the `metrics` crate's handles. Counters and histograms
+//! are sharded per thread (`sharded.rs`: what every request records must not be a cache line
+//! the cores pass around); gauges, set rather than counted, are `metrics-exporter-prometheus`'s.
+//! Both render in Prometheus' text format.
+mod sharded;
+
+use std::{net::SocketAddr, sync::Arc};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -14,9 +18,6 @@ use tokio_util::sync::CancellationToken;
 const LATENCY_BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
-
-/// How often histogram samples are folded in when nobody scrapes (they are buffered until then).
-const UPKEEP: Duration = Duration::from_secs(5);
 
 /// Where a service serves `/metrics`; `off` serves nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +43,11 @@ pub fn metrics_listen(value: &str) -> Result<MetricsListen, String> {
 pub struct Registry(Option<Arc<Exposition>>);
 
 struct Exposition {
+    /// Gauges.
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Counters and histograms.
+    sharded: sharded::Families,
 }
 
 impl std::fmt::Debug for Registry {
@@ -74,15 +78,13 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 
 impl Registry {
     pub fn new() -> Self {
-        let builder = PrometheusBuilder::new();
-        // Every histogram is a latency in seconds: true Prometheus histograms (aggregatable
-        // across instances), not summaries.
-        let recorder = match builder.set_buckets(&LATENCY_BUCKETS) {
-            Ok(builder) => builder.build_recorder(),
-            Err(_) => PrometheusBuilder::new().build_recorder(),
-        };
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        Self(Some(Arc::new(Exposition { recorder, handle })))
+        Self(Some(Arc::new(Exposition {
+            recorder,
+            handle,
+            sharded: sharded::Families::default(),
+        })))
     }
 
     /// Records nothing.
@@ -101,6 +103,7 @@ impl Registry {
     /// The `# HELP` line of a metric (promtool wants one for each).
     pub fn describe(&self, name: &'static str, help: &'static str) {
         let Some(exposition) = &self.0 else { return };
+        exposition.sharded.describe(name, help);
         // The exporter keeps one description per name whatever its type.
         exposition.recorder.describe_counter(
             KeyName::from_const_str(name),
@@ -111,7 +114,7 @@ impl Registry {
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
         match &self.0 {
-            Some(e) => e.recorder.register_counter(&key(name, labels), &METADATA),
+            Some(e) => Counter::from_arc(e.sharded.counter(name, labels)),
             None => Counter::noop(),
         }
     }
@@ -125,21 +128,24 @@ impl Registry {
 
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
         match &self.0 {
-            Some(e) => e.recorder.register_histogram(&key(name, labels), &METADATA),
+            // Every histogram is a latency in seconds: true Prometheus histograms
+            // (aggregatable across instances), not summaries.
+            Some(e) => Histogram::from_arc(e.sharded.histogram(name, labels)),
             None => Histogram::noop(),
         }
     }
 
     /// The exposition, in Prometheus' text format (empty when off).
     pub fn render(&self) -> String {
-        self.0
-            .as_ref()
-            .map(|e| e.handle.render())
-            .unwrap_or_default()
+        let Some(exposition) = &self.0 else {
+            return String::new();
+        };
+        let mut text = exposition.handle.render();
+        exposition.sharded.render(&mut text);
+        text
     }
 
-    /// Serves `/metrics` on `listener` until `shutdown`, folding histogram samples in now and
-    /// then meanwhile. `refresh` runs before each rendering: gauges read from state at scrape
+    /// Serves `/metrics` on `listener` until `shutdown`. `refresh` runs before each rendering: gauges read from state at scrape
     /// time (cache sizes, time since something) are set there.
     pub async fn serve(
         self,
@@ -147,21 +153,9 @@ impl Registry {
         shutdown: CancellationToken,
         refresh: Arc<dyn Fn() + Send + Sync>,
     ) {
-        let Some(exposition) = self.0.clone() else {
+        if self.0.is_none() {
             return;
-        };
-        let upkeep = {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(UPKEEP);
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tick.tick() => exposition.handle.run_upkeep(),
-                    }
-                }
-            })
-        };
+        }
         let router = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
@@ -184,7 +178,6 @@ impl Registry {
         {
             tracing::warn!(error = %e, "the metrics listener failed");
         }
-        upkeep.abort();
     }
 }
 
