@@ -31,10 +31,10 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     pub fn generate() -> Result<Self, getrandom::Error> {
-        let mut id = [0u8; ID_BYTES];
-        let mut skey = [0u8; SKEY_BYTES];
-        getrandom::fill(&mut id)?;
-        getrandom::fill(&mut skey)?;
+        // One draw for both: a login's only trip to the kernel for randomness.
+        let mut bytes = [0u8; ID_BYTES + SKEY_BYTES];
+        getrandom::fill(&mut bytes)?;
+        let (id, skey) = bytes.split_at(ID_BYTES);
         Ok(Self {
             id: hex::encode(id),
             skey: URL_SAFE_NO_PAD.encode(skey),

@@ -56,15 +56,23 @@ pub enum UserDataError {
 
 /// Decodes base64 that may have travelled through a query string, where `+` became a space.
 pub fn decode_base64(field: &'static str, value: &str) -> Result<Vec<u8>, UserDataError> {
-    // No trim(): a leading or trailing space is a mangled '+', not padding.
-    let repaired: String = value
-        .chars()
-        .filter(|c| !matches!(c, '\n' | '\r' | '\t'))
-        .map(|c| if c == ' ' { '+' } else { c })
-        .collect();
-    LENIENT
-        .decode(repaired)
-        .map_err(|_| UserDataError::Base64(field))
+    // The repairs are all of ASCII bytes, which never occur inside a multi-byte character, so
+    // they can work on bytes; and what needs none (nearly every payload) is decoded in place.
+    let decoded = if value
+        .bytes()
+        .any(|b| matches!(b, b'\n' | b'\r' | b'\t' | b' '))
+    {
+        // No trim(): a leading or trailing space is a mangled '+', not padding.
+        let repaired: Vec<u8> = value
+            .bytes()
+            .filter(|b| !matches!(b, b'\n' | b'\r' | b'\t'))
+            .map(|b| if b == b' ' { b'+' } else { b })
+            .collect();
+        LENIENT.decode(repaired)
+    } else {
+        LENIENT.decode(value)
+    };
+    decoded.map_err(|_| UserDataError::Base64(field))
 }
 
 /// Checks shape before anything is spent: the code is single-use, so a malformed payload must
@@ -129,11 +137,24 @@ struct Watermark {
 }
 
 /// The parts of the decrypted data that are checked; the object itself is kept whole.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Checked {
-    open_id: Option<String>,
+struct Checked<'a> {
+    open_id: Option<&'a str>,
     watermark: Watermark,
+}
+
+impl<'a> Checked<'a> {
+    /// Read from the parsed object in place (a copy of it to deserialize from cost a login as
+    /// much as its decryption): `openId` a string or absent (or null), `watermark` required.
+    fn read(payload: &'a Map<String, Value>) -> Result<Self, UserDataError> {
+        let open_id = match payload.get("openId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) => Some(id.as_str()),
+            Some(_) => return Err(UserDataError::NotJson),
+        };
+        let watermark = payload.get("watermark").ok_or(UserDataError::NotJson)?;
+        let watermark = Watermark::deserialize(watermark).map_err(|_| UserDataError::NotJson)?;
+        Ok(Self { open_id, watermark })
+    }
 }
 
 /// What the caller already knows from the code exchange, against which the data is checked.
@@ -153,8 +174,7 @@ pub fn parse_decrypted(
 ) -> Result<UserInfo, UserDataError> {
     let payload: Map<String, Value> =
         serde_json::from_slice(plaintext).map_err(|_| UserDataError::NotJson)?;
-    let data = Checked::deserialize(&Value::Object(payload.clone()))
-        .map_err(|_| UserDataError::NotJson)?;
+    let data = Checked::read(&payload)?;
     if !bool::from(
         data.watermark
             .appid
@@ -167,11 +187,7 @@ pub fn parse_decrypted(
     if expected.now_secs.abs_diff(data.watermark.timestamp) > window.unsigned_abs() {
         return Err(UserDataError::Stale(expected.max_age.as_secs()));
     }
-    if data
-        .open_id
-        .as_deref()
-        .is_some_and(|id| id != expected.open_id)
-    {
+    if data.open_id.is_some_and(|id| id != expected.open_id) {
         return Err(UserDataError::OpenIdMismatch);
     }
     Ok(UserInfo::from_payload(
@@ -249,6 +265,19 @@ mod tests {
     }
 
     #[test]
+    fn line_breaks_are_dropped_and_what_is_not_base64_is_refused() {
+        let original = STANDARD.encode(b"a payload long enough to wrap");
+        let wrapped = format!("{}\r\n\t{}", &original[..8], &original[8..]);
+        assert_eq!(
+            decode_base64("x", &wrapped).unwrap(),
+            b"a payload long enough to wrap"
+        );
+        // Non-ASCII is refused whether or not the value needed a repair.
+        assert_eq!(decode_base64("x", "AAé="), Err(UserDataError::Base64("x")));
+        assert_eq!(decode_base64("x", "A Aé="), Err(UserDataError::Base64("x")));
+    }
+
+    #[test]
     fn decrypts_checks_watermark_and_freshness() {
         let body = r#"{"openId":"oUser","nickName":"N","gender":2,"watermark":{"appid":"wxapp","timestamp":1000}}"#;
         let ct = encrypt(body);
@@ -282,6 +311,24 @@ mod tests {
             parse_decrypted(&plain, &expected(1000)),
             Err(UserDataError::OpenIdMismatch)
         );
+    }
+
+    #[test]
+    fn the_checked_fields_must_have_their_types() {
+        let checked = |body: &str| parse_decrypted(body.as_bytes(), &expected(1000)).map(drop);
+        let mark = r#""watermark":{"appid":"wxapp","timestamp":1000}"#;
+        assert_eq!(checked(&format!("{{{mark}}}")), Ok(()));
+        assert_eq!(checked(&format!(r#"{{"openId":null,{mark}}}"#)), Ok(()));
+        for bad in [
+            format!(r#"{{"openId":5,{mark}}}"#),
+            r#"{"openId":"oUser"}"#.to_owned(),
+            r#"{"openId":"oUser","watermark":{"appid":"wxapp"}}"#.to_owned(),
+            r#"{"openId":"oUser","watermark":{"appid":1,"timestamp":1000}}"#.to_owned(),
+            r#"{"openId":"oUser","watermark":[]}"#.to_owned(),
+            "[]".to_owned(),
+        ] {
+            assert_eq!(checked(&bad), Err(UserDataError::NotJson), "{bad}");
+        }
     }
 
     #[test]

@@ -239,9 +239,7 @@ fn insert_batch(
 ) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(unavailable)?;
     txn.set_durability(Durability::Immediate);
-    for key in keys {
-        secrets::put_key_in(&txn, key)?;
-    }
+    secrets::put_keys_in(&txn, keys)?;
     {
         let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
         let mut by_open_id = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;

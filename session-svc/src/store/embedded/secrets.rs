@@ -31,20 +31,30 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// Replaces a user's session_key inside `txn`. The expiry index gets an entry for the new
-/// expiry and keeps the old one: the sweep drops entries that no longer match (this runs in
-/// every login's commit, the sweep once a minute).
-pub(super) fn put_key_in(txn: &WriteTransaction, key: &StoredSessionKey) -> Result<(), StoreError> {
-    let bytes = encode(key)?;
-    let open_id = key.open_id.as_str();
-    txn.open_table(SESSION_KEYS)
-        .map_err(unavailable)?
-        .insert(open_id, bytes.as_slice())
+/// Replaces users' session_keys inside `txn` (a batch's, opening each table once). The expiry
+/// index gets an entry for each new expiry and keeps the old one: the sweep drops entries that
+/// no longer match (this runs in every login's commit, the sweep once a minute).
+pub(super) fn put_keys_in(
+    txn: &WriteTransaction,
+    keys: &[StoredSessionKey],
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut by_open_id = txn.open_table(SESSION_KEYS).map_err(unavailable)?;
+    let mut by_expiry = txn
+        .open_table(SESSION_KEYS_BY_EXPIRY)
         .map_err(unavailable)?;
-    txn.open_table(SESSION_KEYS_BY_EXPIRY)
-        .map_err(unavailable)?
-        .insert((key.expires_at, open_id), ())
-        .map_err(unavailable)?;
+    for key in keys {
+        let bytes = encode(key)?;
+        let open_id = key.open_id.as_str();
+        by_open_id
+            .insert(open_id, bytes.as_slice())
+            .map_err(unavailable)?;
+        by_expiry
+            .insert((key.expires_at, open_id), ())
+            .map_err(unavailable)?;
+    }
     Ok(())
 }
 
@@ -139,8 +149,10 @@ impl SecretStore for EmbeddedStore {
         // A key still queued for this user is older than this one: it must not land after it.
         self.unqueue_session_key(&key.open_id);
         let key = key.clone();
-        self.write(Durability::Immediate, move |txn| put_key_in(txn, &key))
-            .await
+        self.write(Durability::Immediate, move |txn| {
+            put_keys_in(txn, std::slice::from_ref(&key))
+        })
+        .await
     }
 
     async fn get_session_key(&self, open_id: &str) -> Result<Option<StoredSessionKey>, StoreError> {
