@@ -1,7 +1,6 @@
 //! The wafer protocol as `wafer-client-sdk` speaks it: parameter names, the magic key, and the
 //! shape of every body the session layer produces. Nothing here does I/O.
-use serde_json::{Value, json};
-use weapp_wire::UserInfo;
+use serde_json::{Value, json, value::RawValue};
 
 /// Present in every body produced by the session layer; the client SDK keys on it.
 pub const MAGIC_KEY: &str = "F2C224D4-2BCE-4C64-AF9F-A6D872000D1A";
@@ -34,13 +33,14 @@ pub fn unavailable_body(message: &str) -> Value {
     json!({ "error": ERR_SESSION_UNAVAILABLE, "message": message })
 }
 
-pub fn login_body(id: &str, skey: &str, user: Option<&UserInfo>) -> Value {
-    let mut body = json!({ MAGIC_KEY: 1, "session": { "id": id, "skey": skey } });
-    if let Some(user) = user {
+pub fn login_body(id: &str, skey: &str, user: Option<&RawValue>) -> String {
+    let session = json!({ "id": id, "skey": skey });
+    match user {
         // An addition to wafer's body: the SDK ignores it, newer clients save a round trip.
-        body["userInfo"] = Value::Object(user.fields().clone());
+        // session-svc's text of it as it came: a login only passes the user on.
+        Some(user) => format!(r#"{{"{MAGIC_KEY}":1,"session":{session},"userInfo":{user}}}"#),
+        None => format!(r#"{{"{MAGIC_KEY}":1,"session":{session}}}"#),
     }
-    body
 }
 
 /// `/logout`'s answer; the magic key makes the SDK drop its copy of the session.
@@ -64,15 +64,18 @@ mod tests {
     #[test]
     fn bodies_have_the_magic_key_except_the_outage_body() {
         assert_eq!(error_body(ERR_INVALID_SESSION, "m")[MAGIC_KEY], 1);
-        assert_eq!(login_body("i", "s", None)["session"]["skey"], "s");
+        let login: Value = serde_json::from_str(&login_body("i", "s\"", None)).unwrap();
+        assert_eq!(login[MAGIC_KEY], 1);
+        assert_eq!(login["session"]["skey"], "s\"");
         assert!(unavailable_body("m").get(MAGIC_KEY).is_none());
     }
 
     #[test]
     fn the_login_body_carries_the_whole_user() {
-        let user = UserInfo::code_only("o", Some("u"));
-        let body = login_body("i", "s", Some(&user));
+        let user = RawValue::from_string(r#"{"openId":"o","unionId":"u"}"#.to_owned()).unwrap();
+        let body: Value = serde_json::from_str(&login_body("i", "s", Some(&user))).unwrap();
         assert_eq!(body["userInfo"], json!({"openId": "o", "unionId": "u"}));
+        assert_eq!(body["session"], json!({"id": "i", "skey": "s"}));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod session {
 }
 
 mod user;
+pub use user::user_json;
 
 /// Encoded `FileDescriptorSet` of every weapp proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("weapp_descriptor");

@@ -1,9 +1,33 @@
 //! The one conversion between the user as weapp keeps it ([`weapp_wire::UserInfo`], the whole
 //! object) and the user on the wire ([`pb::UserInfo`]). Every service goes through here, so a
 //! field cannot be dropped on one path and kept on another.
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use weapp_wire::{UserInfo, user::MissingOpenId};
 
 use crate::session::v1 as pb;
+
+/// The user as JSON text, for an answer that only passes it on (a login's): checked as
+/// [`UserInfo::try_from`] checks it — an object whose `openId` is a string — without building
+/// the object and writing it out again.
+pub fn user_json(user: &pb::UserInfo) -> Result<Box<RawValue>, MissingOpenId> {
+    /// What is checked; every other field is skipped over.
+    #[derive(Deserialize)]
+    struct WithOpenId {
+        #[serde(rename = "openId")]
+        _open_id: String,
+    }
+    if user.json.is_empty() {
+        let user = UserInfo::try_from(user)?;
+        return RawValue::from_string(user.to_json()).map_err(|_| MissingOpenId);
+    }
+    // A struct also deserializes from an array: only an object is a user.
+    if !user.json.trim_start().starts_with('{') {
+        return Err(MissingOpenId);
+    }
+    serde_json::from_str::<WithOpenId>(&user.json).map_err(|_| MissingOpenId)?;
+    RawValue::from_string(user.json.clone()).map_err(|_| MissingOpenId)
+}
 
 impl From<&UserInfo> for pb::UserInfo {
     fn from(user: &UserInfo) -> Self {
@@ -77,6 +101,54 @@ mod tests {
             (Some("N"), Some(2))
         );
         assert_eq!(UserInfo::try_from(&wire), Ok(user));
+    }
+
+    #[test]
+    fn the_json_passed_on_is_checked_as_the_object_would_be() {
+        let user = UserInfo::from_payload(
+            serde_json::Map::from_iter([("nickName".to_owned(), json!("N \"q\""))]),
+            "o1",
+            Some("u1"),
+        );
+        let wire = pb::UserInfo::from(&user);
+        let text = user_json(&wire).unwrap();
+        let back: serde_json::Value = serde_json::from_str(text.get()).unwrap();
+        assert_eq!(back, serde_json::Value::Object(user.fields().clone()));
+        // A session-svc older than the `json` field: written from the typed fields.
+        let typed = pb::UserInfo {
+            json: String::new(),
+            ..wire.clone()
+        };
+        let back: serde_json::Value =
+            serde_json::from_str(user_json(&typed).unwrap().get()).unwrap();
+        assert_eq!(back["openId"], "o1");
+        for bad in [
+            r#"{"nickName":"N"}"#,
+            r#"{"openId":7}"#,
+            r#"{"openId":null}"#,
+            r#"["o1"]"#,
+            r#"{"openId":"o1""#,
+            r#"{"openId":"o1"} x"#,
+            "",
+        ] {
+            let wire = pb::UserInfo {
+                json: bad.to_owned(),
+                open_id: if bad.is_empty() {
+                    String::new()
+                } else {
+                    "o1".to_owned()
+                },
+                ..Default::default()
+            };
+            assert_eq!(user_json(&wire).map(|_| ()), Err(MissingOpenId), "{bad}");
+            if !bad.is_empty() {
+                assert_eq!(
+                    UserInfo::try_from(&wire).map(|_| ()),
+                    Err(MissingOpenId),
+                    "{bad}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -4,11 +4,12 @@ use session_svc::{
 };
 use weapp_common::config::ServiceCli as _;
 
-/// mimalloc rather than the system's: a login allocates and frees hundreds of small buffers
-/// across threads (the gRPC frames, the store's pages), where glibc's malloc spent a seventh
-/// of session-svc's CPU.
+/// jemalloc rather than the system's, as in the gateway: a login allocates and frees hundreds
+/// of small buffers across threads (the gRPC frames, the store's pages), where glibc's malloc
+/// spent a seventh of session-svc's CPU.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

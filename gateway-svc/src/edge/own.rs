@@ -13,7 +13,6 @@ use axum::{
 };
 use serde_json::json;
 use weapp_proto::session::v1::LoginRequest;
-use weapp_wire::UserInfo;
 
 use crate::{
     apps::login_app,
@@ -102,11 +101,14 @@ async fn log_in(
     let user = answer
         .user
         .as_ref()
-        .map(UserInfo::try_from)
+        .map(weapp_proto::user_json)
         .transpose()
         .map_err(|_| ApiError::BadAnswer("session service sent a user without an openId"))?;
-    let mut response =
-        Json(wafer::login_body(&session.id, &session.skey, user.as_ref())).into_response();
+    let mut response = (
+        [(header::CONTENT_TYPE, "application/json")],
+        wafer::login_body(&session.id, &session.skey, user.as_deref()),
+    )
+        .into_response();
     if let Ok(app) = HeaderValue::from_str(&answer.app_id)
         && !answer.app_id.is_empty()
     {
