@@ -31,7 +31,7 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     pub fn generate() -> Result<Self, getrandom::Error> {
-        // One draw for both: a login's only trip to the kernel for randomness.
+        // One draw for both: each draw is a trip to the kernel.
         let mut bytes = [0u8; ID_BYTES + SKEY_BYTES];
         getrandom::fill(&mut bytes)?;
         let (id, skey) = bytes.split_at(ID_BYTES);

@@ -143,8 +143,9 @@ struct Checked<'a> {
 }
 
 impl<'a> Checked<'a> {
-    /// Read from the parsed object in place (a copy of it to deserialize from cost a login as
-    /// much as its decryption): `openId` a string or absent (or null), `watermark` required.
+    /// Read from the parsed object in place, not from a copy of it (the object can be large, and
+    /// every login with user data reads it): `openId` a string or absent (or null), `watermark`
+    /// required, as serde's derive read them before.
     fn read(payload: &'a Map<String, Value>) -> Result<Self, UserDataError> {
         let open_id = match payload.get("openId") {
             None | Some(Value::Null) => None,
