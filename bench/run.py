@@ -508,14 +508,18 @@ def observability(cfg, svc, results):
     scraper = threading.Thread(target=scrape, daemon=True)
     scraper.start()
     runs = {name: [] for name in stacks}
-    rounds = 1 if cfg.smoke else 7
+    rounds = 1 if cfg.smoke else 9
     try:
         for round_ in range(rounds):
             # Every trace exported is a different question (what full sampling costs), asked
-            # twice; off and on are the comparison, asked in every round.
-            for name, stack in stacks.items():
-                if name == "on_all" and round_ >= 2:
-                    continue
+            # twice; off and on are the comparison, asked in every round, in turns first: the
+            # second run of a round meets a machine the first has warmed (or its neighbours
+            # have woken), and that must not count against one side only.
+            order = ["off", "on"] if round_ % 2 == 0 else ["on", "off"]
+            if round_ < 2:
+                order.append("on_all")
+            for name in order:
+                stack = stacks[name]
                 # The stack's CPU per request beside its rate: on this shared machine the rate
                 # moves with the neighbours, what a request costs the services much less.
                 before = [cpu_seconds(p) for p in stack["all_pids"]]
@@ -1033,7 +1037,7 @@ def report(cfg, results, env, started, finished):
         ("off: no /metrics (recording is a no-op), no span export", oo),
         ("on: /metrics on both services, scraped every second; spans over OTLP at the default sample ratio (1%)", on),
         ("on, every trace exported (`WEAPP_TRACE_SAMPLE_RATIO=1`), to a receiver on the same two cores", oa)])
-    lines.append(f"\nThe three stacks ran side by side, their runs interleaved in rounds (off, on, every trace); "
+    lines.append(f"\nThe three stacks ran side by side, their runs interleaved in rounds (off and on taking turns at going first; every trace in the first two); "
                  f"req/s per round: off {r['observability_off_runs']}, on {r['observability_on_runs']}, every trace "
                  f"{r['observability_on_all_runs']}. On against off, round by round: {r['observability_on_vs_off_rounds']} "
                  f"(median {r['observability_on_vs_off']:.1%}); their CPU per request (gateway + session-svc, "
