@@ -9,8 +9,13 @@ use subtle::ConstantTimeEq;
 
 const ID_BYTES: usize = 16; // 128 bits
 const SKEY_BYTES: usize = 32; // 256 bits
-/// Hex length of an id.
-pub const ID_LEN: usize = ID_BYTES * 2;
+/// Hex digits of the creation time (milliseconds, 48 bits) that lead an id.
+const TIME_HEX: usize = 12;
+/// Hex length of an id: its creation time, then 128 random bits.
+pub const ID_LEN: usize = TIME_HEX + ID_BYTES * 2;
+/// Hex length of an id made before ids led with their time (128 random bits alone): still
+/// served, so an upgrade ends no session.
+const UNTIMED_ID_LEN: usize = ID_BYTES * 2;
 /// Base64url (unpadded) length of an skey.
 pub const SKEY_LEN: usize = 43;
 
@@ -34,9 +39,16 @@ impl Credentials {
         // One draw for both: each draw is a trip to the kernel.
         let mut bytes = [0u8; ID_BYTES + SKEY_BYTES];
         getrandom::fill(&mut bytes)?;
-        let (id, skey) = bytes.split_at(ID_BYTES);
+        let (random, skey) = bytes.split_at(ID_BYTES);
+        // Time first: ids made close together sort together, so a store's index of ids (redb's
+        // B-tree, MongoDB's _id) takes a new session at its right edge, where the last one went,
+        // instead of at a random leaf that must be copied, checksummed and written
+        // (bench/README.md, "A login's CPU"). The 128 random bits are what makes it unguessable.
+        let millis = u64::try_from(crate::record::now_millis()).unwrap_or(0) & 0xffff_ffff_ffff;
+        let mut id = format!("{millis:0TIME_HEX$x}");
+        id.push_str(&hex::encode(random));
         Ok(Self {
-            id: hex::encode(id),
+            id,
             skey: URL_SAFE_NO_PAD.encode(skey),
         })
     }
@@ -72,7 +84,7 @@ pub fn well_formed(id: &str, skey: &str) -> bool {
 }
 
 pub fn well_formed_id(id: &str) -> bool {
-    id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit())
+    (id.len() == ID_LEN || id.len() == UNTIMED_ID_LEN) && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A short, non-reversible tag for logs: lets operators correlate lines about one session or
@@ -110,6 +122,32 @@ mod tests {
         let c = Credentials::generate().unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains(&c.skey) && !shown.contains(&c.id));
+    }
+
+    #[test]
+    fn ids_lead_with_their_time_and_sort_in_the_order_they_were_made() {
+        let before = crate::record::now_millis();
+        let first = Credentials::generate().unwrap().id;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = Credentials::generate().unwrap().id;
+        assert_eq!(first.len(), ID_LEN);
+        let made = i64::from_str_radix(&first[..TIME_HEX], 16).unwrap();
+        assert!(
+            made >= before && made <= crate::record::now_millis(),
+            "{first}"
+        );
+        assert!(first < second, "{first} then {second}");
+        // The random part is 128 bits of its own, whatever the time.
+        assert_eq!(first[TIME_HEX..].len(), 32);
+    }
+
+    #[test]
+    fn ids_from_before_the_time_prefix_are_still_served() {
+        let skey = Credentials::generate().unwrap().skey;
+        assert!(well_formed(&"0a".repeat(16), &skey));
+        for len in [0, 31, 33, 43, 45] {
+            assert!(!well_formed(&"a".repeat(len), &skey), "{len}");
+        }
     }
 
     #[test]

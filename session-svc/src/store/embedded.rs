@@ -5,8 +5,10 @@
 //! written together by the next one, so N concurrent logins cost one fsync instead of N, and
 //! each login still answers only once its session is on disk.
 mod events;
+mod expiry;
 mod secrets;
 mod streams;
+mod users;
 
 use std::{
     path::Path,
@@ -15,25 +17,20 @@ use std::{
 
 use async_trait::async_trait;
 use redb::{
-    Database, Durability, MultimapTableDefinition, MultimapTableHandle as _,
-    ReadableMultimapTable as _, ReadableTable as _, ReadableTableMetadata as _, TableDefinition,
-    WriteTransaction,
+    Database, Durability, MultimapTableDefinition, MultimapTableHandle as _, ReadableTable as _,
+    ReadableTableMetadata as _, TableDefinition, WriteTransaction,
 };
 
+use self::expiry::Expiring;
 use super::{SessionStore, StoreError, StoredSessionKey};
 use crate::record::{PhoneNumber, SessionRecord, UnixMillis};
 
 /// id → the session record as JSON (readable with any redb tool).
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-/// openId → ids of that user's sessions, for revoking them all.
-const BY_OPEN_ID: MultimapTableDefinition<&str, &str> =
-    MultimapTableDefinition::new("sessions_by_open_id");
 /// unionId → ids of that person's sessions (in any app), for pushing to and revoking a
 /// person. Filled from the sessions when a store from before it is opened.
 const BY_UNION_ID: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("sessions_by_union_id");
-/// (expires_at, id), so the sweeper reads only what has expired.
-const BY_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("sessions_by_expiry");
 
 pub const FILE_NAME: &str = "sessions.redb";
 
@@ -106,8 +103,8 @@ impl EmbeddedStore {
         })?;
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(SESSIONS).map_err(unavailable)?;
-        txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
-        txn.open_table(BY_EXPIRY).map_err(unavailable)?;
+        users::migrate(&txn)?;
+        expiry::migrate(&txn)?;
         index_union_ids(&txn)?;
         txn.open_table(secrets::TOKENS).map_err(unavailable)?;
         txn.open_table(streams::STREAMS).map_err(unavailable)?;
@@ -116,9 +113,6 @@ impl EmbeddedStore {
         txn.open_table(events::DEAD).map_err(unavailable)?;
         txn.open_table(events::NONCES).map_err(unavailable)?;
         txn.open_table(secrets::LEASES).map_err(unavailable)?;
-        txn.open_table(secrets::SESSION_KEYS).map_err(unavailable)?;
-        txn.open_table(secrets::SESSION_KEYS_BY_EXPIRY)
-            .map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
         Ok(Self {
             db: Arc::new(db),
@@ -128,27 +122,19 @@ impl EmbeddedStore {
         })
     }
 
-    /// The sessions an index lists under `key`.
-    async fn indexed(
-        &self,
-        index: MultimapTableDefinition<'static, &'static str, &'static str>,
-        key: &str,
+    /// The sessions of these ids that exist, read in `txn`.
+    fn sessions_in(
+        txn: &redb::ReadTransaction,
+        ids: impl IntoIterator<Item = String>,
     ) -> Result<Vec<SessionRecord>, StoreError> {
-        let key = key.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(unavailable)?;
-            let index = txn.open_multimap_table(index).map_err(unavailable)?;
-            let sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
-            let mut records = Vec::new();
-            for id in index.get(key.as_str()).map_err(unavailable)? {
-                let id = id.map_err(unavailable)?;
-                if let Some(bytes) = sessions.get(id.value()).map_err(unavailable)? {
-                    records.push(decode(bytes.value())?);
-                }
+        let sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+        let mut records = Vec::new();
+        for id in ids {
+            if let Some(bytes) = sessions.get(id.as_str()).map_err(unavailable)? {
+                records.push(decode(bytes.value())?);
             }
-            Ok(records)
-        })
-        .await
+        }
+        Ok(records)
     }
 
     /// Queues a user's session_key for the next batch of inserts.
@@ -242,15 +228,13 @@ fn insert_batch(
     secrets::put_keys_in(&txn, keys)?;
     {
         let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
-        let mut by_open_id = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
-        let mut by_expiry = txn.open_table(BY_EXPIRY).map_err(unavailable)?;
+        let mut users = txn.open_multimap_table(users::USERS).map_err(unavailable)?;
+        let mut by_expiry = txn.open_table(expiry::BY_EXPIRY).map_err(unavailable)?;
         let mut by_union_id = txn.open_multimap_table(BY_UNION_ID).map_err(unavailable)?;
         for PendingInsert { record, bytes, .. } in batch {
             let id = record.id.as_str();
             sessions.insert(id, bytes.as_slice()).map_err(unavailable)?;
-            by_open_id
-                .insert(record.user.open_id(), id)
-                .map_err(unavailable)?;
+            users::add_session(&mut users, record.user.open_id(), id)?;
             if let Some(union_id) = record.user.union_id() {
                 by_union_id.insert(union_id, id).map_err(unavailable)?;
             }
@@ -284,13 +268,10 @@ fn index_union_ids(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The ids of a user's sessions, from the index.
+/// The ids of a user's sessions.
 fn session_ids_of(txn: &WriteTransaction, open_id: &str) -> Result<Vec<String>, StoreError> {
-    let index = txn.open_multimap_table(BY_OPEN_ID).map_err(unavailable)?;
-    let values = index.get(open_id).map_err(unavailable)?;
-    values
-        .map(|v| v.map(|g| g.value().to_owned()).map_err(unavailable))
-        .collect()
+    let users = txn.open_multimap_table(users::USERS).map_err(unavailable)?;
+    users::session_ids(&users, open_id)
 }
 
 /// Deletes a session and its index entries inside `txn`; the record it removed.
@@ -301,17 +282,18 @@ fn remove_in(txn: &WriteTransaction, id: &str) -> Result<Option<SessionRecord>, 
     };
     let record = decode(bytes.value())?;
     drop(bytes);
-    txn.open_multimap_table(BY_OPEN_ID)
-        .map_err(unavailable)?
-        .remove(record.user.open_id(), id)
-        .map_err(unavailable)?;
+    users::remove_session(
+        &mut txn.open_multimap_table(users::USERS).map_err(unavailable)?,
+        record.user.open_id(),
+        id,
+    )?;
     if let Some(union_id) = record.user.union_id() {
         txn.open_multimap_table(BY_UNION_ID)
             .map_err(unavailable)?
             .remove(union_id, id)
             .map_err(unavailable)?;
     }
-    txn.open_table(BY_EXPIRY)
+    txn.open_table(expiry::BY_EXPIRY)
         .map_err(unavailable)?
         .remove((record.expires_at, id))
         .map_err(unavailable)?;
@@ -377,7 +359,7 @@ impl SessionStore for EmbeddedStore {
             let bytes =
                 serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sessions.insert(id, bytes.as_slice()).map_err(unavailable)?;
-            let mut by_expiry = txn.open_table(BY_EXPIRY).map_err(unavailable)?;
+            let mut by_expiry = txn.open_table(expiry::BY_EXPIRY).map_err(unavailable)?;
             by_expiry.remove((old_expiry, id)).map_err(unavailable)?;
             by_expiry
                 .insert((record.expires_at, id), ())
@@ -437,30 +419,35 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn sessions_of_user(&self, open_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
-        self.indexed(BY_OPEN_ID, open_id).await
+        let open_id = open_id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let users = txn.open_multimap_table(users::USERS).map_err(unavailable)?;
+            Self::sessions_in(&txn, users::session_ids(&users, &open_id)?)
+        })
+        .await
     }
 
     async fn sessions_of_union(&self, union_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
-        self.indexed(BY_UNION_ID, union_id).await
+        let union_id = union_id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let index = txn.open_multimap_table(BY_UNION_ID).map_err(unavailable)?;
+            let ids = index
+                .get(union_id.as_str())
+                .map_err(unavailable)?
+                .map(|id| id.map(|id| id.value().to_owned()).map_err(unavailable))
+                .collect::<Result<Vec<_>, _>>()?;
+            Self::sessions_in(&txn, ids)
+        })
+        .await
     }
 
     async fn purge_expired(&self, now: UnixMillis) -> Result<u64, StoreError> {
         self.write(Durability::Eventual, move |txn| {
-            let due: Vec<String> = {
-                let by_expiry = txn.open_table(BY_EXPIRY).map_err(unavailable)?;
-                let range = by_expiry
-                    .range(..(now.saturating_add(1), ""))
-                    .map_err(unavailable)?;
-                range
-                    .map(|entry| {
-                        entry
-                            .map(|(k, _)| k.value().1.to_owned())
-                            .map_err(unavailable)
-                    })
-                    .collect::<Result<_, _>>()?
-            };
+            let due = expiry::due(txn, now, |e| matches!(e, Expiring::Session(_)))?;
             let mut removed = 0;
-            for id in due {
+            for (_, id) in due {
                 if remove_in(txn, &id)?.is_some() {
                     removed += 1;
                 }
@@ -490,6 +477,125 @@ impl SessionStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::TableHandle as _;
+
+    use crate::{store::StoredSessionKey, vault::Sealed};
+
+    fn record(id: &str, open_id: &str) -> SessionRecord {
+        let now = crate::record::now_millis();
+        SessionRecord {
+            id: id.into(),
+            skey_hash: "ab".repeat(32),
+            user: serde_json::from_value(serde_json::json!({"openId": open_id})).unwrap(),
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + 60_000,
+            max_expires_at: now + 120_000,
+            phone: None,
+            app_id: None,
+        }
+    }
+
+    fn key(open_id: &str, expires_at: i64) -> StoredSessionKey {
+        StoredSessionKey {
+            open_id: open_id.into(),
+            app_id: None,
+            sealed: Sealed {
+                key_id: "k1".into(),
+                nonce: "n".into(),
+                ciphertext: format!("c-{open_id}"),
+            },
+            updated_at: 1,
+            expires_at,
+        }
+    }
+
+    /// A file as session-svc wrote it before `users` (sessions_by_open_id and session_keys,
+    /// tables of their own) opens with every user's sessions and key, in the new table only.
+    #[tokio::test]
+    async fn a_store_from_before_the_users_table_is_moved_over_when_opened() {
+        use crate::store::SecretStore as _;
+        let dir = tempfile::tempdir().unwrap();
+        let now = crate::record::now_millis();
+        let (a, b, c) = (
+            record(&"a".repeat(32), "o1"),
+            record(&"b".repeat(32), "o1"),
+            record(&"c".repeat(32), "o2"),
+        );
+        {
+            let old_by_open_id: MultimapTableDefinition<&str, &str> =
+                MultimapTableDefinition::new("sessions_by_open_id");
+            let old_keys: TableDefinition<&str, &[u8]> = TableDefinition::new("session_keys");
+            const OLD_KEYS_BY_EXPIRY: TableDefinition<(i64, &str), ()> =
+                TableDefinition::new("session_keys_by_expiry");
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut sessions = txn.open_table(SESSIONS).unwrap();
+                let mut by_open_id = txn.open_multimap_table(old_by_open_id).unwrap();
+                let mut by_expiry = txn.open_table(expiry::BY_EXPIRY).unwrap();
+                for r in [&a, &b, &c] {
+                    let bytes = serde_json::to_vec(r).unwrap();
+                    sessions.insert(r.id.as_str(), bytes.as_slice()).unwrap();
+                    by_open_id.insert(r.user.open_id(), r.id.as_str()).unwrap();
+                    by_expiry.insert((r.expires_at, r.id.as_str()), ()).unwrap();
+                }
+                let mut keys = txn.open_table(old_keys).unwrap();
+                let mut keys_by_expiry = txn.open_table(OLD_KEYS_BY_EXPIRY).unwrap();
+                for (open_id, expires_at) in [("o1", now + 60_000), ("o3", now - 1)] {
+                    let bytes = serde_json::to_vec(&key(open_id, expires_at)).unwrap();
+                    keys.insert(open_id, bytes.as_slice()).unwrap();
+                    keys_by_expiry.insert((expires_at, open_id), ()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut of_o1 = store.sessions_of_user("o1").await.unwrap();
+        of_o1.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(of_o1, vec![a.clone(), b.clone()]);
+        assert_eq!(store.sessions_of_user("o2").await.unwrap(), vec![c]);
+        assert_eq!(
+            store.get_session_key("o1").await.unwrap(),
+            Some(key("o1", now + 60_000))
+        );
+        assert_eq!(store.get_session_key("o2").await.unwrap(), None);
+        // What was indexed before is swept and revoked as before.
+        assert_eq!(store.purge_session_keys(now).await.unwrap(), 1);
+        assert_eq!(store.get_session_key("o3").await.unwrap(), None);
+        assert_eq!(store.remove_by_open_id("o1").await.unwrap(), 2);
+        assert_eq!(store.get(&a.id).await.unwrap(), None);
+        assert!(
+            store.get_session_key("o1").await.unwrap().is_some(),
+            "a key outlives revocation"
+        );
+
+        let txn = store.db.begin_read().unwrap();
+        let left: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .chain(
+                txn.list_multimap_tables()
+                    .unwrap()
+                    .map(|t| t.name().to_owned()),
+            )
+            .collect();
+        assert!(left.iter().any(|t| t == "users"), "{left:?}");
+        assert!(
+            !left
+                .iter()
+                .any(|t| t == "sessions_by_open_id" || t == "session_keys"),
+            "the old tables are gone: {left:?}"
+        );
+        drop(txn);
+        drop(store);
+        // Opened again: nothing to move, nothing lost.
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.sessions_of_user("o2").await.unwrap().len(), 1);
+        assert!(store.get_session_key("o1").await.unwrap().is_some());
+    }
 
     #[test]
     fn a_second_process_on_the_same_data_directory_is_refused_clearly() {

@@ -12,7 +12,9 @@ async fn code_only_login_gives_a_session_whose_user_is_the_openid() {
         ..Default::default()
     });
     let session = session_from(stack.login_code_only(&minted.code).await).await;
-    assert_eq!(session.id.len(), 32, "128-bit hex id");
+    // Its creation time (12 hex digits), then 128 random bits.
+    assert_eq!(session.id.len(), 44, "{}", session.id);
+    assert!(session.id.bytes().all(|b| b.is_ascii_hexdigit()));
     assert!(session.skey.len() >= 43, "256-bit skey");
 
     let (status, me) = json(stack.get("/me", Some(&session)).await).await;

@@ -1,10 +1,15 @@
-//! The embedded store's [`SecretStore`]: three more tables in the same redb file. One process
-//! owns the file, so the lease only matters for the shape of the code that takes it.
+//! The embedded store's [`SecretStore`]: more tables in the same redb file (users' session_keys
+//! live with their sessions' ids, `users.rs`). One process owns the file, so the lease only
+//! matters for the shape of the code that takes it.
 use async_trait::async_trait;
 use redb::{Durability, ReadableTable as _, TableDefinition, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{EmbeddedStore, unavailable};
+use super::{
+    EmbeddedStore,
+    expiry::{self, Expiring},
+    unavailable, users,
+};
 use crate::{
     record::UnixMillis,
     store::{
@@ -17,11 +22,6 @@ use crate::{
 pub(super) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("wechat_tokens");
 /// Lease name → (holder, until).
 pub(super) const LEASES: TableDefinition<&str, (&str, i64)> = TableDefinition::new("leases");
-/// openId → the sealed session_key as JSON.
-pub(super) const SESSION_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("session_keys");
-/// (expires_at, openId), so the sweeper reads only what has expired.
-pub(super) const SESSION_KEYS_BY_EXPIRY: TableDefinition<(i64, &str), ()> =
-    TableDefinition::new("session_keys_by_expiry");
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -41,18 +41,15 @@ pub(super) fn put_keys_in(
     if keys.is_empty() {
         return Ok(());
     }
-    let mut by_open_id = txn.open_table(SESSION_KEYS).map_err(unavailable)?;
-    let mut by_expiry = txn
-        .open_table(SESSION_KEYS_BY_EXPIRY)
-        .map_err(unavailable)?;
+    let mut users = txn.open_multimap_table(users::USERS).map_err(unavailable)?;
+    let mut by_expiry = txn.open_table(expiry::BY_EXPIRY).map_err(unavailable)?;
     for key in keys {
-        let bytes = encode(key)?;
-        let open_id = key.open_id.as_str();
-        by_open_id
-            .insert(open_id, bytes.as_slice())
-            .map_err(unavailable)?;
+        users::put_key(&mut users, key, &encode(key)?)?;
         by_expiry
-            .insert((key.expires_at, open_id), ())
+            .insert(
+                (key.expires_at, expiry::key_entry(&key.open_id).as_str()),
+                (),
+            )
             .map_err(unavailable)?;
     }
     Ok(())
@@ -156,36 +153,36 @@ impl SecretStore for EmbeddedStore {
     }
 
     async fn get_session_key(&self, open_id: &str) -> Result<Option<StoredSessionKey>, StoreError> {
-        self.read_json(SESSION_KEYS, open_id).await
+        let open_id = open_id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let users = txn.open_multimap_table(users::USERS).map_err(unavailable)?;
+            users::key(&users, &open_id)?
+                .map(|json| decode(&json))
+                .transpose()
+        })
+        .await
     }
 
     async fn purge_session_keys(&self, now: UnixMillis) -> Result<u64, StoreError> {
         self.write(Durability::Eventual, move |txn| {
-            let mut by_expiry = txn
-                .open_table(SESSION_KEYS_BY_EXPIRY)
-                .map_err(unavailable)?;
-            let due: Vec<(i64, String)> = by_expiry
-                .range(..(now.saturating_add(1), ""))
-                .map_err(unavailable)?
-                .map(|entry| {
-                    entry
-                        .map(|(k, _)| (k.value().0, k.value().1.to_owned()))
-                        .map_err(unavailable)
-                })
-                .collect::<Result<_, _>>()?;
-            let mut keys = txn.open_table(SESSION_KEYS).map_err(unavailable)?;
+            let due = expiry::due(txn, now, |e| matches!(e, Expiring::Key(_)))?;
+            let mut by_expiry = txn.open_table(expiry::BY_EXPIRY).map_err(unavailable)?;
+            let mut users = txn.open_multimap_table(users::USERS).map_err(unavailable)?;
             let mut removed = 0;
-            for (expires_at, open_id) in &due {
+            for (expires_at, entry) in &due {
                 by_expiry
-                    .remove((*expires_at, open_id.as_str()))
+                    .remove((*expires_at, entry.as_str()))
                     .map_err(unavailable)?;
+                let Expiring::Key(open_id) = Expiring::of(entry) else {
+                    continue;
+                };
                 // The entry of an older login: the user's current key lives longer.
-                let expired = match keys.get(open_id.as_str()).map_err(unavailable)? {
-                    Some(current) => decode::<StoredSessionKey>(current.value())?.expires_at <= now,
+                let expired = match users::key(&users, open_id)? {
+                    Some(current) => decode::<StoredSessionKey>(&current)?.expires_at <= now,
                     None => false,
                 };
-                if expired {
-                    keys.remove(open_id.as_str()).map_err(unavailable)?;
+                if expired && users::remove_key(&mut users, open_id)? {
                     removed += 1;
                 }
             }
