@@ -122,19 +122,24 @@ impl EmbeddedStore {
         })
     }
 
-    /// The sessions of these ids that exist, read in `txn`.
-    fn sessions_in(
-        txn: &redb::ReadTransaction,
-        ids: impl IntoIterator<Item = String>,
-    ) -> Result<Vec<SessionRecord>, StoreError> {
-        let sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
-        let mut records = Vec::new();
-        for id in ids {
-            if let Some(bytes) = sessions.get(id.as_str()).map_err(unavailable)? {
-                records.push(decode(bytes.value())?);
+    /// The sessions whose ids `ids_of` reads (from an index), in one read transaction.
+    async fn listed<F>(&self, ids_of: F) -> Result<Vec<SessionRecord>, StoreError>
+    where
+        F: FnOnce(&redb::ReadTransaction) -> Result<Vec<String>, StoreError> + Send + 'static,
+    {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let ids = ids_of(&txn)?;
+            let sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+            let mut records = Vec::new();
+            for id in ids {
+                if let Some(bytes) = sessions.get(id.as_str()).map_err(unavailable)? {
+                    records.push(decode(bytes.value())?);
+                }
             }
-        }
-        Ok(records)
+            Ok(records)
+        })
+        .await
     }
 
     /// Queues a user's session_key for the next batch of inserts.
@@ -420,25 +425,22 @@ impl SessionStore for EmbeddedStore {
 
     async fn sessions_of_user(&self, open_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
         let open_id = open_id.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(unavailable)?;
+        self.listed(move |txn| {
             let users = txn.open_multimap_table(users::USERS).map_err(unavailable)?;
-            Self::sessions_in(&txn, users::session_ids(&users, &open_id)?)
+            users::session_ids(&users, &open_id)
         })
         .await
     }
 
     async fn sessions_of_union(&self, union_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
         let union_id = union_id.to_owned();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(unavailable)?;
+        self.listed(move |txn| {
             let index = txn.open_multimap_table(BY_UNION_ID).map_err(unavailable)?;
-            let ids = index
+            index
                 .get(union_id.as_str())
                 .map_err(unavailable)?
                 .map(|id| id.map(|id| id.value().to_owned()).map_err(unavailable))
-                .collect::<Result<Vec<_>, _>>()?;
-            Self::sessions_in(&txn, ids)
+                .collect()
         })
         .await
     }
