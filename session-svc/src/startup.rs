@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use weapp_common::{
@@ -17,7 +18,7 @@ use crate::{
     cluster::ClusterFeed,
     config::Settings,
     credentials,
-    grpc::{MessagePushRpcs, SessionGrpc, WeChatServices},
+    grpc::{MessagePushRpcs, OneWrite, SessionGrpc, WeChatServices},
     health::StoreWatch,
     identity::IdentitySigner,
     live::LiveConfig,
@@ -425,8 +426,10 @@ impl Application {
             ))
             .serve_with_incoming_shutdown(
                 // Without TCP_NODELAY, a reply's HEADERS, DATA and trailers frames can wait on
-                // a delayed ACK (40 ms) between them.
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                // a delayed ACK (40 ms) between them; `OneWrite` sends them in one write.
+                TcpIncoming::from(self.listener)
+                    .with_nodelay(Some(true))
+                    .map(|accepted| accepted.map(OneWrite::new)),
                 stop_serving.clone().cancelled_owned(),
             )
             .await;
