@@ -1,7 +1,9 @@
 //! Process plumbing shared by the weapp binaries (configuration, logging, listening,
-//! shutdown, exit statuses), and the one concurrency helper both services use.
+//! shutdown, exit statuses), the one concurrency helper both services use, and how their gRPC
+//! link writes.
 pub mod config;
 pub mod metrics;
+pub mod one_write;
 pub mod otlp;
 pub mod singleflight;
 pub mod trace;

@@ -18,10 +18,7 @@ use weapp_proto::session::v1::{
 };
 
 mod message_push;
-mod one_write;
 mod scoping;
-
-pub use one_write::OneWrite;
 
 use crate::{
     access::caller_apps,

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use weapp_common::{
     metrics::{MetricsListen, Registry},
+    one_write::OneWrite,
     otlp::Spans,
 };
 use weapp_proto::session::v1::session_service_server::SessionServiceServer;
@@ -18,7 +19,7 @@ use crate::{
     cluster::ClusterFeed,
     config::Settings,
     credentials,
-    grpc::{MessagePushRpcs, OneWrite, SessionGrpc, WeChatServices},
+    grpc::{MessagePushRpcs, SessionGrpc, WeChatServices},
     health::StoreWatch,
     identity::IdentitySigner,
     live::LiveConfig,

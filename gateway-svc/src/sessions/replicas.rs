@@ -14,7 +14,9 @@ use std::{
     time::Duration,
 };
 
+use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioIo};
 use secrecy::{ExposeSecret as _, SecretString};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status,
@@ -25,7 +27,8 @@ use tonic::{
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-use weapp_common::trace;
+use tower::ServiceExt as _;
+use weapp_common::{one_write::OneWrite, trace};
 use weapp_proto::session::v1::{
     session_service_client::SessionServiceClient, session_service_server::SERVICE_NAME,
 };
@@ -233,11 +236,10 @@ impl Connector {
         }
         let endpoint = endpoint
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        let channel = endpoint.connect_with_connector_lazy(one_write_tcp());
         // Made inside each thread's runtime: the channel's tasks (its buffer, then its
         // connection) are spawned there.
         let per_thread = self
@@ -245,7 +247,8 @@ impl Connector {
             .iter()
             .map(|runtime| {
                 let _inside = runtime.enter();
-                SessionServiceClient::with_interceptor(endpoint.connect_lazy(), self.key.clone())
+                let channel = endpoint.connect_with_connector_lazy(one_write_tcp());
+                SessionServiceClient::with_interceptor(channel, self.key.clone())
             })
             .collect();
         let name = match target.host.parse::<IpAddr>() {
@@ -262,6 +265,23 @@ impl Connector {
             up: AtomicBool::new(true),
         })
     }
+}
+
+/// A connection to a replica: TCP without Nagle's delay, whose calls leave in one write each
+/// ([`OneWrite`]). tonic puts TLS on top when the endpoint has it, and times the connect out.
+fn one_write_tcp() -> impl tower::Service<
+    http::Uri,
+    Response = TokioIo<OneWrite<TcpStream>>,
+    Error = impl std::error::Error + Send + Sync + 'static,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let mut tcp = HttpConnector::new();
+    // https:// is for tonic's TLS, which wraps this connection.
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.map_response(|io: TokioIo<TcpStream>| TokioIo::new(OneWrite::new(io.into_inner())))
 }
 
 /// The replicas, as last resolved.
