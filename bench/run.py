@@ -390,25 +390,37 @@ def in_memory(cfg, svc, results):
     # a minute. Then rounds, the two stacks taking turns at going first: one run each moved the
     # ratio by ±10% with the machine's neighbours. Each round's ratio compares two runs made
     # side by side; the median of those is the figure.
-    runs = {"node": [], "weapp": []}
-    stacks = {"node": node, "weapp": weapp}
-    for name, stack in stacks.items():
-        results[f"logins_{name}_warmup"] = logins_with_cpu(cfg, stack, f"{name} (warm-up, not counted)")
+    login_rounds(cfg, svc, {"node": node, "weapp": weapp}, "logins_", results)
+
+
+def login_rounds(cfg, svc, stacks, prefix, results):
+    """Logins on each of `stacks` (the first is the baseline): one warm-up run each that is not
+    counted, then five rounds in which each stack goes first, second, … in turn. Each stack's
+    median run, its runs, and against the baseline the median of the per-round ratios of
+    logins/s and of CPU per login (a round's runs share the machine's state, which drifts)."""
+    names = list(stacks)
+    for name in names:
+        results[f"{prefix}{name}_warmup"] = logins_with_cpu(cfg, stacks[name], f"{name} (warm-up, not counted)")
         svc.check_alive()
+    runs = {name: [] for name in names}
     for round_ in range(1 if cfg.smoke else 5):
-        for name in (("node", "weapp") if round_ % 2 == 0 else ("weapp", "node")):
+        turn = round_ % len(names)
+        for name in names[turn:] + names[:turn]:
             runs[name].append(logins_with_cpu(cfg, stacks[name], name))
             svc.check_alive()
     median = lambda xs: sorted(xs)[len(xs) // 2]
     for name, measured in runs.items():
-        results[f"logins_{name}"] = sorted(measured, key=lambda x: x["per_second"])[len(measured) // 2]
-        results[f"logins_{name}_runs"] = [round(x["per_second"]) for x in measured]
-        results[f"logins_{name}_cpu_runs"] = [round(x["cpu_us_per_login"]) for x in measured]
-    pairs = list(zip(runs["node"], runs["weapp"]))
-    results["logins_ratio_rounds"] = [round(w["per_second"] / n["per_second"], 2) for n, w in pairs]
-    results["logins_ratio"] = median([w["per_second"] / n["per_second"] for n, w in pairs])
-    results["logins_cpu_ratio_rounds"] = [round(w["cpu_us_per_login"] / n["cpu_us_per_login"], 3) for n, w in pairs]
-    results["logins_cpu_ratio"] = median([w["cpu_us_per_login"] / n["cpu_us_per_login"] for n, w in pairs])
+        results[f"{prefix}{name}"] = sorted(measured, key=lambda x: x["per_second"])[len(measured) // 2]
+        results[f"{prefix}{name}_runs"] = [round(x["per_second"]) for x in measured]
+        results[f"{prefix}{name}_cpu_runs"] = [round(x["cpu_us_per_login"]) for x in measured]
+        if stacks[name].get("store_pid"):
+            results[f"{prefix}{name}_store_cpu_runs"] = [round(x["store_cpu_us_per_login"]) for x in measured]
+    for name in names[1:]:
+        pairs = list(zip(runs[names[0]], runs[name]))
+        for key, figure in (("ratio", "per_second"), ("cpu_ratio", "cpu_us_per_login")):
+            ratios = [w[figure] / n[figure] for n, w in pairs]
+            results[f"{prefix}{name}_{key}_rounds"] = [round(x, 3) for x in ratios]
+            results[f"{prefix}{name}_{key}"] = median(ratios)
 
 
 def logins_with_cpu(cfg, stack, name):
@@ -461,30 +473,7 @@ def durable_logins(cfg, svc, results):
             stack = start_weapp(cfg, svc, cfg.sandbox, mongo_uri=uri, name=f"durable-{name}")
         stack["store_pid"] = store_pid
         stacks[name] = stack
-    names = list(stacks)
-    for name in names:
-        results[f"durable_{name}_warmup"] = logins_with_cpu(cfg, stacks[name], f"{name} (warm-up, not counted)")
-        svc.check_alive()
-    runs = {name: [] for name in names}
-    for round_ in range(1 if cfg.smoke else 5):
-        # Each stack goes first, second and last in turn.
-        for name in names[round_ % 3:] + names[:round_ % 3]:
-            runs[name].append(logins_with_cpu(cfg, stacks[name], name))
-            svc.check_alive()
-    median = lambda xs: sorted(xs)[len(xs) // 2]
-    for name, measured in runs.items():
-        results[f"durable_{name}"] = sorted(measured, key=lambda x: x["per_second"])[len(measured) // 2]
-        results[f"durable_{name}_runs"] = [round(x["per_second"]) for x in measured]
-        results[f"durable_{name}_cpu_runs"] = [round(x["cpu_us_per_login"]) for x in measured]
-        if stacks[name]["store_pid"]:
-            results[f"durable_{name}_store_cpu_runs"] = [round(x["store_cpu_us_per_login"]) for x in measured]
-    for name in ("weapp_embedded", "weapp_mongo"):
-        pairs = list(zip(runs["node_mongo"], runs[name]))
-        results[f"durable_{name}_ratio_rounds"] = [round(w["per_second"] / n["per_second"], 2) for n, w in pairs]
-        results[f"durable_{name}_ratio"] = median([w["per_second"] / n["per_second"] for n, w in pairs])
-        results[f"durable_{name}_cpu_ratio_rounds"] = [
-            round(w["cpu_us_per_login"] / n["cpu_us_per_login"], 3) for n, w in pairs]
-        results[f"durable_{name}_cpu_ratio"] = median([w["cpu_us_per_login"] / n["cpu_us_per_login"] for n, w in pairs])
+    login_rounds(cfg, svc, stacks, "durable_", results)
 
 
 def forwarding(cfg, svc, results):
@@ -946,6 +935,10 @@ def durable_lines(cfg, r):
     return lines
 
 
+def rounded(xs, digits):
+    return [round(x, digits) for x in xs]
+
+
 def ratio(a, b):
     return a / b if b else float("inf")
 
@@ -984,11 +977,11 @@ def report(cfg, results, env, started, finished):
     target(f"/me, {cfg.mongo_sessions:,} sessions in nx-27017, req/s", fmt(nm["rps"], 0), fmt(wm["rps"], 0),
            f"{q:.1f}×", "≥ 10×", q >= 10)
     nl, wl = r["logins_node"], r["logins_weapp"]
-    q = r.get("logins_ratio", ratio(wl["per_second"], nl["per_second"]))
+    q = r.get("logins_weapp_ratio", ratio(wl["per_second"], nl["per_second"]))
     target("logins/s at 16 clients (median of paired rounds)", fmt(nl["per_second"], 0), fmt(wl["per_second"], 0),
            f"{q:.2f}×", "≥ 2×", q >= 2)
     if "cpu_us_per_login" in wl:
-        q = r.get("logins_cpu_ratio", ratio(wl["cpu_us_per_login"], nl["cpu_us_per_login"]))
+        q = r.get("logins_weapp_cpu_ratio", ratio(wl["cpu_us_per_login"], nl["cpu_us_per_login"]))
         target("a login's CPU, the stack's own processes (µs; the sandbox and load generator apart; median of paired rounds)",
                fmt(nl["cpu_us_per_login"], 0), fmt(wl["cpu_us_per_login"], 0), f"{q:.2f}", "≤ 0.5", q <= 0.5)
     if "mongo_sessions_node" in r:
@@ -1093,17 +1086,17 @@ def report(cfg, results, env, started, finished):
                      "the WeChat sandbox, and the load generator (its count includes minting the codes before its clock starts). "
                      "All share the machine's two cores: a stack's rate is bounded by what the other two take, so its own CPU "
                      "per login is what compares.")
-    if "logins_ratio_rounds" in r:
+    if "logins_weapp_ratio_rounds" in r:
         warm = {n: r[f"logins_{n}_warmup"] for n in ("node", "weapp")}
         lines.append(f"\nEach stack first ran {cfg.logins:,} logins that are not counted, to warm up: Node's first run "
                      f"(V8 compiling its hot paths) did {fmt(warm['node']['per_second'], 0)} logins/s at "
                      f"{warm['node']['cpu_us_per_login']:.0f} µs a login, weapp's {fmt(warm['weapp']['per_second'], 0)} at "
                      f"{warm['weapp']['cpu_us_per_login']:.0f} µs.")
-        lines.append(f"\nThe two stacks then ran in {len(r['logins_ratio_rounds'])} rounds, taking turns at going first; the table "
+        lines.append(f"\nThe two stacks then ran in {len(r['logins_weapp_ratio_rounds'])} rounds, taking turns at going first; the table "
                      f"shows each stack's median run. logins/s per round: Node {r['logins_node_runs']}, weapp "
-                     f"{r['logins_weapp_runs']}; weapp against Node, round by round: {r['logins_ratio_rounds']}. CPU per login "
+                     f"{r['logins_weapp_runs']}; weapp against Node, round by round: {rounded(r['logins_weapp_ratio_rounds'], 2)}. CPU per login "
                      f"per round (µs): Node {r['logins_node_cpu_runs']}, weapp {r['logins_weapp_cpu_runs']}; weapp against "
-                     f"Node: {r['logins_cpu_ratio_rounds']}.")
+                     f"Node: {rounded(r['logins_weapp_cpu_ratio_rounds'], 3)}.")
     if "durable_node_mongo" in r:
         lines += durable_lines(cfg, r)
     pinning = (f"servers pinned to CPU {cfg.server_cpus}, load generator to CPU {cfg.client_cpus}"
