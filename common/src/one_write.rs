@@ -81,7 +81,11 @@ impl<T: Connected + AsyncWrite> Connected for OneWrite<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{
+        convert::Infallible,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
 
     use tokio::{
         io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -131,6 +135,146 @@ mod tests {
         let mut ping = [0u8; 4];
         server.read_exact(&mut ping).await.unwrap();
         assert_eq!(&ping, b"ping");
+    }
+
+    /// Records every write that reaches the socket.
+    struct Counting {
+        tcp: TcpStream,
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl AsyncRead for Counting {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let written = Pin::new(&mut self.tcp).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = written {
+                self.writes.lock().unwrap().push(buf[..n].to_vec());
+            }
+            written
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_shutdown(cx)
+        }
+    }
+
+    /// (type, flags, stream, the write it starts in) of each HTTP/2 frame the server sent.
+    fn frames(writes: &[Vec<u8>]) -> Vec<(u8, u8, u32, usize)> {
+        let mut starts = Vec::new();
+        let all: Vec<u8> = writes.concat();
+        let mut ends = writes.iter().scan(0, |end, w| {
+            *end += w.len();
+            Some(*end)
+        });
+        let mut write_end = ends.next().unwrap();
+        let mut write = 0;
+        let mut at = 0;
+        while at + 9 <= all.len() {
+            while at >= write_end {
+                write_end = ends.next().unwrap();
+                write += 1;
+            }
+            let len = u32::from_be_bytes([0, all[at], all[at + 1], all[at + 2]]) as usize;
+            let stream = u32::from_be_bytes([all[at + 5], all[at + 6], all[at + 7], all[at + 8]]);
+            starts.push((all[at + 3], all[at + 4], stream & 0x7fff_ffff, write));
+            at += 9 + len;
+        }
+        starts
+    }
+
+    #[tokio::test]
+    async fn an_h2_answer_of_headers_data_and_trailers_leaves_in_one_write() {
+        use bytes::Bytes;
+        use http_body_util::{BodyExt as _, Empty, StreamBody};
+        use hyper::body::Frame;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+
+        const DATA: u8 = 0;
+        const HEADERS: u8 = 1;
+        const END_STREAM: u8 = 1;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let recorded = writes.clone();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let io = TokioIo::new(OneWrite::new(Counting {
+                tcp,
+                writes: recorded,
+            }));
+            // A unary gRPC answer's shape: HEADERS, one DATA over h2's 256-byte copy limit
+            // (a login's is ~530 bytes), then the trailers.
+            let answer = hyper::service::service_fn(|_| async {
+                let mut trailers = hyper::HeaderMap::new();
+                trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                let frames = [
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'z'; 600]))),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                Ok::<_, Infallible>(hyper::Response::new(StreamBody::new(
+                    futures::stream::iter(frames),
+                )))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, answer)
+                .await;
+        });
+
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = hyper::Request::get("http://one-write.test/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let body = send
+            .send_request(request)
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap();
+        assert!(
+            body.trailers()
+                .is_some_and(|t| t.contains_key("grpc-status"))
+        );
+        assert_eq!(body.to_bytes().len(), 600);
+
+        let sent = frames(&writes.lock().unwrap());
+        let of_the_answer: Vec<_> = sent.iter().filter(|f| f.2 == 1).collect();
+        assert_eq!(
+            of_the_answer
+                .iter()
+                .map(|f| (f.0, f.1 & END_STREAM))
+                .collect::<Vec<_>>(),
+            [(HEADERS, 0), (DATA, 0), (HEADERS, END_STREAM)],
+            "the answer's frames: {sent:?}"
+        );
+        assert!(
+            of_the_answer.iter().all(|f| f.3 == of_the_answer[0].3),
+            "the answer's frames left in more than one write: {sent:?}"
+        );
     }
 
     #[tokio::test]
