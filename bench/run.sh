@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark, in one command: weapp against the Node reference stack on this machine.
-#   bench/run.sh            full run (~7 min on 2 cores), writes bench/REPORT.md
+#   bench/run.sh            full run (~17 min on 2 cores), writes bench/REPORT.md
 #   bench/run.sh --smoke    seconds, tiny sizes, checks the harness (scripts/test.sh runs it)
 # Extra arguments go to bench/run.py (e.g. --ws-connections 15000, --out FILE).
 # Installs what it needs: wrk, nginx, openssl (apt), the Node reference's packages (npm ci),
