@@ -31,7 +31,17 @@ fn bin_dir() -> &'static Path {
             Some(other) => other,
             None => panic!("unexpected target layout: {}", profile_dir.display()),
         };
-        let status = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // This process carries what cargo set for the test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME,
+        // …). ring's build script asks to be rerun when some of those change, so a build that
+        // inherits them rebuilds ring, and all that depends on it, under the same fingerprint,
+        // and the next `cargo test` rebuilds it all back (~55 s of each CI run, twice).
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(set_by_cargo_for_the_test) {
+                cargo.env_remove(key);
+            }
+        }
+        let status = cargo
             .args([
                 "build",
                 "--quiet",
@@ -49,6 +59,22 @@ fn bin_dir() -> &'static Path {
         assert!(status.success(), "building the service binaries failed");
         profile_dir
     })
+}
+
+/// The variables cargo sets for the process of a test (not those that configure cargo).
+fn set_by_cargo_for_the_test(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_BIN_EXE_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        )
 }
 
 /// A shipped binary of this build (`session-svc`, `gateway-svc`), for its subcommands.
