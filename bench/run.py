@@ -1178,7 +1178,9 @@ def environment(cfg):
         "CPU": f"{cpu}, {os.cpu_count()} cores",
         "memory": f"{int(mem) // 1024:,} MiB",
         "kernel": platform.release(),
-        "weapp": f"commit {commit}, {cfg.profile} build, embedded store unless stated",
+        "weapp": f"commit {commit}, {cfg.profile} build"
+                 + (" (Cargo.toml's [profile.release]: fat LTO, one codegen unit)" if cfg.profile == "release" else "")
+                 + ", embedded store unless stated",
         "Node reference": f"{version(['node', '--version'])}; express 4.21.2, wafer-node-session 1.0.10, ws 8.18.0, "
                           "connect-mongo 1.3.2, express-session 1.18.1 (bench/node-reference/package-lock.json)",
         "nginx": version([cfg.nginx, "-v"]),

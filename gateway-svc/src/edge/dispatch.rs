@@ -111,8 +111,10 @@ impl Dispatcher {
                     .await
                     .unwrap_or_else(|never| match never {}))
             }
+            // Boxed: forwarding's future is most of this one's size, and every request to the
+            // gateway's own paths (a login, `/me`) would otherwise carry and copy it.
             Destination::Business(business) => {
-                self.business(&business, session, peer, request).await
+                Box::pin(self.business(&business, session, peer, request)).await
             }
             Destination::Other => Ok("Response from express".into_response()),
         }
