@@ -285,4 +285,12 @@ mod tests {
         assert_eq!(seen, Some(context));
         assert!(current().is_none());
     }
+
+    #[tokio::test]
+    async fn no_context_leaves_the_current_one_as_it_is() {
+        let context = TraceContext::start(1.0);
+        let seen = within(Some(context), within(None, async { current() })).await;
+        assert_eq!(seen, Some(context));
+        assert_eq!(within(None, async { current() }).await, None);
+    }
 }
