@@ -2,25 +2,30 @@
 # Images for both services, from one build: `docker build --target session-svc .` and
 # `docker build --target gateway-svc .` (docker-compose.yml does both).
 #
+# The services are built by scripts/build-release.sh, as bench/run.sh builds what it measures:
+# the release profile (fat LTO, one codegen unit) plus profile-guided optimisation, which builds
+# them instrumented, runs them on a training load inside this stage (loopback only: the WeChat
+# sandbox and the load generator, built here too), and builds them again with the profile
+# (~20 minutes on 2 cores; `--build-arg WEAPP_PGO=off` for the release profile alone, ~8).
 # Compiled dependencies are kept between builds in BuildKit cache mounts (the registry and
-# target/), so a source change rebuilds only weapp's own crates; the link then optimises the
-# whole program (Cargo.toml's [profile.release]; ~5 minutes on 2 cores). No protoc is needed:
-# the protos are compiled by protox, in Rust.
+# target/). No protoc is needed: the protos are compiled by protox, in Rust.
 
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
-# make: jemalloc, the gateway's allocator, is built from its C sources.
+# make: jemalloc, the gateway's allocator, is built from its C sources. openssl: the training
+# run's identity key. llvm-tools: llvm-profdata of rustc's own LLVM, for the profile.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get install -y --no-install-recommends make openssl \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup component add llvm-tools
+ARG WEAPP_PGO=on
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,id=weapp-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=weapp-target,target=/src/target \
-    cargo build --release --locked -p session-svc -p gateway-svc --bins \
- && mkdir -p /out/data \
- && cp target/release/session-svc target/release/gateway-svc /out/
+    WEAPP_PGO=${WEAPP_PGO} scripts/build-release.sh /out \
+ && mkdir -p /out/data
 
 # Small runtime: glibc and libgcc only (TLS is rustls), no shell, no package manager,
 # runs as the unprivileged user `nonroot` (uid 65532).

@@ -7,7 +7,8 @@
 # of outside input for a bounded time, checks dependencies with cargo deny, checks the
 # deployment files, then starts the local stack exactly as the
 # README does and drives it with curl and with the unmodified wafer-client-sdk, and finally
-# runs the benchmark harness for a few seconds so it cannot rot.
+# runs the release build's training load and the benchmark harness for a few seconds so that
+# neither can rot.
 # Fails loudly: any failing step fails the run, and nothing is skipped silently.
 set -euo pipefail
 
@@ -158,6 +159,16 @@ done
 cleanup
 stack_pid=
 
+step "the shipped build's training run (scripts/pgo-train.sh), small, on the debug build"
+# scripts/build-release.sh trains the release build's profile with it (bench/run.sh and the
+# Dockerfile build that way); this keeps the run itself from rotting in ~10 s, not the 20 min
+# build.
+cargo build --quiet --bin session-svc --bin gateway-svc --bin wechat-sandbox --bin weapp-bench
+debug_bin="${CARGO_TARGET_DIR:-$root/target}/debug"
+scripts/pgo-train.sh "$debug_bin" "$debug_bin" "$log_dir/pgo-train" --users 50 --ws-users 5 \
+  > "$log_dir/pgo-train.log" 2>&1 || { cat "$log_dir/pgo-train.log"; echo "the training run failed" >&2; exit 1; }
+tail -n 1 "$log_dir/pgo-train.log"
+
 step "benchmark harness, smoke run (bench/run.sh --smoke: every scenario, tiny sizes)"
 bench/run.sh --smoke > "$log_dir/bench.log" 2>&1 || { cat "$log_dir/bench.log"; echo "the benchmark harness failed" >&2; exit 1; }
 tail -n 3 "$log_dir/bench.log"
@@ -170,7 +181,7 @@ node_fail=$(awk '/^# fail /{s+=$3} END {print s+0}' "$log_dir/sdk.log")
 deploy_pass=$(awk '/^deploy: /{print $2}' "$log_dir/deploy.log")
 deploy_fail=$(awk '/^deploy: /{print $4}' "$log_dir/deploy.log")
 fuzz_pass=$(grep -c ', no crash$' "$log_dir/fuzz.log" || true)
-passed=$((passed + ${node_pass:-0} + ${deploy_pass:-0} + ${fuzz_pass:-0} + 3)) # +3: cargo deny, the curl flow, the bench smoke run
+passed=$((passed + ${node_pass:-0} + ${deploy_pass:-0} + ${fuzz_pass:-0} + 4)) # +4: cargo deny, the curl flow, the training run, the bench smoke run
 failed=$((failed + ${node_fail:-0} + ${deploy_fail:-0}))
 if [ "$passed" -lt 2 ]; then echo "no tests ran" >&2; exit 1; fi
 echo

@@ -186,6 +186,11 @@ def check_dockerfile():
     check("Dockerfile: multi-stage with a build stage", re.search(r"^FROM rust:\S+ AS build$", text, re.M) is not None)
     check("Dockerfile: runtime runs as non-root", "USER nonroot" in text and "distroless" in text)
     check("Dockerfile: dependency build cache", "--mount=type=cache" in text)
+    with open(os.path.join(ROOT, "bench", "run.sh")) as f:
+        bench = f.read()
+    check("Dockerfile: builds the services as bench/run.sh measures them (scripts/build-release.sh)",
+          "scripts/build-release.sh /out" in text and "scripts/build-release.sh" in bench
+          and "rustup component add llvm-tools" in text)
 
 
 def check_systemd():
