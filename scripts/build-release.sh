@@ -14,7 +14,8 @@
 #     driven by `weapp-bench train`: logins, /me, the forwarded route, WebSocket echoes.
 #     Stopped with SIGTERM, they write their counts.
 #  4. llvm-profdata merges the counts. It comes from rustup's llvm-tools component, so its LLVM
-#     is rustc's own (a profile from another LLVM version is refused or, worse, ignored).
+#     is rustc's own (a profile from another LLVM version is refused or, worse, ignored);
+#     LLVM_PROFDATA names another.
 #  5. Both services again with -Cprofile-use, in target/pgo/optimised, copied to OUT_DIR.
 # Measured on the login path: ~20% less CPU per login for the stack (bench/README.md).
 set -euo pipefail
@@ -34,8 +35,13 @@ if [ "${WEAPP_PGO:-on}" = off ]; then
 fi
 
 host=$(rustc -vV | sed -n 's/^host: //p')
-profdata="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
+profdata=${LLVM_PROFDATA:-"$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"}
 if [ ! -x "$profdata" ]; then
+  if ! command -v rustup > /dev/null; then
+    echo "no llvm-profdata at $profdata and no rustup to add llvm-tools: set LLVM_PROFDATA to an" \
+      "llvm-profdata of rustc's LLVM ($(rustc -vV | sed -n 's/^LLVM version: //p')), or WEAPP_PGO=off" >&2
+    exit 1
+  fi
   echo "==> installing rustup's llvm-tools (llvm-profdata of rustc's own LLVM)"
   rustup component add llvm-tools
 fi
