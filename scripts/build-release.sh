@@ -47,8 +47,8 @@ if [ ! -x "$profdata" ]; then
 fi
 
 pgo=$target/pgo
-rm -rf "$pgo/raw" "$pgo/train"
-mkdir -p "$pgo/raw" "$pgo/train"
+# A fresh training store and logs every build (the raw counts are cleared before training).
+rm -rf "$pgo/train"
 
 echo "==> 1/5 the training's sandbox and load generator (release)"
 cargo build --release --locked --quiet --bin wechat-sandbox --bin weapp-bench

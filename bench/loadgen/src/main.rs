@@ -98,8 +98,8 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     // Timed logins run on one thread: the load generator shares the machine's cores with the
-    // stack it measures, and on one thread it needs the least CPU for what it sends (no
-    // wake-ups across threads). The other loads need more than one core to make theirs.
+    // stack it measures, and one thread makes no wake-ups across threads (measured: no more
+    // than the machine's noise apart from two). The other loads need more than one core.
     let runtime = match cli.command {
         Command::LoginsMinted { .. } => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
